@@ -1,0 +1,78 @@
+//! Every map the programs use. Layouts and contracts are documented next to the key and value
+//! types in `enforcer_common::maps`; the daemon pins all of them by name under its pin
+//! directory, so they outlive any one daemon process.
+
+use aya_ebpf::{
+    bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
+    btf_maps::{Array, HashMap, LpmTrie},
+    macros::btf_map,
+};
+use enforcer_common::maps::{
+    BindingKey, DomainName, EdgeKey, EndpointKey, PolicyConfig, PortRules, SLOTS, SockTag,
+};
+
+/// Socket storage for [`SockTag`], declared by hand because aya-ebpf's `SkStorage` fixes its
+/// flags: `BPF_F_CLONE` makes the kernel copy a listener's tag to every socket it accepts
+/// (`bpf_sk_storage_clone`, called from `sk_clone_lock`), so accepted sockets carry their
+/// listener's domain. Field names and pointer-to-array types follow the BTF map definition
+/// convention libbpf and aya parse (`type`, `key`, `value`, `max_entries`, `map_flags`).
+#[repr(C)]
+pub struct TagStorage {
+    r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
+    key: *const i32,
+    value: *const SockTag,
+    max_entries: *const [i32; 0],
+    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+}
+
+// SAFETY: the fields are BTF placeholders the loader replaces; they are never dereferenced.
+unsafe impl Sync for TagStorage {}
+
+impl TagStorage {
+    const fn new() -> Self {
+        Self {
+            r#type: core::ptr::null(),
+            key: core::ptr::null(),
+            value: core::ptr::null(),
+            max_entries: core::ptr::null(),
+            map_flags: core::ptr::null(),
+        }
+    }
+
+    /// The map pointer helpers expect: the relocated address of the definition.
+    #[inline(always)]
+    pub fn as_ptr(&self) -> *mut core::ffi::c_void {
+        core::ptr::from_ref(self).cast_mut().cast()
+    }
+}
+
+const MAX_BINDINGS: usize = 65_536;
+const MAX_ENDPOINTS: usize = 65_536;
+const MAX_EDGE_PAIRS: usize = 65_536;
+const MAX_DOMAINS: usize = 65_536;
+
+#[btf_map(name = "ENF_TAGS")]
+pub static TAGS: TagStorage = TagStorage::new();
+
+#[btf_map(name = "ENF_BINDINGS")]
+pub static BINDINGS: HashMap<BindingKey, u32, MAX_BINDINGS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ENF_ENDPOINTS")]
+pub static ENDPOINTS: LpmTrie<EndpointKey, u32, MAX_ENDPOINTS> = LpmTrie::new();
+
+#[btf_map(name = "ENF_EDGES")]
+pub static EDGES: HashMap<EdgeKey, PortRules, MAX_EDGE_PAIRS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ENF_POLICY")]
+pub static POLICY: Array<PolicyConfig, { SLOTS as usize }> = Array::new();
+
+#[btf_map(name = "ENF_ACTIVE")]
+pub static ACTIVE: Array<u32, 1> = Array::new();
+
+/// Only the daemon reads and writes this map; the programs never touch it. It is defined here
+/// so that it is created and pinned with the rest and lives exactly as long as the tags.
+#[btf_map(name = "ENF_DOMAINS")]
+pub static DOMAINS: HashMap<u32, DomainName, MAX_DOMAINS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();

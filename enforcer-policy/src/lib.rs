@@ -1,0 +1,19 @@
+//! Policy files for the enforcer: which cgroups and addresses belong to
+//! which SPIFFE trust domain, and which cross-domain flows are allowed.
+//!
+//! [`parse`] turns the YAML text of a version-1 policy into a [`Policy`],
+//! or into every mistake found, each as a `FILE:LINE:COL: message`
+//! [`Diagnostic`].
+
+mod diagnostic;
+mod model;
+mod parse;
+mod ports;
+mod trust_domain;
+mod validate;
+
+pub use diagnostic::Diagnostic;
+pub use model::{Action, CgroupPath, CgroupPathError, Defaults, Domain, Edge, Policy, Protocol};
+pub use parse::parse;
+pub use ports::{PortRange, PortRangeError};
+pub use trust_domain::{TrustDomain, TrustDomainError, UriPart};

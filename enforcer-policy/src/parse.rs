@@ -1,0 +1,663 @@
+//! Reads policy YAML into the model. A bad value is reported at its
+//! position and reading carries on, so one run lists every mistake; checks
+//! that relate one part of the file to another are left to `validate`.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use ipnet::IpNet;
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, LoaderOptions, Node, Span};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
+use crate::model::{Action, CgroupPath, Defaults, Domain, Edge, Policy, Protocol};
+use crate::ports::PortRange;
+use crate::trust_domain::TrustDomain;
+use crate::validate::{self, At, Claim, EdgeEnds, Sites};
+
+const SUPPORTED_VERSION: u32 = 1;
+
+const POLICY_KEYS: &[&str] = &["version", "defaults", "domains", "federation"];
+const DEFAULTS_KEYS: &[&str] = &["unlabeled", "external"];
+const DOMAIN_KEYS: &[&str] = &["name", "cgroups", "endpoints"];
+const EDGE_KEYS: &[&str] = &["from", "to", "protocol", "ports", "owner", "reason"];
+
+/// marked-yaml builds and drops nested nodes recursively, so a few
+/// kilobytes of `- - - - …` would overflow the stack. Block nesting needs
+/// one column of indentation or of `- `/`? `/`: ` indicators per level
+/// or two, and a policy needs a handful of levels, so lines reaching this
+/// far in are refused before the YAML parser sees them. The parser limits
+/// flow nesting (`[[[…`) itself.
+const MAX_NESTING_COLUMNS: usize = 80;
+
+/// Parses and validates the policy `text`; `file` is only used to label
+/// diagnostics. On failure every mistake found is returned, sorted by
+/// position.
+pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
+    let mut diags = Diagnostics::new(file);
+    match read(text, &mut diags) {
+        Some(policy) if diags.is_empty() => Ok(policy),
+        _ => Err(diags.into_sorted()),
+    }
+}
+
+/// Returns `None` only after reporting why.
+fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
+    if is_blank(text) {
+        diags.error(Pos::START, "policy is empty");
+        return None;
+    }
+    if let Some(at) = too_deep(text) {
+        diags.error(
+            at,
+            format!(
+                "nesting is too deep: a policy never needs more than {MAX_NESTING_COLUMNS} columns of indentation"
+            ),
+        );
+        return None;
+    }
+    if let Some(at) = second_document(text) {
+        diags.error(
+            at,
+            "a policy file must hold exactly one YAML document, but a second one starts here",
+        );
+    }
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        // Keeps quoted scalars distinguishable, so `version: "1"` is a string.
+        .prevent_coercion(true);
+    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
+        Ok(root) => root,
+        Err(error) => {
+            report_load_error(&error, diags);
+            return None;
+        }
+    };
+    let mut sites = Sites::default();
+    let policy = read_policy(&root, &mut sites, diags);
+    validate::check(&sites, diags);
+    policy
+}
+
+fn is_blank(text: &str) -> bool {
+    text.lines().all(|line| {
+        let line = line.trim();
+        line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
+    })
+}
+
+fn too_deep(text: &str) -> Option<Pos> {
+    text.lines().enumerate().find_map(|(index, line)| {
+        let mut columns = 0;
+        let mut chars = line.chars().peekable();
+        while let Some(c) = chars.next() {
+            let indicator = matches!(c, '-' | '?' | ':')
+                && chars.peek().is_none_or(|next| matches!(next, ' ' | '\t'));
+            if !(indicator || matches!(c, ' ' | '\t')) {
+                break;
+            }
+            columns += 1;
+        }
+        (columns > MAX_NESTING_COLUMNS).then_some(Pos {
+            line: index + 1,
+            column: MAX_NESTING_COLUMNS + 1,
+        })
+    })
+}
+
+/// marked-yaml reads the first document and silently ignores the rest, which
+/// would let half a policy go unenforced. A document marker at the start of
+/// a line cannot occur inside a scalar, so scanning lines is enough.
+fn second_document(text: &str) -> Option<Pos> {
+    let mut has_content = false;
+    let mut ended = false;
+    for (index, line) in text.lines().enumerate() {
+        let at = Pos {
+            line: index + 1,
+            column: 1,
+        };
+        if let Some(rest) = after_marker(line, "---") {
+            if has_content || ended {
+                return Some(at);
+            }
+            has_content = !is_blank(rest);
+        } else if after_marker(line, "...").is_some() {
+            ended = has_content;
+        } else if is_blank(line) || (line.starts_with('%') && !has_content && !ended) {
+            continue;
+        } else if ended {
+            return Some(at);
+        } else {
+            has_content = true;
+        }
+    }
+    None
+}
+
+fn after_marker<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
+    line.strip_prefix(marker)
+        .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
+fn report_load_error(error: &LoadError, diags: &mut Diagnostics) {
+    let (at, message) = match error {
+        LoadError::TopLevelMustBeMapping(at) | LoadError::TopLevelMustBeSequence(at) => (
+            *at,
+            format!(
+                "a policy must be a YAML mapping with the keys {}",
+                POLICY_KEYS.join(", ")
+            ),
+        ),
+        LoadError::UnexpectedAnchor(at) => (
+            *at,
+            "YAML anchors and aliases are not supported in policy files".to_owned(),
+        ),
+        LoadError::MappingKeyMustBeScalar(at) => (
+            *at,
+            "mapping keys must be plain names, not lists or mappings".to_owned(),
+        ),
+        LoadError::UnexpectedTag(at) => (
+            *at,
+            "YAML tags are not supported in policy files".to_owned(),
+        ),
+        LoadError::ScanError(at, scan) => (*at, scan.info().to_owned()),
+        LoadError::DuplicateKey(duplicate) => {
+            diags.error(
+                span_pos(duplicate.key.span()),
+                format!(
+                    "duplicate key `{}` (first defined at line {})",
+                    duplicate.key.as_str().escape_debug(),
+                    span_pos(duplicate.prev_key.span()).line
+                ),
+            );
+            return;
+        }
+    };
+    diags.error(
+        Pos {
+            line: at.line(),
+            column: at.column(),
+        },
+        message,
+    );
+}
+
+fn read_policy(root: &Node, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Policy> {
+    let root = Value {
+        node: root,
+        pos: node_pos(root),
+        what: "the policy".to_owned(),
+    };
+    let top = Fields::new(root.mapping(diags)?, "policy", POLICY_KEYS, diags);
+    let version = top
+        .required(
+            "version",
+            "policy",
+            "write `version: 1` at the top of the file",
+            diags,
+        )
+        .and_then(|v| read_version(&v, diags));
+    let defaults = match top.get("defaults") {
+        Some(v) => read_defaults(&v, diags),
+        None => Some(Defaults::default()),
+    };
+    let domains: Vec<Domain> = top
+        .get("domains")
+        .and_then(|v| v.items("each `domains` entry", diags))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| read_domain(v, sites, diags))
+        .collect();
+    let federation: Vec<Edge> = top
+        .get("federation")
+        .and_then(|v| v.items("each `federation` entry", diags))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| read_edge(v, sites, diags))
+        .collect();
+    Some(Policy {
+        version: version?,
+        defaults: defaults?,
+        domains,
+        federation,
+    })
+}
+
+fn read_version(v: &Value, diags: &mut Diagnostics) -> Option<u32> {
+    let scalar = v.scalar("an integer", diags)?;
+    let text = scalar.as_str();
+    let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let is_integer = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
+    if !scalar.may_coerce() || !is_integer {
+        v.wrong_kind("an integer", diags);
+        return None;
+    }
+    if text.parse::<u32>() == Ok(SUPPORTED_VERSION) {
+        return Some(SUPPORTED_VERSION);
+    }
+    diags.error(
+        v.pos,
+        format!(
+            "unsupported policy version {text} (this enforcer understands version {SUPPORTED_VERSION})"
+        ),
+    );
+    None
+}
+
+fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
+    let fields = Fields::new(v.mapping(diags)?, "defaults", DEFAULTS_KEYS, diags);
+    let action = |key: &str, diags: &mut Diagnostics| match fields.get(key) {
+        Some(v) => read_keyword(&v, "`allow` or `deny`", diags, |text| match text {
+            "allow" => Some(Action::Allow),
+            "deny" => Some(Action::Deny),
+            _ => None,
+        }),
+        None => Some(Action::default()),
+    };
+    Some(Defaults {
+        unlabeled: action("unlabeled", diags)?,
+        external: action("external", diags)?,
+    })
+}
+
+fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Domain> {
+    let fields = Fields::new(v.mapping(diags)?, "domain", DOMAIN_KEYS, diags);
+    let name = fields
+        .required(
+            "name",
+            "domain",
+            "every domain needs a trust domain name",
+            diags,
+        )
+        .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let cgroups = read_list(&fields, "cgroups", "a cgroup path", diags, |text| {
+        CgroupPath::from_str(text).map_err(|e| e.to_string())
+    });
+    let endpoints = read_list(
+        &fields,
+        "endpoints",
+        "an IP address or prefix",
+        diags,
+        parse_endpoint,
+    );
+    let name = name?;
+    sites.domains.push(name.clone());
+    sites.cgroups.extend(cgroups.iter().map(|item| Claim {
+        domain: name.value.clone(),
+        item: item.clone(),
+    }));
+    sites.endpoints.extend(endpoints.iter().map(|item| Claim {
+        domain: name.value.clone(),
+        item: item.clone(),
+    }));
+    Some(Domain {
+        name: name.value,
+        cgroups: cgroups.into_iter().map(|c| c.value).collect(),
+        endpoints: endpoints.into_iter().map(|e| e.value).collect(),
+    })
+}
+
+fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Edge> {
+    let fields = Fields::new(v.mapping(diags)?, "edge", EDGE_KEYS, diags);
+    let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+        fields.required(key, "edge", why, diags)
+    };
+    let from = required(
+        "from",
+        "every edge needs the trust domain that starts the traffic",
+        diags,
+    )
+    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let to = required(
+        "to",
+        "every edge needs the trust domain that receives the traffic",
+        diags,
+    )
+    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let protocol = required(
+        "protocol",
+        "every edge needs a protocol: tcp, udp or any",
+        diags,
+    )
+    .and_then(|v| {
+        read_keyword(&v, "`tcp`, `udp` or `any`", diags, |text| match text {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            "any" => Some(Protocol::Any),
+            _ => None,
+        })
+    });
+    let ports = required(
+        "ports",
+        "every edge needs the destination ports it allows",
+        diags,
+    )
+    .and_then(|v| read_ports(&v, diags));
+    let owner = required("owner", "every edge needs an accountable owner", diags)
+        .and_then(|v| read_text(&v, "every edge needs an accountable owner", diags));
+    let reason = required(
+        "reason",
+        "every edge needs a reason explaining why the traffic is allowed",
+        diags,
+    )
+    .and_then(|v| {
+        read_text(
+            &v,
+            "every edge needs a reason explaining why the traffic is allowed",
+            diags,
+        )
+    });
+    sites.edges.push(EdgeEnds {
+        from: from.clone(),
+        to: to.clone(),
+    });
+    Some(Edge {
+        from: from?.value,
+        to: to?.value,
+        protocol: protocol?,
+        ports: ports?,
+        owner: owner?,
+        reason: reason?,
+    })
+}
+
+fn read_ports(v: &Value, diags: &mut Diagnostics) -> Option<Vec<PortRange>> {
+    if v.node.as_sequence().is_some_and(|s| s.is_empty()) {
+        diags.error(v.pos, "`ports` must list at least one port or port range");
+        return None;
+    }
+    let ports = v
+        .items("each `ports` entry", diags)?
+        .iter()
+        .filter_map(|item| read_parsed::<PortRange>(item, "a port or port range", diags))
+        .map(|port| port.value)
+        .collect();
+    Some(ports)
+}
+
+/// Reads an optional list of scalars, keeping the items that parse.
+fn read_list<T>(
+    fields: &Fields,
+    key: &str,
+    expected: &str,
+    diags: &mut Diagnostics,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Vec<At<T>> {
+    let Some(items) = fields
+        .get(key)
+        .and_then(|v| v.items(&format!("each `{key}` entry"), diags))
+    else {
+        return Vec::new();
+    };
+    items
+        .iter()
+        .filter_map(|item| {
+            let text = item.scalar(expected, diags)?.as_str();
+            parse(text)
+                .map(|value| At {
+                    value,
+                    pos: item.pos,
+                })
+                .map_err(|message| diags.error(item.pos, message))
+                .ok()
+        })
+        .collect()
+}
+
+fn read_parsed<T>(v: &Value, expected: &str, diags: &mut Diagnostics) -> Option<At<T>>
+where
+    T: FromStr,
+    T::Err: ToString,
+{
+    let text = v.scalar(expected, diags)?.as_str();
+    match text.parse() {
+        Ok(value) => Some(At { value, pos: v.pos }),
+        Err(e) => {
+            diags.error(v.pos, e.to_string());
+            None
+        }
+    }
+}
+
+fn read_keyword<T>(
+    v: &Value,
+    expected: &str,
+    diags: &mut Diagnostics,
+    keyword: impl Fn(&str) -> Option<T>,
+) -> Option<T> {
+    let found = keyword(v.scalar(expected, diags)?.as_str());
+    if found.is_none() {
+        v.wrong_kind(expected, diags);
+    }
+    found
+}
+
+/// Free text such as `owner` and `reason`: any scalar, trimmed, but not empty.
+fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
+    let text = match v.node {
+        Node::Scalar(scalar) if !is_null(scalar) => scalar.as_str().trim(),
+        Node::Scalar(_) => "",
+        _ => {
+            v.wrong_kind("a string", diags);
+            return None;
+        }
+    };
+    if text.is_empty() {
+        diags.error(v.pos, format!("{} is empty: {why}", v.what));
+        return None;
+    }
+    Some(text.to_owned())
+}
+
+fn parse_endpoint(text: &str) -> Result<IpNet, String> {
+    let malformed = || {
+        format!(
+            "`{}` is not an IP address or prefix; expected something like `10.10.0.0/16`, `fd00:10::/64` or `10.10.0.1`",
+            text.escape_debug()
+        )
+    };
+    let (address, length) = match text.split_once('/') {
+        Some((address, length)) => (address, Some(length)),
+        None => (text, None),
+    };
+    let address: IpAddr = address.parse().map_err(|_| malformed())?;
+    let net = match length {
+        None => IpNet::from(address),
+        Some(length) if !length.is_empty() && length.bytes().all(|b| b.is_ascii_digit()) => {
+            let max = if address.is_ipv4() { 32 } else { 128 };
+            length
+                .parse::<u8>()
+                .ok()
+                .and_then(|length| IpNet::new(address, length).ok())
+                .ok_or_else(|| {
+                    format!(
+                        "prefix length /{length} in `{text}` is too long; the maximum is /{max}"
+                    )
+                })?
+        }
+        Some(_) => return Err(malformed()),
+    };
+    if net.trunc() != net {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// A YAML node together with where to report problems with it and how to
+/// name it in messages (e.g. "`ports`" or "each `cgroups` entry").
+struct Value<'n> {
+    node: &'n Node,
+    pos: Pos,
+    what: String,
+}
+
+impl<'n> Value<'n> {
+    fn wrong_kind(&self, expected: &str, diags: &mut Diagnostics) {
+        let hint = match self.node {
+            Node::Scalar(s) if is_null(s) && expected == "a list" => {
+                " (write `[]` for an empty list)"
+            }
+            _ => "",
+        };
+        diags.error(
+            self.pos,
+            format!(
+                "{} must be {expected}, found {}{hint}",
+                self.what,
+                describe(self.node)
+            ),
+        );
+    }
+
+    fn mapping(&self, diags: &mut Diagnostics) -> Option<&'n MarkedMappingNode> {
+        let mapping = self.node.as_mapping();
+        if mapping.is_none() {
+            self.wrong_kind("a mapping", diags);
+        }
+        mapping
+    }
+
+    /// A scalar other than null or empty.
+    fn scalar(&self, expected: &str, diags: &mut Diagnostics) -> Option<&'n MarkedScalarNode> {
+        match self.node {
+            Node::Scalar(scalar) if !is_null(scalar) => Some(scalar),
+            _ => {
+                self.wrong_kind(expected, diags);
+                None
+            }
+        }
+    }
+
+    fn items(&self, item_what: &str, diags: &mut Diagnostics) -> Option<Vec<Value<'n>>> {
+        let Some(sequence) = self.node.as_sequence() else {
+            self.wrong_kind("a list", diags);
+            return None;
+        };
+        let items = sequence
+            .iter()
+            .map(|node| Value {
+                node,
+                pos: node_pos(node),
+                what: item_what.to_owned(),
+            })
+            .collect();
+        Some(items)
+    }
+}
+
+/// The entries of one mapping, with unknown keys already reported.
+struct Fields<'n> {
+    mapping: &'n MarkedMappingNode,
+}
+
+impl<'n> Fields<'n> {
+    fn new(
+        mapping: &'n MarkedMappingNode,
+        context: &str,
+        known: &[&str],
+        diags: &mut Diagnostics,
+    ) -> Self {
+        for key in mapping.keys() {
+            if !known.contains(&key.as_str()) {
+                diags.error(
+                    span_pos(key.span()),
+                    format!(
+                        "unknown key `{}` in {context}; expected one of: {}",
+                        key.as_str().escape_debug(),
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        Self { mapping }
+    }
+
+    fn get(&self, key: &str) -> Option<Value<'n>> {
+        let (key_node, node) = self.mapping.get_key_value(key)?;
+        // An empty value has no text of its own; the parser places it at the
+        // next token, often on a later line, so the key is the better spot.
+        let pos = match node {
+            Node::Scalar(scalar) if scalar.may_coerce() && scalar.is_empty() => {
+                span_pos(key_node.span())
+            }
+            _ => node_pos(node),
+        };
+        Some(Value {
+            node,
+            pos,
+            what: format!("`{key}`"),
+        })
+    }
+
+    /// Reports a missing key at the start of the mapping that lacks it.
+    fn required(
+        &self,
+        key: &str,
+        subject: &str,
+        why: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<Value<'n>> {
+        let value = self.get(key);
+        if value.is_none() {
+            diags.error(
+                mapping_pos(self.mapping),
+                format!("{subject} is missing required key `{key}`: {why}"),
+            );
+        }
+        value
+    }
+}
+
+fn is_null(scalar: &MarkedScalarNode) -> bool {
+    scalar.may_coerce() && matches!(scalar.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+fn describe(node: &Node) -> String {
+    const MAX_SHOWN: usize = 40;
+    match node {
+        Node::Mapping(_) => "a mapping".to_owned(),
+        Node::Sequence(_) => "a list".to_owned(),
+        Node::Scalar(s) if is_null(s) && s.is_empty() => "an empty value".to_owned(),
+        Node::Scalar(s) if is_null(s) => "null".to_owned(),
+        Node::Scalar(s) => {
+            let text = s.as_str();
+            let mut shown: String = text.chars().take(MAX_SHOWN).collect();
+            if text.chars().nth(MAX_SHOWN).is_some() {
+                shown.push('…');
+            }
+            let shown = shown.escape_debug();
+            if s.may_coerce() {
+                format!("`{shown}`")
+            } else {
+                format!("the string `{shown}`")
+            }
+        }
+    }
+}
+
+fn span_pos(span: &Span) -> Pos {
+    span.start().map_or(Pos::START, |m| Pos {
+        line: m.line(),
+        column: m.column(),
+    })
+}
+
+fn node_pos(node: &Node) -> Pos {
+    match node {
+        Node::Mapping(mapping) => mapping_pos(mapping),
+        _ => span_pos(node.span()),
+    }
+}
+
+/// A block mapping's span starts at its first `:`, not its first key, so
+/// the first key is used when it comes earlier.
+fn mapping_pos(mapping: &MarkedMappingNode) -> Pos {
+    let start = span_pos(mapping.span());
+    mapping
+        .keys()
+        .next()
+        .map_or(start, |key| start.min(span_pos(key.span())))
+}

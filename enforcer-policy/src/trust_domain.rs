@@ -1,0 +1,297 @@
+//! SPIFFE trust domain names, accepted exactly as go-spiffe's
+//! `spiffeid.TrustDomainFromString` accepts them, so a name that works in
+//! SPIRE configuration works here and vice versa.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Serialize;
+
+/// The SPIFFE spec says a trust domain SHOULD NOT exceed 255 bytes; the
+/// enforcer turns that into a hard limit so names fit kernel-side tables.
+const MAX_LEN: usize = 255;
+
+const SCHEME: &str = "spiffe://";
+
+const WHAT_IT_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
+
+/// A validated, normalised SPIFFE trust domain name such as `prod.example.org`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct TrustDomain(String);
+
+impl TrustDomain {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TrustDomain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The part of a `spiffe://` URI that has no place in a trust domain name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UriPart {
+    Path,
+    Port,
+    UserInfo,
+    Query,
+    Fragment,
+}
+
+impl fmt::Display for UriPart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            UriPart::Path => "a path",
+            UriPart::Port => "a port",
+            UriPart::UserInfo => "user info",
+            UriPart::Query => "a query",
+            UriPart::Fragment => "a fragment",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrustDomainError {
+    #[error("trust domain name is empty")]
+    Empty,
+    #[error(
+        "trust domain name `{}` contains the character {character:?}; only lowercase letters a-z, digits 0-9, '.', '-' and '_' are allowed{}",
+        .name.escape_debug(),
+        if .character.is_ascii_uppercase() { " (uppercase is not folded to lowercase)" } else { "" }
+    )]
+    InvalidCharacter { name: String, character: char },
+    #[error(
+        "trust domain name is {len} bytes long; SPIFFE limits trust domain names to {MAX_LEN} bytes"
+    )]
+    TooLong { len: usize },
+    #[error("`{}` has no trust domain name after `spiffe://`; {WHAT_IT_IS}", .input.escape_debug())]
+    MissingName { input: String },
+    #[error("`{}` has {part}; {WHAT_IT_IS}", .input.escape_debug())]
+    ExtraUriPart { input: String, part: UriPart },
+    #[error("`{}` is not a trust domain name; {WHAT_IT_IS}", .input.escape_debug())]
+    WrongScheme { input: String },
+}
+
+impl FromStr for TrustDomain {
+    type Err = TrustDomainError;
+
+    fn from_str(input: &str) -> Result<Self, Self::Err> {
+        if input.is_empty() {
+            return Err(TrustDomainError::Empty);
+        }
+        if let Some(rest) = input.strip_prefix(SCHEME) {
+            return from_uri(input, rest);
+        }
+        // go-spiffe treats anything containing ":/" as an attempted URI;
+        // doing the same gives `https://x` or `spiffe:/x` a message about
+        // the scheme instead of one about the ':' character.
+        if input.contains(":/") {
+            return Err(TrustDomainError::WrongScheme {
+                input: input.to_owned(),
+            });
+        }
+        from_name(input, input)
+    }
+}
+
+fn from_uri(input: &str, after_scheme: &str) -> Result<TrustDomain, TrustDomainError> {
+    let (authority, tail) = match after_scheme.find(['/', '?', '#']) {
+        // `find` returns the index of an ASCII delimiter, a char boundary.
+        Some(end) => after_scheme.split_at(end),
+        None => (after_scheme, ""),
+    };
+    let extra = |part| {
+        Err(TrustDomainError::ExtraUriPart {
+            input: input.to_owned(),
+            part,
+        })
+    };
+    if authority.is_empty() {
+        return Err(TrustDomainError::MissingName {
+            input: input.to_owned(),
+        });
+    }
+    if authority.contains('@') {
+        return extra(UriPart::UserInfo);
+    }
+    if authority.contains(':') {
+        return extra(UriPart::Port);
+    }
+    match tail.chars().next() {
+        Some('/') => extra(UriPart::Path),
+        Some('?') => extra(UriPart::Query),
+        Some('#') => extra(UriPart::Fragment),
+        _ => from_name(input, authority),
+    }
+}
+
+fn from_name(input: &str, name: &str) -> Result<TrustDomain, TrustDomainError> {
+    if let Some(character) = name.chars().find(|&c| !is_trust_domain_char(c)) {
+        return Err(TrustDomainError::InvalidCharacter {
+            name: input.to_owned(),
+            character,
+        });
+    }
+    if name.len() > MAX_LEN {
+        return Err(TrustDomainError::TooLong { len: name.len() });
+    }
+    Ok(TrustDomain(name.to_owned()))
+}
+
+fn is_trust_domain_char(c: char) -> bool {
+    matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn valid_names() {
+        let cases = [
+            ("prod.example.org", "prod.example.org"),
+            ("example", "example"),
+            ("a-b_c.d9", "a-b_c.d9"),
+            ("0", "0"),
+            // go-spiffe checks characters only, not label structure.
+            ("..", ".."),
+            ("-a", "-a"),
+            ("spiffe://prod.example.org", "prod.example.org"),
+            ("spiffe://x", "x"),
+        ];
+        for (input, want) in cases {
+            let td: TrustDomain = input
+                .parse()
+                .unwrap_or_else(|e| panic!("{input:?} rejected: {e}"));
+            assert_eq!(td.as_str(), want, "{input:?}");
+            assert_eq!(td.to_string(), want, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn longest_allowed_name_is_255_bytes() {
+        let name = "a".repeat(255);
+        assert_eq!(name.parse::<TrustDomain>().map(|t| t.0), Ok(name.clone()));
+        let uri = format!("spiffe://{name}");
+        assert_eq!(uri.parse::<TrustDomain>().map(|t| t.0), Ok(name));
+    }
+
+    #[test]
+    fn invalid_names() {
+        let what = WHAT_IT_IS;
+        let chars = "only lowercase letters a-z, digits 0-9, '.', '-' and '_' are allowed";
+        let cases = [
+            ("", "trust domain name is empty".to_owned()),
+            (
+                "Prod.example.org",
+                format!(
+                    "trust domain name `Prod.example.org` contains the character 'P'; {chars} (uppercase is not folded to lowercase)"
+                ),
+            ),
+            (
+                "prod example",
+                format!("trust domain name `prod example` contains the character ' '; {chars}"),
+            ),
+            (
+                "prod.example.org:8443",
+                format!(
+                    "trust domain name `prod.example.org:8443` contains the character ':'; {chars}"
+                ),
+            ),
+            (
+                "prod\nexample",
+                format!("trust domain name `prod\\nexample` contains the character '\\n'; {chars}"),
+            ),
+            (
+                "exämple.org",
+                format!("trust domain name `exämple.org` contains the character 'ä'; {chars}"),
+            ),
+            (
+                "a/b",
+                format!("trust domain name `a/b` contains the character '/'; {chars}"),
+            ),
+            (
+                "spiffe://Prod.org",
+                format!(
+                    "trust domain name `spiffe://Prod.org` contains the character 'P'; {chars} (uppercase is not folded to lowercase)"
+                ),
+            ),
+            (
+                "spiffe://",
+                format!("`spiffe://` has no trust domain name after `spiffe://`; {what}"),
+            ),
+            (
+                "spiffe:///workload",
+                format!("`spiffe:///workload` has no trust domain name after `spiffe://`; {what}"),
+            ),
+            (
+                "spiffe://a.org/x",
+                format!("`spiffe://a.org/x` has a path; {what}"),
+            ),
+            (
+                "spiffe://a.org/",
+                format!("`spiffe://a.org/` has a path; {what}"),
+            ),
+            (
+                "spiffe://a.org:443",
+                format!("`spiffe://a.org:443` has a port; {what}"),
+            ),
+            (
+                "spiffe://u@a.org",
+                format!("`spiffe://u@a.org` has user info; {what}"),
+            ),
+            (
+                "spiffe://a.org?x=1",
+                format!("`spiffe://a.org?x=1` has a query; {what}"),
+            ),
+            (
+                "spiffe://a.org#frag",
+                format!("`spiffe://a.org#frag` has a fragment; {what}"),
+            ),
+            (
+                "https://a.org",
+                format!("`https://a.org` is not a trust domain name; {what}"),
+            ),
+            (
+                "SPIFFE://a.org",
+                format!("`SPIFFE://a.org` is not a trust domain name; {what}"),
+            ),
+            (
+                "spiffe:/a.org",
+                format!("`spiffe:/a.org` is not a trust domain name; {what}"),
+            ),
+        ];
+        for (input, want) in cases {
+            match input.parse::<TrustDomain>() {
+                Ok(td) => panic!("{input:?} accepted as {td}"),
+                Err(e) => assert_eq!(e.to_string(), want, "{input:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn names_over_255_bytes_are_rejected() {
+        let name = "a".repeat(256);
+        let want =
+            "trust domain name is 256 bytes long; SPIFFE limits trust domain names to 255 bytes";
+        for input in [name.clone(), format!("spiffe://{name}")] {
+            assert_eq!(
+                input.parse::<TrustDomain>().map_err(|e| e.to_string()),
+                Err(want.to_owned())
+            );
+        }
+    }
+
+    #[test]
+    fn serializes_as_plain_string() {
+        let td: TrustDomain = "spiffe://a.org".parse().expect("valid");
+        assert_eq!(
+            serde_json::to_string(&td).expect("serializes"),
+            r#""a.org""#
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! The control API between the CLI and the daemon: one JSON request and one JSON response per
+//! connection, each on one line, over a Unix socket of mode 0600 (only root can connect).
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    os::unix::net::UnixStream,
+    path::Path,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::status::Status;
+
+/// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "request", rename_all = "snake_case")]
+pub enum Request {
+    /// Validate and atomically apply a policy. `file` is only used in messages.
+    Apply {
+        file: String,
+        text: String,
+    },
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    Applied {
+        generation: u64,
+    },
+    /// The policy was refused; nothing changed. Each entry is `FILE:LINE:COL: message` or a
+    /// message about the policy as a whole.
+    Rejected {
+        errors: Vec<String>,
+    },
+    Status(Box<Status>),
+    Error {
+        message: String,
+    },
+}
+
+/// Sends one request to the daemon at `socket` and returns its response.
+pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let stream = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the enforcer daemon at {} (is it running? pass --socket if it uses \
+             another path)",
+            socket.display()
+        )
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    (&stream).write_all(line.as_bytes())?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .context("reading the daemon's reply")?;
+    if reply.is_empty() {
+        bail!("the daemon closed the connection without replying");
+    }
+    serde_json::from_str(&reply).context("the daemon's reply is not valid")
+}
+
+/// Reads one request from a connected client.
+pub fn read_request(stream: &UnixStream) -> Result<Request> {
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line)?;
+    serde_json::from_str(&line).context("malformed request")
+}
+
+pub fn write_response(mut stream: &UnixStream, response: &Response) -> Result<()> {
+    let mut line = serde_json::to_string(response)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    Ok(())
+}

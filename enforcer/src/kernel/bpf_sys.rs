@@ -1,0 +1,125 @@
+//! The few `bpf(2)` commands aya 0.14 does not expose publicly: opening a pinned link by path,
+//! replacing a link's program in place, force-detaching a link, and reading which cgroup a
+//! link is attached to. Attribute offsets follow `union bpf_attr` and `struct bpf_link_info`
+//! in `include/uapi/linux/bpf.h`.
+
+use std::{
+    ffi::CString,
+    io,
+    os::{
+        fd::{AsFd, AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// `union bpf_attr` (and, reused, `struct bpf_link_info`) as a zeroed, 8-byte aligned
+/// buffer; the kernel accepts a larger attr as long as the bytes past the fields it knows are
+/// zero.
+#[repr(C, align(8))]
+struct Attr([u8; 128]);
+
+impl Attr {
+    fn new() -> Self {
+        Self([0; 128])
+    }
+
+    fn put_u32(&mut self, offset: usize, value: u32) {
+        self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn put_u64(&mut self, offset: usize, value: u64) {
+        self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
+    }
+
+    fn get_u32(&self, offset: usize) -> u32 {
+        let mut bytes = [0; 4];
+        bytes.copy_from_slice(&self.0[offset..offset + 4]);
+        u32::from_ne_bytes(bytes)
+    }
+
+    fn get_u64(&self, offset: usize) -> u64 {
+        let mut bytes = [0; 8];
+        bytes.copy_from_slice(&self.0[offset..offset + 8]);
+        u64::from_ne_bytes(bytes)
+    }
+
+    fn call(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
+        // SAFETY: the attr buffer outlives the call and is as large as we claim; any pointers
+        // written into it point at live buffers owned by the caller.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                cmd,
+                self.0.as_mut_ptr(),
+                self.0.len() as libc::c_uint,
+            )
+        };
+        if ret < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(ret)
+        }
+    }
+}
+
+fn raw(fd: &impl AsFd) -> u32 {
+    fd.as_fd().as_raw_fd() as u32
+}
+
+/// Opens the BPF object (link, map or program) pinned at `path`.
+pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
+    let c_path = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut attr = Attr::new();
+    attr.put_u64(0, c_path.as_ptr() as u64);
+    let fd = attr.call(BPF_OBJ_GET)?;
+    // SAFETY: BPF_OBJ_GET returned a new file descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Atomically replaces the program behind `link` with `prog`: there is no instant at which
+/// the hook runs neither program.
+pub fn link_update(link: impl AsFd, prog: impl AsFd) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, raw(&link));
+    attr.put_u32(4, raw(&prog));
+    attr.call(BPF_LINK_UPDATE).map(drop)
+}
+
+/// Detaches `link` from its hook even while other file descriptors or pins still hold it.
+pub fn link_detach(link: impl AsFd) -> io::Result<()> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, raw(&link));
+    attr.call(BPF_LINK_DETACH).map(drop)
+}
+
+/// What the kernel reports about a cgroup link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupLinkInfo {
+    pub link_id: u32,
+    pub prog_id: u32,
+    /// 0 once the link has been detached.
+    pub cgroup_id: u64,
+}
+
+pub fn cgroup_link_info(link: impl AsFd) -> io::Result<CgroupLinkInfo> {
+    // struct bpf_link_info: type u32 @0, id u32 @4, prog_id u32 @8, then an 8-aligned
+    // union whose cgroup member starts with cgroup_id u64 @16.
+    let mut info = Attr::new();
+    let mut attr = Attr::new();
+    attr.put_u32(0, raw(&link));
+    attr.put_u32(4, info.0.len() as u32);
+    attr.put_u64(8, info.0.as_mut_ptr() as u64);
+    attr.call(BPF_OBJ_GET_INFO_BY_FD)?;
+    Ok(CgroupLinkInfo {
+        link_id: info.get_u32(4),
+        prog_id: info.get_u32(8),
+        cgroup_id: info.get_u64(16),
+    })
+}

@@ -1,0 +1,213 @@
+//! `enforcer`: the daemon that enforces trust-domain boundaries in the kernel, and the CLI that
+//! checks and applies policy and shows what is enforced.
+
+mod backfill;
+mod bpffs;
+mod cgroupfs;
+mod compile;
+mod control;
+mod daemon;
+mod kernel;
+mod paths;
+mod registry;
+mod status;
+mod teardown;
+
+use std::{fs, path::PathBuf, process::ExitCode};
+
+use anyhow::{Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::{
+    control::{Request, Response},
+    paths::{DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR, PinDir, StateDir},
+};
+
+#[derive(Parser)]
+#[command(
+    name = "enforcer",
+    version,
+    about = "Kernel-enforced trust-domain boundaries for Linux workloads"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load, attach and pin the programs, apply the policy, and serve the control socket.
+    Daemon {
+        #[arg(long)]
+        policy: PathBuf,
+        /// Where the programs attach: a directory in the cgroup2 mount or a cgroup path
+        /// relative to it. Default: the mount's root, i.e. the whole host.
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Check or apply policy files.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Show what the running daemon enforces.
+    Status {
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Remove enforcement: detach the programs and remove every pin.
+    Teardown {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        /// Refuse to tear down links attached anywhere else.
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate policy files offline. Exit 0 when all are valid, 1 otherwise.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Validate and atomically apply a policy to the running daemon; prints the new generation.
+    Apply {
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("enforcer: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Daemon {
+            policy,
+            cgroup_root,
+            pin_dir,
+            socket,
+            state_dir,
+        } => daemon::run(daemon::Options {
+            policy,
+            cgroup_root,
+            pin_dir: PinDir::new(pin_dir),
+            socket,
+            state_dir: StateDir::new(state_dir),
+        })
+        .map(|()| ExitCode::SUCCESS),
+        Command::Policy {
+            command: PolicyCommand::Check { files },
+        } => Ok(check(&files)),
+        Command::Policy {
+            command: PolicyCommand::Apply { file, socket },
+        } => apply(&file, &socket),
+        Command::Status { output, socket } => match control::call(&socket, &Request::Status)? {
+            Response::Status(status) => {
+                match output {
+                    Output::Text => print!("{status}"),
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                }
+                Ok(ExitCode::SUCCESS)
+            }
+            other => bail!("unexpected reply from the daemon: {other:?}"),
+        },
+        Command::Teardown {
+            pin_dir,
+            cgroup_root,
+        } => {
+            teardown::run(&PinDir::new(pin_dir), cgroup_root.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn check(files: &[PathBuf]) -> ExitCode {
+    let mut valid = true;
+    for file in files {
+        let name = file.display().to_string();
+        match fs::read_to_string(file) {
+            Ok(text) => match enforcer_policy::parse(&name, &text) {
+                Ok(policy) => println!(
+                    "{name}: ok ({} domain(s), {} edge(s))",
+                    policy.domains.len(),
+                    policy.federation.len()
+                ),
+                Err(diagnostics) => {
+                    valid = false;
+                    for d in diagnostics {
+                        eprintln!("{d}");
+                    }
+                }
+            },
+            Err(err) => {
+                valid = false;
+                eprintln!("{name}: cannot read: {err}");
+            }
+        }
+    }
+    if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
+    let name = file.display().to_string();
+    let text =
+        fs::read_to_string(file).map_err(|err| anyhow::anyhow!("{name}: cannot read: {err}"))?;
+    // Checked here first so mistakes are reported even when no daemon runs; the daemon checks
+    // again because it is the one that must never apply a bad policy.
+    if let Err(diagnostics) = enforcer_policy::parse(&name, &text) {
+        for d in diagnostics {
+            eprintln!("{d}");
+        }
+        eprintln!("enforcer: {name} was not applied; nothing changed");
+        return Ok(ExitCode::FAILURE);
+    }
+    match control::call(
+        socket,
+        &Request::Apply {
+            file: name.clone(),
+            text,
+        },
+    )? {
+        Response::Applied { generation } => {
+            println!("{generation}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Rejected { errors } => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            eprintln!("enforcer: {name} was not applied; nothing changed");
+            Ok(ExitCode::FAILURE)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}

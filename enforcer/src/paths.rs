@@ -1,0 +1,62 @@
+//! Every path the daemon and CLI use, in one place. Each is a flag with a default, so several
+//! daemons can run side by side (the tests do).
+
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
+pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/enforcer";
+
+/// Where pinned programs' links and maps live: `PIN_DIR/links/PROGRAM`, `PIN_DIR/maps/MAP`.
+#[derive(Debug, Clone)]
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    pub fn links(&self) -> PathBuf {
+        self.0.join("links")
+    }
+
+    pub fn maps(&self) -> PathBuf {
+        self.0.join("maps")
+    }
+
+    pub fn link(&self, program: &str) -> PathBuf {
+        self.links().join(program)
+    }
+
+    pub fn map(&self, map: &str) -> PathBuf {
+        self.maps().join(map)
+    }
+}
+
+/// Files the daemon keeps in `--state-dir`.
+#[derive(Debug, Clone)]
+pub struct StateDir(PathBuf);
+
+impl StateDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Held with `flock` while a daemon runs, so two daemons never drive one state.
+    pub fn lock(&self) -> PathBuf {
+        self.0.join("daemon.lock")
+    }
+
+    /// The source of the active policy, as applied.
+    pub fn active_policy(&self) -> PathBuf {
+        self.0.join("active-policy.yaml")
+    }
+}

@@ -1,0 +1,76 @@
+//! Stable numeric ids for trust-domain names. A socket's tag holds the id, so an id must keep
+//! its meaning for as long as any socket may carry it: ids are never reused or renumbered, and
+//! the table lives in a pinned map (`ENF_DOMAINS`) beside the tags, with the same lifetime.
+
+use std::collections::BTreeMap;
+
+use enforcer_common::maps::UNLABELED;
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Registry {
+    ids: BTreeMap<String, u32>,
+}
+
+impl Registry {
+    pub fn from_entries(entries: impl IntoIterator<Item = (u32, String)>) -> Self {
+        Self {
+            ids: entries.into_iter().map(|(id, name)| (name, id)).collect(),
+        }
+    }
+
+    pub fn get(&self, name: &str) -> Option<u32> {
+        self.ids.get(name).copied()
+    }
+
+    /// The id of `name`, allocating the next unused one if it has none. Returns `None` only
+    /// when all `u32` ids are spent.
+    pub fn get_or_assign(&mut self, name: &str) -> Option<u32> {
+        if let Some(id) = self.get(name) {
+            return Some(id);
+        }
+        let next = self
+            .ids
+            .values()
+            .max()
+            .copied()
+            .unwrap_or(UNLABELED)
+            .checked_add(1)?;
+        self.ids.insert(name.to_owned(), next);
+        Some(next)
+    }
+
+    pub fn name_of(&self, id: u32) -> Option<&str> {
+        self.ids
+            .iter()
+            .find_map(|(name, &known)| (known == id).then_some(name.as_str()))
+    }
+
+    /// Entries present here and not in `older`: what must be written to the kernel.
+    pub fn added_since<'a>(&'a self, older: &'a Self) -> impl Iterator<Item = (u32, &'a str)> {
+        self.ids
+            .iter()
+            .filter(|(name, _)| older.get(name).is_none())
+            .map(|(name, &id)| (id, name.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_start_at_one_and_are_never_reused() {
+        let mut r = Registry::default();
+        assert_eq!(r.get_or_assign("a.org"), Some(1));
+        assert_eq!(r.get_or_assign("b.org"), Some(2));
+        assert_eq!(r.get_or_assign("a.org"), Some(1));
+        let reloaded = Registry::from_entries([(1, "a.org".into()), (7, "z.org".into())]);
+        let mut next = reloaded.clone();
+        assert_eq!(next.get_or_assign("c.org"), Some(8));
+        assert_eq!(
+            next.added_since(&reloaded).collect::<Vec<_>>(),
+            [(8, "c.org")]
+        );
+        assert_eq!(next.name_of(7), Some("z.org"));
+    }
+}
