@@ -74,7 +74,7 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
         }
     };
     let mut sites = Sites::default();
-    let policy = read_policy(&root, &mut sites, diags);
+    let policy = read_policy(text, &root, &mut sites, diags);
     validate::check(&sites, diags);
     policy
 }
@@ -182,13 +182,19 @@ fn report_load_error(error: &LoadError, diags: &mut Diagnostics) {
     );
 }
 
-fn read_policy(root: &Node, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Policy> {
+fn read_policy(
+    text: &str,
+    root: &Node,
+    sites: &mut Sites,
+    diags: &mut Diagnostics,
+) -> Option<Policy> {
     let root = Value {
         node: root,
         pos: node_pos(root),
         what: "the policy".to_owned(),
+        text,
     };
-    let top = Fields::new(root.mapping(diags)?, "policy", POLICY_KEYS, diags);
+    let top = Fields::new(&root, "policy", POLICY_KEYS, diags)?;
     let version = top
         .required(
             "version",
@@ -245,7 +251,7 @@ fn read_version(v: &Value, diags: &mut Diagnostics) -> Option<u32> {
 }
 
 fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
-    let fields = Fields::new(v.mapping(diags)?, "defaults", DEFAULTS_KEYS, diags);
+    let fields = Fields::new(v, "defaults", DEFAULTS_KEYS, diags)?;
     let action = |key: &str, diags: &mut Diagnostics| match fields.get(key) {
         Some(v) => read_keyword(&v, "`allow` or `deny`", diags, |text| match text {
             "allow" => Some(Action::Allow),
@@ -254,14 +260,16 @@ fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
         }),
         None => Some(Action::default()),
     };
+    let unlabeled = action("unlabeled", diags);
+    let external = action("external", diags);
     Some(Defaults {
-        unlabeled: action("unlabeled", diags)?,
-        external: action("external", diags)?,
+        unlabeled: unlabeled?,
+        external: external?,
     })
 }
 
 fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Domain> {
-    let fields = Fields::new(v.mapping(diags)?, "domain", DOMAIN_KEYS, diags);
+    let fields = Fields::new(v, "domain", DOMAIN_KEYS, diags)?;
     let name = fields
         .required(
             "name",
@@ -298,7 +306,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
 }
 
 fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Edge> {
-    let fields = Fields::new(v.mapping(diags)?, "edge", EDGE_KEYS, diags);
+    let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
     let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
         fields.required(key, "edge", why, diags)
     };
@@ -492,6 +500,8 @@ struct Value<'n> {
     node: &'n Node,
     pos: Pos,
     what: String,
+    /// The whole policy text, for the positions the parser does not give.
+    text: &'n str,
 }
 
 impl<'n> Value<'n> {
@@ -540,8 +550,14 @@ impl<'n> Value<'n> {
             .iter()
             .map(|node| Value {
                 node,
-                pos: node_pos(node),
+                pos: match node {
+                    Node::Scalar(scalar) if is_empty(scalar) => {
+                        empty_item_pos(self.text, node_pos(node))
+                    }
+                    _ => node_pos(node),
+                },
                 what: item_what.to_owned(),
+                text: self.text,
             })
             .collect();
         Some(items)
@@ -551,15 +567,18 @@ impl<'n> Value<'n> {
 /// The entries of one mapping, with unknown keys already reported.
 struct Fields<'n> {
     mapping: &'n MarkedMappingNode,
+    text: &'n str,
 }
 
 impl<'n> Fields<'n> {
+    /// `None` (reported) when `value` is not a mapping.
     fn new(
-        mapping: &'n MarkedMappingNode,
+        value: &Value<'n>,
         context: &str,
         known: &[&str],
         diags: &mut Diagnostics,
-    ) -> Self {
+    ) -> Option<Self> {
+        let mapping = value.mapping(diags)?;
         for key in mapping.keys() {
             if !known.contains(&key.as_str()) {
                 diags.error(
@@ -572,7 +591,10 @@ impl<'n> Fields<'n> {
                 );
             }
         }
-        Self { mapping }
+        Some(Self {
+            mapping,
+            text: value.text,
+        })
     }
 
     fn get(&self, key: &str) -> Option<Value<'n>> {
@@ -580,15 +602,14 @@ impl<'n> Fields<'n> {
         // An empty value has no text of its own; the parser places it at the
         // next token, often on a later line, so the key is the better spot.
         let pos = match node {
-            Node::Scalar(scalar) if scalar.may_coerce() && scalar.is_empty() => {
-                span_pos(key_node.span())
-            }
+            Node::Scalar(scalar) if is_empty(scalar) => span_pos(key_node.span()),
             _ => node_pos(node),
         };
         Some(Value {
             node,
             pos,
             what: format!("`{key}`"),
+            text: self.text,
         })
     }
 
@@ -613,6 +634,53 @@ impl<'n> Fields<'n> {
 
 fn is_null(scalar: &MarkedScalarNode) -> bool {
     scalar.may_coerce() && matches!(scalar.as_str(), "" | "~" | "null" | "Null" | "NULL")
+}
+
+/// The value of `key:` or `-` with nothing after it.
+fn is_empty(scalar: &MarkedScalarNode) -> bool {
+    scalar.may_coerce() && scalar.is_empty()
+}
+
+/// The parser places an empty list item (a `-` with nothing after it) at
+/// the next token: the content of the next item, just past that item's `-`,
+/// or whatever ends the list. Only blank space and comments lie between
+/// the empty item's `-` and that next `-` or token.
+fn empty_item_pos(text: &str, next_token: Pos) -> Pos {
+    let lines: Vec<&str> = text.lines().take(next_token.line).collect();
+    for (index, line) in lines.iter().enumerate().rev() {
+        let mut code = if index + 1 == next_token.line {
+            let before: String = line
+                .chars()
+                .take(next_token.column.saturating_sub(1))
+                .collect();
+            let before = before.trim_end();
+            before.strip_suffix('-').unwrap_or(before).to_owned()
+        } else {
+            without_comment(line).to_owned()
+        };
+        code.truncate(code.trim_end().len());
+        if code.ends_with('-') {
+            return Pos {
+                line: index + 1,
+                column: code.chars().count(),
+            };
+        }
+        if !code.is_empty() {
+            break;
+        }
+    }
+    next_token
+}
+
+fn without_comment(line: &str) -> &str {
+    let mut previous = ' ';
+    for (at, c) in line.char_indices() {
+        if c == '#' && matches!(previous, ' ' | '\t') {
+            return line.split_at(at).0;
+        }
+        previous = c;
+    }
+    line
 }
 
 fn describe(node: &Node) -> String {

@@ -1,1 +1,113 @@
-fn main() {}
+//! Project tasks: `cargo xtask setup | demo | test | bench`.
+
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building the kernel programs needs (rust-src, llvm-22, bpf-linker); skips
+    /// what is already there.
+    Setup,
+    /// Build, then show enforcement live: a refused and an allowed connection.
+    Demo,
+    /// Set up, build and run every test, including the privileged end-to-end tests.
+    Test {
+        /// Extra arguments for `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Run a benchmark and print each measurement as a ratio to its baseline.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::run(),
+        Task::Demo => {
+            setup::run()?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "enforcer",
+                "-p",
+                "enforcer-tests",
+            ])?;
+            let status = Command::new("bash")
+                .arg(workspace_root().join("scripts/demo.sh"))
+                .status()
+                .context("running scripts/demo.sh")?;
+            if !status.success() {
+                bail!("the demo failed");
+            }
+            Ok(())
+        }
+        Task::Test { args } => {
+            setup::run()?;
+            cargo(&["build", "-p", "enforcer", "-p", "enforcer-tests"])?;
+            let mut test = vec!["test", "--workspace"];
+            if !args.is_empty() {
+                test.push("--");
+                test.extend(args.iter().map(String::as_str));
+            }
+            cargo(&test)
+        }
+        Task::Bench { bench } => {
+            setup::run()?;
+            cargo(&[
+                "build",
+                "--release",
+                "-p",
+                "enforcer",
+                "-p",
+                "enforcer-tests",
+            ])?;
+            bench::run(bench)
+        }
+    }
+}
+
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+pub fn cargo(args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .current_dir(workspace_root())
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}

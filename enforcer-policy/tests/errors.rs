@@ -1,0 +1,642 @@
+//! Every kind of mistake is reported as `FILE:LINE:COL: message`, pointing
+//! at the offending key or value, and all mistakes in a file are reported.
+
+use enforcer_policy::parse;
+
+/// Joins lines so that line `n` of the policy is element `n - 1` here.
+fn policy(lines: &[&str]) -> String {
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+fn errors(lines: &[&str]) -> Vec<String> {
+    errors_in(&policy(lines))
+}
+
+fn errors_in(text: &str) -> Vec<String> {
+    match parse("p.yaml", text) {
+        Ok(policy) => panic!("expected errors, got {policy:?}"),
+        Err(diagnostics) => diagnostics.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// Two domains and a valid edge between them, for tests that only change
+/// one line.
+fn with_edge(edge: &[&str]) -> Vec<String> {
+    let mut lines = vec![
+        "version: 1",
+        "domains:",
+        "  - name: a.org",
+        "  - name: b.org",
+        "federation:",
+    ];
+    lines.extend_from_slice(edge);
+    errors(&lines)
+}
+
+const DOMAIN_KEYS: &str = "expected one of: name, cgroups, endpoints";
+const EDGE_KEYS: &str = "expected one of: from, to, protocol, ports, owner, reason";
+const TD_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
+
+mod document {
+    use super::*;
+
+    #[test]
+    fn empty_file() {
+        assert_eq!(errors_in(""), ["p.yaml:1:1: policy is empty"]);
+        assert_eq!(
+            errors_in("# nothing yet\n\n---\n"),
+            ["p.yaml:1:1: policy is empty"]
+        );
+    }
+
+    #[test]
+    fn malformed_yaml_uses_the_parser_position() {
+        assert_eq!(
+            errors(&["version: 1", "domains: [a.org", "federation: []"]),
+            ["p.yaml:3:11: illegal placement of ':' indicator"]
+        );
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "defaults:",
+                "  unlabeled: deny",
+                " external: deny"
+            ]),
+            ["p.yaml:4:10: while parsing a block mapping, did not find expected key"]
+        );
+    }
+
+    #[test]
+    fn top_level_must_be_a_mapping() {
+        assert_eq!(
+            errors(&["- version: 1"]),
+            [
+                "p.yaml:1:1: a policy must be a YAML mapping with the keys version, defaults, domains, federation"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_key() {
+        assert_eq!(
+            errors(&["version: 1", "domains: []", "version: 1"]),
+            ["p.yaml:3:1: duplicate key `version` (first defined at line 1)"]
+        );
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    cgroups: [/a]",
+                "    cgroups: [/b]",
+            ]),
+            ["p.yaml:5:5: duplicate key `cgroups` (first defined at line 4)"]
+        );
+    }
+
+    #[test]
+    fn anchors_and_tags_are_refused() {
+        assert_eq!(
+            errors(&["version: 1", "domains: &all []"]),
+            ["p.yaml:2:15: YAML anchors and aliases are not supported in policy files"]
+        );
+        assert_eq!(
+            errors(&["version: !!int 1"]),
+            ["p.yaml:1:16: YAML tags are not supported in policy files"]
+        );
+    }
+
+    #[test]
+    fn a_second_document_is_refused() {
+        assert_eq!(
+            errors(&["version: 1", "---", "version: 1", "domains: []"]),
+            [
+                "p.yaml:2:1: a policy file must hold exactly one YAML document, but a second one starts here"
+            ]
+        );
+        assert_eq!(
+            errors(&["---", "version: 1", "...", "domains: []"]),
+            [
+                "p.yaml:4:1: a policy file must hold exactly one YAML document, but a second one starts here"
+            ]
+        );
+        assert!(
+            parse(
+                "p.yaml",
+                &policy(&["%YAML 1.2", "---", "version: 1", "..."])
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        let text = format!("version: 1\ndomains:\n{}x\n", "- ".repeat(50));
+        assert_eq!(
+            errors_in(&text),
+            [
+                "p.yaml:3:81: nesting is too deep: a policy never needs more than 80 columns of indentation"
+            ]
+        );
+    }
+}
+
+mod top_level {
+    use super::*;
+
+    #[test]
+    fn missing_version() {
+        assert_eq!(
+            errors(&["domains: []"]),
+            [
+                "p.yaml:1:1: policy is missing required key `version`: write `version: 1` at the top of the file"
+            ]
+        );
+    }
+
+    #[test]
+    fn unsupported_version() {
+        assert_eq!(
+            errors(&["version: 2"]),
+            ["p.yaml:1:10: unsupported policy version 2 (this enforcer understands version 1)"]
+        );
+        assert_eq!(
+            errors(&["version: 0"]),
+            ["p.yaml:1:10: unsupported policy version 0 (this enforcer understands version 1)"]
+        );
+    }
+
+    #[test]
+    fn version_must_be_an_integer() {
+        assert_eq!(
+            errors(&["version: \"1\""]),
+            ["p.yaml:1:10: `version` must be an integer, found the string `1`"]
+        );
+        assert_eq!(
+            errors(&["version: 1.0"]),
+            ["p.yaml:1:10: `version` must be an integer, found `1.0`"]
+        );
+        assert_eq!(
+            errors(&["version:", "domains: []"]),
+            ["p.yaml:1:1: `version` must be an integer, found an empty value"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_eq!(
+            errors(&["version: 1", "domain: []"]),
+            [
+                "p.yaml:2:1: unknown key `domain` in policy; expected one of: version, defaults, domains, federation"
+            ]
+        );
+    }
+
+    #[test]
+    fn wrong_kinds() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "defaults: deny",
+                "domains: {}",
+                "federation: a.org"
+            ]),
+            [
+                "p.yaml:2:11: `defaults` must be a mapping, found `deny`",
+                "p.yaml:3:10: `domains` must be a list, found a mapping",
+                "p.yaml:4:13: `federation` must be a list, found `a.org`",
+            ]
+        );
+        assert_eq!(
+            errors(&["version: 1", "domains:"]),
+            [
+                "p.yaml:2:1: `domains` must be a list, found an empty value (write `[]` for an empty list)"
+            ]
+        );
+    }
+}
+
+mod defaults {
+    use super::*;
+
+    #[test]
+    fn values_must_be_allow_or_deny() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "defaults:",
+                "  unlabeled: Deny",
+                "  external: true",
+            ]),
+            [
+                "p.yaml:3:14: `unlabeled` must be `allow` or `deny`, found `Deny`",
+                "p.yaml:4:13: `external` must be `allow` or `deny`, found `true`",
+            ]
+        );
+        assert_eq!(
+            errors(&["version: 1", "defaults:", "  external:"]),
+            ["p.yaml:3:3: `external` must be `allow` or `deny`, found an empty value"]
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_eq!(
+            errors(&["version: 1", "defaults:", "  unknown: deny"]),
+            ["p.yaml:3:3: unknown key `unknown` in defaults; expected one of: unlabeled, external"]
+        );
+    }
+}
+
+mod domains {
+    use super::*;
+
+    #[test]
+    fn entries_must_be_mappings_with_a_name() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - a.org",
+                "  -",
+                "  - cgroups: [/a]",
+                "  - name: b.org",
+            ]),
+            [
+                "p.yaml:3:5: each `domains` entry must be a mapping, found `a.org`",
+                "p.yaml:4:3: each `domains` entry must be a mapping, found an empty value",
+                "p.yaml:5:5: domain is missing required key `name`: every domain needs a trust domain name",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    cgroup: [/a]"
+            ]),
+            [format!(
+                "p.yaml:4:5: unknown key `cgroup` in domain; {DOMAIN_KEYS}"
+            )]
+        );
+    }
+
+    #[test]
+    fn invalid_names() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: Prod.example.org",
+                "  - name: spiffe://a.org/ns/prod",
+                "  - name: https://b.org",
+                "  - name: \"\"",
+                "  - name: [a.org]",
+            ]),
+            [
+                "p.yaml:3:11: trust domain name `Prod.example.org` contains the character 'P'; only lowercase letters a-z, digits 0-9, '.', '-' and '_' are allowed (uppercase is not folded to lowercase)".to_owned(),
+                format!("p.yaml:4:11: `spiffe://a.org/ns/prod` has a path; {TD_IS}"),
+                format!("p.yaml:5:11: `https://b.org` is not a trust domain name; {TD_IS}"),
+                "p.yaml:6:11: trust domain name is empty".to_owned(),
+                "p.yaml:7:11: `name` must be a trust domain name, found a list".to_owned(),
+            ]
+        );
+    }
+
+    #[test]
+    fn name_longer_than_255_bytes() {
+        let long = format!("  - name: {}", "a".repeat(256));
+        assert_eq!(
+            errors(&["version: 1", "domains:", &long]),
+            [
+                "p.yaml:3:11: trust domain name is 256 bytes long; SPIFFE limits trust domain names to 255 bytes"
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_names_compare_after_normalisation() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "  - name: b.org",
+                "  - name: spiffe://a.org",
+            ]),
+            ["p.yaml:5:11: duplicate domain `a.org` (first declared at line 3)"]
+        );
+    }
+
+    #[test]
+    fn invalid_cgroups() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    cgroups:",
+                "      - workloads/prod",
+                "      - /workloads/prod/",
+                "      - /workloads//prod",
+                "      - /workloads/../prod",
+                "      - \"/workloads/\\0\"",
+                "      - {path: /a}",
+                "    endpoints: []",
+                "  - name: b.org",
+                "    cgroups: /b",
+            ]),
+            [
+                "p.yaml:5:9: cgroup path `workloads/prod` must start with `/`: paths are relative to the cgroup2 mount root, as in /proc/PID/cgroup",
+                "p.yaml:6:9: cgroup path `/workloads/prod/` has a trailing slash; write `/workloads/prod`",
+                "p.yaml:7:9: cgroup path `/workloads//prod` has an empty component (`//`)",
+                "p.yaml:8:9: cgroup path `/workloads/../prod` has a `..` component; cgroup paths are written without `.` or `..`",
+                "p.yaml:9:9: cgroup path `/workloads/\\0` contains a NUL byte",
+                "p.yaml:10:9: each `cgroups` entry must be a cgroup path, found a mapping",
+                "p.yaml:13:14: `cgroups` must be a list, found `/b`",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_cgroup_belongs_to_one_domain() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    cgroups: [/shared, /a, /a]",
+                "  - name: b.org",
+                "    cgroups:",
+                "      - /shared",
+            ]),
+            [
+                "p.yaml:4:28: cgroup `/a` is listed twice in domain `a.org` (first at line 4)",
+                "p.yaml:7:9: cgroup `/shared` is bound to both `a.org` (line 4) and `b.org`; a cgroup can belong to only one trust domain",
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_endpoints() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    endpoints:",
+                "      - 10.10.1.0/16",
+                "      - fd00:10::1/64",
+                "      - 10.0.0.0/33",
+                "      - 10.0.0.0/x",
+                "      - 10.0.0",
+                "      - 42",
+                "      - [10.0.0.0/8]",
+            ]),
+            [
+                "p.yaml:5:9: 10.10.1.0/16 has host bits set; did you mean 10.10.0.0/16?",
+                "p.yaml:6:9: fd00:10::1/64 has host bits set; did you mean fd00:10::/64?",
+                "p.yaml:7:9: prefix length /33 in `10.0.0.0/33` is too long; the maximum is /32",
+                "p.yaml:8:9: `10.0.0.0/x` is not an IP address or prefix; expected something like `10.10.0.0/16`, `fd00:10::/64` or `10.10.0.1`",
+                "p.yaml:9:9: `10.0.0` is not an IP address or prefix; expected something like `10.10.0.0/16`, `fd00:10::/64` or `10.10.0.1`",
+                "p.yaml:10:9: `42` is not an IP address or prefix; expected something like `10.10.0.0/16`, `fd00:10::/64` or `10.10.0.1`",
+                "p.yaml:11:9: each `endpoints` entry must be an IP address or prefix, found a list",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_prefix_belongs_to_one_domain() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "domains:",
+                "  - name: a.org",
+                "    endpoints: [10.0.0.7, \"fd00::/64\"]",
+                "  - name: b.org",
+                "    endpoints: [10.0.0.7/32, fd00:0::/64]",
+            ]),
+            [
+                "p.yaml:6:17: prefix `10.0.0.7/32` is bound to both `a.org` (line 4) and `b.org`; an address can belong to only one trust domain",
+                "p.yaml:6:30: prefix `fd00::/64` is bound to both `a.org` (line 4) and `b.org`; an address can belong to only one trust domain",
+            ]
+        );
+    }
+}
+
+mod federation {
+    use super::*;
+
+    #[test]
+    fn missing_required_keys_are_reported_at_the_edge() {
+        assert_eq!(
+            with_edge(&["  - from: a.org", "    to: b.org"]),
+            [
+                "p.yaml:6:5: edge is missing required key `protocol`: every edge needs a protocol: tcp, udp or any",
+                "p.yaml:6:5: edge is missing required key `ports`: every edge needs the destination ports it allows",
+                "p.yaml:6:5: edge is missing required key `owner`: every edge needs an accountable owner",
+                "p.yaml:6:5: edge is missing required key `reason`: every edge needs a reason explaining why the traffic is allowed",
+            ]
+        );
+        assert_eq!(
+            with_edge(&["  - {protocol: tcp, ports: [1], owner: o, reason: r}"]),
+            [
+                "p.yaml:6:5: edge is missing required key `from`: every edge needs the trust domain that starts the traffic",
+                "p.yaml:6:5: edge is missing required key `to`: every edge needs the trust domain that receives the traffic",
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    port: 443",
+                "    ports: [443]",
+                "    owner: o",
+                "    reason: r",
+            ]),
+            [format!(
+                "p.yaml:9:5: unknown key `port` in edge; {EDGE_KEYS}"
+            )]
+        );
+    }
+
+    #[test]
+    fn edges_must_name_declared_domains() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: c.org",
+                "    to: spiffe://b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: o",
+                "    reason: r",
+            ]),
+            ["p.yaml:6:11: edge names unknown domain `c.org`"]
+        );
+    }
+
+    #[test]
+    fn self_edges_are_pointless() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: spiffe://a.org",
+                "    protocol: udp",
+                "    ports: [53]",
+                "    owner: o",
+                "    reason: r",
+            ]),
+            ["p.yaml:7:9: self-edge: same-domain traffic is always allowed"]
+        );
+    }
+
+    #[test]
+    fn protocol_must_be_tcp_udp_or_any() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: TCP",
+                "    ports: [443]",
+                "    owner: o",
+                "    reason: r",
+            ]),
+            ["p.yaml:8:15: `protocol` must be `tcp`, `udp` or `any`, found `TCP`"]
+        );
+    }
+
+    #[test]
+    fn invalid_ports() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [0, 65536, \"9000-8000\", https, 80, \"\", [1]]",
+                "    owner: o",
+                "    reason: r",
+            ]),
+            [
+                "p.yaml:9:13: port 0 is out of range; ports are 1-65535",
+                "p.yaml:9:16: port 65536 is out of range; ports are 1-65535",
+                "p.yaml:9:23: port range 9000-8000 is reversed; write 8000-9000",
+                "p.yaml:9:36: `https` is not a port or port range; expected a number 1-65535 or a range like `8000-8099`",
+                "p.yaml:9:47: `` is not a port or port range; expected a number 1-65535 or a range like `8000-8099`",
+                "p.yaml:9:51: each `ports` entry must be a port or port range, found a list",
+            ]
+        );
+    }
+
+    #[test]
+    fn ports_must_be_a_non_empty_list() {
+        let edge = |ports| {
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                ports,
+                "    owner: o",
+                "    reason: r",
+            ])
+        };
+        assert_eq!(
+            edge("    ports: []"),
+            ["p.yaml:9:12: `ports` must list at least one port or port range"]
+        );
+        assert_eq!(
+            edge("    ports: 443"),
+            ["p.yaml:9:12: `ports` must be a list, found `443`"]
+        );
+    }
+
+    #[test]
+    fn owner_and_reason_must_not_be_blank() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: \"  \"",
+                "    reason:",
+            ]),
+            [
+                "p.yaml:10:12: `owner` is empty: every edge needs an accountable owner",
+                "p.yaml:11:5: `reason` is empty: every edge needs a reason explaining why the traffic is allowed",
+            ]
+        );
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: [me]",
+                "    reason: ~",
+            ]),
+            [
+                "p.yaml:10:12: `owner` must be a string, found a list",
+                "p.yaml:11:13: `reason` is empty: every edge needs a reason explaining why the traffic is allowed",
+            ]
+        );
+    }
+}
+
+#[test]
+fn every_mistake_is_reported_in_file_order() {
+    assert_eq!(
+        errors(&[
+            "version: 1",
+            "defaults:",
+            "  unlabeled: block",
+            "domains:",
+            "  - name: a.org",
+            "    cgroups: [/a/]",
+            "    endpoints: [10.0.0.1/8]",
+            "  - name: A.org",
+            "    owner: me",
+            "federation:",
+            "  - from: a.org",
+            "    to: c.org",
+            "    protocol: tcp",
+            "    ports: [0]",
+            "    owner: o",
+        ]),
+        [
+            "p.yaml:3:14: `unlabeled` must be `allow` or `deny`, found `block`".to_owned(),
+            "p.yaml:6:15: cgroup path `/a/` has a trailing slash; write `/a`".to_owned(),
+            "p.yaml:7:17: 10.0.0.1/8 has host bits set; did you mean 10.0.0.0/8?".to_owned(),
+            "p.yaml:8:11: trust domain name `A.org` contains the character 'A'; only lowercase letters a-z, digits 0-9, '.', '-' and '_' are allowed (uppercase is not folded to lowercase)".to_owned(),
+            format!("p.yaml:9:5: unknown key `owner` in domain; {DOMAIN_KEYS}"),
+            "p.yaml:11:5: edge is missing required key `reason`: every edge needs a reason explaining why the traffic is allowed".to_owned(),
+            "p.yaml:12:9: edge names unknown domain `c.org`".to_owned(),
+            "p.yaml:14:13: port 0 is out of range; ports are 1-65535".to_owned(),
+        ]
+    );
+}
+
+#[test]
+fn diagnostics_carry_file_line_and_column() {
+    let diagnostics = parse("policies/prod.yaml", "version: 3\n").expect_err("unsupported");
+    assert_eq!(diagnostics.len(), 1);
+    let d = &diagnostics[0];
+    assert_eq!(
+        (d.file.as_str(), d.line, d.column),
+        ("policies/prod.yaml", 1, 10)
+    );
+    assert_eq!(
+        d.message,
+        "unsupported policy version 3 (this enforcer understands version 1)"
+    );
+}

@@ -1,0 +1,133 @@
+//! `parse` must never panic or overflow the stack, whatever it is given,
+//! and must always explain a failure with at least one diagnostic that
+//! points inside the file.
+
+use enforcer_policy::{Diagnostic, Policy, parse};
+
+const EXAMPLE: &str = include_str!("example.yaml");
+
+fn check(text: &str) -> Result<Policy, Vec<Diagnostic>> {
+    let result = parse("p.yaml", text);
+    if let Err(diagnostics) = &result {
+        assert!(
+            !diagnostics.is_empty(),
+            "failure without diagnostics for {text:?}"
+        );
+        let last_line = text.lines().count() + 1;
+        for d in diagnostics {
+            assert!(
+                (1..=last_line).contains(&d.line) && d.column >= 1,
+                "{d} is outside {text:?}"
+            );
+        }
+    }
+    result
+}
+
+#[test]
+fn every_truncation_of_the_example_is_handled() {
+    let mut accepted = 0;
+    for end in (0..=EXAMPLE.len()).filter(|&end| EXAMPLE.is_char_boundary(end)) {
+        let prefix = EXAMPLE.get(..end).unwrap_or_default();
+        if check(prefix).is_ok() {
+            accepted += 1;
+        }
+    }
+    // Cutting the file at a line end can leave a smaller valid policy; the
+    // full example is one of them.
+    assert!(accepted >= 1);
+}
+
+#[test]
+fn every_suffix_of_the_example_is_handled() {
+    for start in (0..=EXAMPLE.len()).filter(|&start| EXAMPLE.is_char_boundary(start)) {
+        let _ = check(EXAMPLE.get(start..).unwrap_or_default());
+    }
+}
+
+/// Deterministic small mutations (insert, delete, replace a character) of
+/// the example, biased towards YAML's structural characters.
+#[test]
+fn mutated_examples_are_handled() {
+    let alphabet: Vec<char> = "[]{}:,-?!&*#|>'\"%@ \n\t\r\\a1.~/\u{feff}é\0"
+        .chars()
+        .collect();
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut random = |below: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        usize::try_from(state % below as u64).unwrap_or(0)
+    };
+    for _ in 0..3000 {
+        let mut chars: Vec<char> = EXAMPLE.chars().collect();
+        for _ in 0..1 + random(4) {
+            let at = random(chars.len() + 1);
+            let c = alphabet[random(alphabet.len())];
+            match random(3) {
+                0 => chars.insert(at, c),
+                1 if at < chars.len() => {
+                    chars.remove(at);
+                }
+                _ if at < chars.len() => chars[at] = c,
+                _ => chars.push(c),
+            }
+        }
+        let _ = check(&chars.into_iter().collect::<String>());
+    }
+}
+
+#[test]
+fn deep_nesting_is_refused_not_a_stack_overflow() {
+    let compact = format!("version: 1\ndomains:\n{}x\n", "- ".repeat(100_000));
+    let keys = format!("version: 1\ndomains:\n{}x\n", "? ".repeat(100_000));
+    let flow = format!("version: 1\ndomains: {}\n", "[".repeat(100_000));
+    let flow_maps = format!("version: 1\ndomains: {}\n", "{a: ".repeat(100_000));
+    for text in [compact, keys, flow, flow_maps] {
+        assert!(check(&text).is_err());
+    }
+}
+
+#[test]
+fn nesting_just_inside_the_limits_is_safe() {
+    // One block level per column up to the indentation limit, then flow
+    // nesting up to the YAML parser's own limit.
+    let mut text = String::from("version: 1\ndomains:\n");
+    for indent in (0..78).step_by(2) {
+        text.push_str(&" ".repeat(indent));
+        text.push_str("- k:\n");
+    }
+    text.push_str(&" ".repeat(78));
+    text.push_str(&"[".repeat(250));
+    text.push_str(&"]".repeat(250));
+    text.push('\n');
+    assert!(check(&text).is_err());
+}
+
+#[test]
+fn odd_inputs_are_handled() {
+    let long_line = format!("version: 1\nfederation: [{}]\n", "x".repeat(1_000_000));
+    let many_domains: String = std::iter::once("version: 1\ndomains:\n".to_owned())
+        .chain((0..5000).map(|i| format!("  - name: d{i}.org\n    cgroups: [/d{i}]\n")))
+        .collect();
+    for text in [
+        "\u{feff}version: 1\n",
+        "version: 1\r\ndomains: []\r\n",
+        "\0",
+        "version: 1\0",
+        "version: 1\n\u{2028}domains: []\n",
+        ":",
+        "? - a\n",
+        "[a]: b\n",
+        "version: 1\ndomains:\n  - *alias\n",
+        "version: 1\ndomains: !!seq []\n",
+        "\"unterminated",
+        "version: 1\n--- !tag\n",
+        "%YAML 9.9\n---\nversion: 1\n",
+        long_line.as_str(),
+        many_domains.as_str(),
+    ] {
+        let _ = check(text);
+    }
+    assert!(check(&many_domains).is_ok());
+}

@@ -1,0 +1,36 @@
+//! The harness for privileged end-to-end tests. Each test gets its own cgroup subtree, pin
+//! directory, control socket and state directory, and every one of them is removed when the
+//! [`Sandbox`] is dropped, including when the test fails.
+
+mod netns;
+mod sandbox;
+
+pub use netns::RemoteHost;
+pub use sandbox::{Outcome, Sandbox, Server};
+
+/// Set by CI: a privileged test that cannot run is a failure, not a skip.
+pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";
+
+/// Whether privileged tests can run here. When they cannot, says so loudly, and panics if
+/// [`REQUIRE_ENV`] is set.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    let cgroup2 = std::fs::read_to_string("/proc/mounts").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
+    });
+    let reason = match (root, cgroup2) {
+        (true, true) => return true,
+        (false, _) => "not running as root",
+        (true, false) => "no cgroup v2 hierarchy is mounted",
+    };
+    if std::env::var_os(REQUIRE_ENV).is_some() {
+        panic!("{test}: privileged test cannot run ({reason}) and {REQUIRE_ENV} is set");
+    }
+    eprintln!(
+        "\n!!!!!!!! SKIPPED privileged test {test}: {reason}. Nothing about kernel enforcement \
+         was tested. Set {REQUIRE_ENV}=1 to make this a failure. !!!!!!!!\n"
+    );
+    false
+}

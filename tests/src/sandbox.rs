@@ -1,0 +1,326 @@
+//! One test's private world: a cgroup subtree the daemon attaches to, a pin directory, a
+//! control socket, a state directory, and the processes started in them.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStderr, Command, Output, Stdio},
+    sync::mpsc,
+    thread,
+};
+
+/// What a client application saw when it connected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Connected and received this greeting.
+    Connected(String),
+    /// `connect()` failed with this errno.
+    Error(i32),
+}
+
+impl Outcome {
+    pub const EPERM: Self = Self::Error(libc::EPERM);
+    pub const REFUSED: Self = Self::Error(libc::ECONNREFUSED);
+
+    pub fn greeted() -> Self {
+        Self::Connected("hi".into())
+    }
+}
+
+pub struct Sandbox {
+    name: String,
+    cgroup_mount: PathBuf,
+    /// The subtree the daemon attaches to, as a cgroup path (`/enforcer-test-...`).
+    pub root: String,
+    pub dir: PathBuf,
+    pub pin_dir: PathBuf,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    daemon: Option<Child>,
+    daemon_log: Option<mpsc::Receiver<String>>,
+}
+
+impl Sandbox {
+    pub fn new(test: &str) -> Self {
+        let id = format!("{test}-{}", std::process::id());
+        let cgroup_mount = cgroup_mount();
+        let root = format!("/enforcer-test-{id}");
+        fs::create_dir_all(cgroup_mount.join(&root[1..])).expect("creating the test cgroup");
+        let dir = std::env::temp_dir().join(format!("enforcer-test-{id}"));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("creating the test directory");
+        Self {
+            name: test.into(),
+            pin_dir: PathBuf::from(format!("/sys/fs/bpf/enforcer-test-{id}")),
+            socket: dir.join("control.sock"),
+            state_dir: dir.join("state"),
+            dir,
+            cgroup_mount,
+            root,
+            daemon: None,
+            daemon_log: None,
+        }
+    }
+
+    /// Creates `ROOT/rel` and returns its cgroup path.
+    pub fn cgroup(&self, rel: &str) -> String {
+        let path = format!("{}/{rel}", self.root);
+        fs::create_dir_all(self.cgroup_dir(&path)).expect("creating a cgroup");
+        path
+    }
+
+    fn cgroup_dir(&self, path: &str) -> PathBuf {
+        self.cgroup_mount.join(path.trim_start_matches('/'))
+    }
+
+    /// Writes a policy file; `{root}` in `text` becomes this sandbox's cgroup root.
+    pub fn policy(&self, file: &str, text: &str) -> PathBuf {
+        let path = self.dir.join(file);
+        fs::write(&path, text.replace("{root}", &self.root)).expect("writing a policy");
+        path
+    }
+
+    /// Starts the daemon and returns once its control socket answers (it logs
+    /// `control socket` after enforcement is in place).
+    pub fn start_daemon(&mut self, policy: &Path) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let mut child = Command::new(enforcer())
+            .arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the daemon");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = forward_lines(stderr, &self.name);
+        let mut seen = Vec::new();
+        loop {
+            match lines.recv() {
+                Ok(line) if line.contains("control socket") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let status = child.wait().expect("waiting for the daemon");
+                    panic!(
+                        "the daemon exited ({status}) before it was ready:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+        self.daemon = Some(child);
+        self.daemon_log = Some(lines);
+    }
+
+    /// Kills the daemon with SIGKILL: no cleanup code of its own runs.
+    pub fn kill_daemon(&mut self) {
+        let mut child = self.daemon.take().expect("daemon running");
+        child.kill().expect("killing the daemon");
+        child.wait().expect("reaping the daemon");
+        self.daemon_log = None;
+    }
+
+    /// Runs the `enforcer` CLI with this sandbox's socket or pin dir where the command takes it.
+    pub fn enforcer(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(enforcer());
+        cmd.args(args);
+        match args.first().copied() {
+            Some("status") => {
+                cmd.arg("--socket").arg(&self.socket);
+            }
+            Some("policy") if args.get(1) == Some(&"apply") => {
+                cmd.arg("--socket").arg(&self.socket);
+            }
+            Some("teardown") => {
+                cmd.arg("--pin-dir").arg(&self.pin_dir);
+            }
+            _ => {}
+        }
+        cmd.output().expect("running enforcer")
+    }
+
+    /// Applies a policy file through the daemon and returns the new generation.
+    pub fn apply(&self, policy: &Path) -> u64 {
+        let out = self.enforcer(&["policy", "apply", policy.to_str().expect("utf-8 path")]);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("apply prints the generation")
+    }
+
+    /// A listener in `cgroup` on `addr:port`, ready when this returns.
+    pub fn listen(&self, cgroup: &str, addr: &str, port: u16) -> Server {
+        let mut cmd = Command::new(probe());
+        cmd.args(["listen", addr, &port.to_string()]);
+        in_cgroup(&mut cmd, self.cgroup_dir(cgroup));
+        Server::start(cmd)
+    }
+
+    /// What an application in `cgroup` sees when it connects to `addr:port`.
+    pub fn connect(&self, cgroup: &str, addr: &str, port: u16) -> Outcome {
+        let mut cmd = Command::new(probe());
+        cmd.args(["connect", addr, &port.to_string()]);
+        in_cgroup(&mut cmd, self.cgroup_dir(cgroup));
+        let out = cmd.output().expect("running the probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let line = text.trim();
+        if let Some(data) = line
+            .strip_prefix("connected ")
+            .or(line.strip_prefix("connected"))
+        {
+            Outcome::Connected(data.trim().to_owned())
+        } else if let Some(errno) = line.strip_prefix("error ") {
+            Outcome::Error(errno.parse().expect("errno"))
+        } else {
+            panic!(
+                "unexpected probe output {line:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }
+    }
+
+    /// Removes every cgroup under the sandbox root, deepest first, after killing what runs there.
+    fn remove_cgroups(&self) {
+        let root = self.cgroup_dir(&self.root);
+        let _ = fs::write(root.join("cgroup.kill"), "1");
+        let mut dirs = Vec::new();
+        collect_dirs(&root, &mut dirs);
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
+            // A killed process leaves its cgroup a moment after the signal; retry briefly.
+            for _ in 0..100 {
+                if fs::remove_dir(&dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = Command::new(enforcer())
+            .args(["teardown", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .stdout(Stdio::null())
+            .status();
+        self.remove_cgroups();
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A listening probe, killed on drop.
+pub struct Server {
+    child: Child,
+}
+
+impl Server {
+    pub(crate) fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting a listener");
+        let mut first = String::new();
+        let stdout = child.stdout.take().expect("piped stdout");
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .expect("reading the listener's readiness line");
+        assert_eq!(first.trim(), "listening", "listener failed to start");
+        Self { child }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn in_cgroup(cmd: &mut Command, dir: PathBuf) {
+    let procs = dir.join("cgroup.procs");
+    // SAFETY: the closure only calls write(2) through std::fs, which is async-signal-safe
+    // enough for a freshly forked single-threaded child.
+    unsafe {
+        cmd.pre_exec(move || fs::write(&procs, "0"));
+    }
+}
+
+fn forward_lines(stderr: ChildStderr, test: &str) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let test = test.to_owned();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[{test} daemon] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    rx
+}
+
+fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                collect_dirs(&entry.path(), out);
+            }
+        }
+    }
+    out.push(dir.to_path_buf());
+}
+
+fn cgroup_mount() -> PathBuf {
+    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<_> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("a cgroup2 mount")
+}
+
+/// Binaries live next to the test executable's parent (`target/<profile>/`).
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    if dir.ends_with("deps") {
+        dir.parent().expect("profile dir").to_path_buf()
+    } else {
+        dir.to_path_buf()
+    }
+}
+
+pub fn enforcer() -> PathBuf {
+    let path = std::env::var_os("ENFORCER_BIN")
+        .map_or_else(|| target_dir().join("enforcer"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{} does not exist; run the tests with `cargo xtask test`, which builds it",
+        path.display()
+    );
+    path
+}
+
+pub fn probe() -> PathBuf {
+    target_dir().join("enforcer-probe")
+}

@@ -1,0 +1,355 @@
+//! End-to-end enforcement of TCP trust-domain boundaries on the real kernel: real cgroups,
+//! real processes, real sockets over IPv4 and IPv6, asserting what the applications see.
+//! Every test uses its own ports, so the tests can run in parallel.
+
+use enforcer_tests::{Outcome, RemoteHost, Sandbox, privileged};
+
+const TWO_DOMAINS: &str = "
+version: 1
+defaults: {unlabeled: allow, external: allow}
+domains:
+  - name: prod.example.org
+    cgroups: ['{root}/prod']
+  - name: staging.example.org
+    cgroups: ['{root}/staging']
+";
+
+fn with_edge(ports: &str, protocol: &str) -> String {
+    format!(
+        "{TWO_DOMAINS}federation:
+  - from: staging.example.org
+    to: prod.example.org
+    protocol: {protocol}
+    ports: {ports}
+    owner: platform-team
+    reason: staging migrations read the prod schema
+"
+    )
+}
+
+const LOOPBACKS: [&str; 2] = ["127.0.0.1", "::1"];
+
+#[test]
+fn same_domain_connects_and_cross_domain_gets_eperm() {
+    if !privileged("same_domain_connects_and_cross_domain_gets_eperm") {
+        return;
+    }
+    let mut sb = Sandbox::new("samedomain");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let policy = sb.policy("p.yaml", TWO_DOMAINS);
+    sb.start_daemon(&policy);
+    for addr in LOOPBACKS {
+        let port = if addr.contains(':') { 21001 } else { 21000 };
+        let _server = sb.listen(&prod, addr, port);
+        assert_eq!(
+            sb.connect(&prod, addr, port),
+            Outcome::greeted(),
+            "prod -> prod {addr}"
+        );
+        assert_eq!(
+            sb.connect(&staging, addr, port),
+            Outcome::EPERM,
+            "staging -> prod {addr}"
+        );
+    }
+    // A wildcard listener is found for every local address, v4 through the dual-stack socket.
+    let _wild = sb.listen(&prod, "::", 21002);
+    assert_eq!(sb.connect(&staging, "127.0.0.1", 21002), Outcome::EPERM);
+    assert_eq!(
+        sb.connect(&staging, "::ffff:127.0.0.1", 21002),
+        Outcome::EPERM
+    );
+    assert_eq!(sb.connect(&prod, "127.0.0.1", 21002), Outcome::greeted());
+}
+
+#[test]
+fn an_edge_opens_exactly_its_protocol_and_ports_until_it_is_removed() {
+    if !privileged("an_edge_opens_exactly_its_protocol_and_ports_until_it_is_removed") {
+        return;
+    }
+    let mut sb = Sandbox::new("edge");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let with = sb.policy("with.yaml", &with_edge("[22010, '22020-22021']", "tcp"));
+    let udp_only = sb.policy("udp.yaml", &with_edge("[22010, '22020-22021']", "udp"));
+    let without = sb.policy("without.yaml", TWO_DOMAINS);
+    sb.start_daemon(&with);
+    let servers: Vec<_> = [22010, 22011, 22020, 22021, 22022]
+        .iter()
+        .flat_map(|&p| [sb.listen(&prod, "127.0.0.1", p), sb.listen(&prod, "::1", p)])
+        .collect();
+    let staging_server = sb.listen(&staging, "127.0.0.1", 22030);
+    for addr in LOOPBACKS {
+        for (port, expected) in [
+            (22010, Outcome::greeted()),
+            (22011, Outcome::EPERM),
+            (22020, Outcome::greeted()),
+            (22021, Outcome::greeted()),
+            (22022, Outcome::EPERM),
+        ] {
+            assert_eq!(
+                sb.connect(&staging, addr, port),
+                expected,
+                "staging -> prod {addr}:{port}"
+            );
+        }
+    }
+    // Edges are directed: staging -> prod says nothing about prod -> staging.
+    assert_eq!(sb.connect(&prod, "127.0.0.1", 22030), Outcome::EPERM);
+
+    let generation = sb.apply(&udp_only);
+    assert_eq!(generation, 2);
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 22010),
+        Outcome::EPERM,
+        "a udp edge opens no tcp"
+    );
+
+    assert_eq!(sb.apply(&without), 3);
+    for addr in LOOPBACKS {
+        assert_eq!(
+            sb.connect(&staging, addr, 22010),
+            Outcome::EPERM,
+            "edge removed {addr}"
+        );
+    }
+    drop((servers, staging_server));
+}
+
+#[test]
+fn a_cgroup_created_after_the_policy_inherits_its_ancestors_domain() {
+    if !privileged("a_cgroup_created_after_the_policy_inherits_its_ancestors_domain") {
+        return;
+    }
+    let mut sb = Sandbox::new("inherit");
+    let prod = sb.cgroup("prod");
+    sb.cgroup("staging");
+    let policy = sb.policy("p.yaml", TWO_DOMAINS);
+    sb.start_daemon(&policy);
+    let staging_pod = sb.cgroup("staging/pods/new-pod");
+    let prod_pod = sb.cgroup("prod/pods/new-pod");
+    let _server = sb.listen(&prod, "127.0.0.1", 23000);
+    let _staging_server = sb.listen(&staging_pod, "::1", 23001);
+    assert_eq!(
+        sb.connect(&prod_pod, "127.0.0.1", 23000),
+        Outcome::greeted()
+    );
+    assert_eq!(sb.connect(&staging_pod, "127.0.0.1", 23000), Outcome::EPERM);
+    // The new pod's listener carries staging's domain too.
+    assert_eq!(sb.connect(&prod, "::1", 23001), Outcome::EPERM);
+}
+
+#[test]
+fn unlabeled_default_applies_both_ways() {
+    if !privileged("unlabeled_default_applies_both_ways") {
+        return;
+    }
+    let mut sb = Sandbox::new("unlabeled");
+    let prod = sb.cgroup("prod");
+    let unbound = sb.cgroup("unbound");
+    let allow = sb.policy("allow.yaml", TWO_DOMAINS);
+    let deny = sb.policy(
+        "deny.yaml",
+        &TWO_DOMAINS.replace("unlabeled: allow", "unlabeled: deny"),
+    );
+    sb.start_daemon(&allow);
+    let _prod_server = sb.listen(&prod, "127.0.0.1", 24000);
+    let _unbound_server = sb.listen(&unbound, "::1", 24001);
+    assert_eq!(sb.connect(&unbound, "127.0.0.1", 24000), Outcome::greeted());
+    assert_eq!(sb.connect(&prod, "::1", 24001), Outcome::greeted());
+    sb.apply(&deny);
+    assert_eq!(
+        sb.connect(&unbound, "127.0.0.1", 24000),
+        Outcome::EPERM,
+        "unlabeled -> prod"
+    );
+    assert_eq!(
+        sb.connect(&prod, "::1", 24001),
+        Outcome::EPERM,
+        "prod -> unlabeled"
+    );
+    assert_eq!(
+        sb.connect(&unbound, "::1", 24001),
+        Outcome::greeted(),
+        "no domain involved"
+    );
+}
+
+#[test]
+fn external_default_and_endpoint_prefixes_govern_other_hosts() {
+    if !privileged("external_default_and_endpoint_prefixes_govern_other_hosts") {
+        return;
+    }
+    let mut sb = Sandbox::new("external");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let remote = RemoteHost::new(11);
+    let _v4 = remote.listen(&remote.remote_v4, 25000);
+    let _v6 = remote.listen(&remote.remote_v6, 25000);
+    let external_deny = sb.policy(
+        "deny.yaml",
+        &TWO_DOMAINS.replace("external: allow", "external: deny"),
+    );
+    sb.start_daemon(&external_deny);
+    for addr in [&remote.remote_v4, &remote.remote_v6] {
+        assert_eq!(
+            sb.connect(&prod, addr, 25000),
+            Outcome::EPERM,
+            "prod -> external {addr}"
+        );
+    }
+    let endpoints = format!(
+        "{TWO_DOMAINS}    endpoints: ['{}/32', '{}/128']\n",
+        remote.remote_v4, remote.remote_v6
+    )
+    .replace("external: allow", "external: deny");
+    let remote_is_staging = sb.policy("endpoints.yaml", &endpoints);
+    sb.apply(&remote_is_staging);
+    for addr in [&remote.remote_v4, &remote.remote_v6] {
+        assert_eq!(
+            sb.connect(&staging, addr, 25000),
+            Outcome::greeted(),
+            "staging -> staging endpoint {addr}"
+        );
+        assert_eq!(
+            sb.connect(&prod, addr, 25000),
+            Outcome::EPERM,
+            "prod -> staging endpoint {addr}"
+        );
+    }
+    let allow = sb.policy("allow.yaml", TWO_DOMAINS);
+    sb.apply(&allow);
+    assert_eq!(
+        sb.connect(&prod, &remote.remote_v4, 25000),
+        Outcome::greeted()
+    );
+}
+
+#[test]
+fn enforcement_holds_while_the_daemon_is_killed_and_after_it_restarts() {
+    if !privileged("enforcement_holds_while_the_daemon_is_killed_and_after_it_restarts") {
+        return;
+    }
+    let mut sb = Sandbox::new("restart");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let policy = sb.policy("p.yaml", &with_edge("[26001]", "tcp"));
+    sb.start_daemon(&policy);
+    let _closed = sb.listen(&prod, "127.0.0.1", 26000);
+    let _open = sb.listen(&prod, "::1", 26001);
+    sb.kill_daemon();
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 26000),
+        Outcome::EPERM,
+        "daemon dead"
+    );
+    assert_eq!(
+        sb.connect(&staging, "::1", 26001),
+        Outcome::greeted(),
+        "daemon dead, edge"
+    );
+    // Sockets created while no daemon runs are still tagged by the pinned programs.
+    let pod = sb.cgroup("staging/late");
+    assert_eq!(
+        sb.connect(&pod, "127.0.0.1", 26000),
+        Outcome::EPERM,
+        "daemon dead, new cgroup"
+    );
+    sb.start_daemon(&policy);
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 26000),
+        Outcome::EPERM,
+        "restarted"
+    );
+    assert_eq!(
+        sb.connect(&staging, "::1", 26001),
+        Outcome::greeted(),
+        "restarted, edge"
+    );
+    let status = sb.enforcer(&["status", "-o", "json"]);
+    let json = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        json.contains("\"generation\": 2"),
+        "restart applied generation 2: {json}"
+    );
+}
+
+#[test]
+fn teardown_removes_programs_links_and_pins() {
+    if !privileged("teardown_removes_programs_links_and_pins") {
+        return;
+    }
+    let mut sb = Sandbox::new("teardown");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let policy = sb.policy("p.yaml", TWO_DOMAINS);
+    sb.start_daemon(&policy);
+    let _server = sb.listen(&prod, "127.0.0.1", 27000);
+    assert_eq!(sb.connect(&staging, "127.0.0.1", 27000), Outcome::EPERM);
+    sb.kill_daemon();
+    let out = sb.enforcer(&["teardown"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sb.pin_dir.exists(), "pin dir removed");
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 27000),
+        Outcome::greeted(),
+        "no enforcement"
+    );
+}
+
+#[test]
+fn sockets_that_existed_before_the_daemon_are_classified_by_their_cgroup() {
+    if !privileged("sockets_that_existed_before_the_daemon_are_classified_by_their_cgroup") {
+        return;
+    }
+    let mut sb = Sandbox::new("preexisting");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let unlabeled_deny = sb.policy("p.yaml", TWO_DOMAINS);
+    let _server = sb.listen(&prod, "127.0.0.1", 28000);
+    sb.start_daemon(&unlabeled_deny);
+    // Were the listener unlabeled, `unlabeled: allow` would let staging in.
+    assert_eq!(sb.connect(&staging, "127.0.0.1", 28000), Outcome::EPERM);
+    assert_eq!(sb.connect(&prod, "127.0.0.1", 28000), Outcome::greeted());
+}
+
+#[test]
+fn a_bad_policy_is_refused_whole_and_changes_nothing() {
+    if !privileged("a_bad_policy_is_refused_whole_and_changes_nothing") {
+        return;
+    }
+    let mut sb = Sandbox::new("badpolicy");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let good = sb.policy("good.yaml", &with_edge("[29000]", "tcp"));
+    sb.start_daemon(&good);
+    let _server = sb.listen(&prod, "127.0.0.1", 29000);
+    let bad = sb.policy(
+        "bad.yaml",
+        &with_edge("[29000, 70000]", "tcp").replace("owner: platform-team", "owner: ''"),
+    );
+    let out = sb.enforcer(&["policy", "apply", bad.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let prefix = format!("{}:", bad.display());
+    assert!(
+        stderr.lines().filter(|l| l.starts_with(&prefix)).count() >= 2,
+        "every mistake reported as FILE:LINE:COL: {stderr}"
+    );
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 29000),
+        Outcome::greeted(),
+        "old edge still active"
+    );
+    let status =
+        String::from_utf8_lossy(&sb.enforcer(&["status", "-o", "json"]).stdout).into_owned();
+    assert!(
+        status.contains("\"generation\": 1"),
+        "generation unchanged: {status}"
+    );
+}

@@ -1,0 +1,8 @@
+use clap::Subcommand;
+#[derive(Subcommand)]
+pub enum Bench {
+    Connect,
+}
+pub fn run(_b: Bench) -> anyhow::Result<()> {
+    Ok(())
+}

@@ -1,0 +1,103 @@
+//! Installs what building the eBPF programs needs, idempotently: each step checks first and
+//! is skipped in well under a second when its piece is present. Versions follow the verified
+//! recipe in the project brief: the eBPF crate builds on the `nightly` toolchain (LLVM 22), so
+//! bpf-linker must be built against LLVM 22 as well.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context as _, Result, bail};
+
+const LLVM_CONFIG: &str = "/usr/lib/llvm-22/bin/llvm-config";
+const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> Result<()> {
+    rust_src()?;
+    llvm()?;
+    bpf_linker()
+}
+
+fn rust_src() -> Result<()> {
+    let installed = output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .context("rustup is needed to build the eBPF programs with the nightly toolchain")?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(());
+    }
+    step("installing rust-src for the nightly toolchain");
+    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+fn llvm() -> Result<()> {
+    let dev_installed = APT_PACKAGES.iter().all(|p| {
+        output("dpkg-query", &["-W", "-f=${Status}", p])
+            .is_ok_and(|s| s.contains("install ok installed"))
+    });
+    if Path::new(LLVM_CONFIG).exists() && dev_installed {
+        return Ok(());
+    }
+    step(&format!("installing {}", APT_PACKAGES.join(" ")));
+    let install = || {
+        let mut cmd = Command::new("apt-get");
+        cmd.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(APT_PACKAGES);
+        run_cmd(&mut cmd)
+    };
+    if install().is_err() {
+        // A fresh machine's package lists may predate the packages.
+        run_cmd(Command::new("apt-get").arg("update"))?;
+        install()?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Ok(version) = output("bpf-linker", &["--version"])
+        && version.contains(BPF_LINKER_VERSION)
+    {
+        return Ok(());
+    }
+    step(&format!(
+        "building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about two minutes)"
+    ));
+    let path = format!(
+        "/usr/lib/llvm-22/bin:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    run_cmd(
+        Command::new("cargo")
+            .env("PATH", path)
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+            ])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+}
+
+fn step(what: &str) {
+    eprintln!("xtask setup: {what}");
+}
+
+fn output(program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!("{program} {} failed", args.join(" "));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
