@@ -69,7 +69,7 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
     let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
         Ok(root) => root,
         Err(error) => {
-            report_load_error(&error, diags);
+            report_load_error(text, &error, diags);
             return None;
         }
     };
@@ -79,15 +79,22 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
     policy
 }
 
+/// Lines as the YAML parser counts them: `\n`, `\r\n` and a lone `\r`
+/// each end one.
+fn yaml_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split('\n')
+        .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
+}
+
 fn is_blank(text: &str) -> bool {
-    text.lines().all(|line| {
+    yaml_lines(text).all(|line| {
         let line = line.trim();
         line.is_empty() || line.starts_with('#') || line == "---" || line == "..."
     })
 }
 
 fn too_deep(text: &str) -> Option<Pos> {
-    text.lines().enumerate().find_map(|(index, line)| {
+    yaml_lines(text).enumerate().find_map(|(index, line)| {
         let mut columns = 0;
         let mut chars = line.chars().peekable();
         while let Some(c) = chars.next() {
@@ -111,7 +118,7 @@ fn too_deep(text: &str) -> Option<Pos> {
 fn second_document(text: &str) -> Option<Pos> {
     let mut has_content = false;
     let mut ended = false;
-    for (index, line) in text.lines().enumerate() {
+    for (index, line) in yaml_lines(text).enumerate() {
         let at = Pos {
             line: index + 1,
             column: 1,
@@ -139,7 +146,7 @@ fn after_marker<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
         .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
-fn report_load_error(error: &LoadError, diags: &mut Diagnostics) {
+fn report_load_error(text: &str, error: &LoadError, diags: &mut Diagnostics) {
     let (at, message) = match error {
         LoadError::TopLevelMustBeMapping(at) | LoadError::TopLevelMustBeSequence(at) => (
             *at,
@@ -173,13 +180,28 @@ fn report_load_error(error: &LoadError, diags: &mut Diagnostics) {
             return;
         }
     };
-    diags.error(
-        Pos {
-            line: at.line(),
-            column: at.column(),
-        },
-        message,
-    );
+    let at = Pos {
+        line: at.line(),
+        column: at.column(),
+    };
+    diags.error(within(text, at), message);
+}
+
+/// At the end of a file without a final newline the parser reports a line
+/// past the last one; editors cannot jump there, so the end of the last
+/// line is used instead.
+fn within(text: &str, at: Pos) -> Pos {
+    let mut last = Pos::START;
+    for (index, line) in yaml_lines(text).enumerate() {
+        last = Pos {
+            line: index + 1,
+            column: line.chars().count() + 1,
+        };
+        if last.line == at.line {
+            return at;
+        }
+    }
+    last
 }
 
 fn read_policy(
@@ -646,7 +668,7 @@ fn is_empty(scalar: &MarkedScalarNode) -> bool {
 /// or whatever ends the list. Only blank space and comments lie between
 /// the empty item's `-` and that next `-` or token.
 fn empty_item_pos(text: &str, next_token: Pos) -> Pos {
-    let lines: Vec<&str> = text.lines().take(next_token.line).collect();
+    let lines: Vec<&str> = yaml_lines(text).take(next_token.line).collect();
     for (index, line) in lines.iter().enumerate().rev() {
         let mut code = if index + 1 == next_token.line {
             let before: String = line

@@ -13,7 +13,13 @@ fn check(text: &str) -> Result<Policy, Vec<Diagnostic>> {
             !diagnostics.is_empty(),
             "failure without diagnostics for {text:?}"
         );
-        let last_line = text.lines().count() + 1;
+        // YAML ends a line at `\n`, `\r\n` or a lone `\r`.
+        let line_breaks = text
+            .replace("\r\n", "\n")
+            .chars()
+            .filter(|&c| c == '\n' || c == '\r')
+            .count();
+        let last_line = line_breaks + 1;
         for d in diagnostics {
             assert!(
                 (1..=last_line).contains(&d.line) && d.column >= 1,
