@@ -1,5 +1,7 @@
-//! The validated policy as the daemon consumes it. Every value here has
-//! already passed the checks in `parse` and `validate`.
+//! The policy as the daemon consumes it. A `Policy` returned by `parse`
+//! has passed every check in `parse` and `validate`; the newtypes
+//! `CgroupPath` and `TrustDomain` cannot hold an invalid value however they
+//! are built.
 
 use std::fmt;
 use std::str::FromStr;
@@ -49,7 +51,7 @@ impl fmt::Display for Action {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Domain {
     pub name: TrustDomain,
-    /// Workloads in these cgroups (and their descendants) carry this domain's label.
+    /// Workloads in these cgroups carry this domain's label.
     pub cgroups: Vec<CgroupPath>,
     /// Remote addresses that belong to this domain.
     pub endpoints: Vec<IpNet>,
@@ -109,6 +111,7 @@ impl fmt::Display for CgroupPath {
     }
 }
 
+/// Why a string is not a cgroup path as the kernel writes them.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CgroupPathError {
     #[error("cgroup path is empty; write `/` for the root cgroup")]

@@ -23,11 +23,11 @@ const DOMAIN_KEYS: &[&str] = &["name", "cgroups", "endpoints"];
 const EDGE_KEYS: &[&str] = &["from", "to", "protocol", "ports", "owner", "reason"];
 
 /// marked-yaml builds and drops nested nodes recursively, so a few
-/// kilobytes of `- - - - …` would overflow the stack. Block nesting needs
-/// one column of indentation or of `- `/`? `/`: ` indicators per level
-/// or two, and a policy needs a handful of levels, so lines reaching this
-/// far in are refused before the YAML parser sees them. The parser limits
-/// flow nesting (`[[[…`) itself.
+/// kilobytes of `- - - - …` would overflow the stack. Every level or two of
+/// block nesting costs a column of indentation or of `- `, `? ` and `: `
+/// indicators, and a policy needs only a handful of levels, so lines whose
+/// content starts further right are refused before the YAML parser runs.
+/// The parser itself limits flow nesting (`[[[…`).
 const MAX_NESTING_COLUMNS: usize = 80;
 
 /// Parses and validates the policy `text`; `file` is only used to label
@@ -95,17 +95,27 @@ fn is_blank(text: &str) -> bool {
 
 fn too_deep(text: &str) -> Option<Pos> {
     yaml_lines(text).enumerate().find_map(|(index, line)| {
+        // Trailing blanks and comments nest nothing, so only indentation and
+        // indicators followed by an indicator or content count.
+        let mut nesting = 0;
         let mut columns = 0;
         let mut chars = line.chars().peekable();
         while let Some(c) = chars.next() {
             let indicator = matches!(c, '-' | '?' | ':')
                 && chars.peek().is_none_or(|next| matches!(next, ' ' | '\t'));
-            if !(indicator || matches!(c, ' ' | '\t')) {
+            if indicator {
+                columns += 1;
+                nesting = columns;
+            } else if matches!(c, ' ' | '\t') {
+                columns += 1;
+            } else {
+                if c != '#' {
+                    nesting = columns;
+                }
                 break;
             }
-            columns += 1;
         }
-        (columns > MAX_NESTING_COLUMNS).then_some(Pos {
+        (nesting > MAX_NESTING_COLUMNS).then_some(Pos {
             line: index + 1,
             column: MAX_NESTING_COLUMNS + 1,
         })
@@ -363,20 +373,15 @@ fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Ed
         diags,
     )
     .and_then(|v| read_ports(&v, diags));
-    let owner = required("owner", "every edge needs an accountable owner", diags)
-        .and_then(|v| read_text(&v, "every edge needs an accountable owner", diags));
-    let reason = required(
+    let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+        required(key, why, diags).and_then(|v| read_text(&v, why, diags))
+    };
+    let owner = text("owner", "every edge needs an accountable owner", diags);
+    let reason = text(
         "reason",
         "every edge needs a reason explaining why the traffic is allowed",
         diags,
-    )
-    .and_then(|v| {
-        read_text(
-            &v,
-            "every edge needs a reason explaining why the traffic is allowed",
-            diags,
-        )
-    });
+    );
     sites.edges.push(EdgeEnds {
         from: from.clone(),
         to: to.clone(),
@@ -710,7 +715,7 @@ fn describe(node: &Node) -> String {
     match node {
         Node::Mapping(_) => "a mapping".to_owned(),
         Node::Sequence(_) => "a list".to_owned(),
-        Node::Scalar(s) if is_null(s) && s.is_empty() => "an empty value".to_owned(),
+        Node::Scalar(s) if is_empty(s) => "an empty value".to_owned(),
         Node::Scalar(s) if is_null(s) => "null".to_owned(),
         Node::Scalar(s) => {
             let text = s.as_str();
@@ -750,4 +755,143 @@ fn mapping_pos(mapping: &MarkedMappingNode) -> Pos {
         .keys()
         .next()
         .map_or(start, |key| start.min(span_pos(key.span())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(line: usize, column: usize) -> Pos {
+        Pos { line, column }
+    }
+
+    #[test]
+    fn endpoints() {
+        let ok = |text: &str, want: &str| {
+            assert_eq!(
+                parse_endpoint(text).map(|net| net.to_string()),
+                Ok(want.to_owned()),
+                "{text:?}"
+            );
+        };
+        ok("10.10.0.0/16", "10.10.0.0/16");
+        ok("10.10.0.1", "10.10.0.1/32");
+        ok("0.0.0.0/0", "0.0.0.0/0");
+        ok("fd00:10::/64", "fd00:10::/64");
+        ok("fd00:0010:0::/64", "fd00:10::/64");
+        ok("::1", "::1/128");
+        ok("::ffff:10.0.0.0/104", "::ffff:10.0.0.0/104");
+
+        let err = |text: &str, want: &str| {
+            assert_eq!(parse_endpoint(text), Err(want.to_owned()), "{text:?}");
+        };
+        let malformed = |text: &str| {
+            format!(
+                "`{text}` is not an IP address or prefix; expected something like `10.10.0.0/16`, `fd00:10::/64` or `10.10.0.1`"
+            )
+        };
+        err(
+            "10.10.1.0/16",
+            "10.10.1.0/16 has host bits set; did you mean 10.10.0.0/16?",
+        );
+        err(
+            "fd00::1/8",
+            "fd00::1/8 has host bits set; did you mean fd00::/8?",
+        );
+        err(
+            "10.0.0.0/33",
+            "prefix length /33 in `10.0.0.0/33` is too long; the maximum is /32",
+        );
+        err(
+            "::/300",
+            "prefix length /300 in `::/300` is too long; the maximum is /128",
+        );
+        for text in [
+            "",
+            "/8",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "10.0.0.0/ 8",
+            "010.0.0.0/8",
+            "10.0.0.0/8/8",
+            "fe80::1%eth0",
+            "example.org",
+        ] {
+            err(text, &malformed(text));
+        }
+    }
+
+    #[test]
+    fn nesting_depth_counts_only_structure() {
+        let deep = " ".repeat(81);
+        assert_eq!(too_deep(&format!("a:\n{deep}b: 1\n")), Some(pos(2, 81)));
+        assert_eq!(
+            too_deep(&format!("a:\n{}x\n", "- ".repeat(41))),
+            Some(pos(2, 81))
+        );
+        assert_eq!(
+            too_deep(&format!("a:\n{}\n", "- ".repeat(41))),
+            Some(pos(2, 81))
+        );
+        assert_eq!(too_deep(&format!("a:\n{}x\n", "- ".repeat(40))), None);
+        assert_eq!(too_deep(&format!("a:\n{deep}\n")), None);
+        assert_eq!(too_deep(&format!("a:\n{deep}# note\n")), None);
+    }
+
+    #[test]
+    fn second_documents_are_found() {
+        assert_eq!(second_document("a: 1\n"), None);
+        assert_eq!(second_document("---\na: 1\n...\n"), None);
+        assert_eq!(second_document("%YAML 1.2\n--- # c\na: 1\n"), None);
+        assert_eq!(second_document("a: |\n  ---\n"), None);
+        assert_eq!(second_document("a: 1\n---\n"), Some(pos(2, 1)));
+        assert_eq!(second_document("--- {a: 1}\n--- {b: 1}\n"), Some(pos(2, 1)));
+        assert_eq!(second_document("a: 1\n...\n# c\nb: 2\n"), Some(pos(4, 1)));
+        assert_eq!(second_document("a: 1\r---\r"), Some(pos(2, 1)));
+    }
+
+    #[test]
+    fn empty_list_items_are_placed_at_their_dash() {
+        let text = "d:\n  - x\n  -   # none\n\n  - y\n";
+        assert_eq!(empty_item_pos(text, pos(5, 5)), pos(3, 3));
+        let text = "d:\n  - x\n  -\n";
+        assert_eq!(empty_item_pos(text, pos(4, 1)), pos(3, 3));
+        let text = "d:\n  - -\n    - x\n";
+        assert_eq!(empty_item_pos(text, pos(3, 7)), pos(2, 5));
+    }
+
+    #[test]
+    fn positions_past_the_end_move_to_the_last_line() {
+        assert_eq!(within("a: [1\n", pos(2, 1)), pos(2, 1));
+        assert_eq!(within("a: [1", pos(2, 1)), pos(1, 6));
+        assert_eq!(within("a: [1", pos(1, 3)), pos(1, 3));
+    }
+
+    #[test]
+    fn found_values_are_described_briefly() {
+        let describe_value = |yaml: &str| -> String {
+            let root = marked_yaml::parse_yaml_with_options(
+                0,
+                format!("k: {yaml}"),
+                LoaderOptions::default().prevent_coercion(true),
+            )
+            .expect("valid YAML");
+            let value = root
+                .as_mapping()
+                .and_then(|m| m.get_node("k"))
+                .expect("has k");
+            describe(value)
+        };
+        assert_eq!(describe_value("{a: 1}"), "a mapping");
+        assert_eq!(describe_value("[1]"), "a list");
+        assert_eq!(describe_value(""), "an empty value");
+        assert_eq!(describe_value("~"), "null");
+        assert_eq!(describe_value("'~'"), "the string `~`");
+        assert_eq!(describe_value("yes"), "`yes`");
+        assert_eq!(describe_value("\"a\\tb\""), "the string `a\\tb`");
+        assert_eq!(
+            describe_value(&"x".repeat(50)),
+            format!("`{}…`", "x".repeat(40))
+        );
+    }
 }

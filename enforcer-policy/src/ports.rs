@@ -23,6 +23,7 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// Why a string is not a port or port range.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortRangeError {
     #[error(

@@ -1,14 +1,16 @@
-//! SPIFFE trust domain names, accepted exactly as go-spiffe's
-//! `spiffeid.TrustDomainFromString` accepts them, so a name that works in
-//! SPIRE configuration works here and vice versa.
+//! SPIFFE trust domain names, checked the way go-spiffe's
+//! `spiffeid.TrustDomainFromString` checks them so that names mean the same
+//! here as in SPIRE configuration. Two things it lets through are refused:
+//! a `spiffe://` ID with a path (which it would cut down to the trust
+//! domain, hiding a likely mistake) and names over 255 bytes.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::Serialize;
 
-/// The SPIFFE spec says a trust domain SHOULD NOT exceed 255 bytes; the
-/// enforcer turns that into a hard limit so names fit kernel-side tables.
+/// The SPIFFE spec says a trust domain SHOULD NOT exceed 255 bytes, so a
+/// longer name is far more likely a mistake than a real domain.
 const MAX_LEN: usize = 255;
 
 const SCHEME: &str = "spiffe://";
@@ -54,6 +56,7 @@ impl fmt::Display for UriPart {
     }
 }
 
+/// Why a string is not a trust domain name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrustDomainError {
     #[error("trust domain name is empty")]

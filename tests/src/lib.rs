@@ -6,7 +6,7 @@ mod netns;
 mod sandbox;
 
 pub use netns::RemoteHost;
-pub use sandbox::{Outcome, Sandbox, Server};
+pub use sandbox::{Outcome, Sandbox, Server, enforcer};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.
 pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";

@@ -353,3 +353,33 @@ fn a_bad_policy_is_refused_whole_and_changes_nothing() {
         "generation unchanged: {status}"
     );
 }
+
+#[test]
+fn every_example_policy_is_valid_and_accepted_by_a_running_daemon() {
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let mut files: Vec<_> = std::fs::read_dir(&examples)
+        .expect("policies/ exists")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "example policies present");
+    let out = std::process::Command::new(enforcer_tests::enforcer())
+        .args(["policy", "check"])
+        .args(&files)
+        .output()
+        .expect("running enforcer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if !privileged("every_example_policy_is_valid_and_accepted_by_a_running_daemon") {
+        return;
+    }
+    let mut sb = Sandbox::new("examples");
+    sb.start_daemon(&files[0]);
+    for (i, file) in files.iter().enumerate() {
+        assert_eq!(sb.apply(file), i as u64 + 2, "{} applied", file.display());
+    }
+}

@@ -1,9 +1,7 @@
 //! `cargo xtask bench connect`: TCP connect + accept per second over loopback from a bound
 //! cgroup, first with no programs attached (the baseline), then with enforcement and a policy
 //! of 1,000 domains and 10,000 edges, for a same-domain flow and an edge-allowed cross-domain
-//! flow. Each result is printed as a ratio to the baseline measured in the same run; the
-//! baseline is measured before and after enforcement and averaged, so drift in a noisy
-//! machine shows up as a gap between the two.
+//! flow. Each result is printed as a ratio to the baseline measured in the same run.
 
 use std::{
     fmt::Write as _,
@@ -26,8 +24,8 @@ pub enum Bench {
         /// Seconds per measurement.
         #[arg(long, default_value_t = 3.0)]
         seconds: f64,
-        /// Measurements of each kind (the median is reported).
-        #[arg(long, default_value_t = 3)]
+        /// Interleaved rounds (the median of each measurement is reported).
+        #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
 }
@@ -105,56 +103,57 @@ fn connect(env: &BenchEnv, seconds: f64, rounds: usize) -> Result<()> {
         &env.cgroup_dir("prod"),
         &["listen", "127.0.0.1", &PORT.to_string()],
     )?);
-    let measure = |cgroup: &str| -> Result<f64> {
-        let mut rates: Vec<f64> = (0..rounds)
-            .map(|_| rate(&env.cgroup_dir(cgroup), seconds))
-            .collect::<Result<_>>()?;
-        rates.sort_by(f64::total_cmp);
-        Ok(rates[rates.len() / 2])
-    };
-    eprintln!("baseline (no programs attached)...");
-    let before = measure("prod")?;
     let policy = env.dir.join("bench-policy.yaml");
     fs::write(&policy, big_policy(&env.root))?;
-    let daemon = Killed(start_daemon(env, &policy)?);
-    eprintln!("enforced, same domain...");
-    let same = measure("prod")?;
-    eprintln!("enforced, cross-domain through an edge...");
-    let cross = measure("staging")?;
-    drop(daemon);
-    let out = Command::new(bin("enforcer"))
-        .args(["teardown", "--pin-dir"])
-        .arg(&env.pin_dir)
-        .output()?;
-    if !out.status.success() {
-        bail!("teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+    // Rounds interleave the three measurements, so slow drift of a shared machine affects
+    // baseline and enforced figures alike instead of whichever was measured last.
+    let (mut base, mut same, mut cross) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds {
+        eprintln!("round {round}/{rounds}: baseline (no programs attached)");
+        base.push(rate(&env.cgroup_dir("prod"), seconds)?);
+        let daemon = Killed(start_daemon(env, &policy)?);
+        eprintln!("round {round}/{rounds}: enforced, same domain");
+        same.push(rate(&env.cgroup_dir("prod"), seconds)?);
+        eprintln!("round {round}/{rounds}: enforced, cross-domain through an edge");
+        cross.push(rate(&env.cgroup_dir("staging"), seconds)?);
+        drop(daemon);
+        let out = Command::new(bin("enforcer"))
+            .args(["teardown", "--pin-dir"])
+            .arg(&env.pin_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
     }
-    eprintln!("baseline again...");
-    let after = measure("prod")?;
-    let baseline = (before + after) / 2.0;
+    let (base, same, cross) = (median(base), median(same), median(cross));
     let mut report = String::new();
     writeln!(
         report,
-        "connect+accept per second over loopback, median of {rounds} x {seconds}s; policy {DOMAINS} domains, {EDGES} edges"
+        "connect+accept per second over loopback, median of {rounds} interleaved rounds of {seconds}s; policy {DOMAINS} domains, {EDGES} edges"
     )?;
     writeln!(report, "| flow | connections/s | ratio to baseline |")?;
     writeln!(report, "|---|---|---|")?;
     writeln!(
         report,
-        "| baseline, no programs (before / after) | {before:.0} / {after:.0} | 1.00 |"
+        "| baseline, no programs attached | {base:.0} | 1.00 |"
     )?;
     writeln!(
         report,
         "| enforced, same domain | {same:.0} | {:.2} |",
-        same / baseline
+        same / base
     )?;
     writeln!(
         report,
         "| enforced, cross-domain via edge | {cross:.0} | {:.2} |",
-        cross / baseline
+        cross / base
     )?;
     print!("{report}");
     Ok(())
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
 /// 1,000 domains; 10,000 edges between distinct pairs, one of which (staging -> prod) opens
@@ -164,7 +163,7 @@ fn big_policy(root: &str) -> String {
     let mut p =
         String::from("version: 1\ndefaults: {unlabeled: allow, external: allow}\ndomains:\n");
     for i in 0..DOMAINS {
-        let _ = write!(p, "  - name: {}\n", name(i));
+        let _ = writeln!(p, "  - name: {}", name(i));
         match i {
             0 => p.push_str(&format!("    cgroups: ['{root}/prod']\n")),
             1 => p.push_str(&format!("    cgroups: ['{root}/staging']\n")),
@@ -173,9 +172,9 @@ fn big_policy(root: &str) -> String {
     }
     p.push_str("federation:\n");
     let edge = |p: &mut String, from: usize, to: usize, port: u16| {
-        let _ = write!(
+        let _ = writeln!(
             p,
-            "  - {{from: {}, to: {}, protocol: tcp, ports: [{port}], owner: bench, reason: bench}}\n",
+            "  - {{from: {}, to: {}, protocol: tcp, ports: [{port}], owner: bench, reason: bench}}",
             name(from),
             name(to)
         );

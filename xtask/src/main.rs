@@ -70,7 +70,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => {
             setup::run()?;
             cargo(&["build", "-p", "enforcer", "-p", "enforcer-tests"])?;
-            let mut test = vec!["test", "--workspace"];
+            let mut test = vec!["test"];
             if !args.is_empty() {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
