@@ -16,12 +16,7 @@ const IPPROTO_TCP: u32 = 6;
 
 #[cgroup_sock_addr(connect4)]
 pub fn enf_connect4(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    let sa = unsafe { &*ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return PROCEED;
-    }
-    let Some(active) = policy::active() else {
+    let Some((sa, active)) = tcp_connect(&ctx) else {
         return PROCEED;
     };
     let port = sa.user_port as u16;
@@ -31,12 +26,7 @@ pub fn enf_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn enf_connect6(ctx: SockAddrContext) -> i32 {
-    // SAFETY: the context pointer is valid for the whole program run.
-    let sa = unsafe { &*ctx.sock_addr };
-    if sa.protocol != IPPROTO_TCP {
-        return PROCEED;
-    }
-    let Some(active) = policy::active() else {
+    let Some((sa, active)) = tcp_connect(&ctx) else {
         return PROCEED;
     };
     let port = sa.user_port as u16;
@@ -54,6 +44,18 @@ pub fn enf_connect6(ctx: SockAddrContext) -> i32 {
         destination::tcp_v6(ctx.sock_addr.cast(), active.slot, ip6, port)
     };
     judge(sa, &active, dst, port)
+}
+
+/// The context and active policy of a TCP connect; `None` for anything this hook does not
+/// judge (other protocols, or no policy written yet).
+#[inline(always)]
+fn tcp_connect(ctx: &SockAddrContext) -> Option<(&bpf_sock_addr, policy::Active)> {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let sa = unsafe { &*ctx.sock_addr };
+    if sa.protocol != IPPROTO_TCP {
+        return None;
+    }
+    Some((sa, policy::active()?))
 }
 
 /// `port` is `user_port` truncated to 16 bits: still in network byte order.

@@ -49,15 +49,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.task {
         Task::Setup => setup::run(),
         Task::Demo => {
-            setup::run()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "enforcer",
-                "-p",
-                "enforcer-tests",
-            ])?;
+            build_release()?;
             let status = Command::new("bash")
                 .arg(workspace_root().join("scripts/demo.sh"))
                 .status()
@@ -78,18 +70,23 @@ fn run(cli: Cli) -> Result<()> {
             cargo(&test)
         }
         Task::Bench { bench } => {
-            setup::run()?;
-            cargo(&[
-                "build",
-                "--release",
-                "-p",
-                "enforcer",
-                "-p",
-                "enforcer-tests",
-            ])?;
+            build_release()?;
             bench::run(bench)
         }
     }
+}
+
+/// Set-up, then the release binaries the demo and the benchmarks run.
+fn build_release() -> Result<()> {
+    setup::run()?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "enforcer",
+        "-p",
+        "enforcer-tests",
+    ])
 }
 
 pub fn workspace_root() -> std::path::PathBuf {
