@@ -149,6 +149,7 @@ pub fn run(options: Options) -> Result<()> {
     for warning in daemon.binding_warnings() {
         log(&warning);
     }
+    exit_when_torn_down(daemon.pins.clone());
     log(&format!("control socket {}", options.socket.display()));
     daemon.serve(&listener)
 }
@@ -337,6 +338,21 @@ impl Daemon {
                 .collect(),
         }
     }
+}
+
+/// `enforcer teardown` detaches the links and removes the pins behind a running daemon's back;
+/// a daemon that went on answering `status` and `apply` would then report enforcement that no
+/// longer exists. It checks once a second and exits when its links are gone.
+fn exit_when_torn_down(pins: PinDir) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            if attach::HOOKS.iter().all(|h| !pins.link(h.program).exists()) {
+                log("enforcement was torn down (the pinned links are gone); exiting");
+                std::process::exit(0);
+            }
+        }
+    });
 }
 
 fn log(message: &str) {

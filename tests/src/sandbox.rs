@@ -129,6 +129,23 @@ impl Sandbox {
         self.daemon_log = None;
     }
 
+    /// Waits (at most `limit`) for the daemon to exit on its own and returns its exit status.
+    pub fn wait_daemon_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let mut child = self.daemon.take().expect("daemon running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            if let Some(status) = child.try_wait().expect("polling the daemon") {
+                self.daemon_log = None;
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the daemon did not exit within {limit:?}"
+            );
+            thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Runs the `enforcer` CLI with this sandbox's socket or pin dir where the command takes it.
     pub fn enforcer(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(enforcer());
