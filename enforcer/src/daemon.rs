@@ -64,10 +64,11 @@ pub fn run(options: Options) -> Result<()> {
     let text =
         fs::read_to_string(&options.policy).with_context(|| format!("reading policy {file}"))?;
     // The whole policy is checked before anything on the host changes.
-    match enforcer_policy::parse(&file, &text) {
+    let policy = match enforcer_policy::parse(&file, &text) {
         Ok(policy) => {
             compile::compile(&policy, &Default::default(), |_| None)
                 .with_context(|| format!("policy {file} was refused; nothing was changed"))?;
+            policy
         }
         Err(diagnostics) => {
             for d in &diagnostics {
@@ -78,7 +79,7 @@ pub fn run(options: Options) -> Result<()> {
                 diagnostics.len()
             );
         }
-    }
+    };
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;
     fs::DirBuilder::new()
@@ -116,7 +117,7 @@ pub fn run(options: Options) -> Result<()> {
         compiled: Compiled::default(),
         generation,
     };
-    match daemon.apply(&file, &text) {
+    match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
@@ -158,6 +159,11 @@ impl Daemon {
     fn apply(&mut self, file: &str, text: &str) -> Result<u64, ApplyError> {
         let policy = enforcer_policy::parse(file, text)
             .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+        self.apply_parsed(policy, file, text)
+    }
+
+    /// Compiles and swaps in a policy already parsed from `text`.
+    fn apply_parsed(&mut self, policy: Policy, file: &str, text: &str) -> Result<u64, ApplyError> {
         let known = self.maps.registry().map_err(ApplyError::Failed)?;
         let compiled = compile::compile(&policy, &known, |path| self.cgroups.id(path))
             .map_err(|err| ApplyError::Rejected(vec![format!("{file}: {err}")]))?;
