@@ -54,6 +54,99 @@ pub struct SockTag {
     pub domain: u32,
     /// One of the `ORIGIN_*` values: how the tag was decided.
     pub origin: u32,
+    /// cgroup id of the task that created (or first used) the socket: lets the daemon re-tag
+    /// exactly the sockets created in a cgroup whose binding landed after they were made.
+    pub cgroup_id: u64,
+    /// Cookie of the network namespace the socket was created in (0 if unknown). Sockets
+    /// outside the host's namespace belong to pods, whose addresses are learned from them.
+    pub netns: u64,
+}
+
+/// `AddrOwner::kind`: an address of a workload namespace (a pod) whose sockets carry `domain`.
+pub const ADDR_POD: u32 = 1;
+/// `AddrOwner::kind`: an address of the host's own network namespace, shared by every
+/// host workload, so it names no single domain.
+pub const ADDR_HOST: u32 = 2;
+
+/// `ENF_ADDRS` key: one local address (host or pod namespace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AddrKey {
+    pub family: u8,
+    pub _pad: [u8; 3],
+    /// Network byte order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+}
+
+/// `ENF_ADDRS` value: who owns a local address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddrOwner {
+    /// Domain id (or [`UNLABELED`]) of the pod; 0 for host addresses.
+    pub domain: u32,
+    /// `ADDR_POD` or `ADDR_HOST`.
+    pub kind: u32,
+    /// Cookie of the namespace that holds the address.
+    pub netns: u64,
+}
+
+/// `ENF_HOST` value: facts about the host the programs compare against.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HostConfig {
+    /// Cookie of the daemon's (the host's) network namespace.
+    pub netns: u64,
+}
+
+/// `FlowState::initiator` values.
+pub const FLOW_OUTBOUND: u32 = 1;
+pub const FLOW_INBOUND: u32 = 2;
+
+/// `ENF_FLOWS` key: a UDP socket and one peer it exchanged datagrams with.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowKey {
+    pub cookie: u64,
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+/// `ENF_FLOWS` value: the direction and ends of the datagram that opened the flow. Replies are
+/// judged as that first datagram would be judged now, so a flow ends as soon as the policy no
+/// longer allows the direction that opened it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FlowState {
+    /// Encoded [`crate::verdict::Peer`] of the sender of the first datagram.
+    pub from: u32,
+    /// Encoded peer of its receiver.
+    pub to: u32,
+    /// Destination port of the first datagram, host byte order.
+    pub port: u16,
+    pub _pad: u16,
+    /// `FLOW_OUTBOUND` (this socket sent first) or `FLOW_INBOUND`.
+    pub initiator: u32,
+}
+
+/// `ENF_NETNS` value: a workload network namespace the programs have seen a socket created in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetnsSeen {
+    /// A process that created a socket there, for the daemon to find the namespace by.
+    pub pid: u32,
+    pub _pad: u32,
+}
+
+/// `ENF_NOTIFY` record: a socket was created in a network namespace not seen before.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NewNetns {
+    pub netns: u64,
+    pub pid: u32,
+    pub domain: u32,
 }
 
 /// `ENF_BINDINGS` key; the value is a `u32` domain id.
@@ -128,7 +221,14 @@ pub struct DomainName {
 }
 
 const _: () = {
-    assert!(size_of::<SockTag>() == 8);
+    assert!(size_of::<SockTag>() == 24);
+    assert!(size_of::<AddrKey>() == 20);
+    assert!(size_of::<AddrOwner>() == 16);
+    assert!(size_of::<HostConfig>() == 8);
+    assert!(size_of::<FlowKey>() == 32);
+    assert!(size_of::<FlowState>() == 16);
+    assert!(size_of::<NetnsSeen>() == 8);
+    assert!(size_of::<NewNetns>() == 16);
     assert!(size_of::<BindingKey>() == 16);
     assert!(size_of::<EndpointKey>() == 20);
     assert!(size_of::<EdgeKey>() == 12);
@@ -152,4 +252,10 @@ mod pod {
     unsafe impl aya::Pod for PortRules {}
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for DomainName {}
+    unsafe impl aya::Pod for AddrKey {}
+    unsafe impl aya::Pod for AddrOwner {}
+    unsafe impl aya::Pod for HostConfig {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowState {}
+    unsafe impl aya::Pod for NetnsSeen {}
 }

@@ -17,8 +17,20 @@ pub const MAP_ACTIVE: &str = "ENF_ACTIVE";
 /// Hash: domain id -> domain name. Lives exactly as long as the socket tags that use the ids.
 pub const MAP_DOMAINS: &str = "ENF_DOMAINS";
 
+/// Hash: local address (host or pod namespace) -> its owner. Filled by the daemon from the
+/// namespaces' address lists and by `enf_egress` from pods' outgoing packets.
+pub const MAP_ADDRS: &str = "ENF_ADDRS";
+/// Array of one: the host's network namespace cookie.
+pub const MAP_HOST: &str = "ENF_HOST";
+/// LRU hash: (UDP socket, peer) -> the datagram that opened the flow, so replies pass.
+pub const MAP_FLOWS: &str = "ENF_FLOWS";
+/// Hash: cookie of every workload network namespace a socket was created in.
+pub const MAP_NETNS: &str = "ENF_NETNS";
+/// Ring buffer: new workload network namespaces, for the daemon to learn their addresses.
+pub const MAP_NOTIFY: &str = "ENF_NOTIFY";
+
 /// Every map the daemon pins, in the order it reports them.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 12] = [
     MAP_TAGS,
     MAP_BINDINGS,
     MAP_ENDPOINTS,
@@ -26,6 +38,11 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_POLICY,
     MAP_ACTIVE,
     MAP_DOMAINS,
+    MAP_ADDRS,
+    MAP_HOST,
+    MAP_FLOWS,
+    MAP_NETNS,
+    MAP_NOTIFY,
 ];
 
 /// `cgroup/sock_create`: tags a new socket with its creator's domain.
@@ -34,3 +51,11 @@ pub const PROG_SOCK_CREATE: &str = "enf_sock_new";
 pub const PROG_CONNECT4: &str = "enf_connect4";
 /// `cgroup/connect6`: judges IPv6 `connect()` (and IPv4-mapped addresses on IPv6 sockets).
 pub const PROG_CONNECT6: &str = "enf_connect6";
+/// `cgroup/sendmsg4`: judges unconnected IPv4 UDP `sendto()`/`sendmsg()`.
+pub const PROG_SENDMSG4: &str = "enf_sendmsg4";
+/// `cgroup/sendmsg6`: judges unconnected IPv6 UDP sends.
+pub const PROG_SENDMSG6: &str = "enf_sendmsg6";
+/// `cgroup_skb/ingress`: judges TCP handshakes and UDP datagrams arriving at labeled sockets.
+pub const PROG_INGRESS: &str = "enf_ingress";
+/// `cgroup_skb/egress`: learns pod addresses from pods' outgoing packets.
+pub const PROG_EGRESS: &str = "enf_egress";

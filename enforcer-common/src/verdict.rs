@@ -2,7 +2,7 @@
 //! inputs (tags, endpoint lookups, the active policy) and call [`decide`]; keeping the rule
 //! here lets the host test it and the daemon explain it with the same code the kernel runs.
 
-use crate::maps::{ACTION_DENY, MAX_PORT_RANGES, PolicyConfig, PortRules};
+use crate::maps::{ACTION_DENY, MAX_PORT_RANGES, PolicyConfig, PortRules, UNLABELED};
 
 /// One end of a flow as the hook classified it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +13,40 @@ pub enum Peer {
     Domain(u32),
     /// A destination that is neither a local socket nor inside any domain's endpoints.
     External,
+}
+
+/// [`Peer::encode`] of [`Peer::External`]; no domain ever gets this id.
+pub const EXTERNAL_CODE: u32 = u32::MAX;
+
+impl Peer {
+    /// The peer a socket tag or binding names: [`UNLABELED`] is no domain.
+    #[inline(always)]
+    pub const fn of_domain(id: u32) -> Self {
+        if id == UNLABELED {
+            Self::Unlabeled
+        } else {
+            Self::Domain(id)
+        }
+    }
+
+    /// A `u32` for map values: the domain id, [`UNLABELED`] or [`EXTERNAL_CODE`].
+    #[inline(always)]
+    pub const fn encode(self) -> u32 {
+        match self {
+            Self::Unlabeled => UNLABELED,
+            Self::Domain(id) => id,
+            Self::External => EXTERNAL_CODE,
+        }
+    }
+
+    #[inline(always)]
+    pub const fn decode(code: u32) -> Self {
+        if code == EXTERNAL_CODE {
+            Self::External
+        } else {
+            Self::of_domain(code)
+        }
+    }
 }
 
 /// Why a flow got its verdict.
@@ -165,6 +199,18 @@ mod tests {
         );
         assert_eq!(reverse.reason, Reason::NoEdge);
         assert!(!reverse.allow);
+    }
+
+    #[test]
+    fn peers_survive_encoding() {
+        for peer in [
+            Peer::Unlabeled,
+            Peer::External,
+            Peer::Domain(1),
+            Peer::Domain(7),
+        ] {
+            assert_eq!(Peer::decode(peer.encode()), peer);
+        }
     }
 
     #[test]

@@ -1,99 +1,82 @@
-//! Where a flow is going: a local listening socket's tag, else the domain whose endpoint
-//! prefixes hold the address (longest prefix), else external.
+//! Where an outgoing flow is going, judged at `connect()`/`sendmsg()` in the sender's network
+//! namespace: a local socket's tag, a pod's domain, a domain's endpoint prefix, or external.
 
-use aya_ebpf::{
-    bindings::{
-        BPF_F_CURRENT_NETNS, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 as Tuple4,
-        bpf_sock_tuple__bindgen_ty_1__bindgen_ty_2 as Tuple6,
-    },
-    btf_maps::lpm_trie::Key,
-    helpers::generated::{bpf_sk_lookup_tcp, bpf_sk_release},
-};
+use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_netns_cookie};
 use core::ffi::c_void;
 use enforcer_common::{
-    maps::{ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4, FAMILY_V6, UNLABELED},
+    maps::{ADDR_POD, ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4, SockTag},
     verdict::Peer,
 };
 
-use crate::{identity, maps::ENDPOINTS};
+use crate::{
+    address::Addr,
+    local,
+    maps::{ADDRS, ENDPOINTS},
+};
 
-/// An IPv4 destination (network byte order) reached from the program context `ctx`.
-#[inline(always)]
-pub fn tcp_v4(ctx: *mut c_void, slot: u32, addr: u32, port: u16) -> Peer {
-    // SAFETY: an all-zero tuple is valid; the lookup reads only the ipv4 member because the
-    // size passed says so.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    tuple.__bindgen_anon_1.ipv4 = Tuple4 {
-        saddr: 0,
-        daddr: addr,
-        sport: 0,
-        dport: port,
-    };
-    if let Some(peer) = local_listener(ctx, &mut tuple, size_of::<Tuple4>()) {
-        return peer;
-    }
-    let mut bytes = [0u8; 16];
-    bytes[..4].copy_from_slice(&addr.to_ne_bytes());
-    endpoint(slot, FAMILY_V4, bytes, 32)
+pub enum Target {
+    Peer(Peer),
+    /// Nothing here can judge the flow, and nothing needs to: a host address seen from a pod
+    /// (the receiving socket's own ingress check judges it), or a local address where no
+    /// socket would receive it (the kernel refuses it).
+    Deferred,
 }
 
-/// An IPv6 destination (network byte order words) reached from the program context `ctx`.
+/// The destination `dst:dport` (port in network order) of a `protocol` flow from the socket
+/// behind the sock_addr context `ctx`.
 #[inline(always)]
-pub fn tcp_v6(ctx: *mut c_void, slot: u32, addr: [u32; 4], port: u16) -> Peer {
-    // SAFETY: as in `tcp_v4`.
-    let mut tuple: bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    tuple.__bindgen_anon_1.ipv6 = Tuple6 {
-        saddr: [0; 4],
-        daddr: addr,
-        sport: 0,
-        dport: port,
-    };
-    if let Some(peer) = local_listener(ctx, &mut tuple, size_of::<Tuple6>()) {
-        return peer;
+pub fn resolve(ctx: *mut c_void, slot: u32, protocol: u32, dst: &Addr, dport: u16) -> Target {
+    if dst.is_loopback() {
+        return local_socket(ctx, protocol, dst, dport);
     }
-    let mut bytes = [0u8; 16];
-    for (chunk, word) in bytes.chunks_exact_mut(4).zip(addr) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
+    // SAFETY: `ctx` is the program's own context.
+    let netns = unsafe { bpf_get_netns_cookie(ctx) };
+    // SAFETY: the owner is copied out at once.
+    if let Some(owner) = unsafe { ADDRS.get(dst.key()) }.copied() {
+        if owner.netns == netns {
+            // A wildcard listener in this namespace matches every address, so a local lookup
+            // is only trusted for addresses known to be this namespace's own.
+            return local_socket(ctx, protocol, dst, dport);
+        }
+        if owner.kind == ADDR_POD {
+            return Target::Peer(Peer::of_domain(owner.domain));
+        }
+        return Target::Deferred;
     }
-    endpoint(slot, FAMILY_V6, bytes, 128)
-}
-
-/// The tag of a TCP socket in the caller's network namespace that would accept the tuple's
-/// destination (exact or wildcard bind). Only listeners can match: the source half of the
-/// tuple is zero, so no established socket does.
-#[inline(always)]
-fn local_listener(ctx: *mut c_void, tuple: &mut bpf_sock_tuple, size: usize) -> Option<Peer> {
-    // SAFETY: the tuple lives on this stack frame for the whole call; a non-null result is a
-    // referenced socket released below on every path.
-    let sk = unsafe {
-        bpf_sk_lookup_tcp(
-            ctx,
-            core::ptr::from_mut(tuple),
-            size as u32,
-            BPF_F_CURRENT_NETNS as u64,
-            0,
-        )
-    };
-    if sk.is_null() {
-        return None;
+    // An address no map knows (added since the daemon last looked) is still provably local
+    // when a socket is bound to exactly it.
+    if let Some(found) = local::receiver(ctx, protocol, dst, dport)
+        && found.bound_exactly
+    {
+        return Target::Peer(tagged(found.tag));
     }
-    let tag = identity::tag_of(sk.cast());
-    // SAFETY: `sk` came from bpf_sk_lookup_tcp and is released exactly once.
-    unsafe { bpf_sk_release(sk.cast()) };
-    Some(match tag {
-        Some(tag) if tag.domain != UNLABELED => Peer::Domain(tag.domain),
-        _ => Peer::Unlabeled,
-    })
+    Target::Peer(endpoint(slot, dst))
 }
 
 #[inline(always)]
-fn endpoint(slot: u32, family: u8, addr: [u8; 16], bits: u32) -> Peer {
+fn local_socket(ctx: *mut c_void, protocol: u32, dst: &Addr, dport: u16) -> Target {
+    match local::receiver(ctx, protocol, dst, dport) {
+        Some(found) => Target::Peer(tagged(found.tag)),
+        None => Target::Deferred,
+    }
+}
+
+/// A local socket without a tag was created before enforcement and never used: unlabeled.
+#[inline(always)]
+pub fn tagged(tag: Option<SockTag>) -> Peer {
+    tag.map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain))
+}
+
+/// The domain whose endpoint prefixes hold `addr` (longest prefix), else external.
+#[inline(always)]
+pub fn endpoint(slot: u32, addr: &Addr) -> Peer {
+    let bits = if addr.family == FAMILY_V4 { 32 } else { 128 };
     let key = Key::new(
         ENDPOINT_KEY_HEADER_BITS + bits,
         EndpointKey {
             slot: slot as u8,
-            family,
-            addr,
+            family: addr.family,
+            addr: addr.bytes,
             _pad: [0; 2],
         },
     );

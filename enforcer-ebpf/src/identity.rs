@@ -3,7 +3,9 @@
 
 use aya_ebpf::{
     bindings::BPF_SK_STORAGE_GET_F_CREATE,
-    helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_sk_storage_get},
+    helpers::generated::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_sk_storage_get,
+    },
 };
 use core::ffi::c_void;
 use enforcer_common::maps::{MAX_CGROUP_DEPTH, SockTag, UNLABELED};
@@ -28,6 +30,18 @@ pub fn current_domain(slot: u32) -> u32 {
         }
     }
     domain
+}
+
+/// A tag for a socket the current task creates (or uses first) in namespace `netns`.
+#[inline(always)]
+pub fn new_tag(slot: u32, origin: u32, netns: u64) -> SockTag {
+    SockTag {
+        domain: current_domain(slot),
+        origin,
+        // SAFETY: the helper takes no arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        netns,
+    }
 }
 
 /// The tag stored on `sk`, if any. `sk` must be a socket pointer the verifier accepts for

@@ -3,12 +3,22 @@
 #![no_std]
 #![no_main]
 
+mod address;
 mod connect;
 mod destination;
+mod egress;
+mod flows;
 mod identity;
+mod ingress;
+mod local;
 mod maps;
+mod packet;
 mod policy;
+mod protocol;
+mod sendmsg;
+mod sock_addr;
 mod sock_create;
+mod source;
 
 #[cfg(not(test))]
 #[panic_handler]

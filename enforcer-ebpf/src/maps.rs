@@ -4,11 +4,12 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
-    btf_maps::{Array, HashMap, LpmTrie},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
     macros::btf_map,
 };
 use enforcer_common::maps::{
-    BindingKey, DomainName, EdgeKey, EndpointKey, PolicyConfig, PortRules, SLOTS, SockTag,
+    AddrKey, AddrOwner, BindingKey, DomainName, EdgeKey, EndpointKey, FlowKey, FlowState,
+    HostConfig, NetnsSeen, NewNetns, PolicyConfig, PortRules, SLOTS, SockTag,
 };
 
 /// Socket storage for [`SockTag`], declared by hand because aya-ebpf's `SkStorage` fixes its
@@ -50,6 +51,12 @@ const MAX_BINDINGS: usize = 65_536;
 const MAX_ENDPOINTS: usize = 65_536;
 const MAX_EDGE_PAIRS: usize = 65_536;
 const MAX_DOMAINS: usize = 65_536;
+const MAX_ADDRS: usize = 65_536;
+const MAX_NETNS: usize = 16_384;
+/// UDP flows remembered for replies; the least recently used is forgotten first, after which
+/// a reply is judged as a new datagram in its own direction.
+const MAX_FLOWS: usize = 262_144;
+const NOTIFY_BYTES: usize = 64 * 1024;
 
 #[btf_map(name = "ENF_TAGS")]
 pub static TAGS: TagStorage = TagStorage::new();
@@ -76,3 +83,20 @@ pub static ACTIVE: Array<u32, 1> = Array::new();
 #[btf_map(name = "ENF_DOMAINS")]
 pub static DOMAINS: HashMap<u32, DomainName, MAX_DOMAINS, { BPF_F_NO_PREALLOC as usize }> =
     HashMap::new();
+
+#[btf_map(name = "ENF_ADDRS")]
+pub static ADDRS: HashMap<AddrKey, AddrOwner, MAX_ADDRS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ENF_HOST")]
+pub static HOST: Array<HostConfig, 1> = Array::new();
+
+#[btf_map(name = "ENF_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowState, MAX_FLOWS> = LruHashMap::new();
+
+#[btf_map(name = "ENF_NETNS")]
+pub static NETNS: HashMap<u64, NetnsSeen, MAX_NETNS, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ENF_NOTIFY")]
+pub static NOTIFY: RingBuf<NewNetns, NOTIFY_BYTES> = RingBuf::new();

@@ -9,7 +9,7 @@
 use std::{
     collections::{BTreeMap, HashSet},
     fs,
-    os::fd::{FromRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd as _, FromRawFd, OwnedFd},
     path::Path,
 };
 
@@ -21,23 +21,105 @@ use enforcer_common::{
 };
 use enforcer_policy::CgroupPath;
 
-use crate::{cgroupfs::CgroupRoot, compile::Compiled, paths::PinDir};
+use crate::{
+    cgroupfs::{self, CgroupFs, CgroupRoot},
+    compile::Compiled,
+    paths::PinDir,
+};
 
 const BPF_NOEXIST: u64 = 1;
+const BPF_ANY: u64 = 0;
+/// `SO_NETNS_COOKIE` (asm-generic/socket.h, Linux 5.14).
+const SO_NETNS_COOKIE: libc::c_int = 71;
 
-/// Tags every inet socket held by a process under `root`; returns how many were tagged now.
-pub fn tag_existing(root: &CgroupRoot, compiled: &Compiled, pins: &PinDir) -> Result<usize> {
+/// Tags every inet socket held by a process under `root` that has no tag yet; returns how
+/// many were tagged now.
+pub fn tag_existing(
+    cgroups: &CgroupFs,
+    root: &CgroupRoot,
+    compiled: &Compiled,
+    pins: &PinDir,
+) -> Result<usize> {
+    let mut tags = open_tags(pins)?;
+    let bound = bound_paths(compiled);
+    let mut tagged = 0;
+    for_each_socket(root, |cgroup, socket| {
+        let tag = SockTag {
+            domain: nearest_bound(&bound, cgroup.as_str()),
+            origin: ORIGIN_BACKFILL,
+            cgroup_id: cgroups.id(cgroup).unwrap_or_default(),
+            netns: netns_cookie(socket).unwrap_or_default(),
+        };
+        if tags.insert(&socket.as_raw_fd(), tag, BPF_NOEXIST).is_ok() {
+            tagged += 1;
+        }
+    })?;
+    Ok(tagged)
+}
+
+/// Gives the sockets created in a cgroup the domain its binding says now. Used when a binding
+/// lands after its cgroup appeared: anything created in the moment between was tagged with the
+/// ancestors' domain. Only sockets created in the cgroup their holder is still in are touched
+/// (`SockTag::cgroup_id`), so a socket made elsewhere keeps the domain it was created with.
+/// Returns how many tags changed.
+pub fn retag_under(
+    cgroups: &CgroupFs,
+    root: &CgroupRoot,
+    compiled: &Compiled,
+    pins: &PinDir,
+    changed: &[CgroupPath],
+) -> Result<usize> {
+    let mut tags = open_tags(pins)?;
+    let bound = bound_paths(compiled);
+    let mut retagged = 0;
+    for_each_socket(root, |cgroup, socket| {
+        if !changed
+            .iter()
+            .any(|c| cgroupfs::contains(c.as_str(), cgroup.as_str()))
+        {
+            return;
+        }
+        let fd = socket.as_raw_fd();
+        let Ok(tag) = tags.get(&fd, 0) else {
+            return;
+        };
+        let domain = nearest_bound(&bound, cgroup.as_str());
+        if tag.domain == domain || Some(tag.cgroup_id) != cgroups.id(cgroup) {
+            return;
+        }
+        if tags.insert(&fd, SockTag { domain, ..tag }, BPF_ANY).is_ok() {
+            retagged += 1;
+        }
+    })?;
+    Ok(retagged)
+}
+
+/// The domain a process's new sockets get: its cgroup's nearest bound ancestor.
+pub fn domain_of_pid(compiled: &Compiled, pid: i32) -> u32 {
+    cgroup_of(pid).map_or(UNLABELED, |cgroup| {
+        nearest_bound(&bound_paths(compiled), cgroup.as_str())
+    })
+}
+
+fn open_tags(pins: &PinDir) -> Result<SkStorage<MapData, SockTag>> {
     let data = MapData::from_pin(pins.map(names::MAP_TAGS))
         .with_context(|| format!("opening the pinned {}", names::MAP_TAGS))?;
-    let mut tags: SkStorage<MapData, SockTag> = SkStorage::try_from(Map::SkStorage(data))?;
-    let bound: BTreeMap<&str, u32> = compiled
+    Ok(SkStorage::try_from(Map::SkStorage(data))?)
+}
+
+fn bound_paths(compiled: &Compiled) -> BTreeMap<&str, u32> {
+    compiled
         .bindings
         .iter()
         .filter(|b| b.cgroup_id.is_some())
         .map(|b| (b.path.as_str(), b.domain))
-        .collect();
+        .collect()
+}
+
+/// Calls `visit(holder's cgroup, socket)` once for every inet socket held by a process whose
+/// cgroup is under `root`, with the socket borrowed into this process.
+fn for_each_socket(root: &CgroupRoot, mut visit: impl FnMut(&CgroupPath, &OwnedFd)) -> Result<()> {
     let mut seen = HashSet::new();
-    let mut tagged = 0;
     for pid in pids()? {
         let Some(cgroup) = cgroup_of(pid) else {
             continue;
@@ -45,7 +127,6 @@ pub fn tag_existing(root: &CgroupRoot, compiled: &Compiled, pins: &PinDir) -> Re
         if !root.covers(&cgroup) {
             continue;
         }
-        let domain = nearest_bound(&bound, cgroup.as_str());
         for (fd, inode) in socket_fds(pid) {
             if !seen.insert(inode) {
                 continue;
@@ -53,22 +134,28 @@ pub fn tag_existing(root: &CgroupRoot, compiled: &Compiled, pins: &PinDir) -> Re
             let Some(socket) = borrow_fd(pid, fd) else {
                 continue;
             };
-            if !is_inet(&socket) {
-                continue;
-            }
-            let tag = SockTag {
-                domain,
-                origin: ORIGIN_BACKFILL,
-            };
-            if tags
-                .insert(&std::os::fd::AsRawFd::as_raw_fd(&socket), tag, BPF_NOEXIST)
-                .is_ok()
-            {
-                tagged += 1;
+            if is_inet(&socket) {
+                visit(&cgroup, &socket);
             }
         }
     }
-    Ok(tagged)
+    Ok(())
+}
+
+pub fn netns_cookie(socket: &impl AsFd) -> Option<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: valid out-pointers sized for a u64.
+    let ret = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            std::ptr::from_mut(&mut cookie).cast(),
+            &mut len,
+        )
+    };
+    (ret == 0).then_some(cookie)
 }
 
 /// The domain of the deepest bound ancestor of `path` (itself included), as the kernel's
@@ -87,7 +174,7 @@ fn nearest_bound(bound: &BTreeMap<&str, u32>, path: &str) -> u32 {
     }
 }
 
-fn pids() -> Result<Vec<i32>> {
+pub fn pids() -> Result<Vec<i32>> {
     Ok(fs::read_dir("/proc")
         .context("listing /proc")?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
@@ -95,7 +182,7 @@ fn pids() -> Result<Vec<i32>> {
 }
 
 /// The process's cgroup v2 path (the `0::` line of /proc/PID/cgroup).
-fn cgroup_of(pid: i32) -> Option<CgroupPath> {
+pub fn cgroup_of(pid: i32) -> Option<CgroupPath> {
     let text = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines()
         .find_map(|line| line.strip_prefix("0::"))
@@ -137,12 +224,7 @@ fn borrow_fd(pid: i32, fd: i32) -> Option<OwnedFd> {
             return None;
         }
         let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
-        let borrowed = libc::syscall(
-            libc::SYS_pidfd_getfd,
-            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
-            fd,
-            0,
-        );
+        let borrowed = libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0);
         (borrowed >= 0).then(|| OwnedFd::from_raw_fd(borrowed as i32))
     }
 }
@@ -153,7 +235,7 @@ fn is_inet(socket: &OwnedFd) -> bool {
     // SAFETY: valid out-pointers sized for an int.
     let ret = unsafe {
         libc::getsockopt(
-            std::os::fd::AsRawFd::as_raw_fd(socket),
+            socket.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_DOMAIN,
             std::ptr::from_mut(&mut domain).cast(),

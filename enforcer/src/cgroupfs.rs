@@ -86,14 +86,18 @@ pub struct CgroupRoot {
 impl CgroupRoot {
     /// Whether sockets created in `path` run the programs attached at this root.
     pub fn covers(&self, path: &CgroupPath) -> bool {
-        let root = self.relative.trim_end_matches('/');
-        root.is_empty()
-            || path.as_str() == root
-            || path
-                .as_str()
-                .strip_prefix(root)
-                .is_some_and(|rest| rest.starts_with('/'))
+        contains(&self.relative, path.as_str())
     }
+}
+
+/// Whether cgroup path `path` is `ancestor` or below it.
+pub fn contains(ancestor: &str, path: &str) -> bool {
+    let ancestor = ancestor.trim_end_matches('/');
+    ancestor.is_empty()
+        || path == ancestor
+        || path
+            .strip_prefix(ancestor)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 fn id_of_dir(dir: &Path) -> Result<u64> {

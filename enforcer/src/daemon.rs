@@ -4,6 +4,7 @@
 //! they are. Only `enforcer teardown` removes them.
 
 use std::{
+    collections::BTreeSet,
     fs,
     io::ErrorKind,
     os::unix::{
@@ -11,12 +12,16 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
 };
 
 use anyhow::{Context as _, Result, bail};
-use enforcer_policy::{Action, Policy};
+use aya::maps::RingBuf;
+use enforcer_common::names;
+use enforcer_policy::{Action, CgroupPath, Policy};
 
 use crate::{
+    addresses::Addresses,
     backfill, bpffs,
     cgroupfs::{CgroupFs, CgroupRoot},
     compile::{self, Compiled},
@@ -26,6 +31,7 @@ use crate::{
         attach::{self, AttachedProgram},
         policy_maps::PolicyMaps,
     },
+    maintain,
     paths::{PinDir, StateDir},
     status::{self, Status},
 };
@@ -38,12 +44,13 @@ pub struct Options {
     pub state_dir: StateDir,
 }
 
-struct Daemon {
+pub struct Daemon {
     cgroups: CgroupFs,
     root: CgroupRoot,
     pins: PinDir,
     state: StateDir,
     maps: PolicyMaps,
+    addresses: Addresses,
     /// The loaded programs; once attached they also live on in their pinned links.
     ebpf: aya::Ebpf,
     programs: Vec<AttachedProgram>,
@@ -98,6 +105,12 @@ pub fn run(options: Options) -> Result<()> {
     // Every program passes the verifier before any hook or policy changes.
     attach::load_all(&mut ebpf)?;
     let maps = PolicyMaps::take(&mut ebpf)?;
+    let mut addresses = Addresses::take(&mut ebpf)?;
+    addresses.refresh_host()?;
+    let notify = RingBuf::try_from(
+        ebpf.take_map(names::MAP_NOTIFY)
+            .with_context(|| format!("the eBPF object has no map {}", names::MAP_NOTIFY))?,
+    )?;
     let generation = maps.active()?.config.generation;
     let mut daemon = Daemon {
         cgroups,
@@ -105,6 +118,7 @@ pub fn run(options: Options) -> Result<()> {
         pins: options.pin_dir,
         state: options.state_dir,
         maps,
+        addresses,
         ebpf,
         programs: Vec::new(),
         policy: Policy {
@@ -129,9 +143,9 @@ pub fn run(options: Options) -> Result<()> {
     }
     // Sockets that already exist get their creators' domains before the checks that read
     // tags are attached, and once more afterwards for sockets created in between.
-    let tagged = backfill::tag_existing(&daemon.root, &daemon.compiled, &daemon.pins)?;
+    let tagged = daemon.tag_existing()?;
     daemon.programs = attach::attach_all(&mut daemon.ebpf, &daemon.root, &daemon.pins)?;
-    let tagged = tagged + backfill::tag_existing(&daemon.root, &daemon.compiled, &daemon.pins)?;
+    let tagged = tagged + daemon.tag_existing()?;
     for p in &daemon.programs {
         log(&format!(
             "{} {} at {} (cgroup id {}), link pinned at {}",
@@ -150,9 +164,38 @@ pub fn run(options: Options) -> Result<()> {
     for warning in daemon.binding_warnings() {
         log(&warning);
     }
-    exit_when_torn_down(daemon.pins.clone());
+    daemon.refresh_addresses(true)?;
+    let daemon = Arc::new(Mutex::new(daemon));
+    maintain::spawn(Arc::clone(&daemon), notify)?;
     log(&format!("control socket {}", options.socket.display()));
-    daemon.serve(&listener)
+    serve(&daemon, &listener);
+    Ok(())
+}
+
+/// Answers control requests one at a time. A request is read before the daemon is locked, so
+/// a slow client never holds up the maintenance thread.
+fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener) {
+    for stream in listener.incoming() {
+        let stream = match stream {
+            Ok(stream) => stream,
+            Err(err) => {
+                log(&format!("control socket accept failed: {err}"));
+                continue;
+            }
+        };
+        let response = match control::read_request(&stream) {
+            Ok(request) => daemon
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .handle(request),
+            Err(err) => Response::Error {
+                message: format!("{err:#}"),
+            },
+        };
+        if let Err(err) = control::write_response(&stream, &response) {
+            log(&format!("could not answer a control request: {err:#}"));
+        }
+    }
 }
 
 impl Daemon {
@@ -199,8 +242,8 @@ impl Daemon {
                     ))
                 } else if b.cgroup_id.is_none() {
                     Some(format!(
-                        "warning: cgroup {} does not exist; processes under it are not labeled \
-                         until it is created and the policy is applied again",
+                        "cgroup {} does not exist yet; its binding is pending and takes effect \
+                         when it is created",
                         b.path
                     ))
                 } else {
@@ -210,19 +253,9 @@ impl Daemon {
             .collect()
     }
 
-    fn serve(&mut self, listener: &UnixListener) -> Result<()> {
-        for stream in listener.incoming() {
-            match stream {
-                Ok(stream) => self.handle(&stream),
-                Err(err) => log(&format!("control socket accept failed: {err}")),
-            }
-        }
-        Ok(())
-    }
-
-    fn handle(&mut self, stream: &UnixStream) {
-        let response = match control::read_request(stream) {
-            Ok(Request::Apply { file, text }) => match self.apply(&file, &text) {
+    fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Apply { file, text } => match self.apply(&file, &text) {
                 Ok(generation) => {
                     log(&format!("policy generation {generation} active ({file})"));
                     for warning in self.binding_warnings() {
@@ -246,14 +279,108 @@ impl Daemon {
                     }
                 }
             },
-            Ok(Request::Status) => Response::Status(Box::new(self.status())),
-            Err(err) => Response::Error {
-                message: format!("{err:#}"),
-            },
-        };
-        if let Err(err) = control::write_response(stream, &response) {
-            log(&format!("could not answer a control request: {err:#}"));
+            Request::Status => Response::Status(Box::new(self.status())),
         }
+    }
+
+    fn tag_existing(&self) -> Result<usize> {
+        backfill::tag_existing(&self.cgroups, &self.root, &self.compiled, &self.pins)
+    }
+
+    /// Every existing directory along the bound cgroup paths under the root: where a bound
+    /// cgroup or one of its ancestors can appear or vanish.
+    pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        for binding in &self.compiled.bindings {
+            if !self.root.covers(&binding.path) {
+                continue;
+            }
+            let mut path = String::new();
+            dirs.insert(self.cgroups.dir("/"));
+            for component in binding.path.as_str().split('/').filter(|c| !c.is_empty()) {
+                path.push('/');
+                path.push_str(component);
+                let dir = self.cgroups.dir(&path);
+                if !dir.is_dir() {
+                    break;
+                }
+                dirs.insert(dir);
+            }
+        }
+        dirs
+    }
+
+    /// Re-resolves every binding's cgroup. A cgroup that appeared gets its binding at once
+    /// (and sockets created in it meanwhile get its domain); one that vanished leaves no entry
+    /// behind and its binding is pending again. The policy generation does not change: the
+    /// policy is the same, only the cgroups it names came or went.
+    pub fn follow_cgroups(&mut self) -> Result<()> {
+        let known = self.maps.registry()?;
+        let compiled = compile::compile(&self.policy, &known, |path| self.cgroups.id(path))?;
+        if compiled.bindings == self.compiled.bindings {
+            return Ok(());
+        }
+        let changed: Vec<&compile::Binding> = compiled
+            .bindings
+            .iter()
+            .filter(|b| !self.compiled.bindings.contains(b))
+            .collect();
+        self.maps.swap_in(&compiled, self.generation)?;
+        let appeared: Vec<CgroupPath> = changed
+            .iter()
+            .filter(|b| b.cgroup_id.is_some())
+            .map(|b| b.path.clone())
+            .collect();
+        for binding in &changed {
+            let name = compiled
+                .registry
+                .name_of(binding.domain)
+                .unwrap_or_default();
+            match binding.cgroup_id {
+                Some(id) => log(&format!(
+                    "cgroup {} appeared (id {id}): bound to {name}",
+                    binding.path
+                )),
+                None => log(&format!(
+                    "cgroup {} is gone: its binding to {name} is pending until it is created again",
+                    binding.path
+                )),
+            }
+        }
+        self.compiled = compiled;
+        if !appeared.is_empty() {
+            let retagged = backfill::retag_under(
+                &self.cgroups,
+                &self.root,
+                &self.compiled,
+                &self.pins,
+                &appeared,
+            )?;
+            if retagged > 0 {
+                log(&format!(
+                    "re-tagged {retagged} socket(s) created in the new cgroup(s) before their binding landed"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn refresh_addresses(&mut self, pods: bool) -> Result<()> {
+        self.addresses.refresh_host()?;
+        if pods {
+            let compiled = &self.compiled;
+            self.addresses
+                .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `enforcer teardown` removed the links behind this daemon's back; a daemon that
+    /// went on answering would report enforcement that no longer exists.
+    pub fn torn_down(&self) -> bool {
+        attach::HOOKS
+            .iter()
+            .all(|h| !self.pins.link(h.program).exists())
     }
 
     fn status(&self) -> Status {
@@ -280,7 +407,7 @@ impl Daemon {
                         } else if cgroup_id.is_some() {
                             "bound"
                         } else {
-                            "missing"
+                            "pending"
                         };
                         status::BindingStatus {
                             cgroup: path.to_string(),
@@ -337,6 +464,7 @@ impl Daemon {
                 .maps
                 .fill()
                 .into_iter()
+                .chain([(names::MAP_ADDRS, self.addresses.count())])
                 .map(|(map, entries)| status::MapFill {
                     map: map.into(),
                     entries,
@@ -346,22 +474,7 @@ impl Daemon {
     }
 }
 
-/// `enforcer teardown` detaches the links and removes the pins behind a running daemon's back;
-/// a daemon that went on answering `status` and `apply` would then report enforcement that no
-/// longer exists. It checks once a second and exits when its links are gone.
-fn exit_when_torn_down(pins: PinDir) {
-    std::thread::spawn(move || {
-        loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
-            if attach::HOOKS.iter().all(|h| !pins.link(h.program).exists()) {
-                log("enforcement was torn down (the pinned links are gone); exiting");
-                std::process::exit(0);
-            }
-        }
-    });
-}
-
-fn log(message: &str) {
+pub fn log(message: &str) {
     eprintln!("enforcer: {message}");
 }
 

@@ -1,6 +1,7 @@
 //! `enforcer`: the daemon that enforces trust-domain boundaries in the kernel, and the CLI that
 //! checks and applies policy and shows what is enforced.
 
+mod addresses;
 mod backfill;
 mod bpffs;
 mod cgroupfs;
@@ -8,6 +9,7 @@ mod compile;
 mod control;
 mod daemon;
 mod kernel;
+mod maintain;
 mod paths;
 mod registry;
 mod status;

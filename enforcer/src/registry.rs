@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use enforcer_common::maps::UNLABELED;
+use enforcer_common::{maps::UNLABELED, verdict::EXTERNAL_CODE};
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
@@ -34,7 +34,8 @@ impl Registry {
             .max()
             .copied()
             .unwrap_or(UNLABELED)
-            .checked_add(1)?;
+            .checked_add(1)
+            .filter(|&id| id != EXTERNAL_CODE)?;
         self.ids.insert(name.to_owned(), next);
         Some(next)
     }

@@ -5,7 +5,10 @@
 use std::{fs::File, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramFd, links::FdLink};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramFd,
+    links::FdLink,
+};
 use enforcer_common::names;
 use serde::Serialize;
 
@@ -16,6 +19,7 @@ use crate::{cgroupfs::CgroupRoot, paths::PinDir};
 enum Kind {
     Sock,
     SockAddr,
+    Skb(CgroupSkbAttachType),
 }
 
 pub struct Hook {
@@ -24,13 +28,18 @@ pub struct Hook {
     kind: Kind,
 }
 
-/// Every program the daemon attaches, in attach order: sockets are tagged before any check
-/// that reads tags can run.
-pub const HOOKS: [Hook; 3] = [
+/// Every program the daemon attaches, in attach order: sockets are tagged, and pod addresses
+/// learned, before any check that reads them can run.
+pub const HOOKS: [Hook; 7] = [
     Hook {
         program: names::PROG_SOCK_CREATE,
         attach_point: "cgroup/sock_create",
         kind: Kind::Sock,
+    },
+    Hook {
+        program: names::PROG_EGRESS,
+        attach_point: "cgroup_skb/egress",
+        kind: Kind::Skb(CgroupSkbAttachType::Egress),
     },
     Hook {
         program: names::PROG_CONNECT4,
@@ -41,6 +50,21 @@ pub const HOOKS: [Hook; 3] = [
         program: names::PROG_CONNECT6,
         attach_point: "cgroup/connect6",
         kind: Kind::SockAddr,
+    },
+    Hook {
+        program: names::PROG_SENDMSG4,
+        attach_point: "cgroup/sendmsg4",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: names::PROG_SENDMSG6,
+        attach_point: "cgroup/sendmsg6",
+        kind: Kind::SockAddr,
+    },
+    Hook {
+        program: names::PROG_INGRESS,
+        attach_point: "cgroup_skb/ingress",
+        kind: Kind::Skb(CgroupSkbAttachType::Ingress),
     },
 ];
 
@@ -65,6 +89,7 @@ pub fn load_all(ebpf: &mut aya::Ebpf) -> Result<()> {
         let loaded = match hook.kind {
             Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
             Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
+            Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
         };
         loaded.with_context(|| {
             format!(
@@ -148,6 +173,11 @@ fn attach_one(
             let id = p.attach(&cgroup, CgroupAttachMode::Single)?;
             p.take_link(id)?.try_into()?
         }
+        Kind::Skb(attach_type) => {
+            let p = <&mut CgroupSkb>::try_from(program)?;
+            let id = p.attach(&cgroup, attach_type, CgroupAttachMode::Single)?;
+            p.take_link(id)?.try_into()?
+        }
     };
     link.pin(&pin)
         .with_context(|| format!("pinning link at {}", pin.display()))?;
@@ -166,6 +196,7 @@ fn program_fd(program: &mut aya::programs::Program, kind: Kind) -> Result<&Progr
     Ok(match kind {
         Kind::Sock => <&CgroupSock>::try_from(&*program)?.fd()?,
         Kind::SockAddr => <&CgroupSockAddr>::try_from(&*program)?.fd()?,
+        Kind::Skb(_) => <&CgroupSkb>::try_from(&*program)?.fd()?,
     })
 }
 

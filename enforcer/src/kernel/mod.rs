@@ -8,7 +8,10 @@ pub mod policy_maps;
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 use enforcer_common::{
-    maps::{BindingKey, DomainName, EdgeKey, EndpointKey, PolicyConfig, PortRules, SockTag},
+    maps::{
+        AddrKey, AddrOwner, BindingKey, DomainName, EdgeKey, EndpointKey, FlowKey, FlowState,
+        HostConfig, NetnsSeen, PolicyConfig, PortRules, SockTag,
+    },
     names,
 };
 
@@ -19,7 +22,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 /// (map, key size, value size) as this build lays them out. A pinned map from another build
 /// with a different layout must not be adopted: programs would read garbage from it.
-const MAP_LAYOUTS: [(&str, usize, usize); 7] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
     (names::MAP_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (
         names::MAP_BINDINGS,
@@ -48,6 +51,20 @@ const MAP_LAYOUTS: [(&str, usize, usize); 7] = [
         size_of::<u32>(),
         size_of::<DomainName>(),
     ),
+    (
+        names::MAP_ADDRS,
+        size_of::<AddrKey>(),
+        size_of::<AddrOwner>(),
+    ),
+    (names::MAP_HOST, size_of::<u32>(), size_of::<HostConfig>()),
+    (
+        names::MAP_FLOWS,
+        size_of::<FlowKey>(),
+        size_of::<FlowState>(),
+    ),
+    (names::MAP_NETNS, size_of::<u64>(), size_of::<NetnsSeen>()),
+    // Ring buffers have neither keys nor values.
+    (names::MAP_NOTIFY, 0, 0),
 ];
 
 /// Loads the object. Maps already pinned under `pins` are reused (their contents, and so the
@@ -78,7 +95,9 @@ pub fn open(pins: &PinDir) -> Result<Ebpf> {
             aya::maps::Map::SkStorage(data)
             | aya::maps::Map::HashMap(data)
             | aya::maps::Map::LpmTrie(data)
-            | aya::maps::Map::Array(data) => data.info()?,
+            | aya::maps::Map::Array(data)
+            | aya::maps::Map::LruHashMap(data)
+            | aya::maps::Map::RingBuf(data) => data.info()?,
             _ => bail!("map {name} has an unexpected type"),
         };
         if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {

@@ -1,0 +1,79 @@
+//! `cgroup_skb/ingress`: judges what arrives at a socket in the enforced subtree before the
+//! application sees it: a TCP handshake reaching a listener (dropped, the connection never
+//! completes and `accept()` never returns it) and every UDP datagram. Traffic from other
+//! hosts is only ever judged here; local senders were also judged at their own egress.
+
+use aya_ebpf::{
+    helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock},
+    macros::cgroup_skb,
+    programs::SkBuffContext,
+};
+use enforcer_common::{
+    maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP},
+    verdict::{self, Peer},
+};
+
+use crate::{destination::Target, flows, identity, packet, policy, protocol, source};
+
+const PASS: i32 = 1;
+const DROP: i32 = 0;
+/// `tcp_states.h`: TCP_LISTEN.
+const TCP_LISTEN: u32 = 10;
+
+#[cgroup_skb(ingress)]
+pub fn enf_ingress(ctx: SkBuffContext) -> i32 {
+    judge(&ctx)
+}
+
+#[inline(always)]
+fn judge(ctx: &SkBuffContext) -> i32 {
+    let skb = ctx.skb.skb;
+    // SAFETY: reading the context's socket field; the helper accepts a null-checked pointer.
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return PASS;
+    }
+    // SAFETY: `sk` is the context's non-null socket.
+    let sk = unsafe { bpf_sk_fullsock(sk) };
+    if sk.is_null() {
+        return PASS;
+    }
+    // SAFETY: checked non-null; a full socket's fields are readable.
+    let (ip_protocol, state) = unsafe { ((*sk).protocol, (*sk).state) };
+    let Some(proto) = protocol::bit(ip_protocol) else {
+        return PASS;
+    };
+    // An established TCP connection was judged when it was set up, at one end or the other.
+    if proto == PROTO_TCP && state != TCP_LISTEN {
+        return PASS;
+    }
+    let Some(active) = policy::active() else {
+        return PASS;
+    };
+    let Some(packet) = packet::parse(ctx) else {
+        // A TCP or UDP socket only receives its own transport; a packet whose header cannot
+        // be found hides its ports, so it is not let through to a judged socket.
+        return DROP;
+    };
+    let Target::Peer(from) = source::resolve(ctx, active.slot, proto, &packet) else {
+        return PASS;
+    };
+    let to = identity::tag_of(sk.cast()).map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain));
+    let port = u16::from_be(packet.dport);
+    let verdict = verdict::decide(from, to, active.config, proto, port, |f, t| {
+        policy::edge_rules(active.slot, f, t)
+    });
+    if proto == PROTO_UDP {
+        // SAFETY: the context is the program's own.
+        let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
+        let key = flows::key(cookie, &packet.src, packet.sport);
+        if verdict.allow {
+            flows::open(&key, from, to, port, FLOW_INBOUND);
+            return PASS;
+        }
+        if flows::continues(&key, FLOW_OUTBOUND, &active) {
+            return PASS;
+        }
+    }
+    if verdict.allow { PASS } else { DROP }
+}

@@ -1,0 +1,86 @@
+//! The judgement shared by `connect()` (TCP and UDP) and unconnected UDP `sendmsg()`: both
+//! name a destination before anything leaves the host. Returning [`REJECT`] makes the kernel
+//! fail the call with `EPERM` at once.
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    programs::SockAddrContext,
+};
+use core::ffi::c_void;
+use enforcer_common::{
+    maps::{FLOW_INBOUND, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
+    verdict::{self, Peer},
+};
+
+use crate::{
+    address::Addr,
+    destination::{self, Target},
+    flows, identity, policy, protocol,
+};
+
+const PROCEED: i32 = 1;
+const REJECT: i32 = 0;
+
+#[derive(Clone, Copy)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, family: Family) -> i32 {
+    // SAFETY: the context pointer is valid for the whole program run.
+    let sa = unsafe { &*ctx.sock_addr };
+    let Some(proto) = protocol::bit(sa.protocol) else {
+        return PROCEED;
+    };
+    let Some(active) = policy::active() else {
+        return PROCEED;
+    };
+    let dst = match family {
+        Family::V4 => Addr::v4(sa.user_ip4),
+        // A dual-stack socket reaches IPv4 through ::ffff:a.b.c.d; TCP and UDP connect hand
+        // those to the IPv4 code directly, so connect4 never runs for them: judged here.
+        Family::V6 => Addr::v6(sa.user_ip6),
+    };
+    // `user_port` holds the port in network byte order in its low 16 bits.
+    let dport = sa.user_port as u16;
+    let ctx_ptr: *mut c_void = ctx.sock_addr.cast();
+    let Target::Peer(to) = destination::resolve(ctx_ptr, active.slot, proto, &dst, dport) else {
+        return PROCEED;
+    };
+    let from = Peer::of_domain(source_domain(ctx_ptr, sa, active.slot));
+    let port = u16::from_be(dport);
+    let verdict = verdict::decide(from, to, active.config, proto, port, |f, t| {
+        policy::edge_rules(active.slot, f, t)
+    });
+    if proto == PROTO_UDP {
+        // SAFETY: `ctx_ptr` is the program's own context.
+        let key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
+        if verdict.allow {
+            flows::open(&key, from, to, port, FLOW_OUTBOUND);
+            return PROCEED;
+        }
+        if flows::continues(&key, FLOW_INBOUND, &active) {
+            return PROCEED;
+        }
+    }
+    if verdict.allow { PROCEED } else { REJECT }
+}
+
+/// The calling socket's domain. A socket created before enforcement has no tag; it gets one
+/// now from the calling task, which for a socket used once is its creator.
+#[inline(always)]
+fn source_domain(ctx: *mut c_void, sa: &bpf_sock_addr, slot: u32) -> u32 {
+    // SAFETY: `sk` is always set in sock_addr contexts.
+    let sk: *mut c_void = unsafe { sa.__bindgen_anon_1.sk }.cast();
+    match identity::tag_of(sk) {
+        Some(tag) => tag.domain,
+        None => {
+            // SAFETY: `ctx` is the program's own context.
+            let netns = unsafe { bpf_get_netns_cookie(ctx) };
+            identity::tag_if_untagged(sk, identity::new_tag(slot, ORIGIN_FIRST_USE, netns)).domain
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! The daemon's background duties, on one thread beside the control socket: bindings follow
+//! cgroups as they appear and vanish (inotify on every existing directory along each bound
+//! path), workload namespaces are entered as the programs report them and forgotten when
+//! empty, the host's addresses are kept current, and the daemon exits once `enforcer teardown`
+//! has removed its links.
+
+use std::{
+    collections::BTreeSet,
+    os::fd::AsFd,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+    sys::inotify::{AddWatchFlags, InitFlags, Inotify},
+};
+
+use crate::daemon::{Daemon, log};
+
+/// How often everything is checked even without an event: a safety net for a lost inotify
+/// or ring buffer event, and the period of the host address and teardown checks.
+const TICK: Duration = Duration::from_secs(1);
+/// How often every known workload namespace is re-listed without a new one being reported.
+const POD_RESCAN: Duration = Duration::from_secs(5);
+
+pub fn spawn(daemon: Arc<Mutex<Daemon>>, notify: RingBuf<MapData>) -> Result<()> {
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .context("creating an inotify instance to watch cgroups")?;
+    std::thread::Builder::new()
+        .name("maintain".into())
+        .spawn(move || run(&daemon, &inotify, notify))
+        .context("starting the maintenance thread")?;
+    Ok(())
+}
+
+fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) {
+    let mut last_pod_scan = Instant::now();
+    loop {
+        let dirs = lock(daemon).watched_dirs();
+        watch(inotify, &dirs);
+        let mut fds = [
+            PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
+            PollFd::new(notify.as_fd(), PollFlags::POLLIN),
+        ];
+        let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
+        if let Err(err) = poll(&mut fds, timeout)
+            && err != Errno::EINTR
+        {
+            log(&format!("maintenance poll failed: {err}"));
+        }
+        // The events only say that something changed; each duty re-reads the current state.
+        let _ = inotify.read_events();
+        let mut new_namespace = false;
+        while notify.next().is_some() {
+            new_namespace = true;
+        }
+        let mut guard = lock(daemon);
+        let d = &mut *guard;
+        if d.torn_down() {
+            log("enforcement was torn down (the pinned links are gone); exiting");
+            std::process::exit(0);
+        }
+        if let Err(err) = d.follow_cgroups() {
+            log(&format!(
+                "updating bindings after a cgroup change failed: {err:#}"
+            ));
+        }
+        let scan_pods = new_namespace || last_pod_scan.elapsed() >= POD_RESCAN;
+        if scan_pods {
+            last_pod_scan = Instant::now();
+        }
+        if let Err(err) = d.refresh_addresses(scan_pods) {
+            log(&format!("refreshing local addresses failed: {err:#}"));
+        }
+    }
+}
+
+fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
+    // A panic while holding the lock leaves the daemon's state as consistent as the kernel's
+    // (every update is a complete map write), so carrying on is safe.
+    daemon
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Watches `dirs` for children created, removed or renamed. Adding an existing watch again is
+/// a no-op in the kernel; watches on removed directories disappear by themselves.
+fn watch(inotify: &Inotify, dirs: &BTreeSet<PathBuf>) {
+    let mask = AddWatchFlags::IN_CREATE
+        | AddWatchFlags::IN_DELETE
+        | AddWatchFlags::IN_MOVED_FROM
+        | AddWatchFlags::IN_MOVED_TO
+        | AddWatchFlags::IN_ONLYDIR;
+    for dir in dirs {
+        let _ = inotify.add_watch(dir.as_path(), mask);
+    }
+}
