@@ -1,12 +1,20 @@
 //! The harness for privileged end-to-end tests. Each test gets its own cgroup subtree, pin
 //! directory, control socket and state directory, and every one of them is removed when the
-//! [`Sandbox`] is dropped, including when the test fails.
+//! [`Sandbox`] is dropped, including when the test fails. [`Lan`] and [`RemoteHost`] add
+//! pods and other machines in network namespaces of their own, also removed on drop; every
+//! probe process, wherever it runs, is placed by a [`Workload`].
 
+mod json;
+mod lan;
 mod netns;
 mod sandbox;
+mod workload;
 
+pub use json::Json;
+pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
-pub use sandbox::{Outcome, Sandbox, Server, enforcer};
+pub use sandbox::{Sandbox, enforcer};
+pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.
 pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";

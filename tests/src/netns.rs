@@ -4,7 +4,7 @@
 
 use std::process::{Command, Stdio};
 
-use crate::sandbox::{self, Server};
+use crate::workload::{Server, Workload};
 
 pub struct RemoteHost {
     name: String,
@@ -77,11 +77,7 @@ impl RemoteHost {
 
     /// A listener on `addr:port` inside the remote host.
     pub fn listen(&self, addr: &str, port: u16) -> Server {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name])
-            .arg(sandbox::probe())
-            .args(["listen", addr, &port.to_string()]);
-        Server::start(cmd)
+        Workload::new(None, Some(self.name.clone())).listen(addr, port)
     }
 }
 
@@ -95,7 +91,8 @@ impl Drop for RemoteHost {
     }
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS` and fails the test, with ip's own message, if it fails.
+pub(crate) fn ip(args: &[&str]) {
     let out = Command::new("ip")
         .args(args)
         .output()

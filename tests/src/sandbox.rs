@@ -4,30 +4,17 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
     sync::mpsc,
     thread,
+    time::Duration,
 };
 
-/// What a client application saw when it connected.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    /// Connected and received this greeting.
-    Connected(String),
-    /// `connect()` failed with this errno.
-    Error(i32),
-}
-
-impl Outcome {
-    pub const EPERM: Self = Self::Error(libc::EPERM);
-    pub const REFUSED: Self = Self::Error(libc::ECONNREFUSED);
-
-    pub fn greeted() -> Self {
-        Self::Connected("hi".into())
-    }
-}
+use crate::{
+    json::Json,
+    workload::{HeldSocket, Outcome, Server, Workload},
+};
 
 pub struct Sandbox {
     name: String,
@@ -40,6 +27,8 @@ pub struct Sandbox {
     pub state_dir: PathBuf,
     daemon: Option<Child>,
     daemon_log: Option<mpsc::Receiver<String>>,
+    /// How long probes wait for a connect or a reply; `None` is the probe's default (5 s).
+    probe_timeout: Option<Duration>,
 }
 
 impl Sandbox {
@@ -61,6 +50,7 @@ impl Sandbox {
             root,
             daemon: None,
             daemon_log: None,
+            probe_timeout: None,
         }
     }
 
@@ -130,7 +120,7 @@ impl Sandbox {
     }
 
     /// Waits (at most `limit`) for the daemon to exit on its own and returns its exit status.
-    pub fn wait_daemon_exit(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+    pub fn wait_daemon_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
         let mut child = self.daemon.take().expect("daemon running");
         let deadline = std::time::Instant::now() + limit;
         loop {
@@ -142,7 +132,7 @@ impl Sandbox {
                 std::time::Instant::now() < deadline,
                 "the daemon did not exit within {limit:?}"
             );
-            thread::sleep(std::time::Duration::from_millis(20));
+            thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -179,35 +169,70 @@ impl Sandbox {
             .expect("apply prints the generation")
     }
 
-    /// A listener in `cgroup` on `addr:port`, ready when this returns.
-    pub fn listen(&self, cgroup: &str, addr: &str, port: u16) -> Server {
-        let mut cmd = Command::new(probe());
-        cmd.args(["listen", addr, &port.to_string()]);
-        in_cgroup(&mut cmd, self.cgroup_dir(cgroup));
-        Server::start(cmd)
+    /// Makes every probe started from now on give up after `timeout` (connects and replies),
+    /// so tests that expect silent drops run quickly.
+    pub fn set_probe_timeout(&mut self, timeout: Duration) {
+        self.probe_timeout = Some(timeout);
     }
 
-    /// What an application in `cgroup` sees when it connects to `addr:port`.
+    /// The place to run probes in `cgroup`, in the host's network namespace.
+    pub fn workload(&self, cgroup: &str) -> Workload {
+        Workload::new(Some(self.cgroup_dir(cgroup)), None).with_timeout(self.probe_timeout)
+    }
+
+    /// A TCP listener in `cgroup` on `addr:port`, ready when this returns.
+    pub fn listen(&self, cgroup: &str, addr: &str, port: u16) -> Server {
+        self.workload(cgroup).listen(addr, port)
+    }
+
+    /// A UDP responder in `cgroup` on `addr:port`, bound when this returns.
+    pub fn udp_listen(&self, cgroup: &str, addr: &str, port: u16) -> Server {
+        self.workload(cgroup).udp_listen(addr, port)
+    }
+
+    /// What a TCP application in `cgroup` sees when it connects to `addr:port`.
     pub fn connect(&self, cgroup: &str, addr: &str, port: u16) -> Outcome {
-        let mut cmd = Command::new(probe());
-        cmd.args(["connect", addr, &port.to_string()]);
-        in_cgroup(&mut cmd, self.cgroup_dir(cgroup));
-        let out = cmd.output().expect("running the probe");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text.trim();
-        if let Some(data) = line
-            .strip_prefix("connected ")
-            .or(line.strip_prefix("connected"))
-        {
-            Outcome::Connected(data.trim().to_owned())
-        } else if let Some(errno) = line.strip_prefix("error ") {
-            Outcome::Error(errno.parse().expect("errno"))
-        } else {
-            panic!(
-                "unexpected probe output {line:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        }
+        self.workload(cgroup).connect(addr, port)
+    }
+
+    /// What a UDP application in `cgroup` sees when it `sendto`s `addr:port` unconnected.
+    pub fn udp_send(&self, cgroup: &str, addr: &str, port: u16) -> Outcome {
+        self.workload(cgroup).udp_send(addr, port)
+    }
+
+    /// What a UDP application in `cgroup` sees when it connects to `addr:port` and sends.
+    pub fn udp_connect(&self, cgroup: &str, addr: &str, port: u16) -> Outcome {
+        self.workload(cgroup).udp_connect(addr, port)
+    }
+
+    /// A process in `cgroup` holding a TCP socket it has not connected yet.
+    pub fn hold_socket(&self, cgroup: &str, addr: &str, port: u16) -> HeldSocket {
+        self.workload(cgroup).hold_socket(addr, port)
+    }
+
+    /// Moves the process `pid` into `cgroup`.
+    pub fn move_process(&self, pid: u32, cgroup: &str) {
+        fs::write(
+            self.cgroup_dir(cgroup).join("cgroup.procs"),
+            pid.to_string(),
+        )
+        .expect("moving a process to another cgroup");
+    }
+
+    /// Removes the (empty) cgroup `path`.
+    pub fn remove_cgroup(&self, path: &str) {
+        fs::remove_dir(self.cgroup_dir(path)).expect("removing a cgroup");
+    }
+
+    /// `enforcer status -o json`, parsed.
+    pub fn status(&self) -> Json {
+        let out = self.enforcer(&["status", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("status prints JSON")
     }
 
     /// Removes every cgroup under the sandbox root, deepest first, after killing what runs there.
@@ -223,7 +248,7 @@ impl Sandbox {
                 if fs::remove_dir(&dir).is_ok() || !dir.exists() {
                     break;
                 }
-                thread::sleep(std::time::Duration::from_millis(10));
+                thread::sleep(Duration::from_millis(10));
             }
         }
     }
@@ -242,43 +267,6 @@ impl Drop for Sandbox {
             .status();
         self.remove_cgroups();
         let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A listening probe, killed on drop.
-pub struct Server {
-    child: Child,
-}
-
-impl Server {
-    pub(crate) fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("starting a listener");
-        let mut first = String::new();
-        let stdout = child.stdout.take().expect("piped stdout");
-        BufReader::new(stdout)
-            .read_line(&mut first)
-            .expect("reading the listener's readiness line");
-        assert_eq!(first.trim(), "listening", "listener failed to start");
-        Self { child }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn in_cgroup(cmd: &mut Command, dir: PathBuf) {
-    let procs = dir.join("cgroup.procs");
-    // SAFETY: the closure only calls write(2) through std::fs, which is async-signal-safe
-    // enough for a freshly forked single-threaded child.
-    unsafe {
-        cmd.pre_exec(move || fs::write(&procs, "0"));
     }
 }
 
