@@ -342,9 +342,10 @@ fn prefix_contains(prefix: &str, addr: IpAddr) -> bool {
 /// `CLOSED_BASE + k`.
 fn sites(sb: &Sandbox, lan: &Lan, pods: &[Node; 3], remotes: [(&str, &Node); 2]) -> Vec<Site> {
     let mut sites = Vec::new();
-    let mut add = |name: String, cgroup: Option<String>, workload, v4: &str, v6: &str| {
+    let mut add = |kind, name: String, cgroup: Option<String>, workload, v4: &str, v6: &str| {
         let k = u16::try_from(sites.len()).expect("few sites");
         sites.push(Site {
+            kind,
             name,
             cgroup,
             workload,
@@ -357,12 +358,14 @@ fn sites(sb: &Sandbox, lan: &Lan, pods: &[Node; 3], remotes: [(&str, &Node); 2])
     for name in ["alpha", "beta", "gamma", "plain"] {
         let workload = sb.workload(&sb.cgroup(name));
         let (v4, v6) = (&lan.host_v4, &lan.host_v6);
-        add(format!("host {name}"), Some(name.into()), workload, v4, v6);
+        let cgroup = Some(name.into());
+        add(Kind::Host, format!("host {name}"), cgroup, workload, v4, v6);
     }
     for (name, node) in ["alpha", "beta", "gamma"].into_iter().zip(pods) {
         let rel = format!("pods/{name}/pod1");
         let workload = node.pod(sb, &sb.cgroup(&rel));
         add(
+            Kind::Pod,
             format!("pod {name}"),
             Some(rel),
             workload,
@@ -372,13 +375,29 @@ fn sites(sb: &Sandbox, lan: &Lan, pods: &[Node; 3], remotes: [(&str, &Node); 2])
     }
     for (name, node) in remotes {
         let workload = node.remote().with_timeout(Some(PROBE_TIMEOUT));
-        add(format!("remote {name}"), None, workload, &node.v4, &node.v6);
+        let (v4, v6) = (&node.v4, &node.v6);
+        add(
+            Kind::Remote,
+            format!("remote {name}"),
+            None,
+            workload,
+            v4,
+            v6,
+        );
     }
     assert_eq!(sites.len(), usize::from(SITES));
     sites
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Host,
+    Pod,
+    Remote,
+}
+
 struct Site {
+    kind: Kind,
     name: String,
     /// The cgroup relative to the sandbox root; `None` for a remote machine.
     cgroup: Option<String>,
@@ -579,13 +598,30 @@ fn allow_text(allow: bool) -> &'static str {
     if allow { "allow" } else { "deny" }
 }
 
+/// Whether the client's own `connect()`/`sendto()` must be the one refusing (`EPERM`): it
+/// runs in an enforced cgroup and can tell where the flow goes. A pod cannot tell which host
+/// socket a host address reaches, so pod -> host flows are judged at the host's ingress.
+fn refused_at_egress(cell: &Cell<'_>) -> bool {
+    match (cell.client.kind, cell.server.kind) {
+        (Kind::Remote, _) | (Kind::Pod, Kind::Host) => false,
+        (Kind::Host | Kind::Pod, _) => true,
+    }
+}
+
 fn differs(model: &Model, cell: &Cell<'_>, outcome: &Outcome) -> Option<Row> {
     let client_end = cell.client.end(model, cell.family);
     let server_end = cell.server.end(model, cell.family);
-    let (expected, reason) = model.decide(client_end, server_end, cell.probe.proto(), cell.port);
+    let (expected, mut reason) =
+        model.decide(client_end, server_end, cell.probe.proto(), cell.port);
     let observed = verdict(cell.probe, outcome);
-    if observed == Some(expected) {
+    let eperm_missing = expected == Verdict::Refused
+        && refused_at_egress(cell)
+        && *outcome != Outcome::Error(libc::EPERM);
+    if observed == Some(expected) && !eperm_missing {
         return None;
+    }
+    if eperm_missing {
+        reason.push_str("; the client's egress must refuse with EPERM");
     }
     let observed = match observed {
         Some(v) => format!("{v:?}: {outcome}"),
