@@ -1,45 +1,308 @@
-//! `cargo xtask bench connect`: TCP connect + accept per second over loopback from a bound
-//! cgroup, first with no programs attached (the baseline), then with enforcement and a policy
-//! of 1,000 domains and 10,000 edges, for a same-domain flow and an edge-allowed cross-domain
-//! flow. Each result is printed as a ratio to the baseline measured in the same run.
+//! `cargo xtask bench connect | udp-send | ingress`: rates over loopback (and, for ingress,
+//! over a veth pair) from and to bound cgroups, first with no programs attached (the
+//! baseline), then with enforcement and a policy of 1,000 domains and 10,000 edges. Rounds
+//! interleave baseline and enforced measurements; the median of each is printed as a ratio to
+//! the baseline measured in the same run.
 
 use std::{
     fmt::Write as _,
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _},
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, ChildStdout, Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::workspace_root;
 
 #[derive(Subcommand)]
 pub enum Bench {
     /// TCP connect + accept rate, baseline vs enforced.
-    Connect {
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
-        /// Interleaved rounds (the median of each measurement is reported).
-        #[arg(long, default_value_t = 5)]
-        rounds: usize,
-    },
+    Connect(Run),
+    /// Unconnected UDP sendto() rate from a bound cgroup to a bound sink, baseline vs enforced.
+    UdpSend(UdpRun),
+    /// UDP datagrams a bound socket receives from an unlabeled sender outside the enforced
+    /// subtree (so only the ingress program runs per datagram), over loopback and over veth.
+    Ingress(UdpRun),
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct Run {
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 3.0)]
+    seconds: f64,
+    /// Interleaved rounds (the median of each measurement is reported).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct UdpRun {
+    #[command(flatten)]
+    run: Run,
+    /// The sink sleeps in blocking recv() calls, as a typical server does, instead of polling
+    /// a non-blocking socket; a sink that keeps up then costs the sender a wake-up per datagram.
+    #[arg(long)]
+    blocking_sink: bool,
 }
 
 const DOMAINS: usize = 1_000;
 const EDGES: usize = 10_000;
 const PORT: u16 = 31_000;
+const LOOPBACK: &str = "127.0.0.1";
+const PROBE: &str = "enforcer-probe";
+const FLOOD: &str = "enforcer-flood";
+/// The bytes `enforcer-flood` sends per datagram.
+const PAYLOAD_BYTES: usize = 64;
 
 pub fn run(bench: Bench) -> Result<()> {
-    let Bench::Connect { seconds, rounds } = bench;
     let env = BenchEnv::new()?;
-    let result = connect(&env, seconds, rounds.max(1));
+    let result = match bench {
+        Bench::Connect(run) => connect(&env, run),
+        Bench::UdpSend(udp) => udp_send(&env, udp),
+        Bench::Ingress(udp) => ingress(&env, udp),
+    };
     env.cleanup();
     result
+}
+
+fn connect(env: &BenchEnv, run: Run) -> Result<()> {
+    let port = PORT.to_string();
+    let listener = Place::Cgroup(env.cgroup_dir("prod"));
+    let _server = Ready::spawn(&listener, PROBE, &["listen", LOOPBACK, &port], "listening")?;
+    let connect_loop = |cgroup: &str| {
+        let args = ["connect-loop", LOOPBACK, &port, &run.seconds.to_string()];
+        let out = output(spawn(&Place::Cgroup(env.cgroup_dir(cgroup)), PROBE, &args)?)?;
+        Ok(vec![field(&out, "rate")?])
+    };
+    let cases = client_cases(connect_loop);
+    let medians = measure(env, "tcp", &cases, run)?;
+    let title = format!(
+        "connect+accept per second over loopback, {}",
+        run.describe()
+    );
+    print_table(&title, &[("connections/s", 0)], &cases, &medians);
+    Ok(())
+}
+
+/// The sender's rate is the figure; the sink is also in the enforced subtree, so every
+/// enforced datagram passes sendmsg4, egress and the sink's ingress program.
+fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
+    let sink = Place::Cgroup(env.cgroup_dir("prod"));
+    let flood = |cgroup: &str| {
+        let flow = udp_flood(&sink, &Place::Cgroup(env.cgroup_dir(cgroup)), LOOPBACK, udp)?;
+        Ok(vec![flow.sent, flow.received, flow.lost])
+    };
+    let cases = client_cases(flood);
+    let medians = measure(env, "udp", &cases, udp.run)?;
+    let title = format!(
+        "unconnected UDP sendto() of {PAYLOAD_BYTES}-byte datagrams over loopback, sink in prod \
+         (enforced: sendmsg4 + egress at the sender, ingress at the sink), {}",
+        udp.describe()
+    );
+    let columns = [("sent/s", 0), ("received/s", 0), ("lost %", 2)];
+    print_table(&title, &columns, &cases, &medians);
+    Ok(())
+}
+
+/// The cases of a client talking to a server in prod: baseline and same-domain with the
+/// client in prod, cross-domain (through the policy's one staging -> prod edge) from staging.
+/// `take` measures with the client in the named cgroup.
+fn client_cases<'a>(take: impl Fn(&str) -> Result<Vec<f64>> + Copy + 'a) -> [Case<'a>; 3] {
+    [
+        Case::new("baseline, no programs attached", false, move || {
+            take("prod")
+        }),
+        Case::new("enforced, same domain", true, move || take("prod")),
+        Case::new("enforced, cross-domain via edge", true, move || {
+            take("staging")
+        }),
+    ]
+}
+
+/// The receiver's rate is the figure; the sender runs outside the enforced subtree (in the
+/// bench's own cgroup), unlabeled, so only the sink's ingress program runs per datagram.
+fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
+    let remote = RemoteHost::new()?;
+    let sink = Place::Cgroup(env.cgroup_dir("prod"));
+    let flood = |sender: &Place, addr: &str| {
+        let flow = udp_flood(&sink, sender, addr, udp)?;
+        Ok(vec![flow.received, flow.sent, flow.lost])
+    };
+    let via_loopback = || flood(&Place::Outside, LOOPBACK);
+    let via_veth = || flood(&Place::Netns(&remote.name), &remote.host_v4);
+    let cases = [
+        Case::new(
+            "loopback: baseline, no programs attached",
+            false,
+            via_loopback,
+        ),
+        Case::new("loopback: enforced, unlabeled sender", true, via_loopback),
+        Case::new("veth: baseline, no programs attached", false, via_veth),
+        Case::new("veth: enforced, external sender", true, via_veth),
+    ];
+    let medians = measure(env, "udp", &cases, udp.run)?;
+    let title = format!(
+        "UDP datagrams of {PAYLOAD_BYTES} bytes received by a socket in prod from a sender \
+         outside the enforced subtree (only ingress runs per datagram), {}",
+        udp.describe()
+    );
+    let columns = [("received/s", 0), ("sent/s", 0), ("lost %", 2)];
+    print_table(&title, &columns, &cases, &medians);
+    Ok(())
+}
+
+impl Run {
+    fn describe(&self) -> String {
+        format!(
+            "median of {} interleaved rounds of {}s; policy {DOMAINS} domains, {EDGES} edges",
+            self.rounds, self.seconds
+        )
+    }
+}
+
+impl UdpRun {
+    fn describe(&self) -> String {
+        let sink = if self.blocking_sink {
+            "sleeps in recv()"
+        } else {
+            "polls a non-blocking socket"
+        };
+        format!("{}; the sink {sink}", self.run.describe())
+    }
+
+    fn sink_mode(&self) -> &'static str {
+        if self.blocking_sink {
+            "udp-sink-blocking"
+        } else {
+            "udp-sink"
+        }
+    }
+}
+
+/// One measurement taken in every round: its row label, whether it runs with enforcement,
+/// and how to take it (values in table column order; the first one gets the ratio). An
+/// enforced case is compared with the nearest baseline listed before it.
+struct Case<'a> {
+    label: &'static str,
+    enforced: bool,
+    take: Box<dyn Fn() -> Result<Vec<f64>> + 'a>,
+}
+
+impl<'a> Case<'a> {
+    fn new(label: &'static str, enforced: bool, take: impl Fn() -> Result<Vec<f64>> + 'a) -> Self {
+        Self {
+            label,
+            enforced,
+            take: Box::new(take),
+        }
+    }
+}
+
+/// Runs every case once per round, the baselines first, then the enforced cases under one
+/// daemon start, so slow drift of a shared machine affects baseline and enforced figures
+/// alike instead of whichever was measured last. Returns each case's per-column medians.
+fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Vec<Vec<f64>>> {
+    let policy = env.dir.join("bench-policy.yaml");
+    fs::write(&policy, big_policy(&env.root, protocol))?;
+    let rounds = run.rounds.max(1);
+    let mut samples = vec![Vec::new(); cases.len()];
+    for round in 1..=rounds {
+        for enforced in [false, true] {
+            let daemon = enforced.then(|| Daemon::start(env, &policy)).transpose()?;
+            for (case, samples) in cases.iter().zip(&mut samples) {
+                if case.enforced == enforced {
+                    let values = (case.take)()?;
+                    eprintln!("round {round}/{rounds}: {}: {values:.1?}", case.label);
+                    samples.push(values);
+                }
+            }
+            daemon.map(Daemon::stop).transpose()?;
+        }
+    }
+    Ok(samples.into_iter().map(column_medians).collect())
+}
+
+fn column_medians(samples: Vec<Vec<f64>>) -> Vec<f64> {
+    let columns = samples.first().map_or(0, Vec::len);
+    (0..columns)
+        .map(|c| median(samples.iter().map(|s| s[c]).collect()))
+        .collect()
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// A table column: its heading and the decimals its values are printed with.
+type Column = (&'static str, usize);
+
+/// A markdown table: the flow, the first column, its ratio to the baseline, the other columns.
+fn print_table(title: &str, columns: &[Column], cases: &[Case], medians: &[Vec<f64>]) {
+    let headings: Vec<_> = columns.iter().map(|c| c.0).collect();
+    let mut report = format!("{title}\n| flow | {} | ratio to baseline |", headings[0]);
+    for heading in &headings[1..] {
+        report += &format!(" {heading} |");
+    }
+    report += &format!("\n|---|---|---|{}\n", "---|".repeat(columns.len() - 1));
+    let mut baseline = f64::NAN;
+    for (case, values) in cases.iter().zip(medians) {
+        if !case.enforced {
+            baseline = values[0];
+        }
+        report += &format!("| {} |", case.label);
+        report += &cells(columns, values, values[0] / baseline);
+    }
+    print!("{report}");
+}
+
+/// One row's cells after the label, the ratio after the first value.
+fn cells(columns: &[Column], values: &[f64], ratio: f64) -> String {
+    let mut row = String::new();
+    for (i, (value, (_, decimals))) in values.iter().zip(columns).enumerate() {
+        row += &format!(" {value:.decimals$} |");
+        if i == 0 {
+            row += &format!(" {ratio:.2} |");
+        }
+    }
+    row + "\n"
+}
+
+/// 1,000 domains; 10,000 edges between distinct pairs, one of which (staging -> prod) opens
+/// the benchmark port for `protocol`. Domain 0 is prod, bound to ROOT/prod; domain 1 is
+/// staging.
+fn big_policy(root: &str, protocol: &str) -> String {
+    let name = |i: usize| format!("d{i}.bench.example.org");
+    let mut p =
+        String::from("version: 1\ndefaults: {unlabeled: allow, external: allow}\ndomains:\n");
+    for i in 0..DOMAINS {
+        let _ = writeln!(p, "  - name: {}", name(i));
+        match i {
+            0 => p.push_str(&format!("    cgroups: ['{root}/prod']\n")),
+            1 => p.push_str(&format!("    cgroups: ['{root}/staging']\n")),
+            _ => {}
+        }
+    }
+    p.push_str("federation:\n");
+    let mut edge = |from: usize, to: usize, protocol: &str, port: u16| {
+        let _ = writeln!(
+            p,
+            "  - {{from: {}, to: {}, protocol: {protocol}, ports: [{port}], owner: bench, reason: bench}}",
+            name(from),
+            name(to)
+        );
+    };
+    edge(1, 0, protocol, PORT);
+    for i in 1..EDGES {
+        let from = i % DOMAINS;
+        let to = (from + 1 + i / DOMAINS) % DOMAINS;
+        edge(from, to, "tcp", 40_000 + (i % 1000) as u16);
+    }
+    p
 }
 
 struct BenchEnv {
@@ -78,13 +341,22 @@ impl BenchEnv {
         self.cgroup_mount.join(&self.root[1..]).join(sub)
     }
 
-    fn cleanup(&self) {
-        let _ = Command::new(bin("enforcer"))
+    /// Removes enforcement: detaches the programs and unpins the maps.
+    fn teardown(&self) -> Result<()> {
+        let out = Command::new(bin("enforcer"))
             .args(["teardown", "--pin-dir"])
             .arg(&self.pin_dir)
-            .stdout(Stdio::null())
-            .status();
-        let root = self.cgroup_mount.join(&self.root[1..]);
+            .output()
+            .context("running enforcer teardown")?;
+        if !out.status.success() {
+            bail!("teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    fn cleanup(&self) {
+        let _ = self.teardown();
+        let root = self.cgroup_dir("");
         let _ = fs::write(root.join("cgroup.kill"), "1");
         for sub in ["prod", "staging", ""] {
             for _ in 0..100 {
@@ -98,162 +370,221 @@ impl BenchEnv {
     }
 }
 
-fn connect(env: &BenchEnv, seconds: f64, rounds: usize) -> Result<()> {
-    let _server = Killed(spawn_in(
-        &env.cgroup_dir("prod"),
-        &["listen", "127.0.0.1", &PORT.to_string()],
-    )?);
-    let policy = env.dir.join("bench-policy.yaml");
-    fs::write(&policy, big_policy(&env.root))?;
-    // Rounds interleave the three measurements, so slow drift of a shared machine affects
-    // baseline and enforced figures alike instead of whichever was measured last.
-    let (mut base, mut same, mut cross) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 1..=rounds {
-        eprintln!("round {round}/{rounds}: baseline (no programs attached)");
-        base.push(rate(&env.cgroup_dir("prod"), seconds)?);
-        let daemon = Killed(start_daemon(env, &policy)?);
-        eprintln!("round {round}/{rounds}: enforced, same domain");
-        same.push(rate(&env.cgroup_dir("prod"), seconds)?);
-        eprintln!("round {round}/{rounds}: enforced, cross-domain through an edge");
-        cross.push(rate(&env.cgroup_dir("staging"), seconds)?);
-        drop(daemon);
-        let out = Command::new(bin("enforcer"))
-            .args(["teardown", "--pin-dir"])
+/// The daemon enforcing the bench policy on the bench's cgroup subtree.
+struct Daemon<'a> {
+    env: &'a BenchEnv,
+    _child: Killed,
+}
+
+impl<'a> Daemon<'a> {
+    /// Starts the daemon and returns once it serves its control socket (programs attached).
+    fn start(env: &'a BenchEnv, policy: &Path) -> Result<Self> {
+        let mut child = Command::new(bin("enforcer"))
+            .arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(&env.root)
+            .arg("--pin-dir")
             .arg(&env.pin_dir)
-            .output()?;
-        if !out.status.success() {
-            bail!("teardown failed: {}", String::from_utf8_lossy(&out.stderr));
+            .arg("--socket")
+            .arg(env.dir.join("control.sock"))
+            .arg("--state-dir")
+            .arg(env.dir.join("state"))
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting the daemon")?;
+        let stderr = child.stderr.take().context("piped stderr")?;
+        let child = Killed(child);
+        let mut lines = BufReader::new(stderr).lines();
+        for line in lines.by_ref() {
+            let line = line?;
+            if line.contains("control socket") {
+                std::thread::spawn(move || lines.for_each(drop));
+                return Ok(Self { env, _child: child });
+            }
+            if line.contains("error") {
+                bail!("daemon: {line}");
+            }
         }
+        bail!("the daemon exited before it was ready")
     }
-    let (base, same, cross) = (median(base), median(same), median(cross));
-    let mut report = String::new();
-    writeln!(
-        report,
-        "connect+accept per second over loopback, median of {rounds} interleaved rounds of {seconds}s; policy {DOMAINS} domains, {EDGES} edges"
-    )?;
-    writeln!(report, "| flow | connections/s | ratio to baseline |")?;
-    writeln!(report, "|---|---|---|")?;
-    writeln!(
-        report,
-        "| baseline, no programs attached | {base:.0} | 1.00 |"
-    )?;
-    writeln!(
-        report,
-        "| enforced, same domain | {same:.0} | {:.2} |",
-        same / base
-    )?;
-    writeln!(
-        report,
-        "| enforced, cross-domain via edge | {cross:.0} | {:.2} |",
-        cross / base
-    )?;
-    print!("{report}");
-    Ok(())
+
+    /// Stops the daemon and removes the enforcement it left pinned.
+    fn stop(self) -> Result<()> {
+        let env = self.env;
+        drop(self);
+        env.teardown()
+    }
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
+struct Flow {
+    /// Datagrams per second the sender's `sendto()` calls succeeded.
+    sent: f64,
+    /// Datagrams per second the sink's application received.
+    received: f64,
+    /// Percentage of the datagrams sent that the sink never received.
+    lost: f64,
 }
 
-/// 1,000 domains; 10,000 edges between distinct pairs, one of which (staging -> prod) opens
-/// the benchmark port. Domain 0 is prod, bound to ROOT/prod; domain 1 is staging.
-fn big_policy(root: &str) -> String {
-    let name = |i: usize| format!("d{i}.bench.example.org");
-    let mut p =
-        String::from("version: 1\ndefaults: {unlabeled: allow, external: allow}\ndomains:\n");
-    for i in 0..DOMAINS {
-        let _ = writeln!(p, "  - name: {}", name(i));
-        match i {
-            0 => p.push_str(&format!("    cgroups: ['{root}/prod']\n")),
-            1 => p.push_str(&format!("    cgroups: ['{root}/staging']\n")),
-            _ => {}
+/// Floods a UDP sink at `addr:PORT` in `sink` from one sender at `sender` for `seconds`.
+/// The sender starts only once the sink has bound its socket; the sink, allowed a second
+/// more, stops once the sender has stopped, so it sees every datagram the kernel delivered.
+fn udp_flood(sink: &Place, sender: &Place, addr: &str, udp: UdpRun) -> Result<Flow> {
+    let (port, seconds) = (PORT.to_string(), udp.run.seconds);
+    let sink_args = [udp.sink_mode(), addr, &port, &(seconds + 1.0).to_string()];
+    let sink = Ready::spawn(sink, FLOOD, &sink_args, "listening")?;
+    let blast = ["udp-blast", addr, &port, &seconds.to_string()];
+    let sent = output(spawn(sender, FLOOD, &blast)?)?;
+    let received = sink.finish()?;
+    let (sent_n, received_n) = (field(&sent, "sent")?, field(&received, "received")?);
+    Ok(Flow {
+        sent: field(&sent, "rate")?,
+        received: field(&received, "rate")?,
+        lost: 100.0 * (sent_n - received_n) / sent_n.max(1.0),
+    })
+}
+
+/// Where a workload process runs.
+enum Place<'a> {
+    /// In this cgroup (moved there between fork and exec, before it creates any socket).
+    Cgroup(PathBuf),
+    /// Where the bench itself runs: outside the enforced subtree.
+    Outside,
+    /// Outside the enforced subtree, in this network namespace.
+    Netns(&'a str),
+}
+
+/// Starts workload binary `name` with `args` at `place`, its stdout piped.
+fn spawn(place: &Place, name: &str, args: &[&str]) -> Result<Child> {
+    let mut cmd = match place {
+        Place::Netns(ns) => {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "exec", ns]).arg(bin(name));
+            cmd
         }
-    }
-    p.push_str("federation:\n");
-    let edge = |p: &mut String, from: usize, to: usize, port: u16| {
-        let _ = writeln!(
-            p,
-            "  - {{from: {}, to: {}, protocol: tcp, ports: [{port}], owner: bench, reason: bench}}",
-            name(from),
-            name(to)
-        );
+        _ => Command::new(bin(name)),
     };
-    edge(&mut p, 1, 0, PORT);
-    for i in 1..EDGES {
-        let from = i % DOMAINS;
-        let to = (from + 1 + i / DOMAINS) % DOMAINS;
-        edge(&mut p, from, to, 40_000 + (i % 1000) as u16);
-    }
-    p
-}
-
-fn start_daemon(env: &BenchEnv, policy: &Path) -> Result<Child> {
-    let mut child = Command::new(bin("enforcer"))
-        .arg("daemon")
-        .arg("--policy")
-        .arg(policy)
-        .arg("--cgroup-root")
-        .arg(&env.root)
-        .arg("--pin-dir")
-        .arg(&env.pin_dir)
-        .arg("--socket")
-        .arg(env.dir.join("control.sock"))
-        .arg("--state-dir")
-        .arg(env.dir.join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting the daemon")?;
-    let stderr = child.stderr.take().context("piped stderr")?;
-    let mut lines = BufReader::new(stderr).lines();
-    for line in lines.by_ref() {
-        let line = line?;
-        if line.contains("control socket") {
-            std::thread::spawn(move || lines.for_each(drop));
-            return Ok(child);
-        }
-        if line.contains("error") {
-            bail!("daemon: {line}");
-        }
-    }
-    bail!("the daemon exited before it was ready")
-}
-
-fn rate(cgroup: &Path, seconds: f64) -> Result<f64> {
-    let out = spawn_in(
-        cgroup,
-        &[
-            "connect-loop",
-            "127.0.0.1",
-            &PORT.to_string(),
-            &seconds.to_string(),
-        ],
-    )?
-    .wait_with_output()?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .strip_prefix("rate ")
-        .and_then(|r| r.parse().ok())
-        .with_context(|| format!("probe said {text:?}"))
-}
-
-fn spawn_in(cgroup: &Path, args: &[&str]) -> Result<Child> {
-    let procs = cgroup.join("cgroup.procs");
-    let mut cmd = Command::new(bin("enforcer-probe"));
     cmd.args(args).stdout(Stdio::piped());
-    // SAFETY: only a write(2) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || fs::write(&procs, "0"));
-    }
-    let mut child = cmd.spawn().context("starting the probe")?;
-    if args[0] == "listen" {
-        let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().context("stdout")?).read_line(&mut line)?;
-        if line.trim() != "listening" {
-            bail!("listener failed: {line}");
+    if let Place::Cgroup(cgroup) = place {
+        let procs = cgroup.join("cgroup.procs");
+        // SAFETY: only a write(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || fs::write(&procs, "0"));
         }
     }
-    Ok(child)
+    cmd.spawn().with_context(|| format!("starting {name}"))
+}
+
+/// Waits for a workload to exit and returns its stdout; fails when it failed.
+fn output(child: Child) -> Result<String> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!("workload failed: {}", text.trim());
+    }
+    Ok(text)
+}
+
+/// The number after the word `name` in a workload's output (`rate 123`).
+fn field(text: &str, name: &str) -> Result<f64> {
+    let mut words = text.split_whitespace();
+    words
+        .find(|w| *w == name)
+        .and(words.next())
+        .and_then(|v| v.parse().ok())
+        .with_context(|| format!("no {name} in workload output {text:?}"))
+}
+
+/// A workload that has printed its readiness line; killed when dropped.
+struct Ready {
+    child: Killed,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Ready {
+    fn spawn(place: &Place, name: &str, args: &[&str], ready: &str) -> Result<Self> {
+        let mut child = Killed(spawn(place, name, args)?);
+        let mut stdout = BufReader::new(child.0.stdout.take().context("piped stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        if line.trim() != ready {
+            bail!("{name} {} did not start: {line:?}", args[0]);
+        }
+        Ok(Self { child, stdout })
+    }
+
+    /// Waits for the workload to exit and returns the rest of its output.
+    fn finish(mut self) -> Result<String> {
+        let mut text = String::new();
+        self.stdout.read_to_string(&mut text)?;
+        if !self.child.0.wait()?.success() {
+            bail!("workload failed: {}", text.trim());
+        }
+        Ok(text)
+    }
+}
+
+/// A network namespace joined to this one by a veth pair: a sender there reaches a socket
+/// here through a real device, not loopback. Removed when dropped.
+struct RemoteHost {
+    name: String,
+    host_v4: String,
+}
+
+impl RemoteHost {
+    fn new() -> Result<Self> {
+        let id = std::process::id();
+        // A subnet of its own per bench run (the end-to-end tests use 10.231.0.0/16).
+        let subnet = format!("10.232.{}", id % 250 + 1);
+        let name = format!("enfb{id}");
+        let (host_if, remote_if) = (format!("{name}h"), format!("{name}r"));
+        ip(&["netns", "add", &name])?;
+        let remote = Self {
+            name,
+            host_v4: format!("{subnet}.1"),
+        };
+        let ns = remote.name.as_str();
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &remote_if,
+        ])?;
+        ip(&["link", "set", &remote_if, "netns", ns])?;
+        ip(&["addr", "add", &format!("{subnet}.1/24"), "dev", &host_if])?;
+        ip(&["link", "set", &host_if, "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{subnet}.2/24"),
+            "dev",
+            &remote_if,
+        ])?;
+        ip(&["-n", ns, "link", "set", &remote_if, "up"])?;
+        Ok(remote)
+    }
+}
+
+impl Drop for RemoteHost {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair with it.
+        let _ = ip(&["netns", "del", &self.name]);
+    }
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip (iproute2 is needed)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 struct Killed(Child);
