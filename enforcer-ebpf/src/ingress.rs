@@ -10,15 +10,18 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP},
-    verdict::{self, Peer},
+    verdict,
 };
 
-use crate::{destination::Target, flows, identity, packet, policy, protocol, source};
+use crate::{
+    destination::{self, Target},
+    flows, identity, packet, policy,
+    protocol::{self, TCP_LISTEN},
+    source,
+};
 
 const PASS: i32 = 1;
 const DROP: i32 = 0;
-/// `tcp_states.h`: TCP_LISTEN.
-const TCP_LISTEN: u32 = 10;
 
 #[cgroup_skb(ingress)]
 pub fn enf_ingress(ctx: SkBuffContext) -> i32 {
@@ -58,7 +61,7 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     let Target::Peer(from) = source::resolve(ctx, active.slot, proto, &packet) else {
         return PASS;
     };
-    let to = identity::tag_of(sk.cast()).map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain));
+    let to = destination::tagged(identity::tag_of(sk.cast()));
     let port = u16::from_be(packet.dport);
     let verdict = verdict::decide(from, to, active.config, proto, port, |f, t| {
         policy::edge_rules(active.slot, f, t)

@@ -11,10 +11,8 @@ use enforcer_common::maps::{FAMILY_V4, PROTO_TCP, SockTag};
 use crate::{
     address::{self, Addr},
     identity,
+    protocol::TCP_LISTEN,
 };
-
-/// `tcp_states.h`: TCP_LISTEN.
-const TCP_LISTEN: u32 = 10;
 
 pub struct Found {
     pub tag: Option<SockTag>,

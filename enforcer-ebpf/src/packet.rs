@@ -4,11 +4,8 @@
 
 use aya_ebpf::programs::SkBuffContext;
 
-use crate::address::Addr;
+use crate::{address::Addr, protocol};
 
-const IPPROTO_TCP: u8 = 6;
-const IPPROTO_UDP: u8 = 17;
-const IPPROTO_UDPLITE: u8 = 136;
 /// IPv6 extension headers with the generic (next header, length in 8-byte units) layout.
 const IPV6_HOP_BY_HOP: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
@@ -86,6 +83,6 @@ fn ipv6_transport_offset(ctx: &SkBuffContext) -> Option<usize> {
 }
 
 #[inline(always)]
-fn is_transport(protocol: u8) -> bool {
-    matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE)
+fn is_transport(ip_protocol: u8) -> bool {
+    protocol::bit(ip_protocol.into()).is_some()
 }

@@ -72,17 +72,19 @@ impl Addresses {
             netns: self.host_netns,
         };
         let keys = interface_addresses()?;
-        self.sync(self.host_netns, &keys, owner)
+        let current = self.current();
+        self.sync(&current, self.host_netns, &keys, owner)
     }
 
     /// Enters every workload namespace the programs reported, records its addresses with the
     /// domain `domain_of(pid)` of a process in it, and forgets namespaces no process is in.
     pub fn refresh_pods(&mut self, domain_of: impl Fn(i32) -> u32) -> Result<()> {
         let reported: Vec<(u64, NetnsSeen)> = self.seen.iter().filter_map(Result::ok).collect();
+        let current = self.current();
         for (cookie, seen) in reported {
             let known = self.entered.get(&cookie).copied();
             let Some((pid, ns)) = live_member(seen.pid, known) else {
-                self.forget(cookie)?;
+                self.forget(&current, cookie)?;
                 continue;
             };
             let keys = match addresses_in(pid, cookie) {
@@ -110,7 +112,7 @@ impl Addresses {
                 kind: ADDR_POD,
                 netns: cookie,
             };
-            self.sync(cookie, &keys, owner)?;
+            self.sync(&current, cookie, &keys, owner)?;
         }
         Ok(())
     }
@@ -120,8 +122,9 @@ impl Addresses {
         self.addrs.keys().count()
     }
 
-    fn forget(&mut self, cookie: u64) -> Result<()> {
+    fn forget(&mut self, current: &BTreeMap<AddrKey, AddrOwner>, cookie: u64) -> Result<()> {
         self.sync(
+            current,
             cookie,
             &BTreeSet::new(),
             AddrOwner {
@@ -137,16 +140,28 @@ impl Addresses {
         }
     }
 
+    /// Every entry of ENF_ADDRS, read once per refresh.
+    fn current(&self) -> BTreeMap<AddrKey, AddrOwner> {
+        self.addrs.iter().filter_map(Result::ok).collect()
+    }
+
     /// Makes the entries owned by namespace `netns` exactly `keys`, each owned by `owner`.
-    fn sync(&mut self, netns: u64, keys: &BTreeSet<AddrKey>, owner: AddrOwner) -> Result<()> {
-        let current: Vec<(AddrKey, AddrOwner)> = self.addrs.iter().filter_map(Result::ok).collect();
-        for (key, old) in &current {
+    /// `current` is the map as read at the start of this refresh; only this daemon removes
+    /// entries, and the programs only add pod addresses the next scan confirms.
+    fn sync(
+        &mut self,
+        current: &BTreeMap<AddrKey, AddrOwner>,
+        netns: u64,
+        keys: &BTreeSet<AddrKey>,
+        owner: AddrOwner,
+    ) -> Result<()> {
+        for (key, old) in current {
             if old.netns == netns && !keys.contains(key) {
                 let _ = self.addrs.remove(key);
             }
         }
         for key in keys {
-            let old = current.iter().find(|(k, _)| k == key).map(|(_, o)| *o);
+            let old = current.get(key).copied();
             if old == Some(owner) {
                 continue;
             }

@@ -315,6 +315,15 @@ impl Daemon {
     /// behind and its binding is pending again. The policy generation does not change: the
     /// policy is the same, only the cgroups it names came or went.
     pub fn follow_cgroups(&mut self) -> Result<()> {
+        // Runs every tick: a stat per binding decides whether anything needs recompiling.
+        let unchanged = self
+            .compiled
+            .bindings
+            .iter()
+            .all(|b| self.cgroups.id(&b.path) == b.cgroup_id);
+        if unchanged {
+            return Ok(());
+        }
         let known = self.maps.registry()?;
         let compiled = compile::compile(&self.policy, &known, |path| self.cgroups.id(path))?;
         if compiled.bindings == self.compiled.bindings {
