@@ -16,8 +16,9 @@ pub const SLOTS: u32 = 2;
 /// deeper than this.
 pub const MAX_CGROUP_DEPTH: u32 = 32;
 
-/// Port ranges one (from, to) domain pair can hold; the daemon refuses policies with more.
-pub const MAX_PORT_RANGES: usize = 32;
+/// Port ranges one (from, to) domain pair can hold, over all of its edges; the daemon refuses
+/// policies and grants that need more.
+pub const MAX_PORT_RANGES: usize = 64;
 
 /// Longest trust-domain name stored in [`DomainName`] (the SPIFFE limit).
 pub const MAX_DOMAIN_NAME: usize = 255;
@@ -38,6 +39,14 @@ pub const ACTION_DENY: u32 = 1;
 /// `PortRange::protocols` bits.
 pub const PROTO_TCP: u32 = 1;
 pub const PROTO_UDP: u32 = 2;
+
+/// `PolicyConfig::mode` and `ENF_MODES` values.
+pub const MODE_ENFORCE: u32 = 0;
+/// A flow the policy refuses is let through, and counted as "would deny".
+pub const MODE_AUDIT: u32 = 1;
+
+/// `PortRange::not_after` of an edge without an expiry.
+pub const NEVER: u64 = u64::MAX;
 
 /// `EndpointKey::family` values.
 pub const FAMILY_V4: u8 = 4;
@@ -182,7 +191,9 @@ pub struct EdgeKey {
     pub to: u32,
 }
 
-/// An inclusive port range and the protocols it opens.
+/// An inclusive port range and the protocols one edge opens on it, while the edge is valid.
+/// Times are `CLOCK_BOOTTIME` nanoseconds (`bpf_ktime_get_boot_ns`): the kernel compares them
+/// with its own clock, so an edge expires on time whether or not the daemon runs.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PortRange {
@@ -190,9 +201,16 @@ pub struct PortRange {
     pub last: u16,
     /// `PROTO_*` bits.
     pub protocols: u32,
+    /// Index of the edge that opens this range (`ENF_EDGE_USE` key); never 0.
+    pub edge: u32,
+    pub _pad: u32,
+    /// First nanosecond the range is valid (0: from boot).
+    pub not_before: u64,
+    /// First nanosecond it is no longer valid ([`NEVER`]: no expiry).
+    pub not_after: u64,
 }
 
-/// `ENF_EDGES` value: every range any edge from `from` to `to` opens, merged.
+/// `ENF_EDGES` value: the ranges of every edge from `from` to `to`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PortRules {
@@ -210,6 +228,98 @@ pub struct PolicyConfig {
     pub unlabeled: u32,
     /// `ACTION_*` for labeled workloads talking to external destinations.
     pub external: u32,
+    /// `MODE_*` of every domain without an `ENF_MODES` entry.
+    pub mode: u32,
+    pub _pad: u32,
+}
+
+/// `ENF_MODES` key; the value is a `MODE_*`. Only domains whose mode differs from the
+/// policy's have an entry; the map is read only when a flow is about to be refused.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DomainKey {
+    pub slot: u32,
+    pub domain: u32,
+}
+
+/// `ConnState::status` values.
+/// Nothing about the connection can change with the policy (same domain, or judged
+/// elsewhere); packets pass without a look at the policy.
+pub const CONN_UNTRACKED: u8 = 1;
+/// Allowed by the policy of `generation` until `until`.
+pub const CONN_ALLOWED: u8 = 2;
+/// Refused by the policy of `generation`: every packet is dropped.
+pub const CONN_REFUSED: u8 = 3;
+/// Refused, but let through by audit mode (and counted once).
+pub const CONN_AUDITED: u8 = 4;
+
+/// `ENF_CONNS` value (socket storage of a connected socket) and `ENF_ACCEPTS` value: the
+/// judged flow of a TCP connection or connected UDP socket, so that every later packet can
+/// be checked against the policy in force without looking anything up again. A connection
+/// whose edge is revoked or expires is dropped by the first packet that sees the change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnState {
+    /// Generation of the policy the status was computed with.
+    pub generation: u64,
+    /// Boot-time nanosecond at which an allowed status must be re-checked (an edge's expiry).
+    pub until: u64,
+    /// Encoded `Peer` that opened the flow.
+    pub from: u32,
+    /// Encoded `Peer` it was opened to.
+    pub to: u32,
+    /// Index of the edge that allowed it, 0 if none.
+    pub edge: u32,
+    /// Destination port of the opening direction, host byte order.
+    pub port: u16,
+    /// `PROTO_*` bit.
+    pub protocol: u8,
+    /// `CONN_*`.
+    pub status: u8,
+}
+
+/// `ENF_ACCEPTS` key: a TCP connection a listener let in, by its four-tuple as the accepted
+/// socket sees it, until that socket's first packet moves the state into its `ENF_CONNS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AcceptKey {
+    pub family: u8,
+    pub _pad: u8,
+    /// Network byte order.
+    pub local_port: u16,
+    /// Network byte order.
+    pub remote_port: u16,
+    pub _pad2: u16,
+    pub local: [u8; 16],
+    pub remote: [u8; 16],
+}
+
+/// `ENF_COUNTS` key: an ordered pair of encoded peers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PairKey {
+    pub from: u32,
+    pub to: u32,
+}
+
+/// `ENF_COUNTS` value, updated atomically by the programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PairCounts {
+    /// Refused calls and dropped packets.
+    pub denied: u64,
+    /// Flows audit mode let through that the policy refuses, once per flow.
+    pub would_deny: u64,
+}
+
+/// `ENF_EDGE_USE` value (key: the edge index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EdgeUse {
+    /// Connections and UDP flows the edge allowed.
+    pub connections: u64,
+    /// Boot-time nanosecond of the last one.
+    pub last_used: u64,
 }
 
 /// `ENF_DOMAINS` value (key: `u32` domain id).
@@ -232,9 +342,15 @@ const _: () = {
     assert!(size_of::<BindingKey>() == 16);
     assert!(size_of::<EndpointKey>() == 20);
     assert!(size_of::<EdgeKey>() == 12);
-    assert!(size_of::<PortRange>() == 8);
-    assert!(size_of::<PortRules>() == 8 + 8 * MAX_PORT_RANGES);
-    assert!(size_of::<PolicyConfig>() == 16);
+    assert!(size_of::<PortRange>() == 32);
+    assert!(size_of::<PortRules>() == 8 + 32 * MAX_PORT_RANGES);
+    assert!(size_of::<PolicyConfig>() == 24);
+    assert!(size_of::<DomainKey>() == 8);
+    assert!(size_of::<ConnState>() == 32);
+    assert!(size_of::<AcceptKey>() == 40);
+    assert!(size_of::<PairKey>() == 8);
+    assert!(size_of::<PairCounts>() == 16);
+    assert!(size_of::<EdgeUse>() == 16);
     assert!(size_of::<DomainName>() == 260);
 };
 
@@ -258,4 +374,10 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowState {}
     unsafe impl aya::Pod for NetnsSeen {}
+    unsafe impl aya::Pod for DomainKey {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for AcceptKey {}
+    unsafe impl aya::Pod for PairKey {}
+    unsafe impl aya::Pod for PairCounts {}
+    unsafe impl aya::Pod for EdgeUse {}
 }

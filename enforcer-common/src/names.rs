@@ -29,8 +29,19 @@ pub const MAP_NETNS: &str = "ENF_NETNS";
 /// Ring buffer: new workload network namespaces, for the daemon to learn their addresses.
 pub const MAP_NOTIFY: &str = "ENF_NOTIFY";
 
+/// Hash: (slot, domain id) -> mode, for domains whose mode differs from the policy's.
+pub const MAP_MODES: &str = "ENF_MODES";
+/// Socket storage: the judged flow of each connected socket, re-checked on every packet.
+pub const MAP_CONNS: &str = "ENF_CONNS";
+/// LRU hash: TCP connections a listener let in, until the accepted socket takes them over.
+pub const MAP_ACCEPTS: &str = "ENF_ACCEPTS";
+/// Hash: (from, to) peers -> refusal and audit counts.
+pub const MAP_COUNTS: &str = "ENF_COUNTS";
+/// Hash: edge index -> connections it allowed and when it last did.
+pub const MAP_EDGE_USE: &str = "ENF_EDGE_USE";
+
 /// Every map the daemon pins, in the order it reports them.
-pub const ALL_MAPS: [&str; 12] = [
+pub const ALL_MAPS: [&str; 17] = [
     MAP_TAGS,
     MAP_BINDINGS,
     MAP_ENDPOINTS,
@@ -43,6 +54,11 @@ pub const ALL_MAPS: [&str; 12] = [
     MAP_FLOWS,
     MAP_NETNS,
     MAP_NOTIFY,
+    MAP_MODES,
+    MAP_CONNS,
+    MAP_ACCEPTS,
+    MAP_COUNTS,
+    MAP_EDGE_USE,
 ];
 
 /// `cgroup/sock_create`: tags a new socket with its creator's domain.
@@ -55,7 +71,9 @@ pub const PROG_CONNECT6: &str = "enf_connect6";
 pub const PROG_SENDMSG4: &str = "enf_sendmsg4";
 /// `cgroup/sendmsg6`: judges unconnected IPv6 UDP sends.
 pub const PROG_SENDMSG6: &str = "enf_sendmsg6";
-/// `cgroup_skb/ingress`: judges TCP handshakes and UDP datagrams arriving at labeled sockets.
+/// `cgroup_skb/ingress`: judges TCP handshakes and UDP datagrams arriving at labeled sockets,
+/// and re-checks every packet of a connection whose edge may have ended.
 pub const PROG_INGRESS: &str = "enf_ingress";
-/// `cgroup_skb/egress`: learns pod addresses from pods' outgoing packets.
+/// `cgroup_skb/egress`: learns pod addresses from pods' outgoing packets, and re-checks every
+/// packet of a connection whose edge may have ended.
 pub const PROG_EGRESS: &str = "enf_egress";

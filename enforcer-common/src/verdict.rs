@@ -2,7 +2,9 @@
 //! inputs (tags, endpoint lookups, the active policy) and call [`decide`]; keeping the rule
 //! here lets the host test it and the daemon explain it with the same code the kernel runs.
 
-use crate::maps::{ACTION_DENY, MAX_PORT_RANGES, PolicyConfig, PortRules, UNLABELED};
+use crate::maps::{
+    ACTION_DENY, MAX_PORT_RANGES, MODE_AUDIT, NEVER, PolicyConfig, PortRules, UNLABELED,
+};
 
 /// One end of a flow as the hook classified it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +57,8 @@ pub enum Reason {
     SameDomain,
     EdgeAllowed,
     NoEdge,
+    /// An edge would allow the flow, but not now: it expired or is not valid yet.
+    EdgeExpired,
     UnlabeledDefault,
     ExternalDefault,
     /// No trust domain on either side: not a boundary this policy governs.
@@ -65,6 +69,13 @@ pub enum Reason {
 pub struct Verdict {
     pub allow: bool,
     pub reason: Reason,
+    /// The policy refuses the flow, and audit mode let it through.
+    pub audited: bool,
+    /// Index of the edge that allowed the flow, 0 if none did.
+    pub edge: u32,
+    /// Boot-time nanosecond from which this verdict no longer holds: the allowing edge's
+    /// expiry, or [`NEVER`].
+    pub until: u64,
 }
 
 impl Verdict {
@@ -72,53 +83,107 @@ impl Verdict {
         Self {
             allow: true,
             reason,
+            audited: false,
+            edge: 0,
+            until: NEVER,
+        }
+    }
+
+    const fn refuse(reason: Reason) -> Self {
+        Self {
+            allow: false,
+            reason,
+            audited: false,
+            edge: 0,
+            until: NEVER,
         }
     }
 
     const fn by_default(action: u32, reason: Reason) -> Self {
-        Self {
-            allow: action != ACTION_DENY,
-            reason,
+        if action == ACTION_DENY {
+            Self::refuse(reason)
+        } else {
+            Self::allow(reason)
         }
+    }
+
+    /// Whether the flow crosses a boundary whose permission can end (an edge or a default),
+    /// so that a live connection must be re-checked when the policy changes.
+    #[inline(always)]
+    pub const fn revocable(&self) -> bool {
+        !matches!(self.reason, Reason::SameDomain | Reason::NoDomain)
     }
 }
 
-/// Whether `rules` open `port` for the protocol bit `protocol`.
+/// What the policy holds beyond its defaults, looked up only as a decision needs it.
+pub trait Rules {
+    /// The ranges of every edge from `from` to `to`.
+    fn edges(&self, from: u32, to: u32) -> Option<&PortRules>;
+    /// The `MODE_*` of `domain` where it differs from the policy's.
+    fn mode(&self, domain: u32) -> Option<u32>;
+}
+
+/// How a set of ranges treats one port at one time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortMatch {
+    /// A range of edge `edge` opens the port until `until`.
+    Open {
+        edge: u32,
+        until: u64,
+    },
+    /// Only ranges outside their validity window would open it.
+    OutsideWindow,
+    Closed,
+}
+
+/// Whether `rules` open `port` for the protocol bit `protocol` at boot-time nanosecond `now`.
 #[inline(always)]
-pub fn ports_allow(rules: &PortRules, protocol: u32, port: u16) -> bool {
+pub fn ports_allow(rules: &PortRules, protocol: u32, port: u16, now: u64) -> PortMatch {
+    let mut found = PortMatch::Closed;
     // A constant bound keeps the loop acceptable to the verifier.
     for (i, range) in rules.ranges.iter().enumerate().take(MAX_PORT_RANGES) {
         if i as u32 >= rules.count {
             break;
         }
         if range.protocols & protocol != 0 && range.first <= port && port <= range.last {
-            return true;
+            if range.not_before <= now && now < range.not_after {
+                return PortMatch::Open {
+                    edge: range.edge,
+                    until: range.not_after,
+                };
+            }
+            found = PortMatch::OutsideWindow;
         }
     }
-    false
+    found
 }
 
-/// Decides a flow from `src` to `dst` on `protocol` (a `PROTO_*` bit) and `port`.
-/// `edge_rules(from, to)` returns the merged port rules of the edges from `from` to `to`.
+/// Decides a flow from `src` to `dst` on `protocol` (a `PROTO_*` bit) and `port` at boot-time
+/// nanosecond `now`. A flow the policy refuses is let through (and marked `audited`) when the
+/// domain on either side is in audit mode.
 #[inline(always)]
-pub fn decide<'a>(
+pub fn decide(
     src: Peer,
     dst: Peer,
     policy: &PolicyConfig,
     protocol: u32,
     port: u16,
-    edge_rules: impl FnOnce(u32, u32) -> Option<&'a PortRules>,
+    now: u64,
+    rules: &impl Rules,
 ) -> Verdict {
-    match (src, dst) {
+    let verdict = match (src, dst) {
         (Peer::Domain(from), Peer::Domain(to)) if from == to => Verdict::allow(Reason::SameDomain),
-        (Peer::Domain(from), Peer::Domain(to)) => match edge_rules(from, to) {
-            Some(rules) if ports_allow(rules, protocol, port) => {
-                Verdict::allow(Reason::EdgeAllowed)
-            }
-            _ => Verdict {
-                allow: false,
-                reason: Reason::NoEdge,
+        (Peer::Domain(from), Peer::Domain(to)) => match rules.edges(from, to) {
+            Some(edges) => match ports_allow(edges, protocol, port, now) {
+                PortMatch::Open { edge, until } => Verdict {
+                    edge,
+                    until,
+                    ..Verdict::allow(Reason::EdgeAllowed)
+                },
+                PortMatch::OutsideWindow => Verdict::refuse(Reason::EdgeExpired),
+                PortMatch::Closed => Verdict::refuse(Reason::NoEdge),
             },
+            None => Verdict::refuse(Reason::NoEdge),
         },
         (Peer::Domain(_), Peer::Unlabeled) | (Peer::Unlabeled, Peer::Domain(_)) => {
             Verdict::by_default(policy.unlabeled, Reason::UnlabeledDefault)
@@ -127,28 +192,60 @@ pub fn decide<'a>(
             Verdict::by_default(policy.external, Reason::ExternalDefault)
         }
         _ => Verdict::allow(Reason::NoDomain),
+    };
+    if verdict.allow || !audited(src, dst, policy, rules) {
+        return verdict;
     }
+    Verdict {
+        allow: true,
+        audited: true,
+        ..verdict
+    }
+}
+
+/// Every refused flow has a domain on at least one side (unlabeled and external peers are
+/// only ever refused by the default of the domain they meet), so the domains decide.
+#[inline(always)]
+fn audited(src: Peer, dst: Peer, policy: &PolicyConfig, rules: &impl Rules) -> bool {
+    let audits = |peer| match peer {
+        Peer::Domain(id) => rules.mode(id).unwrap_or(policy.mode) == MODE_AUDIT,
+        Peer::Unlabeled | Peer::External => false,
+    };
+    audits(src) || audits(dst)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::maps::{ACTION_ALLOW, PROTO_TCP, PROTO_UDP, PortRange};
+    use crate::maps::{ACTION_ALLOW, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, PortRange};
 
-    fn rules(ranges: &[(u16, u16, u32)]) -> PortRules {
+    /// (first, last, protocols, edge, not_before, not_after)
+    type Range = (u16, u16, u32, u32, u64, u64);
+
+    fn rules(ranges: &[Range]) -> PortRules {
         let mut rules = PortRules {
             count: ranges.len() as u32,
             _pad: 0,
             ranges: [PortRange::default(); MAX_PORT_RANGES],
         };
-        for (slot, &(first, last, protocols)) in rules.ranges.iter_mut().zip(ranges) {
+        for (slot, &(first, last, protocols, edge, not_before, not_after)) in
+            rules.ranges.iter_mut().zip(ranges)
+        {
             *slot = PortRange {
                 first,
                 last,
                 protocols,
+                edge,
+                _pad: 0,
+                not_before,
+                not_after,
             };
         }
         rules
+    }
+
+    fn open(first: u16, last: u16, protocols: u32) -> Range {
+        (first, last, protocols, 1, 0, NEVER)
     }
 
     fn policy(unlabeled: u32, external: u32) -> PolicyConfig {
@@ -156,6 +253,36 @@ mod tests {
             generation: 1,
             unlabeled,
             external,
+            mode: MODE_ENFORCE,
+            _pad: 0,
+        }
+    }
+
+    /// Edges from domain 1 to domain 2 only, and domains whose mode differs.
+    struct Fixed {
+        one_to_two: Option<PortRules>,
+        modes: &'static [(u32, u32)],
+    }
+
+    impl Rules for Fixed {
+        fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
+            self.one_to_two.as_ref().filter(|_| (from, to) == (1, 2))
+        }
+
+        fn mode(&self, domain: u32) -> Option<u32> {
+            self.modes.iter().find(|m| m.0 == domain).map(|m| m.1)
+        }
+    }
+
+    const NONE: Fixed = Fixed {
+        one_to_two: None,
+        modes: &[],
+    };
+
+    fn with(ranges: &[Range]) -> Fixed {
+        Fixed {
+            one_to_two: Some(rules(ranges)),
+            modes: &[],
         }
     }
 
@@ -167,21 +294,22 @@ mod tests {
             &policy(ACTION_DENY, ACTION_DENY),
             PROTO_TCP,
             1,
-            |_, _| None,
+            0,
+            &NONE,
         );
         assert_eq!(v, Verdict::allow(Reason::SameDomain));
+        assert!(!v.revocable());
     }
 
     #[test]
     fn cross_domain_needs_an_edge_matching_protocol_and_port() {
-        let r = rules(&[(5432, 5432, PROTO_TCP), (8000, 8099, PROTO_TCP | PROTO_UDP)]);
+        let r = with(&[
+            open(5432, 5432, PROTO_TCP),
+            open(8000, 8099, PROTO_TCP | PROTO_UDP),
+        ]);
         let p = policy(ACTION_ALLOW, ACTION_ALLOW);
-        let judge = |proto, port| {
-            decide(Peer::Domain(1), Peer::Domain(2), &p, proto, port, |f, t| {
-                (f == 1 && t == 2).then_some(&r)
-            })
-            .allow
-        };
+        let judge =
+            |proto, port| decide(Peer::Domain(1), Peer::Domain(2), &p, proto, port, 5, &r).allow;
         assert!(judge(PROTO_TCP, 5432));
         assert!(!judge(PROTO_UDP, 5432));
         assert!(!judge(PROTO_TCP, 5433));
@@ -189,16 +317,121 @@ mod tests {
         assert!(judge(PROTO_UDP, 8099));
         assert!(!judge(PROTO_TCP, 8100));
         assert!(!judge(PROTO_TCP, 7999));
-        let reverse = decide(
-            Peer::Domain(2),
-            Peer::Domain(1),
-            &p,
-            PROTO_TCP,
-            5432,
-            |f, t| (f == 1 && t == 2).then_some(&r),
-        );
+        let reverse = decide(Peer::Domain(2), Peer::Domain(1), &p, PROTO_TCP, 5432, 5, &r);
         assert_eq!(reverse.reason, Reason::NoEdge);
         assert!(!reverse.allow);
+    }
+
+    #[test]
+    fn an_edge_opens_only_inside_its_window_and_says_until_when() {
+        let r = with(&[(80, 80, PROTO_TCP, 7, 100, 200)]);
+        let p = policy(ACTION_ALLOW, ACTION_ALLOW);
+        let at = |now| decide(Peer::Domain(1), Peer::Domain(2), &p, PROTO_TCP, 80, now, &r);
+        assert_eq!(at(99).reason, Reason::EdgeExpired, "not valid yet");
+        assert!(!at(99).allow);
+        let inside = at(100);
+        assert!(inside.allow);
+        assert_eq!((inside.edge, inside.until), (7, 200));
+        assert!(inside.revocable());
+        assert!(at(199).allow);
+        assert_eq!(at(200).reason, Reason::EdgeExpired, "expiry is exclusive");
+        assert!(!at(200).allow);
+    }
+
+    #[test]
+    fn an_overlapping_edge_still_allows_after_another_expires() {
+        let r = with(&[
+            (80, 80, PROTO_TCP, 1, 0, 100),
+            (1, 1000, PROTO_TCP, 2, 0, NEVER),
+        ]);
+        let p = policy(ACTION_ALLOW, ACTION_ALLOW);
+        let at = |now| decide(Peer::Domain(1), Peer::Domain(2), &p, PROTO_TCP, 80, now, &r);
+        assert_eq!((at(50).edge, at(50).until), (1, 100));
+        assert_eq!((at(100).edge, at(100).until), (2, NEVER));
+    }
+
+    #[test]
+    fn audit_lets_refusals_through_and_marks_them() {
+        let p = policy(ACTION_DENY, ACTION_DENY);
+        let audit_all = PolicyConfig {
+            mode: MODE_AUDIT,
+            ..p
+        };
+        let refused = decide(
+            Peer::Domain(1),
+            Peer::Domain(2),
+            &p,
+            PROTO_TCP,
+            80,
+            0,
+            &NONE,
+        );
+        assert!(!refused.allow && !refused.audited);
+        let audited = decide(
+            Peer::Domain(1),
+            Peer::Domain(2),
+            &audit_all,
+            PROTO_TCP,
+            80,
+            0,
+            &NONE,
+        );
+        assert!(audited.allow && audited.audited);
+        assert_eq!(
+            audited.reason,
+            Reason::NoEdge,
+            "the reason it would be refused"
+        );
+        let dst_audited = Fixed {
+            one_to_two: None,
+            modes: &[(2, MODE_AUDIT)],
+        };
+        for (src, dst) in [
+            (Peer::Domain(1), Peer::Domain(2)),
+            (Peer::Domain(2), Peer::Domain(1)),
+            (Peer::Unlabeled, Peer::Domain(2)),
+            (Peer::Domain(2), Peer::External),
+        ] {
+            let v = decide(src, dst, &p, PROTO_TCP, 80, 0, &dst_audited);
+            assert!(v.allow && v.audited, "{src:?} -> {dst:?}");
+        }
+        let other = decide(
+            Peer::Domain(1),
+            Peer::Domain(3),
+            &p,
+            PROTO_TCP,
+            80,
+            0,
+            &dst_audited,
+        );
+        assert!(!other.allow, "a domain not in audit mode still refuses");
+        let allowed = decide(
+            Peer::Domain(1),
+            Peer::Domain(1),
+            &audit_all,
+            PROTO_TCP,
+            80,
+            0,
+            &NONE,
+        );
+        assert!(!allowed.audited, "only refusals are audited");
+        let enforced_in_audit = Fixed {
+            one_to_two: None,
+            modes: &[(1, MODE_ENFORCE), (2, MODE_ENFORCE)],
+        };
+        let v = decide(
+            Peer::Domain(1),
+            Peer::Domain(2),
+            &audit_all,
+            PROTO_TCP,
+            80,
+            0,
+            &enforced_in_audit,
+        );
+        assert!(
+            !v.allow,
+            "domains that say enforce override an audit default"
+        );
     }
 
     #[test]
@@ -215,17 +448,20 @@ mod tests {
 
     #[test]
     fn ranges_past_count_never_match() {
-        let mut r = rules(&[(80, 80, PROTO_TCP), (443, 443, PROTO_TCP)]);
+        let mut r = rules(&[open(80, 80, PROTO_TCP), open(443, 443, PROTO_TCP)]);
         r.count = 1;
-        assert!(ports_allow(&r, PROTO_TCP, 80));
-        assert!(!ports_allow(&r, PROTO_TCP, 443));
+        assert!(matches!(
+            ports_allow(&r, PROTO_TCP, 80, 0),
+            PortMatch::Open { .. }
+        ));
+        assert_eq!(ports_allow(&r, PROTO_TCP, 443, 0), PortMatch::Closed);
     }
 
     #[test]
     fn defaults_govern_unlabeled_and_external() {
         for (unlabeled, external) in [(ACTION_ALLOW, ACTION_DENY), (ACTION_DENY, ACTION_ALLOW)] {
             let p = policy(unlabeled, external);
-            let d = |src, dst| decide(src, dst, &p, PROTO_TCP, 80, |_, _| None).allow;
+            let d = |src, dst| decide(src, dst, &p, PROTO_TCP, 80, 0, &NONE).allow;
             assert_eq!(
                 d(Peer::Domain(1), Peer::Unlabeled),
                 unlabeled == ACTION_ALLOW

@@ -6,7 +6,7 @@
 use aya_ebpf::bindings::BPF_NOEXIST;
 use enforcer_common::{
     maps::{FlowKey, FlowState, PROTO_UDP},
-    verdict::{self, Peer},
+    verdict::Peer,
 };
 
 use crate::{address::Addr, maps::FLOWS, policy};
@@ -23,9 +23,9 @@ pub fn key(cookie: u64, peer: &Addr, peer_port: u16) -> FlowKey {
 }
 
 /// Remembers an allowed first datagram from `from` to `to` on `port` (host order), unless the
-/// socket already has a flow with this peer.
+/// socket already has a flow with this peer; says whether the flow is new.
 #[inline(always)]
-pub fn open(key: &FlowKey, from: Peer, to: Peer, port: u16, initiator: u32) {
+pub fn open(key: &FlowKey, from: Peer, to: Peer, port: u16, initiator: u32) -> bool {
     let state = FlowState {
         from: from.encode(),
         to: to.encode(),
@@ -36,27 +36,28 @@ pub fn open(key: &FlowKey, from: Peer, to: Peer, port: u16, initiator: u32) {
     // Looked up first because an insert of an existing key still takes a free node under the
     // map's lock before it finds the key (measured: a third of the ingress program's cost).
     // An existing flow keeps its opening direction; a full LRU map evicts the oldest flow.
-    if FLOWS.get_ptr(key).is_none() {
-        let _ = FLOWS.insert(key, state, BPF_NOEXIST.into());
+    if FLOWS.get_ptr(key).is_some() {
+        return false;
     }
+    FLOWS.insert(key, state, BPF_NOEXIST.into()).is_ok()
 }
 
 /// Whether a datagram belongs to a flow the peer's side opened (`initiator`), and the
-/// policy in `active` still allows that opening direction.
+/// policy in `active` still allows that opening direction at `now`.
 #[inline(always)]
-pub fn continues(key: &FlowKey, initiator: u32, active: &policy::Active) -> bool {
+pub fn continues(key: &FlowKey, initiator: u32, active: &policy::Active, now: u64) -> bool {
     // SAFETY: the state is copied out at once.
     let Some(state) = (unsafe { FLOWS.get(key) }).copied() else {
         return false;
     };
     state.initiator == initiator
-        && verdict::decide(
-            Peer::decode(state.from),
-            Peer::decode(state.to),
-            active.config,
-            PROTO_UDP,
-            state.port,
-            |from, to| policy::edge_rules(active.slot, from, to),
-        )
-        .allow
+        && active
+            .decide(
+                Peer::decode(state.from),
+                Peer::decode(state.to),
+                PROTO_UDP,
+                state.port,
+                now,
+            )
+            .allow
 }

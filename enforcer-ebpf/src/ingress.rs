@@ -2,20 +2,22 @@
 //! application sees it: a TCP handshake reaching a listener (dropped, the connection never
 //! completes and `accept()` never returns it) and every UDP datagram. Traffic from other
 //! hosts is only ever judged here; local senders were also judged at their own egress.
+//! Every later packet of an established TCP connection is checked against its judgement
+//! (see `conns`), so a connection whose edge ended gets nothing more through.
 
 use aya_ebpf::{
     helpers::generated::{bpf_get_socket_cookie, bpf_sk_fullsock},
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use enforcer_common::{
-    maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP},
-    verdict,
-};
+use enforcer_common::maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP, SockTag};
 
 use crate::{
+    conns, counters,
     destination::{self, Target},
-    flows, identity, packet, policy,
+    flows, identity,
+    maps::HOST,
+    packet, policy,
     protocol::{self, TCP_LISTEN},
     source,
 };
@@ -46,9 +48,13 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     let Some(proto) = protocol::bit(ip_protocol) else {
         return PASS;
     };
-    // An established TCP connection was judged when it was set up, at one end or the other.
+    // An established TCP connection was judged when it was set up; each packet is only
+    // checked against that judgement.
     if proto == PROTO_TCP && state != TCP_LISTEN {
-        return PASS;
+        let allowed = conns::check(sk.cast(), proto, || {
+            packet::parse(ctx).map(|p| packet::four_tuple(&p, false))
+        });
+        return if allowed { PASS } else { DROP };
     }
     let Some(active) = policy::active() else {
         return PASS;
@@ -58,25 +64,50 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         // be found hides its ports, so it is not let through to a judged socket.
         return DROP;
     };
-    let Target::Peer(from) = source::resolve(ctx, active.slot, proto, &packet) else {
+    let tag = identity::tag_of(sk.cast());
+    let sender = source::resolve(ctx, active.slot, proto, &packet, in_pod(tag));
+    let Target::Peer(from) = sender.target else {
         return PASS;
     };
-    let to = destination::tagged(identity::tag_of(sk.cast()));
+    let to = destination::tagged(tag);
     let port = u16::from_be(packet.dport);
-    let verdict = verdict::decide(from, to, active.config, proto, port, |f, t| {
-        policy::edge_rules(active.slot, f, t)
-    });
+    let now = policy::now();
+    let verdict = active.decide(from, to, proto, port, now);
     if proto == PROTO_UDP {
         // SAFETY: the context is the program's own.
         let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
         let key = flows::key(cookie, &packet.src, packet.sport);
         if verdict.allow {
-            flows::open(&key, from, to, port, FLOW_INBOUND);
+            if flows::open(&key, from, to, port, FLOW_INBOUND) && !sender.judged {
+                counters::allowed(&verdict, from, to, now);
+            }
             return PASS;
         }
-        if flows::continues(&key, FLOW_OUTBOUND, &active) {
+        if flows::continues(&key, FLOW_OUTBOUND, &active, now) {
             return PASS;
         }
+        counters::denied(from, to);
+        return DROP;
     }
-    if verdict.allow { PASS } else { DROP }
+    if !verdict.allow {
+        counters::denied(from, to);
+        return DROP;
+    }
+    if packet::is_tcp_open(ctx, &packet) && !sender.judged {
+        counters::allowed(&verdict, from, to, now);
+    }
+    if verdict.revocable() {
+        let state = conns::judged(&verdict, from, to, proto, port, &active);
+        conns::accepted(&packet::four_tuple(&packet, false), &state);
+    }
+    PASS
+}
+
+/// Whether a socket was created in a pod's network namespace rather than the host's.
+#[inline(always)]
+fn in_pod(tag: Option<SockTag>) -> bool {
+    let Some(host) = HOST.get(0) else {
+        return false;
+    };
+    tag.is_some_and(|t| t.netns != 0 && t.netns != host.netns)
 }

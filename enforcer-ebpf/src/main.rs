@@ -5,6 +5,8 @@
 
 mod address;
 mod connect;
+mod conns;
+mod counters;
 mod destination;
 mod egress;
 mod flows;

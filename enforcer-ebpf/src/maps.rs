@@ -4,32 +4,31 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use enforcer_common::maps::{
-    AddrKey, AddrOwner, BindingKey, DomainName, EdgeKey, EndpointKey, FlowKey, FlowState,
-    HostConfig, NetnsSeen, NewNetns, PolicyConfig, PortRules, SLOTS, SockTag,
+    AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey, EdgeUse,
+    EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, NewNetns, PairCounts, PairKey,
+    PolicyConfig, PortRules, SLOTS, SockTag,
 };
 
-/// Socket storage for [`SockTag`], declared by hand because aya-ebpf's `SkStorage` fixes its
-/// flags: `BPF_F_CLONE` makes the kernel copy a listener's tag to every socket it accepts
-/// (`bpf_sk_storage_clone`, called from `sk_clone_lock`), so accepted sockets carry their
-/// listener's domain. Field names and pointer-to-array types follow the BTF map definition
-/// convention libbpf and aya parse (`type`, `key`, `value`, `max_entries`, `map_flags`).
+/// A socket storage map, declared by hand because aya-ebpf's `SkStorage` fixes its flags.
+/// Field names and pointer-to-array types follow the BTF map definition convention libbpf
+/// and aya parse (`type`, `key`, `value`, `max_entries`, `map_flags`).
 #[repr(C)]
-pub struct TagStorage {
+pub struct Storage<V, const FLAGS: usize> {
     r#type: *const [i32; BPF_MAP_TYPE_SK_STORAGE as usize],
     key: *const i32,
-    value: *const SockTag,
+    value: *const V,
     max_entries: *const [i32; 0],
-    map_flags: *const [i32; (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize],
+    map_flags: *const [i32; FLAGS],
 }
 
 // SAFETY: the fields are BTF placeholders the loader replaces; they are never dereferenced.
-unsafe impl Sync for TagStorage {}
+unsafe impl<V, const FLAGS: usize> Sync for Storage<V, FLAGS> {}
 
-impl TagStorage {
+impl<V, const FLAGS: usize> Storage<V, FLAGS> {
     const fn new() -> Self {
         Self {
             r#type: core::ptr::null(),
@@ -57,9 +56,38 @@ const MAX_NETNS: usize = 16_384;
 /// a reply is judged as a new datagram in its own direction.
 const MAX_FLOWS: usize = 262_144;
 const NOTIFY_BYTES: usize = 64 * 1024;
+/// Connections accepted but not yet seen by their own socket; normally an entry lives for
+/// one round trip, so the least recently used is long gone when it is evicted.
+const MAX_ACCEPTS: usize = 65_536;
+const MAX_MODES: usize = 2 * 65_536;
+/// Domain pairs with refusal or audit counts; past this, new pairs go uncounted.
+const MAX_PAIRS: usize = 65_536;
+const MAX_EDGES: usize = 65_536;
 
+/// `BPF_F_CLONE` makes the kernel copy a listener's tag to every socket it accepts
+/// (`bpf_sk_storage_clone`, called from `sk_clone_lock`), so accepted sockets carry their
+/// listener's domain.
 #[btf_map(name = "ENF_TAGS")]
-pub static TAGS: TagStorage = TagStorage::new();
+pub static TAGS: Storage<SockTag, { (BPF_F_NO_PREALLOC | BPF_F_CLONE) as usize }> = Storage::new();
+
+/// Not cloned: a listener has no connection of its own to hand down.
+#[btf_map(name = "ENF_CONNS")]
+pub static CONNS: Storage<ConnState, { BPF_F_NO_PREALLOC as usize }> = Storage::new();
+
+#[btf_map(name = "ENF_ACCEPTS")]
+pub static ACCEPTS: LruHashMap<AcceptKey, ConnState, MAX_ACCEPTS> = LruHashMap::new();
+
+#[btf_map(name = "ENF_MODES")]
+pub static MODES: HashMap<DomainKey, u32, MAX_MODES, { BPF_F_NO_PREALLOC as usize }> =
+    HashMap::new();
+
+#[btf_map(name = "ENF_COUNTS")]
+pub static COUNTS: PerCpuHashMap<PairKey, PairCounts, MAX_PAIRS, { BPF_F_NO_PREALLOC as usize }> =
+    PerCpuHashMap::new();
+
+#[btf_map(name = "ENF_EDGE_USE")]
+pub static EDGE_USE: PerCpuHashMap<u32, EdgeUse, MAX_EDGES, { BPF_F_NO_PREALLOC as usize }> =
+    PerCpuHashMap::new();
 
 #[btf_map(name = "ENF_BINDINGS")]
 pub static BINDINGS: HashMap<BindingKey, u32, MAX_BINDINGS, { BPF_F_NO_PREALLOC as usize }> =

@@ -4,6 +4,8 @@
 
 use aya_ebpf::programs::SkBuffContext;
 
+use enforcer_common::maps::AcceptKey;
+
 use crate::{address::Addr, protocol};
 
 /// IPv6 extension headers with the generic (next header, length in 8-byte units) layout.
@@ -20,6 +22,8 @@ pub struct Packet {
     pub sport: u16,
     /// Network byte order.
     pub dport: u16,
+    /// Offset of the transport header.
+    pub transport: usize,
 }
 
 /// The packet's addresses and transport ports; `None` when it is not TCP or UDP over IPv4 or
@@ -50,7 +54,40 @@ pub fn parse(ctx: &SkBuffContext) -> Option<Packet> {
         dst,
         sport: ports[0],
         dport: ports[1],
+        transport,
     })
+}
+
+/// Offset of the flags byte in a TCP header.
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether a TCP packet opens a connection (SYN without ACK). A listener also sees the
+/// handshake's final ACK, which must not count as a second connection.
+#[inline(always)]
+pub fn is_tcp_open(ctx: &SkBuffContext, packet: &Packet) -> bool {
+    let flags: u8 = ctx.load(packet.transport + TCP_FLAGS_OFFSET).unwrap_or(0);
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
+}
+
+/// The connection's key as the socket that sends (`outgoing`) or receives the packet sees it.
+#[inline(always)]
+pub fn four_tuple(packet: &Packet, outgoing: bool) -> AcceptKey {
+    let (local, remote) = if outgoing {
+        ((&packet.src, packet.sport), (&packet.dst, packet.dport))
+    } else {
+        ((&packet.dst, packet.dport), (&packet.src, packet.sport))
+    };
+    AcceptKey {
+        family: packet.src.family,
+        _pad: 0,
+        local_port: local.1,
+        remote_port: remote.1,
+        _pad2: 0,
+        local: local.0.bytes,
+        remote: remote.0.bytes,
+    }
 }
 
 /// Only the source address, for packets whose transport does not matter.

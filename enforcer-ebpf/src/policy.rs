@@ -1,9 +1,13 @@
 //! Reading the active policy slot. A program calls [`active`] once and passes the slot to
 //! every later lookup, so one decision never mixes two policies (see `enforcer_common::maps`).
 
-use enforcer_common::maps::{BindingKey, EdgeKey, PolicyConfig, PortRules};
+use aya_ebpf::helpers::generated::bpf_ktime_get_boot_ns;
+use enforcer_common::{
+    maps::{BindingKey, DomainKey, EdgeKey, PolicyConfig, PortRules},
+    verdict::{self, Peer, Rules, Verdict},
+};
 
-use crate::maps::{ACTIVE, BINDINGS, EDGES, POLICY};
+use crate::maps::{ACTIVE, BINDINGS, EDGES, MODES, POLICY};
 
 pub struct Active {
     pub slot: u32,
@@ -20,6 +24,47 @@ pub fn active() -> Option<Active> {
     Some(Active { slot, config })
 }
 
+impl Active {
+    /// The decision for a flow at boot-time nanosecond `now`.
+    #[inline(always)]
+    pub fn decide(&self, from: Peer, to: Peer, protocol: u32, port: u16, now: u64) -> Verdict {
+        verdict::decide(from, to, self.config, protocol, port, now, self)
+    }
+}
+
+impl Rules for Active {
+    #[inline(always)]
+    fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
+        let key = EdgeKey {
+            slot: self.slot,
+            from,
+            to,
+        };
+        // SAFETY: values are only ever replaced whole by the daemon, for the slot no program
+        // is reading; the reference does not outlive this program run.
+        unsafe { EDGES.get(&key) }
+    }
+
+    #[inline(always)]
+    fn mode(&self, domain: u32) -> Option<u32> {
+        let key = DomainKey {
+            slot: self.slot,
+            domain,
+        };
+        // SAFETY: the value is a plain u32 copied out at once.
+        unsafe { MODES.get(&key) }.copied()
+    }
+}
+
+/// The clock edge validity windows are written in: `CLOCK_BOOTTIME`, which never jumps
+/// (unlike the wall clock) and keeps counting through suspend (unlike `CLOCK_MONOTONIC`),
+/// so an edge does not outlive its expiry by the time a laptop slept.
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: the helper takes no arguments.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
 #[inline(always)]
 pub fn binding(slot: u32, cgroup_id: u64) -> Option<u32> {
     let key = BindingKey {
@@ -29,12 +74,4 @@ pub fn binding(slot: u32, cgroup_id: u64) -> Option<u32> {
     };
     // SAFETY: the value is a plain u32 copied out at once.
     unsafe { BINDINGS.get(&key) }.copied()
-}
-
-#[inline(always)]
-pub fn edge_rules(slot: u32, from: u32, to: u32) -> Option<&'static PortRules> {
-    let key = EdgeKey { slot, from, to };
-    // SAFETY: values are only ever replaced whole by the daemon, for the slot no program is
-    // reading; the reference does not outlive this program run.
-    unsafe { EDGES.get(&key) }
 }

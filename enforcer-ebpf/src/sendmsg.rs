@@ -4,14 +4,14 @@
 
 use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
 
-use crate::sock_addr::{self, Family};
+use crate::sock_addr::{self, Family, Hook};
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn enf_sendmsg4(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge(&ctx, Family::V4)
+    sock_addr::judge(&ctx, Family::V4, Hook::Sendmsg)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn enf_sendmsg6(ctx: SockAddrContext) -> i32 {
-    sock_addr::judge(&ctx, Family::V6)
+    sock_addr::judge(&ctx, Family::V6, Hook::Sendmsg)
 }

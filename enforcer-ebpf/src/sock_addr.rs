@@ -3,18 +3,18 @@
 //! fail the call with `EPERM` at once.
 
 use aya_ebpf::{
-    bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     programs::SockAddrContext,
 };
 use core::ffi::c_void;
 use enforcer_common::{
     maps::{FLOW_INBOUND, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
-    verdict::{self, Peer},
+    verdict::Peer,
 };
 
 use crate::{
     address::Addr,
+    conns, counters,
     destination::{self, Target},
     flows, identity, policy, protocol,
 };
@@ -28,8 +28,18 @@ pub enum Family {
     V6,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// `connect()`: every call is a new flow, and a connected socket's later packets are
+    /// checked against it.
+    Connect,
+    /// Unconnected `sendmsg()`: every datagram is judged; only a socket's first datagram to
+    /// a peer opens a flow.
+    Sendmsg,
+}
+
 #[inline(always)]
-pub fn judge(ctx: &SockAddrContext, family: Family) -> i32 {
+pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     // SAFETY: the context pointer is valid for the whole program run.
     let sa = unsafe { &*ctx.sock_addr };
     let Some(proto) = protocol::bit(sa.protocol) else {
@@ -50,31 +60,42 @@ pub fn judge(ctx: &SockAddrContext, family: Family) -> i32 {
     let Target::Peer(to) = destination::resolve(ctx_ptr, active.slot, proto, &dst, dport) else {
         return PROCEED;
     };
-    let from = Peer::of_domain(source_domain(ctx_ptr, sa, active.slot));
+    // SAFETY: `sk` is always set in sock_addr contexts.
+    let sk: *mut c_void = unsafe { sa.__bindgen_anon_1.sk }.cast();
+    let from = Peer::of_domain(source_domain(ctx_ptr, sk, active.slot));
     let port = u16::from_be(dport);
-    let verdict = verdict::decide(from, to, active.config, proto, port, |f, t| {
-        policy::edge_rules(active.slot, f, t)
-    });
+    let now = policy::now();
+    let verdict = active.decide(from, to, proto, port, now);
+    if verdict.allow {
+        let mut new_flow = hook == Hook::Connect;
+        if proto == PROTO_UDP {
+            // SAFETY: `ctx_ptr` is the program's own context.
+            let key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
+            new_flow |= flows::open(&key, from, to, port, FLOW_OUTBOUND);
+        }
+        if new_flow {
+            counters::allowed(&verdict, from, to, now);
+        }
+        if hook == Hook::Connect {
+            conns::remember(sk, conns::judged(&verdict, from, to, proto, port, &active));
+        }
+        return PROCEED;
+    }
     if proto == PROTO_UDP {
         // SAFETY: `ctx_ptr` is the program's own context.
         let key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
-        if verdict.allow {
-            flows::open(&key, from, to, port, FLOW_OUTBOUND);
-            return PROCEED;
-        }
-        if flows::continues(&key, FLOW_INBOUND, &active) {
+        if flows::continues(&key, FLOW_INBOUND, &active, now) {
             return PROCEED;
         }
     }
-    if verdict.allow { PROCEED } else { REJECT }
+    counters::denied(from, to);
+    REJECT
 }
 
 /// The calling socket's domain. A socket created before enforcement has no tag; it gets one
 /// now from the calling task, which for a socket used once is its creator.
 #[inline(always)]
-fn source_domain(ctx: *mut c_void, sa: &bpf_sock_addr, slot: u32) -> u32 {
-    // SAFETY: `sk` is always set in sock_addr contexts.
-    let sk: *mut c_void = unsafe { sa.__bindgen_anon_1.sk }.cast();
+fn source_domain(ctx: *mut c_void, sk: *mut c_void, slot: u32) -> u32 {
     match identity::tag_of(sk) {
         Some(tag) => tag.domain,
         None => {

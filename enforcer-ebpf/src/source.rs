@@ -15,8 +15,22 @@ use crate::{
 /// every packet between two sockets of one namespace travels through it.
 const LOOPBACK_IFINDEX: u32 = 1;
 
+/// Who sent an arriving packet, and whether the sender's own hook already judged its flow
+/// (then it must not be counted twice).
+pub struct Sender {
+    pub target: Target,
+    pub judged: bool,
+}
+
+/// The sender of `packet`, arriving at a socket in a pod's namespace (`at_pod`) or the host's.
 #[inline(always)]
-pub fn resolve(ctx: &SkBuffContext, slot: u32, protocol: u32, packet: &Packet) -> Target {
+pub fn resolve(
+    ctx: &SkBuffContext,
+    slot: u32,
+    protocol: u32,
+    packet: &Packet,
+    at_pod: bool,
+) -> Sender {
     // SAFETY: the context pointer is valid for the whole program run.
     let via_loopback = unsafe { (*ctx.skb.skb).ingress_ifindex } == LOOPBACK_IFINDEX;
     if via_loopback
@@ -29,14 +43,28 @@ pub fn resolve(ctx: &SkBuffContext, slot: u32, protocol: u32, packet: &Packet) -
             packet.dport,
         )
     {
-        return Target::Peer(destination::tagged(tag));
+        return Sender {
+            target: Target::Peer(destination::tagged(tag)),
+            judged: true,
+        };
     }
     // SAFETY: the owner is copied out at once.
     match unsafe { ADDRS.get(packet.src.key()) }.copied() {
-        Some(owner) if owner.kind == ADDR_POD => Target::Peer(Peer::of_domain(owner.domain)),
+        // A pod reaching another pod knows its destination's domain and judged the flow; a pod
+        // reaching a host address cannot, and left it to this check (`Target::Deferred`).
+        Some(owner) if owner.kind == ADDR_POD => Sender {
+            target: Target::Peer(Peer::of_domain(owner.domain)),
+            judged: at_pod,
+        },
         // One of the host's own addresses, shared by every host workload: the sender's
         // connect() or sendmsg() was judged where its socket lives.
-        Some(_) => Target::Deferred,
-        None => Target::Peer(destination::endpoint(slot, &packet.src)),
+        Some(_) => Sender {
+            target: Target::Deferred,
+            judged: true,
+        },
+        None => Sender {
+            target: Target::Peer(destination::endpoint(slot, &packet.src)),
+            judged: false,
+        },
     }
 }

@@ -9,11 +9,16 @@ mod diagnostic;
 mod model;
 mod parse;
 mod ports;
+mod time;
 mod trust_domain;
 mod validate;
 
 pub use diagnostic::Diagnostic;
-pub use model::{Action, CgroupPath, CgroupPathError, Defaults, Domain, Edge, Policy, Protocol};
+pub use model::{
+    Action, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId, EdgeIdError,
+    Mode, Policy, Protocol,
+};
 pub use parse::parse;
 pub use ports::{PortRange, PortRangeError};
+pub use time::parse_duration;
 pub use trust_domain::{TrustDomain, TrustDomainError, UriPart};

@@ -5,11 +5,14 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Serialize;
+use sha2::{Digest, Sha256};
 
 use crate::ports::PortRange;
+use crate::time::serialize_secs;
 use crate::trust_domain::TrustDomain;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -20,13 +23,36 @@ pub struct Policy {
     pub federation: Vec<Edge>,
 }
 
-/// What to do with flows the trust-domain rules do not decide.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+/// What to do with flows the trust-domain rules do not decide, and the
+/// settings domains and grants fall back on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Defaults {
     /// Flows where one side carries no trust-domain label.
     pub unlabeled: Action,
     /// Labeled workloads talking to destinations outside every domain.
     pub external: Action,
+    /// For domains that do not set their own.
+    pub mode: Mode,
+    /// The longest a grant made from the command line may last, so a
+    /// forgotten grant cannot become a permanent edge.
+    #[serde(rename = "max_grant_ttl_secs", serialize_with = "serialize_secs")]
+    pub max_grant_ttl: Duration,
+}
+
+impl Defaults {
+    /// `max_grant_ttl` when the policy does not set it.
+    pub const DEFAULT_MAX_GRANT_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            unlabeled: Action::default(),
+            external: Action::default(),
+            mode: Mode::default(),
+            max_grant_ttl: Self::DEFAULT_MAX_GRANT_TTL,
+        }
+    }
 }
 
 /// Allow is the default so that adopting the enforcer does not cut off
@@ -48,9 +74,30 @@ impl fmt::Display for Action {
     }
 }
 
+/// Whether denials are carried out or only reported. Audit lets a policy
+/// be rolled out and watched before it can break anything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Audit,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Domain {
     pub name: TrustDomain,
+    /// `None` follows `defaults.mode`.
+    pub mode: Option<Mode>,
     /// Workloads in these cgroups carry this domain's label.
     pub cgroups: Vec<CgroupPath>,
     /// Remote addresses that belong to this domain.
@@ -59,14 +106,151 @@ pub struct Domain {
 
 /// An allowed cross-domain flow: `from` may open connections to (or send
 /// datagrams to) `to` on `ports`.
+///
+/// An edge is active from `not_before` (if given) until its `end` (if
+/// given). An end already in the past is not an error: a policy that was
+/// valid yesterday still loads today, and the daemon reports the edge as
+/// expired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Edge {
+    /// Written in the policy, or derived from what the edge allows.
+    pub id: EdgeId,
     pub from: TrustDomain,
     pub to: TrustDomain,
     pub protocol: Protocol,
     pub ports: Vec<PortRange>,
     pub owner: String,
     pub reason: String,
+    pub not_before: Option<jiff::Timestamp>,
+    pub end: Option<EdgeEnd>,
+}
+
+/// When an edge stops allowing traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum EdgeEnd {
+    /// At a fixed instant (`expires`).
+    #[serde(rename = "expires")]
+    At(jiff::Timestamp),
+    /// This long after the daemon puts the edge in force (`ttl`).
+    #[serde(rename = "ttl_secs", serialize_with = "serialize_secs")]
+    Ttl(Duration),
+}
+
+const EDGE_ID_MAX_LEN: usize = 63;
+
+/// Hex digits of SHA-256 kept in generated ids: 48 bits make an accidental
+/// clash among the edges of one host practically impossible while the id
+/// stays short enough to type.
+const HASH_HEX_DIGITS: usize = 12;
+
+/// The name of an edge in status, events and `grant`/`revoke`: 1 to 63
+/// lowercase letters, digits, `-`, `.` and `_`, starting with a letter or
+/// digit.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct EdgeId(String);
+
+impl EdgeId {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The id of an edge written without one: `edge-` and a hash of what the
+    /// edge allows. Owner, reason and times are left out so that editing
+    /// them keeps the id, and ports are taken as a set so that reordering or
+    /// splitting ranges does too.
+    pub fn derived(
+        from: &TrustDomain,
+        to: &TrustDomain,
+        protocol: Protocol,
+        ports: &[PortRange],
+    ) -> EdgeId {
+        let ports: Vec<String> = port_set(ports)
+            .iter()
+            .map(|range| format!("{}-{}", range.first, range.last))
+            .collect();
+        let canonical = format!("v1|{from}|{to}|{protocol}|{}", ports.join(","));
+        EdgeId(format!("edge-{}", short_hash(&canonical)))
+    }
+
+    /// The id of an edge granted from the command line: `grant-` and a hash
+    /// of `seed`, which the daemon makes unique per grant.
+    pub fn grant(seed: &str) -> EdgeId {
+        EdgeId(format!("grant-{}", short_hash(seed)))
+    }
+}
+
+/// Sorted, with overlapping and adjacent ranges merged.
+fn port_set(ports: &[PortRange]) -> Vec<PortRange> {
+    let mut sorted = ports.to_vec();
+    sorted.sort_unstable();
+    let mut merged: Vec<PortRange> = Vec::with_capacity(sorted.len());
+    for range in sorted {
+        match merged.last_mut() {
+            Some(last) if u32::from(range.first) <= u32::from(last.last) + 1 => {
+                last.last = last.last.max(range.last);
+            }
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
+fn short_hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .flat_map(|byte| [byte >> 4, byte & 0xf])
+        .take(HASH_HEX_DIGITS)
+        .filter_map(|nibble| char::from_digit(u32::from(nibble), 16))
+        .collect()
+}
+
+impl fmt::Display for EdgeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Why a string is not an edge id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EdgeIdError {
+    #[error("edge id is empty")]
+    Empty,
+    #[error("edge id is {len} characters long; the limit is {EDGE_ID_MAX_LEN}")]
+    TooLong { len: usize },
+    #[error(
+        "edge id `{}` contains the character {character:?}; only lowercase letters a-z, digits 0-9, '-', '.' and '_' are allowed",
+        .id.escape_debug()
+    )]
+    InvalidCharacter { id: String, character: char },
+    #[error("edge id `{}` must start with a letter or digit", .id.escape_debug())]
+    InvalidStart { id: String },
+}
+
+impl FromStr for EdgeId {
+    type Err = EdgeIdError;
+
+    fn from_str(id: &str) -> Result<Self, Self::Err> {
+        let len = id.chars().count();
+        if len == 0 {
+            return Err(EdgeIdError::Empty);
+        }
+        if len > EDGE_ID_MAX_LEN {
+            return Err(EdgeIdError::TooLong { len });
+        }
+        let allowed =
+            |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_');
+        if let Some(character) = id.chars().find(|&c| !allowed(c)) {
+            return Err(EdgeIdError::InvalidCharacter {
+                id: id.to_owned(),
+                character,
+            });
+        }
+        if !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Err(EdgeIdError::InvalidStart { id: id.to_owned() });
+        }
+        Ok(EdgeId(id.to_owned()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
@@ -269,5 +453,156 @@ mod tests {
         );
         assert_eq!(Action::Allow.to_string(), "allow");
         assert_eq!(Protocol::Any.to_string(), "any");
+    }
+
+    fn ports(list: &[(u16, u16)]) -> Vec<PortRange> {
+        list.iter()
+            .map(|&(first, last)| PortRange { first, last })
+            .collect()
+    }
+
+    fn derived(from: &str, to: &str, protocol: Protocol, list: &[(u16, u16)]) -> EdgeId {
+        let td = |name: &str| -> TrustDomain { name.parse().expect("valid trust domain") };
+        EdgeId::derived(&td(from), &td(to), protocol, &ports(list))
+    }
+
+    #[test]
+    fn derived_edge_ids_are_stable() {
+        // sha256("v1|staging.example.org|prod.example.org|tcp|5432-5432,8000-8099");
+        // changing this value renames every edge written without an `id`.
+        let id = derived(
+            "staging.example.org",
+            "prod.example.org",
+            Protocol::Tcp,
+            &[(5432, 5432), (8000, 8099)],
+        );
+        assert_eq!(id.as_str(), "edge-9e559ce96592");
+        assert_eq!(id.to_string(), "edge-9e559ce96592");
+        assert_eq!(id.as_str().parse::<EdgeId>().as_ref(), Ok(&id));
+    }
+
+    #[test]
+    fn derived_edge_ids_depend_on_the_port_set_only() {
+        let id = |list: &[(u16, u16)]| derived("a.org", "b.org", Protocol::Tcp, list);
+        let want = id(&[(80, 80), (443, 443), (8000, 8099)]);
+        for same in [
+            &[(8000, 8099), (443, 443), (80, 80)][..],
+            &[(443, 443), (80, 80), (8000, 8049), (8050, 8099)],
+            &[(80, 80), (80, 80), (443, 443), (8000, 8099), (8010, 8020)],
+        ] {
+            assert_eq!(id(same), want, "{same:?}");
+        }
+        assert_ne!(id(&[(80, 80), (8000, 8099)]), want);
+        assert_ne!(id(&[(80, 80), (443, 443), (8000, 8100)]), want);
+        assert_ne!(
+            derived(
+                "a.org",
+                "b.org",
+                Protocol::Udp,
+                &[(80, 80), (443, 443), (8000, 8099)]
+            ),
+            want
+        );
+        assert_ne!(
+            derived(
+                "b.org",
+                "a.org",
+                Protocol::Tcp,
+                &[(80, 80), (443, 443), (8000, 8099)]
+            ),
+            want
+        );
+        assert_eq!(
+            id(&[(1, 65535), (65535, 65535)]),
+            id(&[(1, 65534), (65535, 65535)])
+        );
+    }
+
+    #[test]
+    fn grant_ids_hash_the_seed() {
+        // sha256("seed-1")
+        assert_eq!(EdgeId::grant("seed-1").as_str(), "grant-0eb026731d9e");
+        assert_ne!(EdgeId::grant("seed-2"), EdgeId::grant("seed-1"));
+    }
+
+    #[test]
+    fn valid_edge_ids() {
+        let longest = "a".repeat(63);
+        for id in [
+            "a",
+            "0",
+            "db-migrations",
+            "prod.db_read-2",
+            "9lives",
+            &longest,
+        ] {
+            let got: EdgeId = id
+                .parse()
+                .unwrap_or_else(|e| panic!("{id:?} rejected: {e}"));
+            assert_eq!(got.as_str(), id);
+        }
+    }
+
+    #[test]
+    fn invalid_edge_ids() {
+        let too_long = "a".repeat(64);
+        let cases = [
+            ("", "edge id is empty".to_owned()),
+            (
+                too_long.as_str(),
+                "edge id is 64 characters long; the limit is 63".to_owned(),
+            ),
+            (
+                "DB",
+                "edge id `DB` contains the character 'D'; only lowercase letters a-z, digits 0-9, '-', '.' and '_' are allowed".to_owned(),
+            ),
+            (
+                "db read",
+                "edge id `db read` contains the character ' '; only lowercase letters a-z, digits 0-9, '-', '.' and '_' are allowed".to_owned(),
+            ),
+            (
+                "db\nread",
+                "edge id `db\\nread` contains the character '\\n'; only lowercase letters a-z, digits 0-9, '-', '.' and '_' are allowed".to_owned(),
+            ),
+            (
+                "-db",
+                "edge id `-db` must start with a letter or digit".to_owned(),
+            ),
+            (
+                ".db",
+                "edge id `.db` must start with a letter or digit".to_owned(),
+            ),
+        ];
+        for (id, want) in cases {
+            match id.parse::<EdgeId>() {
+                Ok(got) => panic!("{id:?} accepted as {got}"),
+                Err(e) => assert_eq!(e.to_string(), want, "{id:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn edge_ends_and_modes_serialize_for_status_output() {
+        let json = |value: &EdgeEnd| serde_json::to_string(value).ok();
+        let at: jiff::Timestamp = "2026-12-01T18:00:00Z".parse().expect("valid");
+        assert_eq!(
+            json(&EdgeEnd::At(at)).as_deref(),
+            Some(r#"{"expires":"2026-12-01T18:00:00Z"}"#)
+        );
+        assert_eq!(
+            json(&EdgeEnd::Ttl(Duration::from_secs(1800))).as_deref(),
+            Some(r#"{"ttl_secs":1800}"#)
+        );
+        assert_eq!(
+            json(&EdgeEnd::Ttl(Duration::from_millis(1500))).as_deref(),
+            Some(r#"{"ttl_secs":1.5}"#)
+        );
+        assert_eq!(
+            serde_json::to_string(&Mode::Audit).ok().as_deref(),
+            Some(r#""audit""#)
+        );
+        assert_eq!(Mode::Enforce.to_string(), "enforce");
+        assert_eq!(Mode::Audit.to_string(), "audit");
+        assert_eq!(Mode::default(), Mode::Enforce);
     }
 }

@@ -4,23 +4,39 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use ipnet::IpNet;
+use jiff::Timestamp;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
-use crate::model::{Action, CgroupPath, Defaults, Domain, Edge, Policy, Protocol};
+use crate::model::{
+    Action, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
+};
 use crate::ports::PortRange;
+use crate::time::{parse_duration, parse_timestamp};
 use crate::trust_domain::TrustDomain;
-use crate::validate::{self, At, Claim, EdgeEnds, Sites};
+use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
 
 const SUPPORTED_VERSION: u32 = 1;
 
 const POLICY_KEYS: &[&str] = &["version", "defaults", "domains", "federation"];
-const DEFAULTS_KEYS: &[&str] = &["unlabeled", "external"];
-const DOMAIN_KEYS: &[&str] = &["name", "cgroups", "endpoints"];
-const EDGE_KEYS: &[&str] = &["from", "to", "protocol", "ports", "owner", "reason"];
+const DEFAULTS_KEYS: &[&str] = &["unlabeled", "external", "mode", "max_grant_ttl"];
+const DOMAIN_KEYS: &[&str] = &["name", "mode", "cgroups", "endpoints"];
+const EDGE_KEYS: &[&str] = &[
+    "id",
+    "from",
+    "to",
+    "protocol",
+    "ports",
+    "owner",
+    "reason",
+    "not_before",
+    "expires",
+    "ttl",
+];
 
 /// marked-yaml builds and drops nested nodes recursively, so a few
 /// kilobytes of `- - - - …` would overflow the stack. Every level or two of
@@ -294,9 +310,21 @@ fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
     };
     let unlabeled = action("unlabeled", diags);
     let external = action("external", diags);
+    let mode = optional(&fields, "mode", diags, read_mode);
+    let max_grant_ttl = optional(&fields, "max_grant_ttl", diags, read_duration);
     Some(Defaults {
         unlabeled: unlabeled?,
         external: external?,
+        mode: mode?.unwrap_or_default(),
+        max_grant_ttl: max_grant_ttl?.map_or(Defaults::DEFAULT_MAX_GRANT_TTL, |ttl| ttl.value),
+    })
+}
+
+fn read_mode(v: &Value, diags: &mut Diagnostics) -> Option<Mode> {
+    read_keyword(v, "`enforce` or `audit`", diags, |text| match text {
+        "enforce" => Some(Mode::Enforce),
+        "audit" => Some(Mode::Audit),
+        _ => None,
     })
 }
 
@@ -310,6 +338,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
             diags,
         )
         .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let mode = optional(&fields, "mode", diags, read_mode);
     let cgroups = read_list(&fields, "cgroups", "a cgroup path", diags, |text| {
         CgroupPath::from_str(text).map_err(|e| e.to_string())
     });
@@ -332,6 +361,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
     }));
     Some(Domain {
         name: name.value,
+        mode: mode?,
         cgroups: cgroups.into_iter().map(|c| c.value).collect(),
         endpoints: endpoints.into_iter().map(|e| e.value).collect(),
     })
@@ -339,6 +369,9 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
 
 fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Edge> {
     let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
+    let id = optional(&fields, "id", diags, |v, diags| {
+        read_parsed::<EdgeId>(v, "an edge id", diags)
+    });
     let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
         fields.required(key, "edge", why, diags)
     };
@@ -382,18 +415,96 @@ fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Ed
         "every edge needs a reason explaining why the traffic is allowed",
         diags,
     );
+    let not_before = optional(&fields, "not_before", diags, read_timestamp);
+    let end = read_edge_end(&fields, diags);
+    if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
+        check_window(not_before, end, diags);
+    }
     sites.edges.push(EdgeEnds {
         from: from.clone(),
         to: to.clone(),
     });
+    let id = match (id?, &from, &to, protocol, &ports) {
+        (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
+        (None, Some(from), Some(to), Some(protocol), Some(ports)) => Some(EdgeIdSite {
+            id: At {
+                value: EdgeId::derived(&from.value, &to.value, protocol, ports),
+                pos: v.pos,
+            },
+            explicit: false,
+        }),
+        _ => None,
+    }?;
+    sites.edge_ids.push(id.clone());
     Some(Edge {
+        id: id.id.value,
         from: from?.value,
         to: to?.value,
         protocol: protocol?,
         ports: ports?,
         owner: owner?,
         reason: reason?,
+        not_before: not_before?.map(|t| t.value),
+        end: end?.map(|end| end.value),
     })
+}
+
+/// `expires` and `ttl` are two ways of ending the same edge, so at most one
+/// may be given; the later of the two is reported.
+fn read_edge_end(fields: &Fields, diags: &mut Diagnostics) -> Option<Option<At<EdgeEnd>>> {
+    let expires = optional(fields, "expires", diags, read_timestamp);
+    let ttl = optional(fields, "ttl", diags, read_duration);
+    if let (Some(expires), Some(ttl)) = (fields.get("expires"), fields.get("ttl")) {
+        diags.error(
+            expires.pos.max(ttl.pos),
+            "an edge can have `expires` or `ttl`, not both: `expires` ends it at a fixed time, `ttl` a fixed time after the edge is applied",
+        );
+        return None;
+    }
+    let at = |value, pos| At { value, pos };
+    match (expires?, ttl?) {
+        (Some(t), _) => Some(Some(at(EdgeEnd::At(t.value), t.pos))),
+        (_, Some(d)) => Some(Some(at(EdgeEnd::Ttl(d.value), d.pos))),
+        (None, None) => Some(None),
+    }
+}
+
+/// An edge that ends before it starts would load and never allow anything,
+/// which is surely not what its author meant.
+fn check_window(not_before: &At<Timestamp>, end: &At<EdgeEnd>, diags: &mut Diagnostics) {
+    if let EdgeEnd::At(expires) = end.value
+        && not_before.value >= expires
+    {
+        diags.error(
+            not_before.pos,
+            format!(
+                "`not_before` ({}) must be before `expires` ({expires}, line {}); the edge would never allow anything",
+                not_before.value, end.pos.line
+            ),
+        );
+    }
+}
+
+/// `Some(None)` when `key` is absent; `None` (reported) when its value is
+/// unusable.
+fn optional<T>(
+    fields: &Fields,
+    key: &str,
+    diags: &mut Diagnostics,
+    read: impl FnOnce(&Value, &mut Diagnostics) -> Option<T>,
+) -> Option<Option<T>> {
+    match fields.get(key) {
+        Some(v) => read(&v, diags).map(Some),
+        None => Some(None),
+    }
+}
+
+fn read_timestamp(v: &Value, diags: &mut Diagnostics) -> Option<At<Timestamp>> {
+    read_with(v, "a timestamp", diags, parse_timestamp)
+}
+
+fn read_duration(v: &Value, diags: &mut Diagnostics) -> Option<At<Duration>> {
+    read_with(v, "a duration", diags, parse_duration)
 }
 
 fn read_ports(v: &Value, diags: &mut Diagnostics) -> Option<Vec<PortRange>> {
@@ -444,11 +555,22 @@ where
     T: FromStr,
     T::Err: ToString,
 {
+    read_with(v, expected, diags, |text| {
+        text.parse().map_err(|e: T::Err| e.to_string())
+    })
+}
+
+fn read_with<T>(
+    v: &Value,
+    expected: &str,
+    diags: &mut Diagnostics,
+    parse: impl FnOnce(&str) -> Result<T, String>,
+) -> Option<At<T>> {
     let text = v.scalar(expected, diags)?.as_str();
-    match text.parse() {
+    match parse(text) {
         Ok(value) => Some(At { value, pos: v.pos }),
-        Err(e) => {
-            diags.error(v.pos, e.to_string());
+        Err(message) => {
+            diags.error(v.pos, message);
             None
         }
     }

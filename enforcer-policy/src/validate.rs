@@ -1,6 +1,7 @@
 //! Checks that relate one part of a policy to another: names declared
 //! twice, edges naming undeclared domains or looping back to their own
-//! domain, and cgroups or prefixes claimed more than once. `parse` records
+//! domain, cgroups or prefixes claimed more than once, and edge ids used
+//! twice. `parse` records
 //! where each of these values was written so the checks can point at them.
 
 use std::collections::{HashMap, HashSet};
@@ -10,7 +11,7 @@ use std::hash::Hash;
 use ipnet::IpNet;
 
 use crate::diagnostic::{Diagnostics, Pos};
-use crate::model::CgroupPath;
+use crate::model::{CgroupPath, EdgeId};
 use crate::trust_domain::TrustDomain;
 
 #[derive(Debug, Clone)]
@@ -32,6 +33,14 @@ pub(crate) struct EdgeEnds {
     pub to: Option<At<TrustDomain>>,
 }
 
+/// An edge's id, at its `id` value when written there, or at the start of
+/// the edge when derived from its content.
+#[derive(Debug, Clone)]
+pub(crate) struct EdgeIdSite {
+    pub id: At<EdgeId>,
+    pub explicit: bool,
+}
+
 /// Every cross-referenced value that parsed, in file order.
 #[derive(Default)]
 pub(crate) struct Sites {
@@ -39,6 +48,7 @@ pub(crate) struct Sites {
     pub cgroups: Vec<Claim<CgroupPath>>,
     pub endpoints: Vec<Claim<IpNet>>,
     pub edges: Vec<EdgeEnds>,
+    pub edge_ids: Vec<EdgeIdSite>,
 }
 
 pub(crate) fn check(sites: &Sites, diags: &mut Diagnostics) {
@@ -58,6 +68,7 @@ pub(crate) fn check(sites: &Sites, diags: &mut Diagnostics) {
     for edge in &sites.edges {
         edge_ends(edge, &declared, diags);
     }
+    edge_ids_unique(&sites.edge_ids, diags);
 }
 
 fn declared_once<'s>(
@@ -127,6 +138,33 @@ fn edge_ends(edge: &EdgeEnds, declared: &HashSet<&TrustDomain>, diags: &mut Diag
     }
 }
 
+/// Grants, revocations and events name edges by id, so one id must not
+/// stand for two edges.
+fn edge_ids_unique(sites: &[EdgeIdSite], diags: &mut Diagnostics) {
+    let mut first: HashMap<&EdgeId, &EdgeIdSite> = HashMap::new();
+    for site in sites {
+        let Some(earlier) = first.get(&site.id.value) else {
+            first.insert(&site.id.value, site);
+            continue;
+        };
+        let id = &site.id.value;
+        let line = earlier.id.pos.line;
+        let message = match (earlier.explicit, site.explicit) {
+            (true, true) => format!("duplicate edge id `{id}` (first used at line {line})"),
+            (false, true) => format!(
+                "edge id `{id}` is already the id derived for the edge at line {line}; choose another id"
+            ),
+            (true, false) => format!(
+                "this edge's derived id `{id}` is already the `id` of the edge at line {line}; give this edge an `id`"
+            ),
+            (false, false) => format!(
+                "duplicate edge: same from, to, protocol and ports as the edge at line {line}; remove one or give each an `id`"
+            ),
+        };
+        diags.error(site.id.pos, message);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -172,6 +210,7 @@ mod tests {
                 from: Some(at(td("a.org"), 5)),
                 to: Some(at(td("b.org"), 6)),
             }],
+            edge_ids: Vec::new(),
         };
         assert_eq!(run(&sites), Vec::<String>::new());
     }
@@ -197,6 +236,7 @@ mod tests {
                 },
             ],
             edges: Vec::new(),
+            edge_ids: Vec::new(),
         };
         assert_eq!(
             run(&sites),
@@ -224,12 +264,55 @@ mod tests {
                     to: None,
                 },
             ],
+            edge_ids: Vec::new(),
         };
         assert_eq!(
             run(&sites),
             [
                 "p.yaml:3:3: self-edge: same-domain traffic is always allowed",
                 "p.yaml:4:3: edge names unknown domain `x.org`",
+            ]
+        );
+    }
+
+    #[test]
+    fn edge_ids_are_unique() {
+        let site = |id: &str, line, explicit| EdgeIdSite {
+            id: at(id.parse().expect("valid edge id"), line),
+            explicit,
+        };
+        let sites = Sites {
+            edge_ids: vec![
+                site("db", 1, true),
+                site("edge-000000000001", 2, false),
+                site("edge-000000000002", 3, false),
+                site("db", 4, true),
+                site("edge-000000000001", 5, false),
+                site("edge-000000000002", 6, true),
+                site("web", 7, true),
+                site("edge-000000000003", 8, false),
+            ],
+            ..Sites::default()
+        };
+        assert_eq!(
+            run(&sites),
+            [
+                "p.yaml:4:3: duplicate edge id `db` (first used at line 1)",
+                "p.yaml:5:3: duplicate edge: same from, to, protocol and ports as the edge at line 2; remove one or give each an `id`",
+                "p.yaml:6:3: edge id `edge-000000000002` is already the id derived for the edge at line 3; choose another id",
+            ]
+        );
+        let sites = Sites {
+            edge_ids: vec![
+                site("edge-000000000001", 1, true),
+                site("edge-000000000001", 2, false),
+            ],
+            ..Sites::default()
+        };
+        assert_eq!(
+            run(&sites),
+            [
+                "p.yaml:2:3: this edge's derived id `edge-000000000001` is already the `id` of the edge at line 1; give this edge an `id`"
             ]
         );
     }

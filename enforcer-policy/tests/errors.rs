@@ -35,8 +35,9 @@ fn with_edge(edge: &[&str]) -> Vec<String> {
     errors(&lines)
 }
 
-const DOMAIN_KEYS: &str = "expected one of: name, cgroups, endpoints";
-const EDGE_KEYS: &str = "expected one of: from, to, protocol, ports, owner, reason";
+const DOMAIN_KEYS: &str = "expected one of: name, mode, cgroups, endpoints";
+const EDGE_KEYS: &str =
+    "expected one of: id, from, to, protocol, ports, owner, reason, not_before, expires, ttl";
 const TD_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
 
 mod document {
@@ -245,7 +246,9 @@ mod defaults {
     fn unknown_keys() {
         assert_eq!(
             errors(&["version: 1", "defaults:", "  unknown: deny"]),
-            ["p.yaml:3:3: unknown key `unknown` in defaults; expected one of: unlabeled, external"]
+            [
+                "p.yaml:3:3: unknown key `unknown` in defaults; expected one of: unlabeled, external, mode, max_grant_ttl"
+            ]
         );
     }
 }
@@ -587,6 +590,304 @@ mod federation {
             ]),
             [
                 "p.yaml:10:12: `owner` must be a string, found a list",
+                "p.yaml:11:13: `reason` is empty: every edge needs a reason explaining why the traffic is allowed",
+            ]
+        );
+    }
+}
+
+mod modes {
+    use super::*;
+
+    #[test]
+    fn mode_must_be_enforce_or_audit() {
+        assert_eq!(
+            errors(&[
+                "version: 1",
+                "defaults:",
+                "  mode: permissive",
+                "domains:",
+                "  - name: a.org",
+                "    mode: Audit",
+                "  - name: b.org",
+                "    mode:",
+                "  - name: c.org",
+                "    mode: [audit]",
+            ]),
+            [
+                "p.yaml:3:9: `mode` must be `enforce` or `audit`, found `permissive`",
+                "p.yaml:6:11: `mode` must be `enforce` or `audit`, found `Audit`",
+                "p.yaml:8:5: `mode` must be `enforce` or `audit`, found an empty value",
+                "p.yaml:10:11: `mode` must be `enforce` or `audit`, found a list",
+            ]
+        );
+    }
+
+    #[test]
+    fn max_grant_ttl_must_be_a_positive_fixed_duration() {
+        let ttl = |value: &str| {
+            let line = format!("  max_grant_ttl: {value}");
+            errors(&["version: 1", "defaults:", &line])
+        };
+        assert_eq!(
+            ttl("0s"),
+            ["p.yaml:3:18: duration `0s` must be longer than zero"]
+        );
+        assert_eq!(
+            ttl("1mo"),
+            [
+                "p.yaml:3:18: `1mo` has no fixed length because months and years vary; write it in days, like `30d`"
+            ]
+        );
+        assert_eq!(
+            ttl("12"),
+            [
+                "p.yaml:3:18: `12` is not a duration; expected something like `30m`, `2h`, `1h30m` or `7d`"
+            ]
+        );
+        assert_eq!(
+            ttl("{hours: 12}"),
+            ["p.yaml:3:18: `max_grant_ttl` must be a duration, found a mapping"]
+        );
+    }
+}
+
+mod edge_life_cycle {
+    use super::*;
+
+    /// A valid edge from a.org to b.org starting at line 6, with `extra`
+    /// lines from line 12 on.
+    fn edge_with(extra: &[&str]) -> Vec<String> {
+        let mut edge = vec![
+            "  - from: a.org",
+            "    to: b.org",
+            "    protocol: tcp",
+            "    ports: [443]",
+            "    owner: o",
+            "    reason: r",
+        ];
+        edge.extend_from_slice(extra);
+        with_edge(&edge)
+    }
+
+    const NO_OFFSET: &str = "has no UTC offset, so hosts in different time zones would read it differently; write `Z` or an offset, like `2026-12-01T18:00:00Z` or `2026-12-01T19:00:00+01:00`";
+
+    #[test]
+    fn invalid_ids() {
+        assert_eq!(
+            edge_with(&["    id: DB-read"]),
+            [
+                "p.yaml:12:9: edge id `DB-read` contains the character 'D'; only lowercase letters a-z, digits 0-9, '-', '.' and '_' are allowed"
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    id: _db"]),
+            ["p.yaml:12:9: edge id `_db` must start with a letter or digit"]
+        );
+        assert_eq!(
+            edge_with(&["    id:"]),
+            ["p.yaml:12:5: `id` must be an edge id, found an empty value"]
+        );
+        let long = format!("    id: {}", "a".repeat(64));
+        assert_eq!(
+            edge_with(&[&long]),
+            ["p.yaml:12:9: edge id is 64 characters long; the limit is 63"]
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_point_at_the_second_and_name_the_first() {
+        assert_eq!(
+            with_edge(&[
+                "  - id: db",
+                "    from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [5432]",
+                "    owner: o",
+                "    reason: r",
+                "  - from: b.org",
+                "    to: a.org",
+                "    protocol: udp",
+                "    ports: [53]",
+                "    owner: o",
+                "    reason: r",
+                "    id: db",
+            ]),
+            ["p.yaml:19:9: duplicate edge id `db` (first used at line 6)"]
+        );
+    }
+
+    #[test]
+    fn identical_edges_without_ids_are_duplicates() {
+        let edge = |ports| {
+            [
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                ports,
+                "    owner: o",
+                "    reason: r",
+            ]
+        };
+        let mut lines = edge("    ports: [443, 80]").to_vec();
+        lines.extend(edge("    ports: [80, 443]"));
+        assert_eq!(
+            with_edge(&lines),
+            [
+                "p.yaml:12:5: duplicate edge: same from, to, protocol and ports as the edge at line 6; remove one or give each an `id`"
+            ]
+        );
+        let mut lines = edge("    ports: [443, 80]").to_vec();
+        lines.push("    id: first");
+        lines.extend(edge("    ports: [80, 443]"));
+        let mut text = vec![
+            "version: 1",
+            "domains:",
+            "  - name: a.org",
+            "  - name: b.org",
+            "federation:",
+        ];
+        text.extend(lines);
+        assert!(
+            parse("p.yaml", &policy(&text)).is_ok(),
+            "an explicit id tells identical edges apart"
+        );
+    }
+
+    #[test]
+    fn timestamps_need_an_offset() {
+        assert_eq!(
+            edge_with(&[
+                "    not_before: 2026-11-01T09:00:00",
+                "    expires: \"2026-12-01\"",
+            ]),
+            [
+                format!("p.yaml:12:17: timestamp `2026-11-01T09:00:00` {NO_OFFSET}"),
+                "p.yaml:13:14: `2026-12-01` is a date without a time and UTC offset; write an instant, like `2026-12-01T18:00:00Z`".to_owned(),
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    expires: 2026-12-01 18:00"]),
+            [format!(
+                "p.yaml:12:14: timestamp `2026-12-01 18:00` {NO_OFFSET}"
+            )]
+        );
+    }
+
+    #[test]
+    fn malformed_timestamps() {
+        assert_eq!(
+            edge_with(&["    expires: next week"]),
+            [
+                "p.yaml:12:14: `next week` is not an RFC 3339 timestamp; expected something like `2026-12-01T18:00:00Z`"
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    not_before: 1764612000"]),
+            [
+                "p.yaml:12:17: `1764612000` is not an RFC 3339 timestamp; expected something like `2026-12-01T18:00:00Z`"
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    expires: ~"]),
+            ["p.yaml:12:14: `expires` must be a timestamp, found null"]
+        );
+        let errors = edge_with(&["    expires: 2026-02-30T00:00:00Z"]);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            errors[0]
+                .starts_with("p.yaml:12:14: `2026-02-30T00:00:00Z` is not a valid timestamp: "),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn invalid_ttls() {
+        assert_eq!(
+            edge_with(&["    ttl: 0m"]),
+            ["p.yaml:12:10: duration `0m` must be longer than zero"]
+        );
+        assert_eq!(
+            edge_with(&["    ttl: -30m"]),
+            ["p.yaml:12:10: duration `-30m` must be longer than zero"]
+        );
+        assert_eq!(
+            edge_with(&["    ttl: 1y"]),
+            [
+                "p.yaml:12:10: `1y` has no fixed length because months and years vary; write it in days, like `30d`"
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    ttl: 3600"]),
+            [
+                "p.yaml:12:10: `3600` is not a duration; expected something like `30m`, `2h`, `1h30m` or `7d`"
+            ]
+        );
+        assert_eq!(
+            edge_with(&["    ttl: [1h]"]),
+            ["p.yaml:12:10: `ttl` must be a duration, found a list"]
+        );
+    }
+
+    #[test]
+    fn ttl_and_expires_exclude_each_other() {
+        let both = "an edge can have `expires` or `ttl`, not both: `expires` ends it at a fixed time, `ttl` a fixed time after the edge is applied";
+        assert_eq!(
+            edge_with(&["    ttl: 2h", "    expires: 2026-12-01T18:00:00Z"]),
+            [format!("p.yaml:13:14: {both}")]
+        );
+        assert_eq!(
+            edge_with(&["    expires: 2026-12-01T18:00:00Z", "    ttl: 2h"]),
+            [format!("p.yaml:13:10: {both}")]
+        );
+        assert_eq!(
+            edge_with(&["    expires: 2026-12-01T18:00:00", "    ttl: 0s"]),
+            [
+                format!("p.yaml:12:14: timestamp `2026-12-01T18:00:00` {NO_OFFSET}"),
+                "p.yaml:13:10: duration `0s` must be longer than zero".to_owned(),
+                format!("p.yaml:13:10: {both}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn not_before_must_be_before_expires() {
+        assert_eq!(
+            edge_with(&[
+                "    not_before: 2026-12-01T19:00:00+01:00",
+                "    expires: 2026-12-01T18:00:00Z",
+            ]),
+            [
+                "p.yaml:12:17: `not_before` (2026-12-01T18:00:00Z) must be before `expires` (2026-12-01T18:00:00Z, line 13); the edge would never allow anything"
+            ]
+        );
+        assert_eq!(
+            edge_with(&[
+                "    expires: 2026-01-01T00:00:00Z",
+                "    not_before: 2026-06-01T00:00:00Z",
+            ]),
+            [
+                "p.yaml:13:17: `not_before` (2026-06-01T00:00:00Z) must be before `expires` (2026-01-01T00:00:00Z, line 12); the edge would never allow anything"
+            ]
+        );
+    }
+
+    #[test]
+    fn owner_and_reason_must_have_visible_text() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: \"\\t\\u00a0\\n\"",
+                "    reason: |",
+                "",
+                "      ",
+            ]),
+            [
+                "p.yaml:10:12: `owner` is empty: every edge needs an accountable owner",
                 "p.yaml:11:13: `reason` is empty: every edge needs a reason explaining why the traffic is allowed",
             ]
         );

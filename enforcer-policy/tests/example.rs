@@ -1,8 +1,17 @@
 //! The example policy from the format description parses to the expected model.
 
-use enforcer_policy::{Action, Defaults, Domain, Edge, Policy, PortRange, Protocol, parse};
+use std::time::Duration;
+
+use enforcer_policy::{
+    Action, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, PortRange, Protocol, parse,
+};
 
 const EXAMPLE: &str = include_str!("example.yaml");
+const LIFECYCLE: &str = include_str!("lifecycle.yaml");
+
+fn timestamp(text: &str) -> jiff::Timestamp {
+    text.parse().expect("valid timestamp")
+}
 
 #[test]
 fn example_parses_to_expected_model() {
@@ -11,10 +20,13 @@ fn example_parses_to_expected_model() {
         defaults: Defaults {
             unlabeled: Action::Allow,
             external: Action::Allow,
+            mode: Mode::Enforce,
+            max_grant_ttl: Duration::from_secs(12 * 3600),
         },
         domains: vec![
             Domain {
                 name: "prod.example.org".parse().expect("valid"),
+                mode: None,
                 cgroups: vec!["/workloads/prod".parse().expect("valid")],
                 endpoints: vec![
                     "10.10.0.0/16".parse().expect("valid"),
@@ -23,11 +35,13 @@ fn example_parses_to_expected_model() {
             },
             Domain {
                 name: "staging.example.org".parse().expect("valid"),
+                mode: None,
                 cgroups: vec!["/workloads/staging".parse().expect("valid")],
                 endpoints: vec![],
             },
         ],
         federation: vec![Edge {
+            id: "edge-9e559ce96592".parse().expect("valid"),
             from: "staging.example.org".parse().expect("valid"),
             to: "prod.example.org".parse().expect("valid"),
             protocol: Protocol::Tcp,
@@ -43,6 +57,8 @@ fn example_parses_to_expected_model() {
             ],
             owner: "platform-team".into(),
             reason: "staging migrations read the prod schema".into(),
+            not_before: None,
+            end: None,
         }],
     };
     assert_eq!(parse("example.yaml", EXAMPLE), Ok(want));
@@ -54,27 +70,37 @@ fn example_serializes_for_status_output() {
     let json = serde_json::to_value(&policy).expect("serializes");
     let want = serde_json::json!({
         "version": 1,
-        "defaults": { "unlabeled": "allow", "external": "allow" },
+        "defaults": {
+            "unlabeled": "allow",
+            "external": "allow",
+            "mode": "enforce",
+            "max_grant_ttl_secs": 43200
+        },
         "domains": [
             {
                 "name": "prod.example.org",
+                "mode": null,
                 "cgroups": ["/workloads/prod"],
                 "endpoints": ["10.10.0.0/16", "fd00:10::/64"]
             },
             {
                 "name": "staging.example.org",
+                "mode": null,
                 "cgroups": ["/workloads/staging"],
                 "endpoints": []
             }
         ],
         "federation": [
             {
+                "id": "edge-9e559ce96592",
                 "from": "staging.example.org",
                 "to": "prod.example.org",
                 "protocol": "tcp",
                 "ports": [{ "first": 5432, "last": 5432 }, { "first": 8000, "last": 8099 }],
                 "owner": "platform-team",
-                "reason": "staging migrations read the prod schema"
+                "reason": "staging migrations read the prod schema",
+                "not_before": null,
+                "end": null
             }
         ]
     });
@@ -151,4 +177,140 @@ fn empty_lists_are_allowed() {
     assert!(parse("p.yaml", text).is_ok());
     let text = "version: 1\ndomains:\n  - name: a.org\n    cgroups: []\n    endpoints: []\n";
     assert!(parse("p.yaml", text).is_ok());
+}
+
+#[test]
+fn life_cycle_and_modes_parse() {
+    let policy = parse("lifecycle.yaml", LIFECYCLE).expect("valid");
+    assert_eq!(
+        policy.defaults,
+        Defaults {
+            unlabeled: Action::Deny,
+            external: Action::Allow,
+            mode: Mode::Audit,
+            max_grant_ttl: Duration::from_secs(4 * 3600),
+        }
+    );
+    let modes: Vec<_> = policy.domains.iter().map(|d| d.mode).collect();
+    assert_eq!(modes, [Some(Mode::Enforce), None, Some(Mode::Audit)]);
+
+    let [db, deploy, old] = &policy.federation[..] else {
+        panic!("three edges: {:?}", policy.federation);
+    };
+    assert_eq!(db.id.as_str(), "staging-reads-prod-db");
+    assert_eq!(db.not_before, Some(timestamp("2026-11-01T08:00:00Z")));
+    assert_eq!(db.end, Some(EdgeEnd::At(timestamp("2026-12-01T18:00:00Z"))));
+
+    assert_eq!(
+        deploy.id,
+        EdgeId::derived(
+            &deploy.from,
+            &deploy.to,
+            Protocol::Tcp,
+            &[
+                PortRange {
+                    first: 443,
+                    last: 443
+                },
+                PortRange {
+                    first: 8000,
+                    last: 8099
+                },
+            ]
+        )
+    );
+    assert!(deploy.id.as_str().starts_with("edge-"));
+    assert_eq!(deploy.not_before, None);
+    assert_eq!(deploy.end, Some(EdgeEnd::Ttl(Duration::from_secs(90 * 60))));
+
+    // Long expired, and still a valid policy: the daemon reports it.
+    assert_eq!(
+        old.end,
+        Some(EdgeEnd::At(timestamp("2020-01-01T00:00:00Z")))
+    );
+}
+
+#[test]
+fn life_cycle_serializes_for_status_output() {
+    let policy = parse("lifecycle.yaml", LIFECYCLE).expect("valid");
+    let json = serde_json::to_value(&policy).expect("serializes");
+    assert_eq!(
+        json["defaults"],
+        serde_json::json!({
+            "unlabeled": "deny",
+            "external": "allow",
+            "mode": "audit",
+            "max_grant_ttl_secs": 14400
+        })
+    );
+    assert_eq!(json["domains"][0]["mode"], "enforce");
+    assert_eq!(json["domains"][1]["mode"], serde_json::Value::Null);
+    let edges = &json["federation"];
+    assert_eq!(edges[0]["id"], "staging-reads-prod-db");
+    assert_eq!(edges[0]["not_before"], "2026-11-01T08:00:00Z");
+    assert_eq!(
+        edges[0]["end"],
+        serde_json::json!({ "expires": "2026-12-01T18:00:00Z" })
+    );
+    assert_eq!(edges[1]["end"], serde_json::json!({ "ttl_secs": 5400 }));
+}
+
+#[test]
+fn derived_ids_ignore_owner_reason_and_times() {
+    let edge = |extra: &[&str]| {
+        let mut lines = vec![
+            "version: 1",
+            "domains: [{name: a.org}, {name: b.org}]",
+            "federation:",
+            "  - from: a.org",
+            "    to: b.org",
+            "    protocol: tcp",
+            "    ports: [443]",
+        ];
+        lines.extend_from_slice(extra);
+        let policy = parse("p.yaml", &(lines.join("\n") + "\n")).expect("valid");
+        policy.federation[0].id.clone()
+    };
+    let id = edge(&["    owner: o", "    reason: r"]);
+    assert_eq!(
+        edge(&[
+            "    owner: someone else",
+            "    reason: a better reason",
+            "    not_before: 2026-01-01T00:00:00Z",
+            "    ttl: 7d",
+        ]),
+        id
+    );
+}
+
+#[test]
+fn durations_accept_friendly_and_day_units() {
+    let ttl = |text: &str| {
+        let policy = parse(
+            "p.yaml",
+            &format!(
+                "version: 1\ndomains: [{{name: a.org}}, {{name: b.org}}]\nfederation:\n  - {{from: a.org, to: b.org, protocol: any, ports: [1-65535], owner: o, reason: r, ttl: \"{text}\"}}\n"
+            ),
+        )
+        .unwrap_or_else(|e| panic!("{text:?}: {e:?}"));
+        policy.federation[0].end
+    };
+    for (text, secs) in [
+        ("3s", 3),
+        ("30m", 1800),
+        ("2h", 7200),
+        ("1h30m", 5400),
+        ("7d", 7 * 86400),
+        ("1 day 2 hours", 93600),
+    ] {
+        assert_eq!(
+            ttl(text),
+            Some(EdgeEnd::Ttl(Duration::from_secs(secs))),
+            "{text:?}"
+        );
+    }
+    assert_eq!(
+        enforcer_policy::parse_duration("7d"),
+        Ok(Duration::from_secs(7 * 86400))
+    );
 }

@@ -5,6 +5,10 @@
 use enforcer_policy::{Diagnostic, Policy, parse};
 
 const EXAMPLE: &str = include_str!("example.yaml");
+/// Every optional key, so mutations reach the timestamp, duration and id
+/// parsers too.
+const LIFECYCLE: &str = include_str!("lifecycle.yaml");
+const EXAMPLES: [&str; 2] = [EXAMPLE, LIFECYCLE];
 
 fn check(text: &str) -> Result<Policy, Vec<Diagnostic>> {
     let result = parse("p.yaml", text);
@@ -31,28 +35,32 @@ fn check(text: &str) -> Result<Policy, Vec<Diagnostic>> {
 }
 
 #[test]
-fn every_truncation_of_the_example_is_handled() {
-    let mut accepted = 0;
-    for end in (0..=EXAMPLE.len()).filter(|&end| EXAMPLE.is_char_boundary(end)) {
-        let prefix = EXAMPLE.get(..end).unwrap_or_default();
-        if check(prefix).is_ok() {
-            accepted += 1;
+fn every_truncation_of_the_examples_is_handled() {
+    for example in EXAMPLES {
+        let mut accepted = 0;
+        for end in (0..=example.len()).filter(|&end| example.is_char_boundary(end)) {
+            let prefix = example.get(..end).unwrap_or_default();
+            if check(prefix).is_ok() {
+                accepted += 1;
+            }
         }
+        // Cutting the file at a line end can leave a smaller valid policy;
+        // the full example is one of them.
+        assert!(accepted >= 1);
     }
-    // Cutting the file at a line end can leave a smaller valid policy; the
-    // full example is one of them.
-    assert!(accepted >= 1);
 }
 
 #[test]
-fn every_suffix_of_the_example_is_handled() {
-    for start in (0..=EXAMPLE.len()).filter(|&start| EXAMPLE.is_char_boundary(start)) {
-        let _ = check(EXAMPLE.get(start..).unwrap_or_default());
+fn every_suffix_of_the_examples_is_handled() {
+    for example in EXAMPLES {
+        for start in (0..=example.len()).filter(|&start| example.is_char_boundary(start)) {
+            let _ = check(example.get(start..).unwrap_or_default());
+        }
     }
 }
 
 /// Deterministic small mutations (insert, delete, replace a character) of
-/// the example, biased towards YAML's structural characters.
+/// the examples, biased towards YAML's structural characters.
 #[test]
 fn mutated_examples_are_handled() {
     let alphabet: Vec<char> = "[]{}:,-?!&*#|>'\"%@ \n\t\r\\a1.~/\u{feff}é\0"
@@ -65,8 +73,8 @@ fn mutated_examples_are_handled() {
         state ^= state << 17;
         usize::try_from(state % below as u64).unwrap_or(0)
     };
-    for _ in 0..3000 {
-        let mut chars: Vec<char> = EXAMPLE.chars().collect();
+    for round in 0..6000 {
+        let mut chars: Vec<char> = EXAMPLES[round % EXAMPLES.len()].chars().collect();
         for _ in 0..1 + random(4) {
             let at = random(chars.len() + 1);
             let c = alphabet[random(alphabet.len())];
@@ -130,6 +138,11 @@ fn odd_inputs_are_handled() {
         "\"unterminated",
         "version: 1\n--- !tag\n",
         "%YAML 9.9\n---\nversion: 1\n",
+        "version: 1\ndefaults: {max_grant_ttl: 99999999999999999999999999d}\n",
+        "version: 1\ndefaults: {max_grant_ttl: 1y1mo1w1d1h1m1s1ms1us1ns}\n",
+        "version: 1\nfederation: [{ttl: \"P9999999999999999999Y\", expires: 9999-12-31T23:59:59-23:59}]\n",
+        "version: 1\nfederation: [{not_before: \"-009999-01-01T00:00:00Z\", expires: 0000-00-00T00:00:60Z}]\n",
+        "version: 1\nfederation: [{id: \"\u{00e9}\u{0301}\"}, {id: \"\"}, {id: .}]\n",
         long_line.as_str(),
         many_domains.as_str(),
     ] {

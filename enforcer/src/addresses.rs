@@ -117,6 +117,17 @@ impl Addresses {
         Ok(())
     }
 
+    /// Every workload namespace entered, with a process in it as last seen.
+    pub fn pod_namespaces(&self) -> Vec<(u64, i32)> {
+        self.entered
+            .keys()
+            .filter_map(|&cookie| {
+                let seen = self.seen.get(&cookie, 0).ok()?;
+                Some((cookie, seen.pid as i32))
+            })
+            .collect()
+    }
+
     /// Number of known local addresses, for status.
     pub fn count(&self) -> usize {
         self.addrs.keys().count()
@@ -201,21 +212,31 @@ fn namespace_of(pid: i32) -> Option<Namespace> {
     })
 }
 
-/// The addresses of `pid`'s network namespace, if its cookie is `cookie`. Entering a
-/// namespace changes only the calling thread, so it is done on a thread of its own.
+/// The addresses of `pid`'s network namespace, if its cookie is `cookie`.
 fn addresses_in(pid: i32, cookie: u64) -> Result<BTreeSet<AddrKey>> {
+    in_namespace(pid, cookie, interface_addresses)
+}
+
+/// Runs `f` in `pid`'s network namespace, if its cookie is `cookie`. Entering a namespace
+/// changes only the calling thread, so it is done on a thread of its own; what `f` opens
+/// there (a socket) stays in that namespace after the thread ends.
+pub fn in_namespace<T: Send + 'static>(
+    pid: i32,
+    cookie: u64,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
     let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
         .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || -> Result<BTreeSet<AddrKey>> {
+    std::thread::spawn(move || -> Result<T> {
         setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
         let entered = current_netns_cookie()?;
         if entered != cookie {
             return Err(anyhow!("process {pid} is no longer in that namespace"));
         }
-        interface_addresses()
+        f()
     })
     .join()
-    .map_err(|_| anyhow!("the namespace scan thread panicked"))?
+    .map_err(|_| anyhow!("the namespace thread panicked"))?
 }
 
 /// The calling thread's network namespace cookie (`SO_NETNS_COOKIE` of a new socket).

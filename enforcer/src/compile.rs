@@ -5,13 +5,14 @@
 use std::collections::BTreeMap;
 
 use enforcer_common::maps::{
-    ACTION_ALLOW, ACTION_DENY, FAMILY_V4, FAMILY_V6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, PROTO_TCP,
-    PROTO_UDP, PortRange,
+    ACTION_ALLOW, ACTION_DENY, FAMILY_V4, FAMILY_V6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT,
+    MODE_ENFORCE, NEVER, PROTO_TCP, PROTO_UDP, PortRange, PortRules,
 };
-use enforcer_policy::{Action, CgroupPath, Policy, Protocol};
+use enforcer_common::verdict::Rules;
+use enforcer_policy::{Action, CgroupPath, Mode, Policy, Protocol};
 use ipnet::IpNet;
 
-use crate::registry::Registry;
+use crate::{clock::Clocks, edges::LiveEdge, registry::Registry};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -53,17 +54,72 @@ pub struct Prefix {
 pub struct Compiled {
     pub unlabeled: u32,
     pub external: u32,
+    /// `MODE_*` of domains not in `modes`.
+    pub mode: u32,
+    /// Domains whose mode differs from `mode`, with theirs.
+    pub modes: Vec<(u32, u32)>,
     pub bindings: Vec<Binding>,
     pub endpoints: Vec<(Prefix, u32)>,
-    /// (from, to) -> merged ranges, at most `MAX_PORT_RANGES` each.
+    /// (from, to) -> the ranges of every edge between them, each edge's merged, with the
+    /// edge's index and window; at most `MAX_PORT_RANGES` per pair.
     pub edges: BTreeMap<(u32, u32), Vec<PortRange>>,
     /// The registry with ids for any domain this policy names for the first time.
     pub registry: Registry,
 }
 
+/// Compiles `policy` with the federation `edges` (the file's and the grants', as resolved
+/// by `edges::Book`); edge windows are converted to the kernel's clock with `clocks`.
+impl Compiled {
+    /// The edges as the kernel holds them, one `PortRules` per domain pair.
+    pub fn port_rules(&self) -> BTreeMap<(u32, u32), PortRules> {
+        self.edges
+            .iter()
+            .map(|(&pair, ranges)| {
+                let mut rules = PortRules {
+                    count: ranges.len().min(MAX_PORT_RANGES) as u32,
+                    _pad: 0,
+                    ranges: [PortRange::default(); MAX_PORT_RANGES],
+                };
+                for (dst, src) in rules.ranges.iter_mut().zip(ranges) {
+                    *dst = *src;
+                }
+                (pair, rules)
+            })
+            .collect()
+    }
+}
+
+/// The compiled policy as `verdict::decide` reads it, for judging in userspace exactly as the
+/// programs judge in the kernel.
+pub struct CompiledRules<'a> {
+    edges: BTreeMap<(u32, u32), PortRules>,
+    modes: &'a [(u32, u32)],
+}
+
+impl<'a> CompiledRules<'a> {
+    pub fn new(compiled: &'a Compiled) -> Self {
+        Self {
+            edges: compiled.port_rules(),
+            modes: &compiled.modes,
+        }
+    }
+}
+
+impl Rules for CompiledRules<'_> {
+    fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
+        self.edges.get(&(from, to))
+    }
+
+    fn mode(&self, domain: u32) -> Option<u32> {
+        self.modes.iter().find(|m| m.0 == domain).map(|m| m.1)
+    }
+}
+
 pub fn compile(
     policy: &Policy,
+    edges: &[LiveEdge],
     registry: &Registry,
+    clocks: &Clocks,
     resolve_cgroup: impl Fn(&CgroupPath) -> Option<u64>,
 ) -> Result<Compiled, CompileError> {
     let mut registry = registry.clone();
@@ -74,8 +130,14 @@ pub fn compile(
     };
     let mut bindings = Vec::new();
     let mut endpoints = Vec::new();
+    let mut modes = Vec::new();
     for domain in &policy.domains {
         let id = id_of(domain.name.as_str())?;
+        if let Some(own) = domain.mode
+            && own != policy.defaults.mode
+        {
+            modes.push((id, mode(own)));
+        }
         for path in &domain.cgroups {
             let depth = path.as_str().split('/').filter(|c| !c.is_empty()).count();
             if depth >= MAX_CGROUP_DEPTH as usize {
@@ -93,43 +155,65 @@ pub fn compile(
         endpoints.extend(domain.endpoints.iter().map(|net| (prefix(net), id)));
     }
     let mut by_pair: BTreeMap<(u32, u32), Vec<PortRange>> = BTreeMap::new();
-    for edge in &policy.federation {
+    for live in edges {
+        let edge = &live.edge;
         let pair = (id_of(edge.from.as_str())?, id_of(edge.to.as_str())?);
         let protocols = match edge.protocol {
             Protocol::Tcp => PROTO_TCP,
             Protocol::Udp => PROTO_UDP,
             Protocol::Any => PROTO_TCP | PROTO_UDP,
         };
+        let spans: Vec<(u16, u16, u32)> = edge
+            .ports
+            .iter()
+            .map(|p| (p.first, p.last, protocols))
+            .collect();
+        let not_before = edge.not_before.map_or(0, |t| clocks.boot_ns(t));
+        let not_after = live.expires.map_or(NEVER, |t| clocks.boot_ns(t));
         by_pair
             .entry(pair)
             .or_default()
-            .extend(edge.ports.iter().map(|p| PortRange {
-                first: p.first,
-                last: p.last,
-                protocols,
-            }));
+            .extend(
+                merge_ranges(&spans)
+                    .into_iter()
+                    .map(|(first, last, protocols)| PortRange {
+                        first,
+                        last,
+                        protocols,
+                        edge: live.index,
+                        _pad: 0,
+                        not_before,
+                        not_after,
+                    }),
+            );
     }
-    let mut edges = BTreeMap::new();
-    for (pair, ranges) in by_pair {
-        let merged = merge_ranges(&ranges);
-        if merged.len() > MAX_PORT_RANGES {
+    for (pair, ranges) in &by_pair {
+        if ranges.len() > MAX_PORT_RANGES {
             let name = |id| registry.name_of(id).unwrap_or_default().to_owned();
             return Err(CompileError::TooManyPortRanges {
                 from: name(pair.0),
                 to: name(pair.1),
-                count: merged.len(),
+                count: ranges.len(),
             });
         }
-        edges.insert(pair, merged);
     }
     Ok(Compiled {
         unlabeled: action(policy.defaults.unlabeled),
         external: action(policy.defaults.external),
+        mode: mode(policy.defaults.mode),
+        modes,
         bindings,
         endpoints,
-        edges,
+        edges: by_pair,
         registry,
     })
+}
+
+fn mode(mode: Mode) -> u32 {
+    match mode {
+        Mode::Enforce => MODE_ENFORCE,
+        Mode::Audit => MODE_AUDIT,
+    }
 }
 
 fn action(action: Action) -> u32 {
@@ -158,20 +242,21 @@ fn prefix(net: &IpNet) -> Prefix {
     }
 }
 
-/// Per protocol, coalesces overlapping and adjacent ranges; then joins ranges that are equal
-/// for both protocols into one entry. The result is what the kernel scans linearly, so fewer
-/// entries means fewer comparisons and more room under `MAX_PORT_RANGES`.
-fn merge_ranges(ranges: &[PortRange]) -> Vec<PortRange> {
+/// One edge's (first, last, protocols) spans, coalesced per protocol where they overlap or
+/// touch, then joined where both protocols have the same span. The kernel scans ranges
+/// linearly, so fewer entries means fewer comparisons and more room under
+/// `MAX_PORT_RANGES`.
+fn merge_ranges(spans: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
     let mut per_protocol = Vec::new();
     for bit in [PROTO_TCP, PROTO_UDP] {
-        let mut spans: Vec<(u16, u16)> = ranges
+        let mut own: Vec<(u16, u16)> = spans
             .iter()
-            .filter(|r| r.protocols & bit != 0)
-            .map(|r| (r.first, r.last))
+            .filter(|s| s.2 & bit != 0)
+            .map(|s| (s.0, s.1))
             .collect();
-        spans.sort_unstable();
+        own.sort_unstable();
         let mut merged: Vec<(u16, u16)> = Vec::new();
-        for (first, last) in spans {
+        for (first, last) in own {
             match merged.last_mut() {
                 Some(prev) if u32::from(first) <= u32::from(prev.1) + 1 => {
                     prev.1 = prev.1.max(last);
@@ -187,20 +272,39 @@ fn merge_ranges(ranges: &[PortRange]) -> Vec<PortRange> {
     }
     joined
         .into_iter()
-        .map(|((first, last), protocols)| PortRange {
-            first,
-            last,
-            protocols,
-        })
+        .map(|((first, last), protocols)| (first, last, protocols))
         .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::edges::Book;
+    use jiff::Timestamp;
 
     fn parse(text: &str) -> Policy {
         enforcer_policy::parse("test.yaml", text).expect("test policy is valid")
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    /// Wall time 2026-11-23T10:00:00Z is boot-clock second 1000.
+    fn clocks() -> Clocks {
+        Clocks {
+            wall: "2026-11-23T10:00:00Z"
+                .parse::<Timestamp>()
+                .expect("timestamp")
+                .as_nanosecond(),
+            boot: 1000 * SEC,
+        }
+    }
+
+    fn compile_text(text: &str, registry: &Registry) -> Result<Compiled, CompileError> {
+        let policy = parse(text);
+        let (edges, _) = Book::default()
+            .resolve(&policy, clocks().wall_now())
+            .expect("edges resolve");
+        compile(&policy, &edges, registry, &clocks(), resolve)
     }
 
     const TWO_DOMAINS: &str = "
@@ -214,7 +318,7 @@ domains:
     cgroups: [/workloads/staging]
 federation:
   - {from: staging.example.org, to: prod.example.org, protocol: tcp, ports: [5432, '8000-8099', 8100], owner: o, reason: r}
-  - {from: staging.example.org, to: prod.example.org, protocol: udp, ports: ['8000-8099'], owner: o, reason: r}
+  - {from: staging.example.org, to: prod.example.org, protocol: udp, ports: ['8000-8099'], owner: o, reason: r, ttl: 3s}
 ";
 
     fn resolve(path: &CgroupPath) -> Option<u64> {
@@ -225,10 +329,23 @@ federation:
         }
     }
 
+    fn range(first: u16, last: u16, protocols: u32, edge: u32, not_after: u64) -> PortRange {
+        PortRange {
+            first,
+            last,
+            protocols,
+            edge,
+            _pad: 0,
+            not_before: 0,
+            not_after,
+        }
+    }
+
     #[test]
     fn compiles_bindings_endpoints_edges_and_defaults() {
-        let c = compile(&parse(TWO_DOMAINS), &Registry::default(), resolve).expect("compiles");
+        let c = compile_text(TWO_DOMAINS, &Registry::default()).expect("compiles");
         assert_eq!((c.unlabeled, c.external), (ACTION_DENY, ACTION_ALLOW));
+        assert_eq!((c.mode, c.modes.as_slice()), (MODE_ENFORCE, &[][..]));
         let ids: Vec<_> = c.bindings.iter().map(|b| (b.domain, b.cgroup_id)).collect();
         assert_eq!(ids, [(1, Some(100)), (1, None), (2, Some(200))]);
         assert_eq!(c.endpoints.len(), 2);
@@ -236,33 +353,46 @@ federation:
         assert_eq!(c.endpoints[0].0.len, 16);
         assert_eq!(&c.endpoints[0].0.addr[..4], &[10, 10, 0, 0]);
         assert_eq!(c.endpoints[1].0.family, FAMILY_V6);
-        let ranges = &c.edges[&(2, 1)];
         assert_eq!(
-            ranges,
-            &[
-                PortRange {
-                    first: 5432,
-                    last: 5432,
-                    protocols: PROTO_TCP
-                },
-                PortRange {
-                    first: 8000,
-                    last: 8099,
-                    protocols: PROTO_UDP
-                },
-                PortRange {
-                    first: 8000,
-                    last: 8100,
-                    protocols: PROTO_TCP
-                },
-            ]
+            c.edges[&(2, 1)],
+            [
+                range(5432, 5432, PROTO_TCP, 1, NEVER),
+                range(8000, 8100, PROTO_TCP, 1, NEVER),
+                range(8000, 8099, PROTO_UDP, 2, 1003 * SEC),
+            ],
+            "each edge keeps its own ranges, index and deadline"
         );
         assert!(!c.edges.contains_key(&(1, 2)), "edges are directed");
     }
 
     #[test]
+    fn windows_are_converted_to_the_boot_clock() {
+        let text = "
+version: 1
+domains: [{name: a.org}, {name: b.org}]
+federation:
+  - {from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, not_before: '2026-11-23T10:00:10Z', expires: '2026-11-23T11:00:20+01:00'}
+";
+        let c = compile_text(text, &Registry::default()).expect("compiles");
+        let r = c.edges[&(1, 2)][0];
+        assert_eq!((r.not_before, r.not_after), (1010 * SEC, 1020 * SEC));
+    }
+
+    #[test]
+    fn modes_record_only_domains_that_differ_from_the_default() {
+        let text = "
+version: 1
+defaults: {mode: audit}
+domains: [{name: a.org}, {name: b.org, mode: enforce}, {name: c.org, mode: audit}]
+";
+        let c = compile_text(text, &Registry::default()).expect("compiles");
+        assert_eq!(c.mode, MODE_AUDIT);
+        assert_eq!(c.modes, [(2, MODE_ENFORCE)]);
+    }
+
+    #[test]
     fn ids_are_stable_across_compiles_and_reorderings() {
-        let first = compile(&parse(TWO_DOMAINS), &Registry::default(), resolve).expect("compiles");
+        let first = compile_text(TWO_DOMAINS, &Registry::default()).expect("compiles");
         let reordered = "
 version: 1
 domains:
@@ -270,7 +400,7 @@ domains:
   - name: staging.example.org
   - name: prod.example.org
 ";
-        let second = compile(&parse(reordered), &first.registry, resolve).expect("compiles");
+        let second = compile_text(reordered, &first.registry).expect("compiles");
         assert_eq!(second.registry.get("prod.example.org"), Some(1));
         assert_eq!(second.registry.get("staging.example.org"), Some(2));
         assert_eq!(second.registry.get("new.example.org"), Some(3));
@@ -279,50 +409,13 @@ domains:
     #[test]
     fn any_protocol_and_overlaps_merge() {
         let merged = merge_ranges(&[
-            PortRange {
-                first: 10,
-                last: 20,
-                protocols: PROTO_TCP | PROTO_UDP,
-            },
-            PortRange {
-                first: 15,
-                last: 30,
-                protocols: PROTO_TCP,
-            },
-            PortRange {
-                first: 31,
-                last: 31,
-                protocols: PROTO_TCP,
-            },
+            (10, 20, PROTO_TCP | PROTO_UDP),
+            (15, 30, PROTO_TCP),
+            (31, 31, PROTO_TCP),
         ]);
-        assert_eq!(
-            merged,
-            [
-                PortRange {
-                    first: 10,
-                    last: 20,
-                    protocols: PROTO_UDP
-                },
-                PortRange {
-                    first: 10,
-                    last: 31,
-                    protocols: PROTO_TCP
-                },
-            ]
-        );
-        let full = merge_ranges(&[PortRange {
-            first: 1,
-            last: 65535,
-            protocols: PROTO_TCP | PROTO_UDP,
-        }]);
-        assert_eq!(
-            full,
-            [PortRange {
-                first: 1,
-                last: 65535,
-                protocols: PROTO_TCP | PROTO_UDP
-            }]
-        );
+        assert_eq!(merged, [(10, 20, PROTO_UDP), (10, 31, PROTO_TCP)]);
+        let full = merge_ranges(&[(1, 65535, PROTO_TCP | PROTO_UDP)]);
+        assert_eq!(full, [(1, 65535, PROTO_TCP | PROTO_UDP)]);
     }
 
     #[test]
@@ -334,7 +427,7 @@ domains:
             "version: 1\ndomains: [{{name: a.org}}, {{name: b.org}}]\nfederation:\n  - {{from: a.org, to: b.org, protocol: tcp, ports: [{}], owner: o, reason: r}}\n",
             ports.join(", ")
         );
-        let err = compile(&parse(&text), &Registry::default(), resolve).expect_err("too many");
+        let err = compile_text(&text, &Registry::default()).expect_err("too many");
         assert_eq!(
             err,
             CompileError::TooManyPortRanges {
@@ -349,7 +442,7 @@ domains:
     fn deep_bindings_are_refused() {
         let deep = "/a".repeat(MAX_CGROUP_DEPTH as usize);
         let text = format!("version: 1\ndomains: [{{name: a.org, cgroups: ['{deep}']}}]\n");
-        let err = compile(&parse(&text), &Registry::default(), resolve).expect_err("too deep");
+        let err = compile_text(&text, &Registry::default()).expect_err("too deep");
         assert!(matches!(err, CompileError::CgroupTooDeep { .. }));
     }
 }

@@ -11,7 +11,10 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::status::Status;
+use crate::{
+    grants::{EdgeView, GrantRequest},
+    status::Status,
+};
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,6 +28,14 @@ pub enum Request {
         text: String,
     },
     Status,
+    Grant(GrantRequest),
+    Revoke {
+        id: String,
+    },
+    /// Every edge; those unused for `stale_after_ms` are marked stale.
+    Edges {
+        stale_after_ms: u64,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -32,6 +43,21 @@ pub enum Request {
 pub enum Response {
     Applied {
         generation: u64,
+        /// Live connections the new policy ended.
+        ended: usize,
+    },
+    Granted {
+        id: String,
+        expires: jiff::Timestamp,
+        generation: u64,
+    },
+    Revoked {
+        id: String,
+        ended: usize,
+        generation: u64,
+    },
+    Edges {
+        edges: Vec<EdgeView>,
     },
     /// The policy was refused; nothing changed. Each entry is `FILE:LINE:COL: message` or a
     /// message about the policy as a whole.

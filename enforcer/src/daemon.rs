@@ -17,15 +17,18 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
-use enforcer_common::names;
+use enforcer_common::{names, verdict::Peer};
 use enforcer_policy::{Action, CgroupPath, Policy};
 
 use crate::{
     addresses::Addresses,
     backfill, bpffs,
     cgroupfs::{CgroupFs, CgroupRoot},
+    clock::Clocks,
     compile::{self, Compiled},
     control::{self, Request, Response},
+    edges::{Book, LiveEdge, Source},
+    grants::{self, EdgeView, GrantRequest, Used},
     kernel::{
         self,
         attach::{self, AttachedProgram},
@@ -33,8 +36,13 @@ use crate::{
     },
     maintain,
     paths::{PinDir, StateDir},
+    revocation::Connections,
     status::{self, Status},
+    usage::Usage,
 };
+
+/// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
+const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 pub struct Options {
     pub policy: PathBuf,
@@ -51,6 +59,8 @@ pub struct Daemon {
     state: StateDir,
     maps: PolicyMaps,
     addresses: Addresses,
+    usage: Usage,
+    connections: Connections,
     /// The loaded programs; once attached they also live on in their pinned links.
     ebpf: aya::Ebpf,
     programs: Vec<AttachedProgram>,
@@ -58,6 +68,17 @@ pub struct Daemon {
     policy_file: String,
     compiled: Compiled,
     generation: u64,
+    /// The edge record as saved in the state dir, and the edges it resolves to.
+    book: Book,
+    live: Vec<LiveEdge>,
+    /// Boot-clock nanosecond up to which edge expiries have ended their connections.
+    expiries_done: u64,
+}
+
+/// What changed: the generation now in force and the live connections ended.
+struct Committed {
+    generation: u64,
+    ended: usize,
 }
 
 /// Why an apply did not happen. Either way nothing changed.
@@ -73,7 +94,11 @@ pub fn run(options: Options) -> Result<()> {
     // The whole policy is checked before anything on the host changes.
     let policy = match enforcer_policy::parse(&file, &text) {
         Ok(policy) => {
-            compile::compile(&policy, &Default::default(), |_| None)
+            let clocks = Clocks::now();
+            let (edges, _) = Book::default()
+                .resolve(&policy, clocks.wall_now())
+                .with_context(|| format!("policy {file} was refused; nothing was changed"))?;
+            compile::compile(&policy, &edges, &Default::default(), &clocks, |_| None)
                 .with_context(|| format!("policy {file} was refused; nothing was changed"))?;
             policy
         }
@@ -95,6 +120,7 @@ pub fn run(options: Options) -> Result<()> {
         .create(options.state_dir.path())
         .with_context(|| format!("creating state dir {}", options.state_dir.path().display()))?;
     let _lock = lock(&options.state_dir)?;
+    let book = Book::load(&options.state_dir)?;
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
         log("mounted bpffs at /sys/fs/bpf");
     }
@@ -107,6 +133,8 @@ pub fn run(options: Options) -> Result<()> {
     let maps = PolicyMaps::take(&mut ebpf)?;
     let mut addresses = Addresses::take(&mut ebpf)?;
     addresses.refresh_host()?;
+    let usage = Usage::take(&mut ebpf)?;
+    let connections = Connections::take(&mut ebpf)?;
     let notify = RingBuf::try_from(
         ebpf.take_map(names::MAP_NOTIFY)
             .with_context(|| format!("the eBPF object has no map {}", names::MAP_NOTIFY))?,
@@ -119,6 +147,8 @@ pub fn run(options: Options) -> Result<()> {
         state: options.state_dir,
         maps,
         addresses,
+        usage,
+        connections,
         ebpf,
         programs: Vec::new(),
         policy: Policy {
@@ -130,6 +160,9 @@ pub fn run(options: Options) -> Result<()> {
         policy_file: String::new(),
         compiled: Compiled::default(),
         generation,
+        book,
+        live: Vec::new(),
+        expiries_done: Clocks::now().boot,
     };
     match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}
@@ -199,35 +232,259 @@ fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener) {
 }
 
 impl Daemon {
-    fn apply(&mut self, file: &str, text: &str) -> Result<u64, ApplyError> {
+    fn apply(&mut self, file: &str, text: &str) -> Result<Committed, ApplyError> {
         let policy = enforcer_policy::parse(file, text)
             .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
         self.apply_parsed(policy, file, text)
     }
 
-    /// Compiles and swaps in a policy already parsed from `text`.
-    fn apply_parsed(&mut self, policy: Policy, file: &str, text: &str) -> Result<u64, ApplyError> {
-        let known = self.maps.registry().map_err(ApplyError::Failed)?;
-        let compiled = compile::compile(&policy, &known, |path| self.cgroups.id(path))
-            .map_err(|err| ApplyError::Rejected(vec![format!("{file}: {err}")]))?;
-        self.maps
-            .record_domains(&compiled.registry, &known)
-            .map_err(ApplyError::Failed)?;
-        let generation = self.generation + 1;
-        self.maps
-            .swap_in(&compiled, generation)
-            .map_err(ApplyError::Failed)?;
-        self.generation = generation;
-        self.policy = policy;
+    /// Compiles and swaps in a policy already parsed from `text`, keeping the grants.
+    fn apply_parsed(
+        &mut self,
+        policy: Policy,
+        file: &str,
+        text: &str,
+    ) -> Result<Committed, ApplyError> {
+        let book = self.book.clone();
+        let committed = self.commit(policy, book, file)?;
         self.policy_file = file.to_owned();
-        self.compiled = compiled;
         if let Err(err) = fs::write(self.state.active_policy(), text) {
             log(&format!(
                 "warning: could not save a copy of the active policy in {}: {err}",
                 self.state.active_policy().display()
             ));
         }
-        Ok(generation)
+        Ok(committed)
+    }
+
+    /// Makes `policy` with the edges and grants of `book` the enforced policy under a new
+    /// generation, then ends the live connections it no longer allows. `origin` names the
+    /// change in messages. Nothing changes unless the policy compiles, the record is saved
+    /// and the maps are written.
+    fn commit(
+        &mut self,
+        policy: Policy,
+        book: Book,
+        origin: &str,
+    ) -> Result<Committed, ApplyError> {
+        let clocks = Clocks::now();
+        let (live, book) = book
+            .resolve(&policy, clocks.wall_now())
+            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
+        let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let compiled = compile::compile(&policy, &live, &known, &clocks, |path| {
+            self.cgroups.id(path)
+        })
+        .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        self.maps
+            .record_domains(&compiled.registry, &known)
+            .map_err(ApplyError::Failed)?;
+        // Saved before the swap: a grant must never be in force without being on disk,
+        // or a restart would silently drop it.
+        book.save(&self.state).map_err(ApplyError::Failed)?;
+        let generation = self.generation + 1;
+        if let Err(err) = self.maps.swap_in(&compiled, generation) {
+            if let Err(restore) = self.book.save(&self.state) {
+                log(&format!("could not restore the edge record: {restore:#}"));
+            }
+            return Err(ApplyError::Failed(err));
+        }
+        self.generation = generation;
+        self.policy = policy;
+        self.compiled = compiled;
+        self.book = book;
+        self.live = live;
+        let indexes: Vec<u32> = self.live.iter().map(|e| e.index).collect();
+        if let Err(err) = self.usage.forget_edges(&indexes) {
+            log(&format!(
+                "could not clear the counters of removed edges: {err:#}"
+            ));
+        }
+        let ended = self.end_refused_connections();
+        Ok(Committed { generation, ended })
+    }
+
+    /// Ends the live connections the policy in force refuses now; the kernel drops their
+    /// packets already, this makes the applications see it.
+    fn end_refused_connections(&mut self) -> usize {
+        let clocks = Clocks::now();
+        let pods = self.addresses.pod_namespaces();
+        match self
+            .connections
+            .end_refused(&self.compiled, &pods, clocks.boot)
+        {
+            Ok(ended) => {
+                self.expiries_done = clocks.boot;
+                ended
+            }
+            Err(err) => {
+                log(&format!(
+                    "could not end every refused connection (the kernel still drops their \
+                     packets): {err:#}"
+                ));
+                0
+            }
+        }
+    }
+
+    /// Ends the connections of edges whose window closed since the last look, and removes
+    /// expired grants. Runs every tick; the kernel refuses new flows over an expired edge on
+    /// its own, whether this runs or not.
+    pub fn expire_edges(&mut self) {
+        let now = Clocks::now();
+        let since = self.expiries_done;
+        let expired: Vec<&LiveEdge> = self
+            .live
+            .iter()
+            .filter(|e| {
+                e.expires
+                    .map(|t| now.boot_ns(t))
+                    .is_some_and(|at| since < at && at <= now.boot)
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let names: Vec<String> = expired.iter().map(|e| e.edge.id.to_string()).collect();
+        let grants: Vec<String> = expired
+            .iter()
+            .filter(|e| e.source == Source::Grant)
+            .map(|e| e.edge.id.to_string())
+            .collect();
+        let ended = if grants.is_empty() {
+            self.end_refused_connections()
+        } else {
+            let book = self.book.without_grants(|g| grants.contains(&g.id));
+            match self.commit(self.policy.clone(), book, "expiry") {
+                Ok(c) => c.ended,
+                Err(ApplyError::Rejected(errors)) => {
+                    log(&format!(
+                        "removing expired grants failed: {}",
+                        errors.join("; ")
+                    ));
+                    self.end_refused_connections()
+                }
+                Err(ApplyError::Failed(err)) => {
+                    log(&format!("removing expired grants failed: {err:#}"));
+                    self.end_refused_connections()
+                }
+            }
+        };
+        log(&format!(
+            "edge(s) {} expired; ended {ended} connection(s){}",
+            names.join(", "),
+            if grants.is_empty() {
+                String::new()
+            } else {
+                format!("; removed expired grant(s) {}", grants.join(", "))
+            }
+        ));
+    }
+
+    fn grant(&mut self, request: &GrantRequest) -> Response {
+        let now = Clocks::now().wall_now();
+        let grant = match grants::check(request, &self.policy, &self.live, now) {
+            Ok(grant) => grant,
+            Err(errors) => return Response::Rejected { errors },
+        };
+        let book = self.book.with_grant(grant.clone());
+        let origin = format!("grant {}", grant.id);
+        match self.commit(self.policy.clone(), book, &origin) {
+            Ok(c) => {
+                log(&format!(
+                    "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
+                    grant.id,
+                    grant.from,
+                    grant.to,
+                    grant.protocol,
+                    grant.ports.join(","),
+                    grant.expires,
+                    grant.owner,
+                    grant.reason,
+                    c.generation
+                ));
+                Response::Granted {
+                    id: grant.id,
+                    expires: grant.expires,
+                    generation: c.generation,
+                }
+            }
+            Err(err) => refusal(&origin, err),
+        }
+    }
+
+    fn revoke(&mut self, id: &str) -> Response {
+        let Some(edge) = self.live.iter().find(|e| e.edge.id.as_str() == id) else {
+            return Response::Error {
+                message: format!("no edge has id {id} (see `enforcer edge list`)"),
+            };
+        };
+        if edge.source == Source::File {
+            return Response::Error {
+                message: format!(
+                    "edge {id} comes from the policy file {}; remove it there and run                      `enforcer policy apply`",
+                    self.policy_file
+                ),
+            };
+        }
+        let book = self.book.without_grants(|g| g.id == id);
+        let origin = format!("revoke {id}");
+        match self.commit(self.policy.clone(), book, &origin) {
+            Ok(c) => {
+                log(&format!(
+                    "revoked {id}; ended {} connection(s); policy generation {}",
+                    c.ended, c.generation
+                ));
+                Response::Revoked {
+                    id: id.to_owned(),
+                    ended: c.ended,
+                    generation: c.generation,
+                }
+            }
+            Err(err) => refusal(&origin, err),
+        }
+    }
+
+    fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
+        let clocks = Clocks::now();
+        let used = self.usage.edges();
+        self.live
+            .iter()
+            .map(|edge| {
+                let u = used.get(&edge.index).map_or_else(Used::default, |u| Used {
+                    connections: u.connections,
+                    last_used: (u.connections > 0).then(|| clocks.wall_time(u.last_used)),
+                });
+                grants::view(edge, u, clocks.wall_now(), stale_after)
+            })
+            .collect()
+    }
+
+    fn peer_name(&self, code: u32) -> String {
+        match Peer::decode(code) {
+            Peer::Unlabeled => "unlabeled".into(),
+            Peer::External => "external".into(),
+            Peer::Domain(id) => self
+                .compiled
+                .registry
+                .name_of(id)
+                .map_or_else(|| format!("domain #{id}"), str::to_owned),
+        }
+    }
+
+    fn audit_status(&self) -> status::AuditStatus {
+        let mut audit = status::AuditStatus::default();
+        for (pair, counts) in self.usage.pairs() {
+            audit.would_deny += counts.would_deny;
+            audit.denied += counts.denied;
+            audit.pairs.push(status::PairStatus {
+                from: self.peer_name(pair.from),
+                to: self.peer_name(pair.to),
+                would_deny: counts.would_deny,
+                denied: counts.denied,
+            });
+        }
+        audit
     }
 
     fn binding_warnings(&self) -> Vec<String> {
@@ -256,30 +513,24 @@ impl Daemon {
     fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Apply { file, text } => match self.apply(&file, &text) {
-                Ok(generation) => {
-                    log(&format!("policy generation {generation} active ({file})"));
+                Ok(Committed { generation, ended }) => {
+                    log(&format!(
+                        "policy generation {generation} active ({file}); ended {ended} \
+                         connection(s)"
+                    ));
                     for warning in self.binding_warnings() {
                         log(&warning);
                     }
-                    Response::Applied { generation }
+                    Response::Applied { generation, ended }
                 }
-                Err(ApplyError::Rejected(errors)) => {
-                    log(&format!(
-                        "refused policy {file}: {} error(s); nothing changed",
-                        errors.len()
-                    ));
-                    Response::Rejected { errors }
-                }
-                Err(ApplyError::Failed(err)) => {
-                    log(&format!(
-                        "applying {file} failed; the previous policy stays active: {err:#}"
-                    ));
-                    Response::Error {
-                        message: format!("{err:#}; the previous policy stays active"),
-                    }
-                }
+                Err(err) => refusal(&file, err),
             },
             Request::Status => Response::Status(Box::new(self.status())),
+            Request::Grant(request) => self.grant(&request),
+            Request::Revoke { id } => self.revoke(&id),
+            Request::Edges { stale_after_ms } => Response::Edges {
+                edges: self.edge_views(std::time::Duration::from_millis(stale_after_ms)),
+            },
         }
     }
 
@@ -325,7 +576,13 @@ impl Daemon {
             return Ok(());
         }
         let known = self.maps.registry()?;
-        let compiled = compile::compile(&self.policy, &known, |path| self.cgroups.id(path))?;
+        let mut compiled =
+            compile::compile(&self.policy, &self.live, &known, &Clocks::now(), |path| {
+                self.cgroups.id(path)
+            })?;
+        // The edges are the same; keeping their compiled deadlines exactly as they are keeps
+        // the conversion from drifting by the microseconds between two clock readings.
+        compiled.edges.clone_from(&self.compiled.edges);
         if compiled.bindings == self.compiled.bindings {
             return Ok(());
         }
@@ -401,6 +658,7 @@ impl Daemon {
             .map(|d| status::DomainStatus {
                 name: d.name.to_string(),
                 id: registry.get(d.name.as_str()).unwrap_or_default(),
+                mode: d.mode.unwrap_or(self.policy.defaults.mode).to_string(),
                 bindings: d
                     .cgroups
                     .iter()
@@ -428,19 +686,7 @@ impl Daemon {
                 endpoints: d.endpoints.iter().map(ToString::to_string).collect(),
             })
             .collect();
-        let edges = self
-            .policy
-            .federation
-            .iter()
-            .map(|e| status::EdgeStatus {
-                from: e.from.to_string(),
-                to: e.to.to_string(),
-                protocol: e.protocol.to_string(),
-                ports: e.ports.iter().map(ToString::to_string).collect(),
-                owner: e.owner.clone(),
-                reason: e.reason.clone(),
-            })
-            .collect();
+        let edges = self.edge_views(DEFAULT_STALE_AFTER);
         let action = |a: Action| match a {
             Action::Allow => "allow".to_owned(),
             Action::Deny => "deny".to_owned(),
@@ -456,8 +702,10 @@ impl Daemon {
                 unlabeled: action(self.policy.defaults.unlabeled),
                 external: action(self.policy.defaults.external),
             },
+            mode: self.policy.defaults.mode.to_string(),
             domains,
             edges,
+            audit: self.audit_status(),
             programs: self
                 .programs
                 .iter()
@@ -479,6 +727,27 @@ impl Daemon {
                     entries,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// The answer to a change that did not happen; either way nothing changed.
+fn refusal(origin: &str, err: ApplyError) -> Response {
+    match err {
+        ApplyError::Rejected(errors) => {
+            log(&format!(
+                "refused {origin}: {} error(s); nothing changed",
+                errors.len()
+            ));
+            Response::Rejected { errors }
+        }
+        ApplyError::Failed(err) => {
+            log(&format!(
+                "{origin} failed; the previous policy stays active: {err:#}"
+            ));
+            Response::Error {
+                message: format!("{err:#}; the previous policy stays active"),
+            }
         }
     }
 }

@@ -5,15 +5,22 @@ mod addresses;
 mod backfill;
 mod bpffs;
 mod cgroupfs;
+mod clock;
 mod compile;
 mod control;
 mod daemon;
+mod edge;
+mod edges;
+mod grants;
 mod kernel;
 mod maintain;
 mod paths;
 mod registry;
+mod revocation;
+mod sockdiag;
 mod status;
 mod teardown;
+mod usage;
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -65,6 +72,15 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Grant, revoke and list federation edges on the running daemon.
+    Edge {
+        #[command(subcommand)]
+        command: EdgeCommand,
+        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -88,6 +104,61 @@ enum PolicyCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum EdgeCommand {
+    /// Allow a cross-domain flow now, for a limited time, without editing the policy file.
+    /// Grants are kept across daemon restarts and policy applies until they expire or are
+    /// revoked.
+    Grant {
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long, value_parser = ["tcp", "udp", "any"])]
+        protocol: String,
+        /// Ports and ranges, comma separated: 5432,8000-8099.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ports: Vec<String>,
+        /// How long the grant lasts (30m, 2h, 1d); at most the policy's max_grant_ttl.
+        #[arg(long, value_parser = enforcer_policy::parse_duration)]
+        ttl: std::time::Duration,
+        /// Who answers for the grant.
+        #[arg(long)]
+        owner: String,
+        /// Why it is needed.
+        #[arg(long)]
+        reason: String,
+        /// The grant's id (default: derived from its content and time).
+        #[arg(long)]
+        id: Option<String>,
+        /// When the grant starts to allow traffic (RFC 3339, default now).
+        #[arg(long)]
+        not_before: Option<jiff::Timestamp>,
+    },
+    /// Remove a grant and end the live connections only it allowed.
+    Revoke { id: String },
+    /// List every edge, from the policy file and from grants, with its use.
+    List {
+        /// Mark edges unused for this long as stale.
+        #[arg(long, value_parser = parse_period, default_value = "7d")]
+        stale_after: std::time::Duration,
+    },
+    /// Show one edge.
+    Show {
+        id: String,
+        #[arg(long, value_parser = parse_period, default_value = "7d")]
+        stale_after: std::time::Duration,
+    },
+}
+
+/// A duration for `--stale-after`, where `0s` (everything unused right now) makes sense.
+fn parse_period(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim_end_matches(['s', 'm', 'h', 'd']) == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    enforcer_policy::parse_duration(text)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -138,6 +209,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             other => bail!("unexpected reply from the daemon: {other:?}"),
         },
+        Command::Edge {
+            command,
+            socket,
+            output,
+        } => edge::run(command, &socket, output),
         Command::Teardown {
             pin_dir,
             cgroup_root,
@@ -198,8 +274,9 @@ fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
             text,
         },
     )? {
-        Response::Applied { generation } => {
+        Response::Applied { generation, ended } => {
             println!("{generation}");
+            eprintln!("enforcer: generation {generation} active; ended {ended} connection(s)");
             Ok(ExitCode::SUCCESS)
         }
         Response::Rejected { errors } => {

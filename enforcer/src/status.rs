@@ -5,6 +5,8 @@ use std::fmt::{self, Display};
 
 use serde::{Deserialize, Serialize};
 
+use crate::{edges::Source, grants::EdgeView};
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub daemon_pid: u32,
@@ -14,8 +16,11 @@ pub struct Status {
     pub cgroup_mount: String,
     pub cgroup_root: String,
     pub defaults: Defaults,
+    /// The mode of domains that do not set their own: "enforce" or "audit".
+    pub mode: String,
     pub domains: Vec<DomainStatus>,
-    pub edges: Vec<EdgeStatus>,
+    pub edges: Vec<EdgeView>,
+    pub audit: AuditStatus,
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapFill>,
 }
@@ -30,6 +35,8 @@ pub struct Defaults {
 pub struct DomainStatus {
     pub name: String,
     pub id: u32,
+    /// "enforce" or "audit", the domain's own or the default.
+    pub mode: String,
     pub bindings: Vec<BindingStatus>,
     pub endpoints: Vec<String>,
 }
@@ -44,14 +51,24 @@ pub struct BindingStatus {
     pub state: String,
 }
 
+/// What the programs counted since enforcement started (the counters live in pinned maps, so
+/// they survive daemon restarts; teardown resets them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// Flows audit mode let through that the policy refuses, once per flow.
+    pub would_deny: u64,
+    /// Refused calls, handshakes and datagrams, and live connections ended in the kernel.
+    pub denied: u64,
+    pub pairs: Vec<PairStatus>,
+}
+
+/// Counts for one ordered pair of peers: a domain name, "unlabeled" or "external".
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EdgeStatus {
+pub struct PairStatus {
     pub from: String,
     pub to: String,
-    pub protocol: String,
-    pub ports: Vec<String>,
-    pub owner: String,
-    pub reason: String,
+    pub would_deny: u64,
+    pub denied: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -82,12 +99,12 @@ impl Display for Status {
         )?;
         writeln!(
             f,
-            "defaults:     unlabeled {}, external {}",
-            self.defaults.unlabeled, self.defaults.external
+            "defaults:     unlabeled {}, external {}, mode {}",
+            self.defaults.unlabeled, self.defaults.external, self.mode
         )?;
         writeln!(f, "domains:")?;
         for domain in &self.domains {
-            writeln!(f, "  {} (id {})", domain.name, domain.id)?;
+            writeln!(f, "  {} (id {}, {})", domain.name, domain.id, domain.mode)?;
             for b in &domain.bindings {
                 match b.cgroup_id {
                     Some(id) => writeln!(f, "    cgroup   {} (id {id}, {})", b.cgroup, b.state)?,
@@ -103,15 +120,18 @@ impl Display for Status {
             writeln!(f, "  (none: every cross-domain flow is refused)")?;
         }
         for e in &self.edges {
+            write_edge(f, e)?;
+        }
+        writeln!(
+            f,
+            "audit:        {} would-deny, {} denied",
+            self.audit.would_deny, self.audit.denied
+        )?;
+        for p in &self.audit.pairs {
             writeln!(
                 f,
-                "  {} -> {} {} {} (owner {}: {})",
-                e.from,
-                e.to,
-                e.protocol,
-                e.ports.join(","),
-                e.owner,
-                e.reason
+                "  {} -> {}: {} would-deny, {} denied",
+                p.from, p.to, p.would_deny, p.denied
             )?;
         }
         writeln!(f, "programs:")?;
@@ -128,4 +148,36 @@ impl Display for Status {
         }
         writeln!(f)
     }
+}
+
+/// One edge on one line, then its deadline and use; shared by `status` and `edge list`.
+pub fn write_edge(f: &mut impl fmt::Write, e: &EdgeView) -> fmt::Result {
+    let source = match e.source {
+        Source::File => "file",
+        Source::Grant => "grant",
+    };
+    writeln!(
+        f,
+        "  {} [{source}, {}{}] {} -> {} {} {} (owner {}: {})",
+        e.id,
+        e.state,
+        if e.stale { ", stale" } else { "" },
+        e.from,
+        e.to,
+        e.protocol,
+        e.ports.join(","),
+        e.owner,
+        e.reason
+    )?;
+    let expires = e
+        .expires
+        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+    let last = e
+        .last_used
+        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+    writeln!(
+        f,
+        "      created {}, expires {expires}, {} connection(s), last used {last}",
+        e.created, e.connections
+    )
 }

@@ -1,6 +1,12 @@
 //! Just enough JSON to read `enforcer status -o json`. The tests crate deliberately depends on
 //! nothing but libc, so it cannot share the daemon's serde types: reading the output as
 //! generic JSON also checks the schema scripts see, not the one the code compiles against.
+//! For the same reason it reads the RFC 3339 times the CLI prints itself.
+
+use std::{
+    fmt,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 /// A parsed JSON value. Objects keep their keys in document order.
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +61,151 @@ impl Json {
             _ => None,
         }
     }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Self::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Self::Null)
+    }
+
+    /// The first object of an array whose member `key` is the string `value`.
+    pub fn find_by(&self, key: &str, value: &str) -> Option<&Json> {
+        self.as_array()
+            .iter()
+            .find(|item| item.get(key).and_then(Json::as_str) == Some(value))
+    }
+
+    /// A string holding an RFC 3339 time (`2026-12-01T18:00:00Z`,
+    /// `2026-12-01T20:00:00.250+02:00`), as a point in time.
+    pub fn as_time(&self) -> Option<SystemTime> {
+        parse_rfc3339(self.as_str()?)
+    }
+
+    /// `at` as RFC 3339 in UTC, to whole seconds (rounded down): `2026-12-01T18:00:00Z`.
+    pub fn format_time(at: SystemTime) -> String {
+        let secs = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let (days, rest) = (secs / 86_400, secs % 86_400);
+        let (y, m, d) = civil_from_days(days as i64);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+            rest / 3600,
+            rest / 60 % 60,
+            rest % 60
+        )
+    }
+}
+
+/// Compact JSON, for assertion messages.
+impl fmt::Display for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Null => f.write_str("null"),
+            Self::Bool(b) => write!(f, "{b}"),
+            Self::Number(n) if n.fract() == 0.0 && n.abs() < 1e15 => write!(f, "{}", *n as i64),
+            Self::Number(n) => write!(f, "{n}"),
+            Self::String(s) => write!(f, "{s:?}"),
+            Self::Array(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                f.write_str("]")
+            }
+            Self::Object(members) => {
+                f.write_str("{")?;
+                for (i, (key, value)) in members.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{key:?}: {value}")?;
+                }
+                f.write_str("}")
+            }
+        }
+    }
+}
+
+/// `YYYY-MM-DD(T| )HH:MM:SS[.fraction](Z|+HH:MM|-HH:MM)`, times from 1970 on.
+fn parse_rfc3339(text: &str) -> Option<SystemTime> {
+    let b = text.as_bytes();
+    let num = |range: std::ops::Range<usize>| -> Option<u64> {
+        let digits = b.get(range)?;
+        digits
+            .iter()
+            .all(u8::is_ascii_digit)
+            .then(|| std::str::from_utf8(digits).ok()?.parse().ok())?
+    };
+    let separators = [(4, b'-'), (7, b'-'), (13, b':'), (16, b':')];
+    if separators.iter().any(|&(i, c)| b.get(i) != Some(&c))
+        || !matches!(b.get(10), Some(b'T' | b't' | b' '))
+    {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    let second = second.min(59); // a leap second is the last second of its minute
+    let mut pos = 19;
+    let mut nanos = 0u64;
+    if b.get(pos) == Some(&b'.') {
+        pos += 1;
+        let start = pos;
+        while b.get(pos).is_some_and(u8::is_ascii_digit) {
+            pos += 1;
+        }
+        if pos == start {
+            return None;
+        }
+        let digits = &text[start..pos.min(start + 9)];
+        nanos = digits.parse::<u64>().ok()? * 10u64.pow(9 - digits.len() as u32);
+    }
+    let offset: i64 = match b.get(pos)? {
+        b'Z' | b'z' if pos + 1 == b.len() => 0,
+        sign @ (b'+' | b'-') if pos + 6 == b.len() && b[pos + 3] == b':' => {
+            let minutes = (num(pos + 1..pos + 3)? * 60 + num(pos + 4..pos + 6)?) as i64;
+            if *sign == b'+' { minutes } else { -minutes }
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year as i64, month as u32, day as u32);
+    let secs = days * 86_400 + (hour * 3600 + minute * 60 + second) as i64 - offset * 60;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_nanos(nanos))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
+fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let yoe = year - era * 400;
+    let mp = i64::from((month + 9) % 12);
+    let doy = (153 * mp + 2) / 5 + i64::from(day) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The date `days` after 1970-01-01.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
 }
 
 struct Parser<'a> {
@@ -244,6 +395,8 @@ impl Parser<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
     use super::Json;
 
     #[test]
@@ -263,5 +416,46 @@ mod tests {
         assert_eq!(json.get("g"), Some(&Json::Null));
         assert!(Json::parse("{\"a\": 1,}").is_err());
         assert!(Json::parse("[1] x").is_err());
+    }
+
+    #[test]
+    fn prints_what_it_parsed() {
+        let text = r#"{"a": [1, 2.5, true, null], "b": {"c": "x\"y"}}"#;
+        let json = Json::parse(text).expect("valid JSON");
+        assert_eq!(json.to_string(), text);
+        assert_eq!(Json::parse(&json.to_string()), Ok(json));
+    }
+
+    #[test]
+    fn reads_and_writes_rfc3339_times() {
+        let t = |s: &str| Json::String(s.into()).as_time();
+        let secs = |s: &str| t(s).map(|at| at.duration_since(UNIX_EPOCH).unwrap().as_secs_f64());
+        assert_eq!(secs("1970-01-01T00:00:00Z"), Some(0.0));
+        assert_eq!(secs("2026-12-01T18:00:00Z"), Some(1_796_148_000.0));
+        assert_eq!(secs("2026-12-01T20:00:00+02:00"), Some(1_796_148_000.0));
+        assert_eq!(secs("2026-12-01t17:30:00-00:30"), Some(1_796_148_000.0));
+        assert_eq!(secs("2000-02-29T12:00:00.25Z"), Some(951_825_600.25));
+        assert_eq!(
+            t("2026-12-01T18:00:00.123456789123Z"),
+            Some(UNIX_EPOCH + Duration::new(1_796_148_000, 123_456_789))
+        );
+        for bad in [
+            "2026-12-01",
+            "2026-12-01T18:00:00",
+            "2026-13-01T18:00:00Z",
+            "2026-12-01T18:00:00.Z",
+            "2026-12-01T18:00:00+0200",
+            "2026-12-01T18:00:00Zjunk",
+        ] {
+            assert_eq!(t(bad), None, "{bad}");
+        }
+        assert_eq!(Json::Number(1.0).as_time(), None);
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+            "2026-12-01T18:00:00Z",
+        ] {
+            assert_eq!(Json::format_time(t(s).unwrap()), s);
+        }
     }
 }

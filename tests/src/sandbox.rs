@@ -13,7 +13,7 @@ use std::{
 
 use crate::{
     json::Json,
-    workload::{HeldSocket, Outcome, Server, Workload},
+    workload::{HeldSocket, Outcome, Server, Stream, Workload},
 };
 
 pub struct Sandbox {
@@ -147,6 +147,9 @@ impl Sandbox {
             Some("policy") if args.get(1) == Some(&"apply") => {
                 cmd.arg("--socket").arg(&self.socket);
             }
+            Some("edge") => {
+                cmd.arg("--socket").arg(&self.socket);
+            }
             Some("teardown") => {
                 cmd.arg("--pin-dir").arg(&self.pin_dir);
             }
@@ -167,6 +170,85 @@ impl Sandbox {
             .trim()
             .parse()
             .expect("apply prints the generation")
+    }
+
+    /// Applies a policy file through the daemon; returns the new generation and what the
+    /// command printed on stderr (where it says how many connections it ended).
+    pub fn apply_reporting(&self, policy: &Path) -> (u64, String) {
+        let out = self.enforcer(&["policy", "apply", policy.to_str().expect("utf-8 path")]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "apply failed: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let generation = stdout.trim().parse().unwrap_or_else(|_| {
+            panic!("apply prints the generation on stdout, printed {stdout:?}")
+        });
+        (generation, stderr)
+    }
+
+    /// `enforcer edge grant ARGS` (text output): the id it prints.
+    pub fn grant(&self, args: &[&str]) -> String {
+        let out = self.edge_command("grant", args);
+        let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert!(
+            !stdout.is_empty() && !stdout.contains('\n'),
+            "edge grant {args:?} prints the grant's id on one line; it printed {stdout:?}"
+        );
+        stdout
+    }
+
+    /// `enforcer edge grant ARGS -o json`, parsed (`{"id", "expires", "generation"}`).
+    pub fn grant_json(&self, args: &[&str]) -> Json {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        parse_json("edge grant", &self.edge_command("grant", &args))
+    }
+
+    /// `enforcer edge revoke ID -o json`, parsed (`{"id", "ended", "generation"}`).
+    pub fn revoke(&self, id: &str) -> Json {
+        parse_json(
+            "edge revoke",
+            &self.edge_command("revoke", &[id, "-o", "json"]),
+        )
+    }
+
+    /// `enforcer edge list -o json`, parsed (`{"edges": [...]}`).
+    pub fn edges(&self) -> Json {
+        self.edges_with(&[])
+    }
+
+    /// `enforcer edge list -o json EXTRA`, e.g. `--stale-after 2s`.
+    pub fn edges_with(&self, extra: &[&str]) -> Json {
+        let mut args = vec!["-o", "json"];
+        args.extend(extra);
+        parse_json("edge list", &self.edge_command("list", &args))
+    }
+
+    /// The edge `id` in `enforcer edge list -o json`, if listed.
+    pub fn listed_edge(&self, id: &str) -> Option<Json> {
+        self.edges()
+            .get("edges")
+            .and_then(|edges| edges.find_by("id", id))
+            .cloned()
+    }
+
+    /// `enforcer edge show ID -o json`, parsed.
+    pub fn show_edge(&self, id: &str) -> Json {
+        parse_json("edge show", &self.edge_command("show", &[id, "-o", "json"]))
+    }
+
+    /// `enforcer edge SUB ARGS`, which must succeed.
+    fn edge_command(&self, sub: &str, args: &[&str]) -> Output {
+        let mut full = vec!["edge", sub];
+        full.extend(args);
+        let out = self.enforcer(&full);
+        assert!(
+            out.status.success(),
+            "`enforcer {}` failed ({}): {}",
+            full.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     /// Makes every probe started from now on give up after `timeout` (connects and replies),
@@ -203,6 +285,32 @@ impl Sandbox {
     /// What a UDP application in `cgroup` sees when it connects to `addr:port` and sends.
     pub fn udp_connect(&self, cgroup: &str, addr: &str, port: u16) -> Outcome {
         self.workload(cgroup).udp_connect(addr, port)
+    }
+
+    /// A TCP client in `cgroup` streaming time-stamped lines to `addr:port` (probe `stream`).
+    pub fn stream(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).stream(addr, port)
+    }
+
+    /// A connected-UDP client in `cgroup` streaming to `addr:port` (probe `udp-stream`).
+    pub fn udp_stream(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).udp_stream(addr, port)
+    }
+
+    /// An unconnected-UDP client in `cgroup` streaming to `addr:port` with `sendto` (probe
+    /// `udp-sendto-stream`).
+    pub fn udp_sendto_stream(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).udp_sendto_stream(addr, port)
+    }
+
+    /// A TCP server in `cgroup` on `addr:port` that takes one stream (probe `sink`).
+    pub fn sink(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).sink(addr, port)
+    }
+
+    /// A UDP server in `cgroup` on `addr:port` reporting every datagram (probe `udp-sink`).
+    pub fn udp_sink(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).udp_sink(addr, port)
     }
 
     /// A process in `cgroup` holding a TCP socket it has not connected yet.
@@ -268,6 +376,13 @@ impl Drop for Sandbox {
         self.remove_cgroups();
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The JSON `what` printed on stdout.
+fn parse_json(what: &str, out: &Output) -> Json {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    Json::parse(&stdout)
+        .unwrap_or_else(|e| panic!("`enforcer {what} -o json` printed no JSON ({e}): {stdout}"))
 }
 
 fn forward_lines(stderr: ChildStderr, test: &str) -> mpsc::Receiver<String> {

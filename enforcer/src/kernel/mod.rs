@@ -9,8 +9,9 @@ use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
 use enforcer_common::{
     maps::{
-        AddrKey, AddrOwner, BindingKey, DomainName, EdgeKey, EndpointKey, FlowKey, FlowState,
-        HostConfig, NetnsSeen, PolicyConfig, PortRules, SockTag,
+        AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey,
+        EdgeUse, EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, PairCounts, PairKey,
+        PolicyConfig, PortRules, SockTag,
     },
     names,
 };
@@ -22,7 +23,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 /// (map, key size, value size) as this build lays them out. A pinned map from another build
 /// with a different layout must not be adopted: programs would read garbage from it.
-const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 17] = [
     (names::MAP_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (
         names::MAP_BINDINGS,
@@ -65,6 +66,19 @@ const MAP_LAYOUTS: [(&str, usize, usize); 12] = [
     (names::MAP_NETNS, size_of::<u64>(), size_of::<NetnsSeen>()),
     // Ring buffers have neither keys nor values.
     (names::MAP_NOTIFY, 0, 0),
+    (names::MAP_MODES, size_of::<DomainKey>(), size_of::<u32>()),
+    (names::MAP_CONNS, size_of::<i32>(), size_of::<ConnState>()),
+    (
+        names::MAP_ACCEPTS,
+        size_of::<AcceptKey>(),
+        size_of::<ConnState>(),
+    ),
+    (
+        names::MAP_COUNTS,
+        size_of::<PairKey>(),
+        size_of::<PairCounts>(),
+    ),
+    (names::MAP_EDGE_USE, size_of::<u32>(), size_of::<EdgeUse>()),
 ];
 
 /// Loads the object. Maps already pinned under `pins` are reused (their contents, and so the
@@ -97,6 +111,7 @@ pub fn open(pins: &PinDir) -> Result<Ebpf> {
             | aya::maps::Map::LpmTrie(data)
             | aya::maps::Map::Array(data)
             | aya::maps::Map::LruHashMap(data)
+            | aya::maps::Map::PerCpuHashMap(data)
             | aya::maps::Map::RingBuf(data) => data.info()?,
             _ => bail!("map {name} has an unexpected type"),
         };

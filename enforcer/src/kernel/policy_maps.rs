@@ -6,8 +6,8 @@ use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
 use enforcer_common::{
     maps::{
-        BindingKey, DomainName, ENDPOINT_KEY_HEADER_BITS, EdgeKey, EndpointKey, MAX_DOMAIN_NAME,
-        MAX_PORT_RANGES, PolicyConfig, PortRange, PortRules, SLOTS,
+        BindingKey, DomainKey, DomainName, ENDPOINT_KEY_HEADER_BITS, EdgeKey, EndpointKey,
+        MAX_DOMAIN_NAME, PolicyConfig, PortRules, SLOTS,
     },
     names,
 };
@@ -18,6 +18,7 @@ pub struct PolicyMaps {
     bindings: HashMap<MapData, BindingKey, u32>,
     endpoints: LpmTrie<MapData, EndpointKey, u32>,
     edges: HashMap<MapData, EdgeKey, PortRules>,
+    modes: HashMap<MapData, DomainKey, u32>,
     policy: Array<MapData, PolicyConfig>,
     active: Array<MapData, u32>,
     domains: HashMap<MapData, u32, DomainName>,
@@ -41,6 +42,7 @@ impl PolicyMaps {
             bindings: HashMap::try_from(take(names::MAP_BINDINGS)?)?,
             endpoints: LpmTrie::try_from(take(names::MAP_ENDPOINTS)?)?,
             edges: HashMap::try_from(take(names::MAP_EDGES)?)?,
+            modes: HashMap::try_from(take(names::MAP_MODES)?)?,
             policy: Array::try_from(take(names::MAP_POLICY)?)?,
             active: Array::try_from(take(names::MAP_ACTIVE)?)?,
             domains: HashMap::try_from(take(names::MAP_DOMAINS)?)?,
@@ -133,23 +135,22 @@ impl PolicyMaps {
                 .insert(&key, domain, 0)
                 .context("writing an endpoint prefix to ENF_ENDPOINTS")?;
         }
-        for (&(from, to), ranges) in &compiled.edges {
-            let mut rules = PortRules {
-                count: ranges.len() as u32,
-                _pad: 0,
-                ranges: [PortRange::default(); MAX_PORT_RANGES],
-            };
-            for (dst, src) in rules.ranges.iter_mut().zip(ranges) {
-                *dst = *src;
-            }
+        for (&(from, to), rules) in &compiled.port_rules() {
             self.edges
                 .insert(EdgeKey { slot, from, to }, rules, 0)
                 .with_context(|| format!("writing edge {from}->{to} to ENF_EDGES"))?;
+        }
+        for &(domain, mode) in &compiled.modes {
+            self.modes
+                .insert(DomainKey { slot, domain }, mode, 0)
+                .with_context(|| format!("writing the mode of domain {domain} to ENF_MODES"))?;
         }
         let config = PolicyConfig {
             generation,
             unlabeled: compiled.unlabeled,
             external: compiled.external,
+            mode: compiled.mode,
+            _pad: 0,
         };
         self.policy
             .set(slot, config, 0)
@@ -189,6 +190,15 @@ impl PolicyMaps {
         for key in edges {
             self.edges.remove(&key).context("clearing ENF_EDGES")?;
         }
+        let modes: Vec<_> = self
+            .modes
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
+        for key in modes {
+            self.modes.remove(&key).context("clearing ENF_MODES")?;
+        }
         Ok(())
     }
 
@@ -198,6 +208,7 @@ impl PolicyMaps {
             (names::MAP_BINDINGS, self.bindings.keys().count()),
             (names::MAP_ENDPOINTS, self.endpoints.keys().count()),
             (names::MAP_EDGES, self.edges.keys().count()),
+            (names::MAP_MODES, self.modes.keys().count()),
             (names::MAP_DOMAINS, self.domains.keys().count()),
         ]
     }

@@ -18,6 +18,29 @@
 //! - `connect-loop ADDR PORT SECONDS` (for `cargo xtask bench connect`): opens connections one
 //!   after another, each read to the end, and prints `rate <per second>`.
 //!
+//! Streams, for tests of what happens to flows that are already open. Every line a stream
+//! client sends is `seq <n> <unix-time-ms>` (`n` from 0, the time it was sent), one every
+//! 20 ms, so a receiver can tell exactly when each line left the application.
+//!
+//! - `stream ADDR PORT`: a TCP client; prints `connected` once connected (the readiness
+//!   signal; `error <errno>` or `timeout` instead, as for `connect`, when it cannot connect),
+//!   then sends lines until a write fails or, between writes, the socket reports an error or
+//!   the peer closes (it polls the socket while it waits, so a reset or an abort is noticed
+//!   at once). Then prints `ended <reason> <unix-time-ms>` and exits; the reason is the
+//!   errno's name (`ECONNABORTED`, `ECONNRESET`, `EPERM`, ..., or its number when it has no
+//!   name here) or `eof` when the peer closed. A pending socket error (`SO_ERROR`) is
+//!   preferred to the errno of the call that failed, since it is the cause.
+//! - `sink ADDR PORT`: a TCP server; prints `listening`, accepts one connection and closes
+//!   the listener, prints `accepted`, then `got <line>` for every line received, as it
+//!   arrives, and `closed <reason>` (`eof` or the errno's name) when the connection ends.
+//! - `udp-stream ADDR PORT`: the same as `stream` through a connected UDP socket (`connect`,
+//!   then `send`); `connected` once `connect` succeeded.
+//! - `udp-sendto-stream ADDR PORT`: the same through an unconnected UDP socket (`sendto`);
+//!   `connected` once the socket is bound (nothing is sent before), and the first refused
+//!   `sendto` ends it (`ended EPERM ...`).
+//! - `udp-sink ADDR PORT`: a UDP socket; prints `listening` once bound, then `got <line>` for
+//!   every datagram (its text without the trailing newline). It never replies and never ends.
+//!
 //! Connects and reply waits give up after `ENFORCER_PROBE_TIMEOUT_MS` milliseconds (default
 //! 5000), so tests that expect silent drops can run quickly.
 
@@ -25,9 +48,9 @@ use std::{
     io::{self, Read as _, Write as _},
     mem,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
     process::ExitCode,
-    time::Duration,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 const TIMEOUT_ENV: &str = "ENFORCER_PROBE_TIMEOUT_MS";
@@ -37,7 +60,8 @@ fn main() -> ExitCode {
     let (Some(mode), Some(addr), Some(port)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!(
             "usage: enforcer-probe listen|connect|udp-listen|udp-send|udp-connect|\
-             hold-then-connect|connect-loop ADDR PORT [SECONDS]"
+             hold-then-connect|connect-loop|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
+             ADDR PORT [SECONDS]"
         );
         return ExitCode::from(2);
     };
@@ -57,6 +81,11 @@ fn main() -> ExitCode {
             let secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2.0);
             connect_loop(addr, Duration::from_secs_f64(secs))
         }
+        "stream" => tcp_stream(addr, timeout),
+        "sink" => tcp_sink(addr),
+        "udp-stream" => udp_stream(addr, timeout, true),
+        "udp-sendto-stream" => udp_stream(addr, timeout, false),
+        "udp-sink" => udp_sink(addr),
         _ => ExitCode::from(2),
     }
 }
@@ -305,4 +334,216 @@ fn connect_loop(addr: SocketAddr, duration: Duration) -> ExitCode {
     }
     println!("rate {:.0}", count as f64 / start.elapsed().as_secs_f64());
     ExitCode::SUCCESS
+}
+
+/// How often a stream sends a line.
+const PERIOD: Duration = Duration::from_millis(20);
+
+/// Milliseconds since the Unix epoch, the time stamps of stream lines.
+fn unix_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// The name of the errnos a stream can end with, or its number.
+fn errno_text(errno: i32) -> String {
+    let name = match errno {
+        libc::EPERM => "EPERM",
+        libc::EACCES => "EACCES",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::EPIPE => "EPIPE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::ENOTCONN => "ENOTCONN",
+        libc::EDESTADDRREQ => "EDESTADDRREQ",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EINVAL => "EINVAL",
+        _ => return errno.to_string(),
+    };
+    name.to_owned()
+}
+
+/// The socket's pending error (`SO_ERROR`, which reading clears), if it has one.
+fn pending_error(fd: RawFd) -> Option<i32> {
+    let mut err: libc::c_int = 0;
+    let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for getsockopt to write an int into.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && err != 0).then_some(err)
+}
+
+/// Why a call on `fd` failed: the socket's pending error when it has one, else `err`.
+fn failure_reason(fd: RawFd, err: &io::Error) -> String {
+    errno_text(pending_error(fd).or(err.raw_os_error()).unwrap_or(0))
+}
+
+/// Sends a line every [`PERIOD`] with `send` until sending fails or, while it waits, the
+/// socket reports an error or (TCP only) the end of the stream; then prints
+/// `ended <reason> <unix-time-ms>`.
+fn pace(fd: RawFd, tcp: bool, mut send: impl FnMut(&[u8]) -> io::Result<()>) -> ExitCode {
+    let start = Instant::now();
+    let mut buf = [0u8; 512];
+    for n in 0u32.. {
+        let line = format!("seq {n} {}\n", unix_ms());
+        if let Err(err) = send(line.as_bytes()) {
+            return ended(&failure_reason(fd, &err));
+        }
+        let next = start + PERIOD * (n + 1);
+        loop {
+            let now = Instant::now();
+            if now >= next {
+                break;
+            }
+            let wait = (next - now).as_micros().div_ceil(1000);
+            let mut pfd = libc::pollfd {
+                fd,
+                events: libc::POLLIN | libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&raw mut pfd, 1, wait as libc::c_int) };
+            if rc < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return ended(&failure_reason(fd, &err));
+            }
+            if rc == 0 {
+                continue;
+            }
+            if pfd.revents & libc::POLLERR != 0
+                && let Some(errno) = pending_error(fd)
+            {
+                return ended(&errno_text(errno));
+            }
+            // SAFETY: `buf` is valid for `buf.len()` bytes.
+            let got =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            match got {
+                0 if tcp => return ended("eof"),
+                n if n >= 0 => {} // data nobody asked for (or an empty datagram): ignored
+                _ => {
+                    let err = io::Error::last_os_error();
+                    if err.kind() == io::ErrorKind::WouldBlock {
+                        if pfd.revents & libc::POLLHUP != 0 {
+                            return ended("hup");
+                        }
+                    } else if err.kind() != io::ErrorKind::Interrupted {
+                        return ended(&failure_reason(fd, &err));
+                    }
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn ended(reason: &str) -> ExitCode {
+    ready(&format!("ended {reason} {}", unix_ms()));
+    ExitCode::SUCCESS
+}
+
+fn tcp_stream(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    let mut stream = match TcpStream::connect_timeout(&addr, timeout) {
+        Ok(stream) => stream,
+        Err(err) => return report(&failure(&err)),
+    };
+    let _ = stream.set_nodelay(true);
+    ready("connected");
+    let fd = stream.as_raw_fd();
+    pace(fd, true, |line| stream.write_all(line))
+}
+
+fn tcp_sink(addr: SocketAddr) -> ExitCode {
+    let listener = match TcpListener::bind(addr) {
+        Ok(l) => l,
+        Err(err) => {
+            println!("error {}", err.raw_os_error().unwrap_or(0));
+            return ExitCode::FAILURE;
+        }
+    };
+    ready("listening");
+    let stream = loop {
+        match listener.accept() {
+            Ok((stream, _)) => break stream,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => {
+                println!("error {}", err.raw_os_error().unwrap_or(0));
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    drop(listener);
+    ready("accepted");
+    let fd = stream.as_raw_fd();
+    let mut reader = io::BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match io::BufRead::read_until(&mut reader, b'\n', &mut line) {
+            Ok(0) => return closed("eof"),
+            Ok(_) if line.ends_with(b"\n") => {
+                ready(&format!(
+                    "got {}",
+                    String::from_utf8_lossy(&line[..line.len() - 1])
+                ));
+            }
+            // A partial last line: the stream ended in the middle of it.
+            Ok(_) => return closed("eof"),
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return closed(&failure_reason(fd, &err)),
+        }
+    }
+}
+
+fn closed(reason: &str) -> ExitCode {
+    ready(&format!("closed {reason}"));
+    ExitCode::SUCCESS
+}
+
+fn udp_stream(addr: SocketAddr, timeout: Duration, connected: bool) -> ExitCode {
+    let socket = match udp_socket(addr, timeout) {
+        Ok(s) => s,
+        Err(err) => return report(&failure(&err)),
+    };
+    if connected && let Err(err) = socket.connect(addr) {
+        return report(&failure(&err));
+    }
+    ready("connected");
+    let fd = socket.as_raw_fd();
+    if connected {
+        pace(fd, false, |line| socket.send(line).map(drop))
+    } else {
+        pace(fd, false, |line| socket.send_to(line, addr).map(drop))
+    }
+}
+
+fn udp_sink(addr: SocketAddr) -> ExitCode {
+    let socket = match UdpSocket::bind(addr) {
+        Ok(s) => s,
+        Err(err) => {
+            println!("error {}", err.raw_os_error().unwrap_or(0));
+            return ExitCode::FAILURE;
+        }
+    };
+    ready("listening");
+    let mut buf = [0u8; 2048];
+    loop {
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]);
+            ready(&format!("got {}", text.trim_end_matches('\n')));
+        }
+    }
 }

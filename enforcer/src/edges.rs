@@ -1,0 +1,300 @@
+//! Federation edges as the daemon runs them: the policy file's edges and the grants made from
+//! the command line, each with a stable index (the key of its usage counters in the kernel)
+//! and a creation time (what a `ttl` counts from). Both are kept in `--state-dir/edges.json`,
+//! so a restarted daemon gives every edge the same index and deadline, and grants survive it.
+
+use std::{collections::BTreeMap, fs, io::ErrorKind, path::PathBuf, str::FromStr as _};
+
+use anyhow::{Context as _, Result, anyhow};
+use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, PortRange, Protocol, TrustDomain};
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::paths::StateDir;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    File,
+    Grant,
+}
+
+/// An edge in force (or waiting for its window, or past it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveEdge {
+    pub edge: Edge,
+    pub source: Source,
+    pub created: Timestamp,
+    /// The end of the edge's window: `expires`, or `created + ttl`.
+    pub expires: Option<Timestamp>,
+    /// Never 0, never reused while the edge exists.
+    pub index: u32,
+}
+
+impl LiveEdge {
+    pub fn state(&self, now: Timestamp) -> &'static str {
+        if self.expires.is_some_and(|end| end <= now) {
+            "expired"
+        } else if self.edge.not_before.is_some_and(|start| now < start) {
+            "not-yet-valid"
+        } else {
+            "active"
+        }
+    }
+}
+
+/// A grant as stored: everything `edge grant` was given, with its deadline fixed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: String,
+    pub from: String,
+    pub to: String,
+    pub protocol: String,
+    pub ports: Vec<String>,
+    pub owner: String,
+    pub reason: String,
+    pub created: Timestamp,
+    pub not_before: Option<Timestamp>,
+    pub expires: Timestamp,
+}
+
+impl Grant {
+    fn edge(&self) -> Result<Edge> {
+        let bad = |what: &str| anyhow!("grant {}: invalid {what}", self.id);
+        Ok(Edge {
+            id: EdgeId::from_str(&self.id).map_err(|_| bad("id"))?,
+            from: TrustDomain::from_str(&self.from).map_err(|_| bad("from"))?,
+            to: TrustDomain::from_str(&self.to).map_err(|_| bad("to"))?,
+            protocol: protocol(&self.protocol).ok_or_else(|| bad("protocol"))?,
+            ports: self
+                .ports
+                .iter()
+                .map(|p| PortRange::from_str(p).map_err(|_| bad("ports")))
+                .collect::<Result<_>>()?,
+            owner: self.owner.clone(),
+            reason: self.reason.clone(),
+            not_before: self.not_before,
+            end: Some(EdgeEnd::At(self.expires)),
+        })
+    }
+}
+
+pub fn protocol(name: &str) -> Option<Protocol> {
+    match name {
+        "tcp" => Some(Protocol::Tcp),
+        "udp" => Some(Protocol::Udp),
+        "any" => Some(Protocol::Any),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Known {
+    index: u32,
+    created: Timestamp,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    known: BTreeMap<String, Known>,
+    grants: Vec<Grant>,
+}
+
+impl Book {
+    pub fn load(state: &StateDir) -> Result<Self> {
+        let path = file(state);
+        match fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{} is not a valid edge record; it holds the grants made with `enforcer edge \
+                     grant` and the creation times of the policy's edges: restore it, or remove \
+                     it to drop every grant and restart every ttl",
+                    path.display()
+                )
+            }),
+            Err(err) if err.kind() == ErrorKind::NotFound => Ok(Self::default()),
+            Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    /// Writes the record atomically (a new file renamed over the old one).
+    pub fn save(&self, state: &StateDir) -> Result<()> {
+        let path = file(state);
+        let tmp = path.with_extension("json.new");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+    }
+
+    /// The book with `grant` added.
+    pub fn with_grant(&self, grant: Grant) -> Self {
+        let mut next = self.clone();
+        next.grants.push(grant);
+        next
+    }
+
+    /// The book without the grants `drop` selects.
+    pub fn without_grants(&self, drop: impl Fn(&Grant) -> bool) -> Self {
+        let mut next = self.clone();
+        next.grants.retain(|g| !drop(g));
+        next
+    }
+
+    /// Every edge of `policy` and every grant, with indexes and creation times; and the
+    /// book that records them (edges seen for the first time are created `now`; edges no
+    /// longer present are forgotten).
+    pub fn resolve(&self, policy: &Policy, now: Timestamp) -> Result<(Vec<LiveEdge>, Self)> {
+        let mut next = Self {
+            known: BTreeMap::new(),
+            grants: self.grants.clone(),
+        };
+        let mut used: Vec<u32> = self.known.values().map(|k| k.index).collect();
+        let mut live = Vec::new();
+        let file = policy.federation.iter().map(|e| (e.clone(), Source::File));
+        let grants = self
+            .grants
+            .iter()
+            .map(|g| Ok((g.edge()?, Source::Grant)))
+            .collect::<Result<Vec<_>>>()?;
+        for (edge, source) in file.chain(grants) {
+            let id = edge.id.as_str().to_owned();
+            if next.known.contains_key(&id) {
+                return Err(anyhow!(
+                    "edge id {id} is used by the policy file and by a grant; revoke the grant \
+                     or rename the file's edge"
+                ));
+            }
+            let known = self.known.get(&id).copied().unwrap_or_else(|| {
+                let index = (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
+                used.push(index);
+                Known {
+                    index,
+                    created: match source {
+                        Source::Grant => self
+                            .grants
+                            .iter()
+                            .find(|g| g.id == id)
+                            .map_or(now, |g| g.created),
+                        Source::File => now,
+                    },
+                }
+            });
+            next.known.insert(id, known);
+            let expires = match edge.end {
+                Some(EdgeEnd::At(at)) => Some(at),
+                Some(EdgeEnd::Ttl(ttl)) => Some(
+                    known
+                        .created
+                        .checked_add(SignedDuration::try_from(ttl).unwrap_or(SignedDuration::MAX))
+                        .unwrap_or(Timestamp::MAX),
+                ),
+                None => None,
+            };
+            live.push(LiveEdge {
+                edge,
+                source,
+                created: known.created,
+                expires,
+                index: known.index,
+            });
+        }
+        Ok((live, next))
+    }
+}
+
+fn file(state: &StateDir) -> PathBuf {
+    state.path().join("edges.json")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(text: &str) -> Policy {
+        enforcer_policy::parse("test.yaml", text).expect("test policy is valid")
+    }
+
+    const POLICY: &str = "
+version: 1
+domains: [{name: a.org}, {name: b.org}]
+federation:
+  - {from: a.org, to: b.org, protocol: tcp, ports: [80], owner: o, reason: r, ttl: 30m}
+  - {id: fixed, from: b.org, to: a.org, protocol: udp, ports: [53], owner: o, reason: r, expires: '2030-01-01T00:00:00Z'}
+";
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().expect("test timestamp")
+    }
+
+    fn grant(id: &str, expires: &str) -> Grant {
+        Grant {
+            id: id.into(),
+            from: "a.org".into(),
+            to: "b.org".into(),
+            protocol: "any".into(),
+            ports: vec!["1000-2000".into()],
+            owner: "o".into(),
+            reason: "r".into(),
+            created: at("2026-11-23T09:00:00Z"),
+            not_before: None,
+            expires: at(expires),
+        }
+    }
+
+    #[test]
+    fn a_ttl_counts_from_when_the_edge_was_first_seen() {
+        let p = policy(POLICY);
+        let (first, book) = Book::default()
+            .resolve(&p, at("2026-11-23T10:00:00Z"))
+            .expect("resolves");
+        assert_eq!(first[0].expires, Some(at("2026-11-23T10:30:00Z")));
+        assert_eq!(first[1].expires, Some(at("2030-01-01T00:00:00Z")));
+        assert_eq!(first[1].edge.id.as_str(), "fixed");
+        assert_eq!((first[0].index, first[1].index), (1, 2));
+        let (again, _) = book
+            .resolve(&p, at("2026-11-23T12:00:00Z"))
+            .expect("resolves");
+        assert_eq!(
+            again, first,
+            "a restart or re-apply keeps deadlines and indexes"
+        );
+        assert_eq!(again[0].state(at("2026-11-23T12:00:00Z")), "expired");
+        assert_eq!(again[1].state(at("2026-11-23T12:00:00Z")), "active");
+    }
+
+    #[test]
+    fn grants_are_kept_and_indexes_are_not_reused_while_in_use() {
+        let p = policy(POLICY);
+        let now = at("2026-11-23T10:00:00Z");
+        let (_, book) = Book::default().resolve(&p, now).expect("resolves");
+        let book = book.with_grant(grant("grant-1", "2026-11-23T11:00:00Z"));
+        let (live, book) = book.resolve(&p, now).expect("resolves");
+        let g = live
+            .iter()
+            .find(|e| e.source == Source::Grant)
+            .expect("grant");
+        assert_eq!(g.index, 3);
+        assert_eq!(g.created, at("2026-11-23T09:00:00Z"));
+        assert_eq!(g.expires, Some(at("2026-11-23T11:00:00Z")));
+        let only_grant = policy("version: 1\ndomains: [{name: a.org}, {name: b.org}]\n");
+        let (live, book) = book.resolve(&only_grant, now).expect("resolves");
+        assert_eq!(live.len(), 1, "the grant outlives the file's edges");
+        let (live, _) = book.resolve(&p, now).expect("resolves");
+        let indexes: Vec<u32> = live.iter().map(|e| e.index).collect();
+        assert_eq!(
+            indexes,
+            [1, 2, 3],
+            "returning edges get free indexes, not the grant's"
+        );
+    }
+
+    #[test]
+    fn a_grant_and_a_file_edge_cannot_share_an_id() {
+        let p = policy(POLICY);
+        let book = Book::default().with_grant(grant("fixed", "2026-11-23T11:00:00Z"));
+        let err = book
+            .resolve(&p, at("2026-11-23T10:00:00Z"))
+            .expect_err("clash");
+        assert!(err.to_string().contains("fixed"), "{err}");
+    }
+}

@@ -1,0 +1,234 @@
+//! Ending the live connections a policy no longer allows. The programs already drop every
+//! further packet of such a connection (see the eBPF crate's `conns`); this makes the
+//! applications see it at once: each TCP socket and connected UDP socket whose judged flow
+//! the new policy refuses is destroyed with `SOCK_DESTROY`, so its next call fails with
+//! `ECONNABORTED` and a TCP peer gets a reset, instead of retransmitting into a drop.
+
+use std::{collections::BTreeSet, net::SocketAddr, os::fd::AsFd as _};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{HashMap, Map, MapData};
+use enforcer_common::{
+    maps::{AcceptKey, CONN_UNTRACKED, ConnState, FAMILY_V4, FAMILY_V6, PolicyConfig},
+    names,
+    verdict::{self, Peer},
+};
+
+use crate::{
+    addresses,
+    compile::{Compiled, CompiledRules},
+    daemon::log,
+    sockdiag::{DiagSocket, SockDiag},
+};
+
+/// Kernel TCP states (include/net/tcp_states.h) of a connection that can still carry data.
+const TCP_LIVE_STATES: u32 = (1 << 1) // ESTABLISHED
+    | (1 << 2) // SYN_SENT
+    | (1 << 3) // SYN_RECV
+    | (1 << 4) // FIN_WAIT1
+    | (1 << 5) // FIN_WAIT2
+    | (1 << 8) // CLOSE_WAIT
+    | (1 << 9) // LAST_ACK
+    | (1 << 11); // CLOSING
+/// inet_diag reports a connected UDP socket as TCP_ESTABLISHED (and an unconnected one as
+/// TCP_CLOSE, which has no peer to end a flow with).
+const UDP_CONNECTED: u32 = 1 << 1;
+
+pub struct Connections {
+    conns: MapData,
+    conns_id: u32,
+    accepts: HashMap<MapData, AcceptKey, ConnState>,
+}
+
+impl Connections {
+    pub fn take(ebpf: &mut aya::Ebpf) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        let Map::SkStorage(conns) = take(names::MAP_CONNS)? else {
+            anyhow::bail!("{} is not socket storage", names::MAP_CONNS);
+        };
+        let conns_id = conns.info()?.id();
+        Ok(Self {
+            conns,
+            conns_id,
+            accepts: HashMap::try_from(take(names::MAP_ACCEPTS)?)?,
+        })
+    }
+
+    /// Destroys every connection in the host's namespace and the pod namespaces `pods`
+    /// (cookie, a process in it) that `compiled` refuses at boot-clock nanosecond `now`.
+    /// Returns how many connections were ended; both ends of one connection count once.
+    pub fn end_refused(&self, compiled: &Compiled, pods: &[(u64, i32)], now: u64) -> Result<usize> {
+        let rules = CompiledRules::new(compiled);
+        let config = PolicyConfig {
+            generation: 0,
+            unlabeled: compiled.unlabeled,
+            external: compiled.external,
+            mode: compiled.mode,
+            _pad: 0,
+        };
+        let refused = |state: &ConnState| {
+            !verdict::decide(
+                Peer::decode(state.from),
+                Peer::decode(state.to),
+                &config,
+                u32::from(state.protocol),
+                state.port,
+                now,
+                &rules,
+            )
+            .allow
+        };
+        let mut ended = BTreeSet::new();
+        let host = SockDiag::open()?;
+        self.end_in(&host, &refused, &mut ended)
+            .context("ending connections in the host's network namespace")?;
+        for &(cookie, pid) in pods {
+            let diag = match addresses::in_namespace(pid, cookie, SockDiag::open) {
+                Ok(diag) => diag,
+                // The namespace emptied since the last scan: nothing left to end there.
+                Err(err) => {
+                    log(&format!(
+                        "could not enter the network namespace of pid {pid} to end \
+                         connections: {err:#}"
+                    ));
+                    continue;
+                }
+            };
+            self.end_in(&diag, &refused, &mut ended)
+                .with_context(|| format!("ending connections in the namespace of pid {pid}"))?;
+        }
+        Ok(ended.len())
+    }
+
+    fn end_in(
+        &self,
+        diag: &SockDiag,
+        refused: &impl Fn(&ConnState) -> bool,
+        ended: &mut BTreeSet<(u8, SocketAddr, SocketAddr)>,
+    ) -> Result<()> {
+        let maps = [self.conns.fd().as_fd()];
+        for (protocol, states) in [
+            (libc::IPPROTO_TCP as u8, TCP_LIVE_STATES),
+            (libc::IPPROTO_UDP as u8, UDP_CONNECTED),
+        ] {
+            for socket in diag.dump(protocol, states, &maps)? {
+                let Some(state) = self.state_of(&socket) else {
+                    continue;
+                };
+                if state.status == CONN_UNTRACKED || !refused(&state) {
+                    continue;
+                }
+                if diag.destroy(&socket)? {
+                    ended.insert(connection(&socket));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The judged flow of a socket: its own storage, or for an accepted TCP socket that has
+    /// not seen a packet since the handshake, what its listener left for it.
+    fn state_of(&self, socket: &DiagSocket) -> Option<ConnState> {
+        let own = socket
+            .storage
+            .iter()
+            .find(|(id, _)| *id == self.conns_id)
+            .and_then(|(_, bytes)| conn_state(bytes));
+        if own.is_some() || socket.protocol != libc::IPPROTO_TCP as u8 {
+            return own;
+        }
+        self.accepts.get(&accept_key(socket), 0).ok()
+    }
+}
+
+fn conn_state(bytes: &[u8]) -> Option<ConnState> {
+    if bytes.len() < size_of::<ConnState>() {
+        return None;
+    }
+    // SAFETY: the length is checked, ConnState is plain data valid for any bit pattern, and
+    // read_unaligned makes no alignment assumption about the netlink buffer.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<ConnState>()) })
+}
+
+/// One connection, the same whichever end's socket names it.
+fn connection(socket: &DiagSocket) -> (u8, SocketAddr, SocketAddr) {
+    let (a, b) = (plain(socket.local), plain(socket.remote));
+    (socket.protocol, a.min(b), a.max(b))
+}
+
+/// An IPv4-mapped IPv6 address as the IPv4 address it is, as the programs see it on the wire.
+fn plain(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        SocketAddr::V4(_) => addr,
+    }
+}
+
+/// The `ENF_ACCEPTS` key of an accepted socket, laid out as the ingress program builds it
+/// from the handshake's packets (ports in network byte order, IPv4 in the first 4 bytes).
+fn accept_key(socket: &DiagSocket) -> AcceptKey {
+    let bytes = |addr: SocketAddr| {
+        let mut out = [0u8; 16];
+        match addr {
+            SocketAddr::V4(v4) => out[..4].copy_from_slice(&v4.ip().octets()),
+            SocketAddr::V6(v6) => out.copy_from_slice(&v6.ip().octets()),
+        }
+        out
+    };
+    let (local, remote) = (plain(socket.local), plain(socket.remote));
+    AcceptKey {
+        family: if local.is_ipv4() {
+            FAMILY_V4
+        } else {
+            FAMILY_V6
+        },
+        _pad: 0,
+        local_port: local.port().to_be(),
+        remote_port: remote.port().to_be(),
+        _pad2: 0,
+        local: bytes(local),
+        remote: bytes(remote),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socket(local: &str, remote: &str) -> DiagSocket {
+        DiagSocket {
+            protocol: libc::IPPROTO_TCP as u8,
+            state: 1,
+            local: local.parse().expect("address"),
+            remote: remote.parse().expect("address"),
+            cookie: 1,
+            interface: 0,
+            storage: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn both_ends_of_a_connection_are_one_connection() {
+        let client = socket("127.0.0.1:40000", "127.0.0.1:5432");
+        let server = socket("[::ffff:127.0.0.1]:5432", "[::ffff:127.0.0.1]:40000");
+        assert_eq!(connection(&client), connection(&server));
+    }
+
+    #[test]
+    fn accept_keys_match_the_wire_layout() {
+        let key = accept_key(&socket("[::ffff:10.0.0.1]:5432", "[::ffff:10.0.0.2]:40000"));
+        assert_eq!(key.family, FAMILY_V4);
+        assert_eq!(&key.local[..4], &[10, 0, 0, 1]);
+        assert_eq!(key.local_port.to_ne_bytes(), 5432u16.to_be_bytes());
+        assert_eq!(key.remote_port.to_ne_bytes(), 40000u16.to_be_bytes());
+        let v6 = accept_key(&socket("[fd00::1]:80", "[fd00::2]:81"));
+        assert_eq!(v6.family, FAMILY_V6);
+        assert_eq!(v6.remote[15], 2);
+    }
+}
