@@ -35,13 +35,16 @@ pub const MAP_MODES: &str = "ENF_MODES";
 pub const MAP_CONNS: &str = "ENF_CONNS";
 /// LRU hash: TCP connections a listener let in, until the accepted socket takes them over.
 pub const MAP_ACCEPTS: &str = "ENF_ACCEPTS";
+/// LRU hash: socket cookie -> the judged flow of a connected UDP socket. inet_diag reports
+/// socket storage only for TCP, so this is how the daemon finds UDP flows to end.
+pub const MAP_UDP_CONNS: &str = "ENF_UDP_CONNS";
 /// Hash: (from, to) peers -> refusal and audit counts.
 pub const MAP_COUNTS: &str = "ENF_COUNTS";
 /// Hash: edge index -> connections it allowed and when it last did.
 pub const MAP_EDGE_USE: &str = "ENF_EDGE_USE";
 
 /// Every map the daemon pins, in the order it reports them.
-pub const ALL_MAPS: [&str; 17] = [
+pub const ALL_MAPS: [&str; 18] = [
     MAP_TAGS,
     MAP_BINDINGS,
     MAP_ENDPOINTS,
@@ -57,6 +60,7 @@ pub const ALL_MAPS: [&str; 17] = [
     MAP_MODES,
     MAP_CONNS,
     MAP_ACCEPTS,
+    MAP_UDP_CONNS,
     MAP_COUNTS,
     MAP_EDGE_USE,
 ];

@@ -21,7 +21,7 @@ use enforcer_common::{
 
 use crate::{
     counters,
-    maps::{ACCEPTS, CONNS},
+    maps::{ACCEPTS, CONNS, UDP_CONNS},
     policy::{self, Active},
 };
 
@@ -78,6 +78,15 @@ pub fn remember(sk: *mut c_void, state: ConnState) {
         // SAFETY: checked non-null; the storage holds a ConnState.
         unsafe { *stored.cast::<ConnState>() = state };
     }
+}
+
+/// Records a connected UDP socket's flow by cookie as well, where the daemon can read it:
+/// inet_diag dumps socket storage only for TCP sockets (`inet_sk_diag_fill` reaches the
+/// storage attribute only on the connection-socket path).
+#[inline(always)]
+pub fn remember_udp(cookie: u64, state: &ConnState) {
+    // A full LRU map forgets the oldest connect; its packets are still checked in-kernel.
+    let _ = UDP_CONNS.insert(cookie, state, 0);
 }
 
 /// Leaves a handshake's judged flow for the socket the listener will accept.

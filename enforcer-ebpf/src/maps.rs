@@ -59,6 +59,9 @@ const NOTIFY_BYTES: usize = 64 * 1024;
 /// Connections accepted but not yet seen by their own socket; normally an entry lives for
 /// one round trip, so the least recently used is long gone when it is evicted.
 const MAX_ACCEPTS: usize = 65_536;
+/// Connected UDP sockets the daemon can find to end; the oldest connect is forgotten first
+/// (its packets are still checked through its socket storage).
+const MAX_UDP_CONNS: usize = 65_536;
 const MAX_MODES: usize = 2 * 65_536;
 /// Domain pairs with refusal or audit counts; past this, new pairs go uncounted.
 const MAX_PAIRS: usize = 65_536;
@@ -76,6 +79,9 @@ pub static CONNS: Storage<ConnState, { BPF_F_NO_PREALLOC as usize }> = Storage::
 
 #[btf_map(name = "ENF_ACCEPTS")]
 pub static ACCEPTS: LruHashMap<AcceptKey, ConnState, MAX_ACCEPTS> = LruHashMap::new();
+
+#[btf_map(name = "ENF_UDP_CONNS")]
+pub static UDP_CONNS: LruHashMap<u64, ConnState, MAX_UDP_CONNS> = LruHashMap::new();
 
 #[btf_map(name = "ENF_MODES")]
 pub static MODES: HashMap<DomainKey, u32, MAX_MODES, { BPF_F_NO_PREALLOC as usize }> =

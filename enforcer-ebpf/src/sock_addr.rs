@@ -68,16 +68,21 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let verdict = active.decide(from, to, proto, port, now);
     if verdict.allow {
         let mut new_flow = hook == Hook::Connect;
+        // SAFETY: `ctx_ptr` is the program's own context.
+        let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr) };
         if proto == PROTO_UDP {
-            // SAFETY: `ctx_ptr` is the program's own context.
-            let key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
+            let key = flows::key(cookie, &dst, dport);
             new_flow |= flows::open(&key, from, to, port, FLOW_OUTBOUND);
         }
         if new_flow {
             counters::allowed(&verdict, from, to, now);
         }
         if hook == Hook::Connect {
-            conns::remember(sk, conns::judged(&verdict, from, to, proto, port, &active));
+            let state = conns::judged(&verdict, from, to, proto, port, &active);
+            conns::remember(sk, state);
+            if proto == PROTO_UDP && verdict.revocable() {
+                conns::remember_udp(cookie, &state);
+            }
         }
         return PROCEED;
     }

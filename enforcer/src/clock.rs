@@ -36,7 +36,7 @@ impl Clocks {
         if target <= 0 {
             0
         } else {
-            u64::try_from(target).unwrap_or(NEVER).min(NEVER)
+            u64::try_from(target).unwrap_or(NEVER)
         }
     }
 

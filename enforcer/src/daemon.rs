@@ -36,7 +36,7 @@ use crate::{
     },
     maintain,
     paths::{PinDir, StateDir},
-    revocation::Connections,
+    revocation::{Connections, Snapshot},
     status::{self, Status},
     usage::Usage,
 };
@@ -120,7 +120,7 @@ pub fn run(options: Options) -> Result<()> {
         .create(options.state_dir.path())
         .with_context(|| format!("creating state dir {}", options.state_dir.path().display()))?;
     let _lock = lock(&options.state_dir)?;
-    let book = Book::load(&options.state_dir)?;
+    let book = without_expired_grants(Book::load(&options.state_dir)?);
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
         log("mounted bpffs at /sys/fs/bpf");
     }
@@ -282,6 +282,7 @@ impl Daemon {
         // Saved before the swap: a grant must never be in force without being on disk,
         // or a restart would silently drop it.
         book.save(&self.state).map_err(ApplyError::Failed)?;
+        let before = self.snapshot_connections();
         let generation = self.generation + 1;
         if let Err(err) = self.maps.swap_in(&compiled, generation) {
             if let Err(restore) = self.book.save(&self.state) {
@@ -300,18 +301,31 @@ impl Daemon {
                 "could not clear the counters of removed edges: {err:#}"
             ));
         }
-        let ended = self.end_refused_connections();
+        let ended = self.end_refused_connections(before);
         Ok(Committed { generation, ended })
     }
 
-    /// Ends the live connections the policy in force refuses now; the kernel drops their
-    /// packets already, this makes the applications see it.
-    fn end_refused_connections(&mut self) -> usize {
-        let clocks = Clocks::now();
+    fn snapshot_connections(&self) -> Option<Snapshot> {
         let pods = self.addresses.pod_namespaces();
+        match self.connections.snapshot(&pods) {
+            Ok(snapshot) => Some(snapshot),
+            Err(err) => {
+                log(&format!("could not list live connections: {err:#}"));
+                None
+            }
+        }
+    }
+
+    /// Ends the live connections (in `before`, or open now) the policy in force refuses
+    /// now; the kernel drops their packets already, this makes the applications see it.
+    fn end_refused_connections(&mut self, before: Option<Snapshot>) -> usize {
+        let Some(before) = before.or_else(|| self.snapshot_connections()) else {
+            return 0;
+        };
+        let clocks = Clocks::now();
         match self
             .connections
-            .end_refused(&self.compiled, &pods, clocks.boot)
+            .end_refused(before, &self.compiled, clocks.boot)
         {
             Ok(ended) => {
                 self.expiries_done = clocks.boot;
@@ -352,7 +366,7 @@ impl Daemon {
             .map(|e| e.edge.id.to_string())
             .collect();
         let ended = if grants.is_empty() {
-            self.end_refused_connections()
+            self.end_refused_connections(None)
         } else {
             let book = self.book.without_grants(|g| grants.contains(&g.id));
             match self.commit(self.policy.clone(), book, "expiry") {
@@ -362,11 +376,11 @@ impl Daemon {
                         "removing expired grants failed: {}",
                         errors.join("; ")
                     ));
-                    self.end_refused_connections()
+                    self.end_refused_connections(None)
                 }
                 Err(ApplyError::Failed(err)) => {
                     log(&format!("removing expired grants failed: {err:#}"));
-                    self.end_refused_connections()
+                    self.end_refused_connections(None)
                 }
             }
         };
@@ -729,6 +743,17 @@ impl Daemon {
                 .collect(),
         }
     }
+}
+
+/// The record without the grants that expired while no daemon ran; the kernel stopped
+/// honouring them at their deadline.
+fn without_expired_grants(book: Book) -> Book {
+    let now = Clocks::now().wall_now();
+    let pruned = book.without_grants(|g| g.expires <= now);
+    if pruned != book {
+        log("removed grant(s) that expired while the daemon was stopped");
+    }
+    pruned
 }
 
 /// The answer to a change that did not happen; either way nothing changed.

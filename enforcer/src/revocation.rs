@@ -34,10 +34,14 @@ const TCP_LIVE_STATES: u32 = (1 << 1) // ESTABLISHED
 /// TCP_CLOSE, which has no peer to end a flow with).
 const UDP_CONNECTED: u32 = 1 << 1;
 
+/// The tracked connections of each namespace at one moment, with a sock_diag socket each.
+pub struct Snapshot(Vec<(SockDiag, Vec<(DiagSocket, ConnState)>)>);
+
 pub struct Connections {
     conns: MapData,
     conns_id: u32,
     accepts: HashMap<MapData, AcceptKey, ConnState>,
+    udp: HashMap<MapData, u64, ConnState>,
 }
 
 impl Connections {
@@ -54,13 +58,38 @@ impl Connections {
             conns,
             conns_id,
             accepts: HashMap::try_from(take(names::MAP_ACCEPTS)?)?,
+            udp: HashMap::try_from(take(names::MAP_UDP_CONNS)?)?,
         })
     }
 
-    /// Destroys every connection in the host's namespace and the pod namespaces `pods`
-    /// (cookie, a process in it) that `compiled` refuses at boot-clock nanosecond `now`.
-    /// Returns how many connections were ended; both ends of one connection count once.
-    pub fn end_refused(&self, compiled: &Compiled, pods: &[(u64, i32)], now: u64) -> Result<usize> {
+    /// Every tracked connection now, in the host's namespace and the pod namespaces
+    /// `pods` (cookie, a process in it). Taken before a policy change, so that connections
+    /// the change ends count even if their application reacts to the kernel's drop (a
+    /// connected UDP send fails at once) and closes them before they are destroyed.
+    pub fn snapshot(&self, pods: &[(u64, i32)]) -> Result<Snapshot> {
+        let mut namespaces = vec![SockDiag::open()?];
+        for &(cookie, pid) in pods {
+            match addresses::in_namespace(pid, cookie, SockDiag::open) {
+                Ok(diag) => namespaces.push(diag),
+                // The namespace emptied since the last scan: nothing left to end there.
+                Err(err) => log(&format!(
+                    "could not enter the network namespace of pid {pid} to end connections: \
+                     {err:#}"
+                )),
+            }
+        }
+        let mut snapshot = Snapshot(Vec::new());
+        for diag in namespaces {
+            let tracked = self.tracked(&diag)?;
+            snapshot.0.push((diag, tracked));
+        }
+        Ok(snapshot)
+    }
+
+    /// Destroys every connection in `before`, or tracked now, that `compiled` refuses at
+    /// boot-clock nanosecond `now`. Returns how many connections that is; both ends of one
+    /// connection count once.
+    pub fn end_refused(&self, before: Snapshot, compiled: &Compiled, now: u64) -> Result<usize> {
         let rules = CompiledRules::new(compiled);
         let config = PolicyConfig {
             generation: 0,
@@ -82,65 +111,58 @@ impl Connections {
             .allow
         };
         let mut ended = BTreeSet::new();
-        let host = SockDiag::open()?;
-        self.end_in(&host, &refused, &mut ended)
-            .context("ending connections in the host's network namespace")?;
-        for &(cookie, pid) in pods {
-            let diag = match addresses::in_namespace(pid, cookie, SockDiag::open) {
-                Ok(diag) => diag,
-                // The namespace emptied since the last scan: nothing left to end there.
-                Err(err) => {
-                    log(&format!(
-                        "could not enter the network namespace of pid {pid} to end \
-                         connections: {err:#}"
-                    ));
+        for (diag, mut sockets) in before.0 {
+            // Connections opened between the snapshot and the change are ended as well.
+            for socket in self.tracked(&diag)? {
+                if !sockets.iter().any(|(s, _)| s.cookie == socket.0.cookie) {
+                    sockets.push(socket);
+                }
+            }
+            for (socket, state) in sockets {
+                if !refused(&state) {
                     continue;
                 }
-            };
-            self.end_in(&diag, &refused, &mut ended)
-                .with_context(|| format!("ending connections in the namespace of pid {pid}"))?;
+                // A socket already gone was live when the snapshot saw it: the kernel's
+                // drop made its application close it, so it counts as ended all the same.
+                diag.destroy(&socket)?;
+                ended.insert(connection(&socket));
+            }
         }
         Ok(ended.len())
     }
 
-    fn end_in(
-        &self,
-        diag: &SockDiag,
-        refused: &impl Fn(&ConnState) -> bool,
-        ended: &mut BTreeSet<(u8, SocketAddr, SocketAddr)>,
-    ) -> Result<()> {
+    /// The connected sockets of one namespace whose flow can be revoked, with that flow.
+    fn tracked(&self, diag: &SockDiag) -> Result<Vec<(DiagSocket, ConnState)>> {
         let maps = [self.conns.fd().as_fd()];
+        let mut tracked = Vec::new();
         for (protocol, states) in [
             (libc::IPPROTO_TCP as u8, TCP_LIVE_STATES),
             (libc::IPPROTO_UDP as u8, UDP_CONNECTED),
         ] {
             for socket in diag.dump(protocol, states, &maps)? {
-                let Some(state) = self.state_of(&socket) else {
-                    continue;
-                };
-                if state.status == CONN_UNTRACKED || !refused(&state) {
-                    continue;
-                }
-                if diag.destroy(&socket)? {
-                    ended.insert(connection(&socket));
+                if let Some(state) = self.state_of(&socket)
+                    && state.status != CONN_UNTRACKED
+                {
+                    tracked.push((socket, state));
                 }
             }
         }
-        Ok(())
+        Ok(tracked)
     }
 
-    /// The judged flow of a socket: its own storage, or for an accepted TCP socket that has
-    /// not seen a packet since the handshake, what its listener left for it.
+    /// The judged flow of a socket: for UDP, what its connect() recorded by cookie (inet_diag
+    /// reports socket storage only for TCP); for TCP its own storage, or for an accepted
+    /// socket that has not seen a packet since the handshake, what its listener left for it.
     fn state_of(&self, socket: &DiagSocket) -> Option<ConnState> {
+        if socket.protocol == libc::IPPROTO_UDP as u8 {
+            return self.udp.get(&socket.cookie, 0).ok();
+        }
         let own = socket
             .storage
             .iter()
             .find(|(id, _)| *id == self.conns_id)
             .and_then(|(_, bytes)| conn_state(bytes));
-        if own.is_some() || socket.protocol != libc::IPPROTO_TCP as u8 {
-            return own;
-        }
-        self.accepts.get(&accept_key(socket), 0).ok()
+        own.or_else(|| self.accepts.get(&accept_key(socket), 0).ok())
     }
 }
 

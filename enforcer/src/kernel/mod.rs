@@ -23,7 +23,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 /// (map, key size, value size) as this build lays them out. A pinned map from another build
 /// with a different layout must not be adopted: programs would read garbage from it.
-const MAP_LAYOUTS: [(&str, usize, usize); 17] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
     (names::MAP_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (
         names::MAP_BINDINGS,
@@ -71,6 +71,11 @@ const MAP_LAYOUTS: [(&str, usize, usize); 17] = [
     (
         names::MAP_ACCEPTS,
         size_of::<AcceptKey>(),
+        size_of::<ConnState>(),
+    ),
+    (
+        names::MAP_UDP_CONNS,
+        size_of::<u64>(),
         size_of::<ConnState>(),
     ),
     (
