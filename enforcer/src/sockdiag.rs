@@ -917,6 +917,8 @@ mod tests {
             os::fd::{AsRawFd, FromRawFd, OwnedFd},
         };
 
+        use crate::kernel::bpf_sys::Attr;
+
         const BPF_MAP_CREATE: libc::c_long = 0;
         const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
         const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
@@ -931,45 +933,10 @@ mod tests {
         const BTF_U8_TYPE: u32 = 2;
         const BTF_ARRAY_TYPE: u32 = 3;
 
-        #[repr(C, align(8))]
-        struct Attr([u8; 128]);
-
-        impl Attr {
-            fn new() -> Self {
-                Self([0; 128])
-            }
-
-            fn put_u32(&mut self, offset: usize, value: u32) {
-                self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
-            }
-
-            fn put_u64(&mut self, offset: usize, value: u64) {
-                self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
-            }
-
-            fn call(&mut self, cmd: libc::c_long) -> io::Result<i32> {
-                // SAFETY: the attr buffer outlives the call and is as large as we claim; the
-                // pointers in it point at live buffers of the caller.
-                let ret = unsafe {
-                    libc::syscall(
-                        libc::SYS_bpf,
-                        cmd,
-                        self.0.as_mut_ptr(),
-                        self.0.len() as libc::c_uint,
-                    )
-                };
-                if ret < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(ret as i32)
-                }
-            }
-
-            fn call_fd(&mut self, cmd: libc::c_long) -> io::Result<OwnedFd> {
-                let fd = self.call(cmd)?;
-                // SAFETY: the command returned a new file descriptor that nothing else owns.
-                Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-            }
+        fn call_fd(attr: &mut Attr, cmd: libc::c_long) -> io::Result<OwnedFd> {
+            let fd = attr.call(cmd)?;
+            // SAFETY: the command returned a new file descriptor that nothing else owns.
+            Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
         }
 
         /// sk_storage maps must name BTF types for key and value
@@ -1017,7 +984,7 @@ mod tests {
             let mut attr = Attr::new();
             attr.put_u64(0, blob.as_ptr() as u64);
             attr.put_u32(16, blob.len() as u32);
-            let btf = attr.call_fd(BPF_BTF_LOAD)?;
+            let btf = call_fd(&mut attr, BPF_BTF_LOAD)?;
             let mut attr = Attr::new();
             attr.put_u32(0, BPF_MAP_TYPE_SK_STORAGE);
             attr.put_u32(4, 4);
@@ -1026,19 +993,18 @@ mod tests {
             attr.put_u32(48, btf.as_raw_fd() as u32);
             attr.put_u32(52, BTF_INT_TYPE);
             attr.put_u32(56, BTF_ARRAY_TYPE);
-            attr.call_fd(BPF_MAP_CREATE)
+            call_fd(&mut attr, BPF_MAP_CREATE)
         }
 
         pub fn map_id(map: &OwnedFd) -> io::Result<u32> {
-            let mut info = Attr::new();
+            // struct bpf_map_info; `id` is its second u32.
+            let mut info = [0u8; 128];
             let mut attr = Attr::new();
             attr.put_u32(0, map.as_raw_fd() as u32);
-            attr.put_u32(4, info.0.len() as u32);
-            attr.put_u64(8, info.0.as_mut_ptr() as u64);
+            attr.put_u32(4, info.len() as u32);
+            attr.put_u64(8, info.as_mut_ptr() as u64);
             attr.call(BPF_OBJ_GET_INFO_BY_FD)?;
-            Ok(u32::from_ne_bytes([
-                info.0[4], info.0[5], info.0[6], info.0[7],
-            ]))
+            Ok(u32::from_ne_bytes([info[4], info[5], info[6], info[7]]))
         }
 
         /// The key of an sk_storage map is the socket's fd.

@@ -162,8 +162,11 @@ fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
         "p.yaml",
         &with_edges(&[file_edge("short", "tcp", "['31000-31001']", &["ttl: 3s"])]),
     );
+    // Applied to a running daemon, so the 3 s count from a moment known to milliseconds
+    // rather than from a start-up that takes seconds when many daemons load at once.
+    sb.start_daemon(&sb.policy("base.yaml", DOMAINS));
     let before_start = SystemTime::now();
-    sb.start_daemon(&policy);
+    sb.apply(&policy);
     let after_start = SystemTime::now();
     let mut sink = sb.sink(&prod, LOCALHOST, 31000);
     let _server = sb.listen(&prod, LOCALHOST, 31001);
@@ -180,8 +183,8 @@ fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
     assert!(
         deadline >= before_start + Duration::from_secs(2)
             && deadline <= after_start + Duration::from_secs(4),
-        "a `ttl: 3s` edge expires 3 s after the daemon first saw it: it started between {} \
-         and {} ms, the edge expires at {} ms",
+        "a `ttl: 3s` edge expires 3 s after the daemon first saw it: it was applied between \
+         {} and {} ms, the edge expires at {} ms",
         ms(before_start),
         ms(after_start),
         ms(deadline)
@@ -813,7 +816,8 @@ fn expiry_while_the_daemon_runs_ends_connections() {
         "p.yaml",
         &with_edges(&[file_edge("brief", "tcp", "[31060, 31061]", &["ttl: 3s"])]),
     );
-    sb.start_daemon(&policy);
+    sb.start_daemon(&sb.policy("base.yaml", DOMAINS));
+    sb.apply(&policy);
     let mut sink = sb.sink(&prod, LOCALHOST, 31060);
     let _server = sb.listen(&prod, LOCALHOST, 31061);
     let mut stream = sb.stream(&staging, LOCALHOST, 31060);
@@ -981,8 +985,10 @@ fn an_edge_not_yet_valid_refuses_until_its_start() {
     let mut sb = Sandbox::new("not-before");
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
-    // A whole second 3-4 s from now, as the file is written.
-    let start = Json::format_time(SystemTime::now() + Duration::from_secs(4));
+    sb.start_daemon(&sb.policy("base.yaml", DOMAINS));
+    // Applied to a running daemon (milliseconds) rather than at start (seconds under load),
+    // so the window opens well after the checks before it: a whole second 4-5 s from now.
+    let start = Json::format_time(SystemTime::now() + Duration::from_secs(5));
     let not_before = Json::String(start.clone()).as_time().expect("a time");
     let policy = sb.policy(
         "p.yaml",
@@ -996,7 +1002,7 @@ fn an_edge_not_yet_valid_refuses_until_its_start() {
             ],
         )]),
     );
-    sb.start_daemon(&policy);
+    sb.apply(&policy);
     let _server = sb.listen(&prod, LOCALHOST, 31080);
     let edge = listed(&sb, "later");
     assert_eq!(

@@ -22,22 +22,22 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// buffer; the kernel accepts a larger attr as long as the bytes past the fields it knows are
 /// zero.
 #[repr(C, align(8))]
-struct Attr([u8; 128]);
+pub(crate) struct Attr([u8; 128]);
 
 impl Attr {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self([0; 128])
     }
 
-    fn put_u32(&mut self, offset: usize, value: u32) {
+    pub(crate) fn put_u32(&mut self, offset: usize, value: u32) {
         self.0[offset..offset + 4].copy_from_slice(&value.to_ne_bytes());
     }
 
-    fn put_u64(&mut self, offset: usize, value: u64) {
+    pub(crate) fn put_u64(&mut self, offset: usize, value: u64) {
         self.0[offset..offset + 8].copy_from_slice(&value.to_ne_bytes());
     }
 
-    fn get_u32(&self, offset: usize) -> u32 {
+    pub(crate) fn get_u32(&self, offset: usize) -> u32 {
         let mut bytes = [0; 4];
         bytes.copy_from_slice(&self.0[offset..offset + 4]);
         u32::from_ne_bytes(bytes)
@@ -49,7 +49,7 @@ impl Attr {
         u64::from_ne_bytes(bytes)
     }
 
-    fn call(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
+    pub(crate) fn call(&mut self, cmd: libc::c_long) -> io::Result<libc::c_long> {
         // SAFETY: the attr buffer outlives the call and is as large as we claim; any pointers
         // written into it point at live buffers owned by the caller.
         let ret = unsafe {
