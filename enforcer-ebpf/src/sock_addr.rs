@@ -68,19 +68,30 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let verdict = active.decide(from, to, proto, port, now);
     if verdict.allow {
         let mut new_flow = hook == Hook::Connect;
-        // SAFETY: `ctx_ptr` is the program's own context.
-        let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr) };
-        if proto == PROTO_UDP {
-            let key = flows::key(cookie, &dst, dport);
-            new_flow |= flows::open(&key, from, to, port, FLOW_OUTBOUND);
-        }
+        // Only UDP needs the cookie; TCP connects skip the helper call.
+        let cookie = if proto == PROTO_UDP {
+            // SAFETY: `ctx_ptr` is the program's own context.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr) };
+            new_flow |= flows::open(
+                &flows::key(cookie, &dst, dport),
+                from,
+                to,
+                port,
+                FLOW_OUTBOUND,
+            );
+            Some(cookie)
+        } else {
+            None
+        };
         if new_flow {
             counters::allowed(&verdict, from, to, now);
         }
         if hook == Hook::Connect {
             let state = conns::judged(&verdict, from, to, proto, port, &active);
             conns::remember(sk, state);
-            if proto == PROTO_UDP && verdict.revocable() {
+            if let Some(cookie) = cookie
+                && verdict.revocable()
+            {
                 conns::remember_udp(cookie, &state);
             }
         }

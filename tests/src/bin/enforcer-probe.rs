@@ -144,12 +144,8 @@ fn listen(addr: SocketAddr) -> ExitCode {
 }
 
 fn udp_listen(addr: SocketAddr) -> ExitCode {
-    let socket = match UdpSocket::bind(addr) {
-        Ok(s) => s,
-        Err(err) => {
-            println!("error {}", err.raw_os_error().unwrap_or(0));
-            return ExitCode::FAILURE;
-        }
+    let Some(socket) = bind_udp(addr) else {
+        return ExitCode::FAILURE;
     };
     ready("listening");
     let mut buf = [0u8; 64];
@@ -531,12 +527,8 @@ fn udp_stream(addr: SocketAddr, timeout: Duration, connected: bool) -> ExitCode 
 }
 
 fn udp_sink(addr: SocketAddr) -> ExitCode {
-    let socket = match UdpSocket::bind(addr) {
-        Ok(s) => s,
-        Err(err) => {
-            println!("error {}", err.raw_os_error().unwrap_or(0));
-            return ExitCode::FAILURE;
-        }
+    let Some(socket) = bind_udp(addr) else {
+        return ExitCode::FAILURE;
     };
     ready("listening");
     let mut buf = [0u8; 2048];
@@ -546,4 +538,11 @@ fn udp_sink(addr: SocketAddr) -> ExitCode {
             ready(&format!("got {}", text.trim_end_matches('\n')));
         }
     }
+}
+
+/// A UDP socket bound to `addr`, or `None` after printing the error as the tests read it.
+fn bind_udp(addr: SocketAddr) -> Option<UdpSocket> {
+    UdpSocket::bind(addr)
+        .inspect_err(|err| println!("error {}", err.raw_os_error().unwrap_or(0)))
+        .ok()
 }
