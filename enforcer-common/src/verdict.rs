@@ -65,6 +65,42 @@ pub enum Reason {
     NoDomain,
 }
 
+impl Reason {
+    /// Every reason, in code order: `Reason::ALL[r.code() as usize] == r`.
+    pub const ALL: [Self; 7] = [
+        Self::SameDomain,
+        Self::EdgeAllowed,
+        Self::NoEdge,
+        Self::EdgeExpired,
+        Self::UnlabeledDefault,
+        Self::ExternalDefault,
+        Self::NoDomain,
+    ];
+
+    /// The reason as a byte for event records.
+    #[inline(always)]
+    pub const fn code(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        Self::ALL.get(usize::from(code)).copied()
+    }
+
+    /// The reason as events, metrics and `why` name it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::SameDomain => "same_domain",
+            Self::EdgeAllowed => "edge_allowed",
+            Self::NoEdge => "no_edge",
+            Self::EdgeExpired => "edge_expired",
+            Self::UnlabeledDefault => "unlabeled_default",
+            Self::ExternalDefault => "external_default",
+            Self::NoDomain => "no_domain",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Verdict {
     pub allow: bool,
@@ -218,6 +254,14 @@ fn audited(src: Peer, dst: Peer, policy: &PolicyConfig, rules: &impl Rules) -> b
 mod tests {
     use super::*;
     use crate::maps::{ACTION_ALLOW, MODE_ENFORCE, PROTO_TCP, PROTO_UDP, PortRange};
+
+    #[test]
+    fn reason_codes_round_trip() {
+        for reason in Reason::ALL {
+            assert_eq!(Reason::from_code(reason.code()), Some(reason));
+        }
+        assert_eq!(Reason::from_code(Reason::ALL.len() as u8), None);
+    }
 
     /// (first, last, protocols, edge, not_before, not_after)
     type Range = (u16, u16, u32, u32, u64, u64);

@@ -38,6 +38,7 @@ use crate::{
     paths::{PinDir, StateDir},
     revocation::{Connections, Snapshot},
     status::{self, Status},
+    tally::Tally,
     usage::Usage,
 };
 
@@ -73,6 +74,8 @@ pub struct Daemon {
     live: Vec<LiveEdge>,
     /// Boot-clock nanosecond up to which edge expiries have ended their connections.
     expiries_done: u64,
+    /// Decisions seen in the kernel's event stream.
+    tally: Tally,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -163,6 +166,7 @@ pub fn run(options: Options) -> Result<()> {
         book,
         live: Vec::new(),
         expiries_done: Clocks::now().boot,
+        tally: Tally::default(),
     };
     match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}

@@ -19,6 +19,7 @@ mod registry;
 mod revocation;
 mod sockdiag;
 mod status;
+mod tally;
 mod teardown;
 mod usage;
 
