@@ -4,6 +4,7 @@
 //! and size-checked, so both sides agree on the bytes without relying on compiler layout.
 #![cfg_attr(not(test), no_std)]
 
+pub mod event;
 pub mod maps;
 pub mod names;
 pub mod verdict;

@@ -42,9 +42,15 @@ pub const MAP_UDP_CONNS: &str = "ENF_UDP_CONNS";
 pub const MAP_COUNTS: &str = "ENF_COUNTS";
 /// Hash: edge index -> connections it allowed and when it last did.
 pub const MAP_EDGE_USE: &str = "ENF_EDGE_USE";
+/// Decision events for the daemon (ring buffer).
+pub const MAP_EVENTS: &str = "ENF_EVENTS";
+/// Events dropped because the ring buffer was full (per-CPU counter).
+pub const MAP_EVENTS_LOST: &str = "ENF_EVENTS_LOST";
+/// Refused handshakes, so that retransmissions are counted and reported once.
+pub const MAP_REFUSALS: &str = "ENF_REFUSALS";
 
 /// Every map the daemon pins, in the order it reports them.
-pub const ALL_MAPS: [&str; 18] = [
+pub const ALL_MAPS: [&str; 21] = [
     MAP_TAGS,
     MAP_BINDINGS,
     MAP_ENDPOINTS,
@@ -63,6 +69,9 @@ pub const ALL_MAPS: [&str; 18] = [
     MAP_UDP_CONNS,
     MAP_COUNTS,
     MAP_EDGE_USE,
+    MAP_EVENTS,
+    MAP_EVENTS_LOST,
+    MAP_REFUSALS,
 ];
 
 /// `cgroup/sock_create`: tags a new socket with its creator's domain.

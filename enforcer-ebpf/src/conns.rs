@@ -9,9 +9,13 @@
 //! listener leaves the judged flow in `ENF_ACCEPTS` under the connection's four-tuple, and
 //! the accepted socket takes it over at its first packet.
 
-use aya_ebpf::{bindings::BPF_SK_STORAGE_GET_F_CREATE, helpers::generated::bpf_sk_storage_get};
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE, helpers::generated::bpf_sk_storage_get,
+    programs::SkBuffContext,
+};
 use core::ffi::c_void;
 use enforcer_common::{
+    event::HOOK_ESTABLISHED,
     maps::{
         AcceptKey, CONN_ALLOWED, CONN_AUDITED, CONN_REFUSED, CONN_UNTRACKED, ConnState, NEVER,
         PROTO_TCP,
@@ -21,7 +25,9 @@ use enforcer_common::{
 
 use crate::{
     counters,
+    events::{self, Decision, Origin},
     maps::{ACCEPTS, CONNS, UDP_CONNS},
+    packet,
     policy::{self, Active},
 };
 
@@ -96,15 +102,10 @@ pub fn accepted(key: &AcceptKey, state: &ConnState) {
     let _ = ACCEPTS.insert(key, state, 0);
 }
 
-/// Whether a packet of the connected full socket `sk` may pass. `four_tuple` gives the
-/// connection's key as this socket sees it, needed only the first time an accepted TCP
-/// socket is seen.
+/// Whether the packet in `ctx`, which the connected full socket `sk` sends (`outgoing`) or
+/// receives, may pass.
 #[inline(always)]
-pub fn check(
-    sk: *mut c_void,
-    protocol: u32,
-    four_tuple: impl FnOnce() -> Option<AcceptKey>,
-) -> bool {
+pub fn check(ctx: &SkBuffContext, sk: *mut c_void, protocol: u32, outgoing: bool) -> bool {
     // SAFETY: flags 0 never creates; a non-null result points at a live ConnState.
     let mut stored = unsafe { bpf_sk_storage_get(CONNS.as_ptr(), sk, core::ptr::null_mut(), 0) };
     if stored.is_null() {
@@ -112,7 +113,9 @@ pub fn check(
         if protocol != PROTO_TCP {
             return true;
         }
-        stored = adopt(sk, four_tuple());
+        // An accepted TCP socket seen for the first time: its key is the packet's four-tuple.
+        let key = packet::parse(ctx).map(|p| packet::four_tuple(&p, outgoing));
+        stored = adopt(sk, key);
         if stored.is_null() {
             return true;
         }
@@ -131,24 +134,31 @@ pub fn check(
     }
     let from = Peer::decode(state.from);
     let to = Peer::decode(state.to);
-    let verdict = active.decide(from, to, u32::from(state.protocol), state.port, now);
+    let protocol = u32::from(state.protocol);
+    let verdict = active.decide(from, to, protocol, state.port, now);
     let next = status(&verdict);
-    // Counted once per connection, when its status changes, not once per packet.
-    if next != state.status {
+    // Counted and reported once per connection end, when its status changes, not once per
+    // packet.
+    if next != state.status && (next == CONN_AUDITED || next == CONN_REFUSED) {
         if next == CONN_AUDITED {
             counters::would_deny(from, to);
-        } else if next == CONN_REFUSED {
+        } else {
             counters::denied(from, to);
         }
+        if let Some(ends) = packet::parse(ctx) {
+            let decision = Decision {
+                hook: HOOK_ESTABLISHED,
+                verdict: &verdict,
+                from,
+                to,
+                protocol,
+                generation: active.config.generation,
+                now,
+            };
+            events::emit(&decision, &ends, Origin::Packet(ctx.skb.skb.cast()));
+        }
     }
-    *state = judged(
-        &verdict,
-        from,
-        to,
-        u32::from(state.protocol),
-        state.port,
-        &active,
-    );
+    *state = judged(&verdict, from, to, protocol, state.port, &active);
     verdict.allow
 }
 

@@ -43,9 +43,7 @@ pub fn enf_egress(ctx: SkBuffContext) -> i32 {
         return PASS;
     }
     let sk: *mut c_void = sk.cast();
-    let allowed = conns::check(sk, proto, || {
-        packet::parse(&ctx).map(|p| packet::four_tuple(&p, true))
-    });
+    let allowed = conns::check(&ctx, sk.cast(), proto, true);
     if allowed { PASS } else { DROP }
 }
 

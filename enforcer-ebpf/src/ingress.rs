@@ -10,16 +10,21 @@ use aya_ebpf::{
     macros::cgroup_skb,
     programs::SkBuffContext,
 };
-use enforcer_common::maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP, SockTag};
+use enforcer_common::{
+    event::HOOK_INGRESS,
+    maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP, SockTag},
+    verdict::Verdict,
+};
 
 use crate::{
     conns, counters,
     destination::{self, Target},
+    events::{self, Decision, Origin},
     flows, identity,
     maps::HOST,
     packet, policy,
     protocol::{self, TCP_LISTEN},
-    source,
+    refusals, source,
 };
 
 const PASS: i32 = 1;
@@ -51,9 +56,7 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     // An established TCP connection was judged when it was set up; each packet is only
     // checked against that judgement.
     if proto == PROTO_TCP && state != TCP_LISTEN {
-        let allowed = conns::check(sk.cast(), proto, || {
-            packet::parse(ctx).map(|p| packet::four_tuple(&p, false))
-        });
+        let allowed = conns::check(ctx, sk.cast(), proto, false);
         return if allowed { PASS } else { DROP };
     }
     let Some(active) = policy::active() else {
@@ -73,6 +76,18 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     let port = u16::from_be(packet.dport);
     let now = policy::now();
     let verdict = active.decide(from, to, proto, port, now);
+    let report = |verdict: &Verdict| {
+        let decision = Decision {
+            hook: HOOK_INGRESS,
+            verdict,
+            from,
+            to,
+            protocol: proto,
+            generation: active.config.generation,
+            now,
+        };
+        events::emit(&decision, &packet, Origin::Packet(skb.cast()));
+    };
     if proto == PROTO_UDP {
         // SAFETY: the context is the program's own.
         let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
@@ -80,6 +95,9 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         if verdict.allow {
             if flows::open(&key, from, to, port, FLOW_INBOUND) && !sender.judged {
                 counters::allowed(&verdict, from, to, now);
+                if verdict.revocable() {
+                    report(&verdict);
+                }
             }
             return PASS;
         }
@@ -87,14 +105,21 @@ fn judge(ctx: &SkBuffContext) -> i32 {
             return PASS;
         }
         counters::denied(from, to);
+        report(&verdict);
         return DROP;
     }
     if !verdict.allow {
-        counters::denied(from, to);
+        if refusals::first(&packet::four_tuple(&packet, false), now) {
+            counters::denied(from, to);
+            report(&verdict);
+        }
         return DROP;
     }
     if packet::is_tcp_open(ctx, &packet) && !sender.judged {
         counters::allowed(&verdict, from, to, now);
+        if verdict.revocable() {
+            report(&verdict);
+        }
     }
     if verdict.revocable() {
         let state = conns::judged(&verdict, from, to, proto, port, &active);

@@ -4,13 +4,16 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_CLONE, BPF_F_NO_PREALLOC, bpf_map_type::BPF_MAP_TYPE_SK_STORAGE},
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuHashMap, RingBuf},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
-use enforcer_common::maps::{
-    AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey, EdgeUse,
-    EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, NewNetns, PairCounts, PairKey,
-    PolicyConfig, PortRules, SLOTS, SockTag,
+use enforcer_common::{
+    event::Event,
+    maps::{
+        AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey,
+        EdgeUse, EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, NewNetns, PairCounts,
+        PairKey, PolicyConfig, PortRules, SLOTS, SockTag,
+    },
 };
 
 /// A socket storage map, declared by hand because aya-ebpf's `SkStorage` fixes its flags.
@@ -66,6 +69,12 @@ const MAX_MODES: usize = 2 * 65_536;
 /// Domain pairs with refusal or audit counts; past this, new pairs go uncounted.
 const MAX_PAIRS: usize = 65_536;
 const MAX_EDGES: usize = 65_536;
+/// About 37,000 events of 112 bytes (record and header): several seconds of refusals at the
+/// highest rates the benchmarks reach, while the daemon drains it continuously.
+const EVENTS_BYTES: usize = 4 << 20;
+/// Refused handshakes remembered so that a peer's retransmissions of one refused SYN count
+/// and report once.
+const MAX_REFUSALS: usize = 65_536;
 
 /// `BPF_F_CLONE` makes the kernel copy a listener's tag to every socket it accepts
 /// (`bpf_sk_storage_clone`, called from `sk_clone_lock`), so accepted sockets carry their
@@ -134,3 +143,14 @@ pub static NETNS: HashMap<u64, NetnsSeen, MAX_NETNS, { BPF_F_NO_PREALLOC as usiz
 
 #[btf_map(name = "ENF_NOTIFY")]
 pub static NOTIFY: RingBuf<NewNetns, NOTIFY_BYTES> = RingBuf::new();
+
+#[btf_map(name = "ENF_EVENTS")]
+pub static EVENTS: RingBuf<Event, EVENTS_BYTES> = RingBuf::new();
+
+/// Events dropped because the ring buffer was full, per CPU.
+#[btf_map(name = "ENF_EVENTS_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64, 1> = PerCpuArray::new();
+
+/// Four-tuple of a refused handshake to the boot-time nanosecond it was first refused.
+#[btf_map(name = "ENF_REFUSALS")]
+pub static REFUSALS: LruHashMap<AcceptKey, u64, MAX_REFUSALS> = LruHashMap::new();

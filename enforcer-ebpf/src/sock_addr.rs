@@ -8,15 +8,19 @@ use aya_ebpf::{
 };
 use core::ffi::c_void;
 use enforcer_common::{
-    maps::{FLOW_INBOUND, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
-    verdict::Peer,
+    event::{HOOK_CONNECT, HOOK_SENDMSG},
+    maps::{FAMILY_V4, FLOW_INBOUND, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
+    verdict::{Peer, Verdict},
 };
 
 use crate::{
     address::Addr,
     conns, counters,
     destination::{self, Target},
-    flows, identity, policy, protocol,
+    events::{self, Decision, Origin},
+    flows, identity,
+    packet::Packet,
+    policy, protocol,
 };
 
 const PROCEED: i32 = 1;
@@ -66,6 +70,22 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let port = u16::from_be(dport);
     let now = policy::now();
     let verdict = active.decide(from, to, proto, port, now);
+    let report = |verdict: &Verdict| {
+        let decision = Decision {
+            hook: if hook == Hook::Connect {
+                HOOK_CONNECT
+            } else {
+                HOOK_SENDMSG
+            },
+            verdict,
+            from,
+            to,
+            protocol: proto,
+            generation: active.config.generation,
+            now,
+        };
+        events::emit(&decision, &ends(sk, &dst, dport), Origin::Task);
+    };
     if verdict.allow {
         let mut new_flow = hook == Hook::Connect;
         // Only UDP needs the cookie; TCP connects skip the helper call.
@@ -85,6 +105,11 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
         };
         if new_flow {
             counters::allowed(&verdict, from, to, now);
+            // A crossing is reported once per connection or UDP flow; flows inside a
+            // domain are not reported at all.
+            if verdict.revocable() {
+                report(&verdict);
+            }
         }
         if hook == Hook::Connect {
             let state = conns::judged(&verdict, from, to, proto, port, &active);
@@ -105,7 +130,31 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
         }
     }
     counters::denied(from, to);
+    report(&verdict);
     REJECT
+}
+
+/// The flow's addresses: the socket's local address and port as bound so far (a TCP socket
+/// gets its port only after `connect()` returns from this hook) and the destination.
+#[inline(always)]
+fn ends(sk: *mut c_void, dst: &Addr, dport: u16) -> Packet {
+    let sk = sk.cast::<aya_ebpf::bindings::bpf_sock>();
+    // SAFETY: `sk` is the context's socket; its address fields are readable in this hook.
+    let (src, sport) = unsafe {
+        let src = if dst.family == FAMILY_V4 {
+            Addr::v4((*sk).src_ip4)
+        } else {
+            Addr::v6((*sk).src_ip6)
+        };
+        (src, ((*sk).src_port as u16).to_be())
+    };
+    Packet {
+        src,
+        dst: *dst,
+        sport,
+        dport,
+        transport: 0,
+    }
 }
 
 /// The calling socket's domain. A socket created before enforcement has no tag; it gets one

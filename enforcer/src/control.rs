@@ -12,6 +12,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    event_record::EventRecord,
     grants::{EdgeView, GrantRequest},
     status::Status,
 };
@@ -35,6 +36,11 @@ pub enum Request {
     /// Every edge; those unused for `stale_after_ms` are marked stale.
     Edges {
         stale_after_ms: u64,
+    },
+    /// Decision events: every one kept in the event log, or with `follow` each new one as it
+    /// happens.
+    Events {
+        follow: bool,
     },
 }
 
@@ -65,6 +71,9 @@ pub enum Response {
         errors: Vec<String>,
     },
     Status(Box<Status>),
+    /// Followed by one `EventRecord` per line until the daemon closes the connection (after
+    /// the log's last event, or never when following).
+    Events,
     Error {
         message: String,
     },
@@ -72,6 +81,41 @@ pub enum Response {
 
 /// Sends one request to the daemon at `socket` and returns its response.
 pub fn call(socket: &Path, request: &Request) -> Result<Response> {
+    let stream = send(socket, request)?;
+    let mut reply = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut reply)
+        .context("reading the daemon's reply")?;
+    parse_reply(&reply)
+}
+
+/// Asks for decision events, calls `ready` once the daemon has accepted the request (a
+/// follower then receives every later event), and hands each event to `each` as it arrives;
+/// returns when the daemon ends the stream (when following: never, unless the daemon stops).
+pub fn events(
+    socket: &Path,
+    follow: bool,
+    ready: impl FnOnce(),
+    mut each: impl FnMut(EventRecord) -> Result<()>,
+) -> Result<()> {
+    let stream = send(socket, &Request::Events { follow })?;
+    // Events may be minutes apart.
+    stream.set_read_timeout(None)?;
+    let mut lines = BufReader::new(&stream).lines();
+    let first = lines.next().transpose()?.unwrap_or_default();
+    match parse_reply(&first)? {
+        Response::Events => ready(),
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+    for line in lines {
+        let line = line.context("reading events from the daemon")?;
+        each(serde_json::from_str(&line).context("the daemon sent an event that is not valid")?)?;
+    }
+    Ok(())
+}
+
+fn send(socket: &Path, request: &Request) -> Result<UnixStream> {
     let stream = UnixStream::connect(socket).with_context(|| {
         format!(
             "cannot reach the enforcer daemon at {} (is it running? pass --socket if it uses \
@@ -84,14 +128,14 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
     (&stream).write_all(line.as_bytes())?;
-    let mut reply = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut reply)
-        .context("reading the daemon's reply")?;
+    Ok(stream)
+}
+
+fn parse_reply(reply: &str) -> Result<Response> {
     if reply.is_empty() {
         bail!("the daemon closed the connection without replying");
     }
-    serde_json::from_str(&reply).context("the daemon's reply is not valid")
+    serde_json::from_str(reply).context("the daemon's reply is not valid")
 }
 
 /// Reads one request from a connected client.

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::ErrorKind,
+    io::{ErrorKind, Write as _},
     os::unix::{
         fs::{DirBuilderExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
@@ -23,11 +23,15 @@ use enforcer_policy::{Action, CgroupPath, Policy};
 use crate::{
     addresses::Addresses,
     backfill, bpffs,
+    cgroup_paths::CgroupPaths,
     cgroupfs::{CgroupFs, CgroupRoot},
     clock::Clocks,
     compile::{self, Compiled},
     control::{self, Request, Response},
     edges::{Book, LiveEdge, Source},
+    event_feed::{Feed, Followers},
+    event_log::{self, EventLog},
+    event_record::{self, EventRecord},
     grants::{self, EdgeView, GrantRequest, Used},
     kernel::{
         self,
@@ -142,6 +146,16 @@ pub fn run(options: Options) -> Result<()> {
         ebpf.take_map(names::MAP_NOTIFY)
             .with_context(|| format!("the eBPF object has no map {}", names::MAP_NOTIFY))?,
     )?;
+    let followers = Followers::default();
+    let events_path = options.state_dir.events();
+    let event_log = EventLog::open(&events_path)
+        .with_context(|| format!("opening the event log {}", events_path.display()))?;
+    let feed = Feed::new(
+        &mut ebpf,
+        event_log,
+        CgroupPaths::new(cgroups.mount()),
+        followers.clone(),
+    )?;
     let generation = maps.active()?.config.generation;
     let mut daemon = Daemon {
         cgroups,
@@ -204,14 +218,60 @@ pub fn run(options: Options) -> Result<()> {
     daemon.refresh_addresses(true)?;
     let daemon = Arc::new(Mutex::new(daemon));
     maintain::spawn(Arc::clone(&daemon), notify)?;
+    feed.spawn(Arc::clone(&daemon))?;
     log(&format!("control socket {}", options.socket.display()));
-    serve(&daemon, &listener);
+    serve(
+        &daemon,
+        &listener,
+        &EventService {
+            log: events_path,
+            followers,
+        },
+    );
     Ok(())
+}
+
+/// Where `enforcer events` requests are answered from.
+struct EventService {
+    log: PathBuf,
+    followers: Followers,
+}
+
+impl EventService {
+    /// Answers an events request on its own thread: the log may be long and a follower
+    /// stays connected, and neither may hold up other requests.
+    fn answer(&self, stream: UnixStream, follow: bool) {
+        let log_path = self.log.clone();
+        let followers = self.followers.clone();
+        let answered = std::thread::Builder::new()
+            .name("events-client".into())
+            .spawn(move || {
+                let result = control::write_response(&stream, &Response::Events).and_then(|()| {
+                    if follow {
+                        return followers.add(stream);
+                    }
+                    let lines = event_log::read(&log_path)
+                        .with_context(|| format!("reading {}", log_path.display()))?;
+                    let mut text = lines.join("\n");
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    (&stream).write_all(text.as_bytes())?;
+                    Ok(())
+                });
+                if let Err(err) = result {
+                    log(&format!("could not answer an events request: {err:#}"));
+                }
+            });
+        if let Err(err) = answered {
+            log(&format!("could not answer an events request: {err}"));
+        }
+    }
 }
 
 /// Answers control requests one at a time. A request is read before the daemon is locked, so
 /// a slow client never holds up the maintenance thread.
-fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener) {
+fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener, events: &EventService) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -221,6 +281,10 @@ fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener) {
             }
         };
         let response = match control::read_request(&stream) {
+            Ok(Request::Events { follow }) => {
+                events.answer(stream, follow);
+                continue;
+            }
             Ok(request) => daemon
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -478,6 +542,14 @@ impl Daemon {
             .collect()
     }
 
+    pub fn set_events_lost(&mut self, lost: u64) {
+        self.tally.set_lost(lost);
+    }
+
+    pub fn count_event(&mut self, record: &EventRecord) {
+        self.tally.record(record.decision());
+    }
+
     fn peer_name(&self, code: u32) -> String {
         match Peer::decode(code) {
             Peer::Unlabeled => "unlabeled".into(),
@@ -548,6 +620,10 @@ impl Daemon {
             Request::Revoke { id } => self.revoke(&id),
             Request::Edges { stale_after_ms } => Response::Edges {
                 edges: self.edge_views(std::time::Duration::from_millis(stale_after_ms)),
+            },
+            // Answered by `serve` without the daemon lock.
+            Request::Events { .. } => Response::Error {
+                message: "events are not answered here".into(),
             },
         }
     }
@@ -724,6 +800,10 @@ impl Daemon {
             domains,
             edges,
             audit: self.audit_status(),
+            events: status::EventsStatus {
+                log: self.state.events().display().to_string(),
+                lost: self.tally.lost(),
+            },
             programs: self
                 .programs
                 .iter()
@@ -746,6 +826,19 @@ impl Daemon {
                 })
                 .collect(),
         }
+    }
+}
+
+impl event_record::Names for Daemon {
+    fn peer(&self, code: u32) -> String {
+        self.peer_name(code)
+    }
+
+    fn edge(&self, index: u32) -> Option<String> {
+        self.live
+            .iter()
+            .find(|e| e.index == index)
+            .map(|e| e.edge.id.to_string())
     }
 }
 

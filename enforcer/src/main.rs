@@ -4,6 +4,7 @@
 mod addresses;
 mod backfill;
 mod bpffs;
+mod cgroup_paths;
 mod cgroupfs;
 mod clock;
 mod compile;
@@ -11,10 +12,15 @@ mod control;
 mod daemon;
 mod edge;
 mod edges;
+mod event_feed;
+mod event_log;
+mod event_record;
 mod grants;
 mod kernel;
 mod maintain;
 mod paths;
+#[cfg(test)]
+mod privileged_tests;
 mod registry;
 mod revocation;
 mod sockdiag;
@@ -23,7 +29,7 @@ mod tally;
 mod teardown;
 mod usage;
 
-use std::{fs, path::PathBuf, process::ExitCode};
+use std::{fs, io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -81,6 +87,20 @@ enum Command {
         socket: PathBuf,
         #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
         output: Output,
+    },
+    /// Show decision events: refusals, audited flows and allowed domain crossings, with
+    /// domains, edge, addresses, process and cgroup.
+    Events {
+        /// Keep printing new events as they happen (nothing from the log before).
+        #[arg(short, long)]
+        follow: bool,
+        /// Only events with this domain (or `unlabeled`, `external`) on either side.
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
@@ -215,6 +235,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
             output,
         } => edge::run(command, &socket, output),
+        Command::Events {
+            follow,
+            domain,
+            output,
+            socket,
+        } => events(&socket, follow, domain.as_deref(), output),
         Command::Teardown {
             pin_dir,
             cgroup_root,
@@ -222,6 +248,33 @@ fn run(cli: Cli) -> Result<ExitCode> {
             teardown::run(&PinDir::new(pin_dir), cgroup_root.as_deref()).map(|()| ExitCode::SUCCESS)
         }
     }
+}
+
+fn events(
+    socket: &std::path::Path,
+    follow: bool,
+    domain: Option<&str>,
+    output: Output,
+) -> Result<ExitCode> {
+    let ready = || {
+        if follow {
+            eprintln!("enforcer: following events from {}", socket.display());
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    control::events(socket, follow, ready, |event| {
+        if domain.is_some_and(|d| event.from != d && event.to != d) {
+            return Ok(());
+        }
+        match output {
+            Output::Text => writeln!(stdout, "{event}")?,
+            Output::Json => writeln!(stdout, "{}", serde_json::to_string(&event)?)?,
+        }
+        // A follower reads events as they happen, not when a buffer fills.
+        stdout.flush()?;
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn check(files: &[PathBuf]) -> ExitCode {

@@ -59,4 +59,9 @@ impl StateDir {
     pub fn active_policy(&self) -> PathBuf {
         self.0.join("active-policy.yaml")
     }
+
+    /// Decision events as JSON lines; older ones in `events.jsonl.1`, `.2`, ...
+    pub fn events(&self) -> PathBuf {
+        self.0.join("events.jsonl")
+    }
 }

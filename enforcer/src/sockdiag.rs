@@ -659,23 +659,8 @@ mod tests {
     /// Every TCP state but LISTEN, TIME_WAIT and CLOSE: what the daemon dumps.
     const CONNECTIONS: u32 = !(1 << TCP_LISTEN | 1 << TCP_TIME_WAIT | 1 << TCP_CLOSE);
 
-    /// Set by CI: a privileged test that cannot run is a failure, not a skip (as in the
-    /// workspace's tests crate).
-    const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";
-
     fn privileged(test: &str) -> bool {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            return true;
-        }
-        if std::env::var_os(REQUIRE_ENV).is_some() {
-            panic!("{test}: privileged test cannot run (not root) and {REQUIRE_ENV} is set");
-        }
-        eprintln!(
-            "\n!!!!!!!! SKIPPED privileged test {test}: not running as root. sock_diag was not \
-             tested. Set {REQUIRE_ENV}=1 to make this a failure. !!!!!!!!\n"
-        );
-        false
+        crate::privileged_tests::privileged(test, "sock_diag")
     }
 
     fn cookie(socket: &impl AsRawFd) -> u64 {

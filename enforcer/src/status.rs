@@ -21,6 +21,7 @@ pub struct Status {
     pub domains: Vec<DomainStatus>,
     pub edges: Vec<EdgeView>,
     pub audit: AuditStatus,
+    pub events: EventsStatus,
     pub programs: Vec<ProgramStatus>,
     pub maps: Vec<MapFill>,
 }
@@ -69,6 +70,15 @@ pub struct PairStatus {
     pub to: String,
     pub would_deny: u64,
     pub denied: u64,
+}
+
+/// Where decision events go, and how many never got there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsStatus {
+    pub log: String,
+    /// Events the programs dropped because the ring buffer was full, since enforcement
+    /// started.
+    pub lost: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -134,6 +144,11 @@ impl Display for Status {
                 p.from, p.to, p.would_deny, p.denied
             )?;
         }
+        writeln!(
+            f,
+            "events:       {} ({} lost: ring buffer full)",
+            self.events.log, self.events.lost
+        )?;
         writeln!(f, "programs:")?;
         for p in &self.programs {
             writeln!(

@@ -4,12 +4,14 @@
 //! pods and other machines in network namespaces of their own, also removed on drop; every
 //! probe process, wherever it runs, is placed by a [`Workload`].
 
+mod events;
 mod json;
 mod lan;
 mod netns;
 mod sandbox;
 mod workload;
 
+pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;

@@ -12,6 +12,7 @@ use std::{
 };
 
 use crate::{
+    events::EventFollower,
     json::Json,
     workload::{HeldSocket, Outcome, Server, Stream, Workload},
 };
@@ -147,7 +148,7 @@ impl Sandbox {
             Some("policy") if args.get(1) == Some(&"apply") => {
                 cmd.arg("--socket").arg(&self.socket);
             }
-            Some("edge") => {
+            Some("edge" | "events") => {
                 cmd.arg("--socket").arg(&self.socket);
             }
             Some("teardown") => {
@@ -341,6 +342,30 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("status prints JSON")
+    }
+
+    /// Follows the daemon's decision events from now on.
+    pub fn follow_events(&self) -> EventFollower {
+        let mut cmd = Command::new(enforcer());
+        cmd.args(["events", "--follow", "-o", "json", "--socket"])
+            .arg(&self.socket);
+        EventFollower::start(cmd)
+    }
+
+    /// `enforcer events -o json EXTRA`: the events in the daemon's log, one per line.
+    pub fn event_log(&self, extra: &[&str]) -> Vec<Json> {
+        let mut args = vec!["events", "-o", "json"];
+        args.extend(extra);
+        let out = self.enforcer(&args);
+        assert!(
+            out.status.success(),
+            "events failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| Json::parse(l).unwrap_or_else(|e| panic!("event line not JSON ({e}): {l}")))
+            .collect()
     }
 
     /// Removes every cgroup under the sandbox root, deepest first, after killing what runs there.

@@ -23,7 +23,7 @@ static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/en
 
 /// (map, key size, value size) as this build lays them out. A pinned map from another build
 /// with a different layout must not be adopted: programs would read garbage from it.
-const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
+const MAP_LAYOUTS: [(&str, usize, usize); 21] = [
     (names::MAP_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (
         names::MAP_BINDINGS,
@@ -84,6 +84,14 @@ const MAP_LAYOUTS: [(&str, usize, usize); 18] = [
         size_of::<PairCounts>(),
     ),
     (names::MAP_EDGE_USE, size_of::<u32>(), size_of::<EdgeUse>()),
+    // The ring buffer's records are `Event`s; their layout is the daemon's to read.
+    (names::MAP_EVENTS, 0, 0),
+    (names::MAP_EVENTS_LOST, size_of::<u32>(), size_of::<u64>()),
+    (
+        names::MAP_REFUSALS,
+        size_of::<AcceptKey>(),
+        size_of::<u64>(),
+    ),
 ];
 
 /// Loads the object. Maps already pinned under `pins` are reused (their contents, and so the
@@ -117,6 +125,7 @@ pub fn open(pins: &PinDir) -> Result<Ebpf> {
             | aya::maps::Map::Array(data)
             | aya::maps::Map::LruHashMap(data)
             | aya::maps::Map::PerCpuHashMap(data)
+            | aya::maps::Map::PerCpuArray(data)
             | aya::maps::Map::RingBuf(data) => data.info()?,
             _ => bail!("map {name} has an unexpected type"),
         };

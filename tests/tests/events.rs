@@ -1,0 +1,333 @@
+//! Decision events: every refusal, every audited flow and every allowed domain crossing seen
+//! by real applications is reported exactly once, with the right reason and every field,
+//! through `enforcer events --follow`, in the event log, and across a daemon outage.
+//!
+//! Event order is the kernel's: a test ends its actions with a marker (a refused connect to a
+//! port used for nothing else) and, once the marker's event has arrived, knows every earlier
+//! event has too, so "nothing else was reported" needs no waiting.
+//! Every test uses its own ports (32600-32799 belong to this file).
+
+use std::time::{Duration, SystemTime};
+
+use enforcer_tests::{Json, Outcome, Sandbox, privileged};
+
+const PROD: &str = "prod.example.org";
+const STAGING: &str = "staging.example.org";
+const LOCALHOST: &str = "127.0.0.1";
+/// Events arrive within milliseconds; generous for a loaded machine, never a timing claim.
+const ARRIVAL: Duration = Duration::from_secs(10);
+
+fn policy(extra_domains: &str, edges: &str) -> String {
+    format!(
+        "
+version: 1
+defaults: {{unlabeled: deny, external: allow}}
+domains:
+  - name: prod.example.org
+    cgroups: ['{{root}}/prod']
+  - name: staging.example.org
+    cgroups: ['{{root}}/staging']
+{extra_domains}federation:
+{edges}"
+    )
+}
+
+fn edge(id: &str, protocol: &str, port: u16, extra: &str) -> String {
+    format!(
+        "  - id: {id}
+    from: staging.example.org
+    to: prod.example.org
+    protocol: {protocol}
+    ports: [{port}]
+    owner: events-test
+    reason: decision events
+{extra}"
+    )
+}
+
+fn ms(at: SystemTime) -> u64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).expect("a sane clock"))
+}
+
+fn text<'a>(event: &'a Json, key: &str) -> &'a str {
+    event
+        .get(key)
+        .and_then(Json::as_str)
+        .unwrap_or_else(|| panic!("event without a string `{key}`: {event}"))
+}
+
+fn number(event: &Json, key: &str) -> u64 {
+    event
+        .get(key)
+        .and_then(Json::as_u64)
+        .unwrap_or_else(|| panic!("event without a number `{key}`: {event}"))
+}
+
+/// Whether `event` is the marker: the refused connect to `port`.
+fn is_marker(event: &Json, port: u16) -> bool {
+    event
+        .get("dst")
+        .and_then(Json::as_str)
+        .is_some_and(|d| d.ends_with(&format!(":{port}")))
+}
+
+/// What an event is, in one comparable line.
+fn summary(event: &Json) -> String {
+    format!(
+        "{} {} {}/{} {} -> {} {} edge {}",
+        text(event, "verdict"),
+        text(event, "reason"),
+        text(event, "protocol"),
+        text(event, "hook"),
+        text(event, "from"),
+        text(event, "to"),
+        text(event, "dst"),
+        event.get("edge").and_then(Json::as_str).unwrap_or("none")
+    )
+}
+
+/// Every key of the `-o json` schema, with its type.
+fn check_schema(event: &Json) {
+    for key in [
+        "time", "verdict", "reason", "hook", "protocol", "from", "to", "src", "dst",
+    ] {
+        text(event, key);
+    }
+    number(event, "cgroup_id");
+    number(event, "generation");
+    for key in ["edge", "cgroup", "pid", "comm"] {
+        assert!(event.get(key).is_some(), "event without `{key}`: {event}");
+    }
+    assert!(
+        event.get("time").and_then(Json::as_time).is_some(),
+        "`time` is RFC 3339: {event}"
+    );
+}
+
+#[test]
+fn each_refusal_and_crossing_is_reported_once_with_every_field() {
+    if !privileged("each_refusal_and_crossing_is_reported_once_with_every_field") {
+        return;
+    }
+    let mut sb = Sandbox::new("events-fields");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let other = sb.cgroup("other");
+    let edges = [
+        edge("db", "tcp", 32601, ""),
+        edge("metrics", "udp", 32602, ""),
+        edge(
+            "old-db",
+            "tcp",
+            32605,
+            "    expires: 2020-01-01T00:00:00Z\n",
+        ),
+    ]
+    .concat();
+    let file = sb.policy("policy.yaml", &policy("", &edges));
+    sb.start_daemon(&file);
+    let generation = sb
+        .status()
+        .get("generation")
+        .and_then(Json::as_u64)
+        .unwrap();
+    let _servers = [
+        sb.listen(&prod, LOCALHOST, 32601),
+        sb.listen(&prod, LOCALHOST, 32603),
+        sb.listen(&prod, LOCALHOST, 32605),
+        sb.listen(&prod, LOCALHOST, 32699),
+        sb.udp_listen(&prod, LOCALHOST, 32602),
+        sb.udp_listen(&prod, LOCALHOST, 32604),
+    ];
+    let events = sb.follow_events();
+
+    let before = SystemTime::now();
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32601), Outcome::greeted());
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32603), Outcome::EPERM);
+    assert_eq!(sb.connect(&prod, LOCALHOST, 32601), Outcome::greeted());
+    assert_eq!(sb.connect(&other, LOCALHOST, 32601), Outcome::EPERM);
+    assert_eq!(sb.udp_send(&staging, LOCALHOST, 32602), Outcome::replied());
+    assert_eq!(sb.udp_send(&staging, LOCALHOST, 32604), Outcome::EPERM);
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32605), Outcome::EPERM);
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32699), Outcome::EPERM);
+    let after = SystemTime::now();
+
+    let seen = events.until(|e| is_marker(e, 32699), ARRIVAL);
+    let summaries: Vec<String> = seen.iter().map(summary).collect();
+    let expected = [
+        format!("allowed edge_allowed tcp/connect {STAGING} -> {PROD} 127.0.0.1:32601 edge db"),
+        format!("refused no_edge tcp/connect {STAGING} -> {PROD} 127.0.0.1:32603 edge none"),
+        format!(
+            "refused unlabeled_default tcp/connect unlabeled -> {PROD} 127.0.0.1:32601 edge none"
+        ),
+        format!(
+            "allowed edge_allowed udp/sendmsg {STAGING} -> {PROD} 127.0.0.1:32602 edge metrics"
+        ),
+        format!("refused no_edge udp/sendmsg {STAGING} -> {PROD} 127.0.0.1:32604 edge none"),
+        format!("refused edge_expired tcp/connect {STAGING} -> {PROD} 127.0.0.1:32605 edge none"),
+        format!("refused no_edge tcp/connect {STAGING} -> {PROD} 127.0.0.1:32699 edge none"),
+    ];
+    assert_eq!(
+        summaries, expected,
+        "one event per refusal and per crossing, none for the same-domain connect, none from \
+         the receiving side"
+    );
+
+    for (event, cgroup) in seen.iter().zip([
+        &staging, &staging, &other, &staging, &staging, &staging, &staging,
+    ]) {
+        check_schema(event);
+        assert_eq!(
+            text(event, "cgroup"),
+            cgroup.as_str(),
+            "cgroup path: {event}"
+        );
+        assert_eq!(
+            text(event, "comm"),
+            "enforcer-probe",
+            "process name: {event}"
+        );
+        assert!(number(event, "pid") > 1, "pid: {event}");
+        assert_eq!(
+            number(event, "generation"),
+            generation,
+            "generation: {event}"
+        );
+        let at = event.get("time").and_then(Json::as_time).unwrap();
+        assert!(
+            at >= before - Duration::from_secs(1) && at <= after + Duration::from_secs(1),
+            "time within the test's actions: {event}"
+        );
+        // connect() runs before the local address and port are chosen.
+        assert!(
+            text(event, "src").parse::<std::net::SocketAddr>().is_ok(),
+            "source address: {event}"
+        );
+    }
+
+    // The log holds exactly what was followed, in the same order and schema.
+    let logged = sb.event_log(&[]);
+    assert_eq!(logged, seen, "`enforcer events -o json` replays the log");
+    let about_other = sb.event_log(&["--domain", "unlabeled"]);
+    assert_eq!(about_other.len(), 1, "--domain filters: {about_other:?}");
+
+    let status = sb.status();
+    let lost = status
+        .get("events")
+        .and_then(|e| e.get("lost"))
+        .and_then(Json::as_u64);
+    assert_eq!(lost, Some(0), "status reports no lost event: {status}");
+}
+
+#[test]
+fn audit_mode_reports_would_deny_once_per_flow() {
+    if !privileged("audit_mode_reports_would_deny_once_per_flow") {
+        return;
+    }
+    let mut sb = Sandbox::new("events-audit");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let dev = sb.cgroup("dev");
+    let text_policy = policy(
+        "  - name: dev.example.org\n    cgroups: ['{root}/dev']\n    mode: audit\n",
+        &edge("db", "tcp", 32611, ""),
+    );
+    let file = sb.policy("policy.yaml", &text_policy);
+    sb.start_daemon(&file);
+    let _servers = [
+        sb.listen(&prod, LOCALHOST, 32612),
+        sb.listen(&prod, LOCALHOST, 32699 - 1),
+        sb.udp_listen(&prod, LOCALHOST, 32613),
+    ];
+    let events = sb.follow_events();
+    // dev is in audit mode: its refused flows go through and are reported as audited.
+    assert_eq!(sb.connect(&dev, LOCALHOST, 32612), Outcome::greeted());
+    assert_eq!(sb.udp_send(&dev, LOCALHOST, 32613), Outcome::replied());
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32698), Outcome::EPERM);
+    let seen: Vec<String> = events
+        .until(|e| is_marker(e, 32698), ARRIVAL)
+        .iter()
+        .map(summary)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            format!(
+                "audited no_edge tcp/connect dev.example.org -> {PROD} 127.0.0.1:32612 edge none"
+            ),
+            format!(
+                "audited no_edge udp/sendmsg dev.example.org -> {PROD} 127.0.0.1:32613 edge none"
+            ),
+            format!("refused no_edge tcp/connect {STAGING} -> {PROD} 127.0.0.1:32698 edge none"),
+        ]
+    );
+}
+
+#[test]
+fn a_connection_ended_by_expiry_while_the_daemon_is_down_is_reported_after_restart() {
+    if !privileged(
+        "a_connection_ended_by_expiry_while_the_daemon_is_down_is_reported_after_restart",
+    ) {
+        return;
+    }
+    let mut sb = Sandbox::new("events-outage");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy(
+        "policy.yaml",
+        &policy("", &edge("short", "tcp", 32621, "    ttl: 3s\n")),
+    );
+    sb.start_daemon(&file);
+    let mut sink = sb.sink(&prod, LOCALHOST, 32621);
+    let mut stream = sb.stream(&staging, LOCALHOST, 32621);
+    sink.expect_received(
+        5,
+        Duration::from_secs(5),
+        "the stream flows through the edge",
+    );
+    let expires = sb
+        .listed_edge("short")
+        .and_then(|e| e.get("expires").and_then(Json::as_time))
+        .expect("the edge lists its expiry");
+    sb.kill_daemon();
+    // The kernel alone ends the connection at the edge's deadline; the stream keeps trying.
+    let deadline = expires + Duration::from_millis(500);
+    if let Ok(left) = deadline.duration_since(SystemTime::now()) {
+        std::thread::sleep(left);
+    }
+    sink.expect_nothing_sent_after(
+        ms(expires) + 200,
+        "the expired edge ends the stream with the daemon down",
+    );
+    stream.expect_not_ended("TCP retransmits while its packets are dropped");
+    sb.start_daemon(&file);
+    // The events written while no daemon ran wait in the pinned ring buffer; the new daemon
+    // drains them into the log. Polled: the log has no readiness signal of its own.
+    let deadline = std::time::Instant::now() + ARRIVAL;
+    let ended = loop {
+        let log = sb.event_log(&[]);
+        let ended: Vec<Json> = log
+            .into_iter()
+            .filter(|e| text(e, "hook") == "established")
+            .collect();
+        if !ended.is_empty() || std::time::Instant::now() > deadline {
+            break ended;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let summaries: Vec<String> = ended.iter().map(summary).collect();
+    assert_eq!(
+        summaries,
+        [format!(
+            "refused edge_expired tcp/established {STAGING} -> {PROD} 127.0.0.1:32621 edge none"
+        )],
+        "exactly one event for the connection's end, though both its ends were refused"
+    );
+    let event = &ended[0];
+    check_schema(event);
+    assert!(
+        event.get("pid").is_some_and(Json::is_null),
+        "no task in a packet hook: {event}"
+    );
+}
