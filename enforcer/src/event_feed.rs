@@ -28,8 +28,9 @@ use crate::{
     event_record::{self, EventRecord},
 };
 
-/// How often the lost-event count is read when no event arrives.
-const IDLE: Duration = Duration::from_secs(1);
+/// How often the ring buffer is read without being woken: the programs wake the feed only
+/// for refusals, so this is how late an allowed crossing can be reported.
+const IDLE: Duration = Duration::from_millis(200);
 /// Records named per daemon lock, so that a flood never holds the lock for long.
 const BATCH: usize = 4096;
 /// Both ends of a local connection report its end when a policy change refuses it; a second

@@ -77,7 +77,12 @@ impl RemoteHost {
 
     /// A listener on `addr:port` inside the remote host.
     pub fn listen(&self, addr: &str, port: u16) -> Server {
-        Workload::new(None, Some(self.name.clone())).listen(addr, port)
+        self.workload().listen(addr, port)
+    }
+
+    /// The place to run probes on the remote machine.
+    pub fn workload(&self) -> Workload {
+        Workload::new(None, Some(self.name.clone()))
     }
 }
 

@@ -9,7 +9,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use enforcer_tests::{Json, Outcome, Sandbox, privileged};
+use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, privileged};
 
 const PROD: &str = "prod.example.org";
 const STAGING: &str = "staging.example.org";
@@ -330,4 +330,74 @@ fn a_connection_ended_by_expiry_while_the_daemon_is_down_is_reported_after_resta
         event.get("pid").is_some_and(Json::is_null),
         "no task in a packet hook: {event}"
     );
+}
+
+#[test]
+fn a_remote_peer_is_reported_at_the_receiver_once_per_connection_attempt() {
+    if !privileged("a_remote_peer_is_reported_at_the_receiver_once_per_connection_attempt") {
+        return;
+    }
+    let mut sb = Sandbox::new("events-remote");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let remote = RemoteHost::new(41);
+    // The remote's IPv4 address is a staging endpoint; its IPv6 address is external.
+    let text_policy = policy("", &edge("db", "tcp", 32632, ""))
+        .replace("external: allow", "external: deny")
+        .replace(
+            "    cgroups: ['{root}/staging']\n",
+            &format!(
+                "    cgroups: ['{{root}}/staging']\n    endpoints: ['{}/32']\n",
+                remote.remote_v4
+            ),
+        );
+    let file = sb.policy("policy.yaml", &text_policy);
+    sb.start_daemon(&file);
+    let _servers = [
+        sb.listen(&prod, &remote.host_v4, 32631),
+        sb.listen(&prod, &remote.host_v4, 32632),
+        sb.listen(&prod, &remote.host_v6, 32631),
+        sb.listen(&prod, LOCALHOST, 32697),
+    ];
+    let events = sb.follow_events();
+    // Long enough for the peer to retransmit its SYN twice (after 1 s and 3 s).
+    let peer = remote.workload().with_timeout(Some(Duration::from_secs(4)));
+    assert_eq!(peer.connect(&remote.host_v4, 32632), Outcome::greeted());
+    assert_eq!(peer.connect(&remote.host_v4, 32631), Outcome::Timeout);
+    assert_eq!(peer.connect(&remote.host_v6, 32631), Outcome::Timeout);
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32697), Outcome::EPERM);
+    let seen = events.until(|e| is_marker(e, 32697), ARRIVAL);
+    let summaries: Vec<String> = seen.iter().map(summary).collect();
+    let v4 = &remote.host_v4;
+    let v6 = &remote.host_v6;
+    assert_eq!(
+        summaries,
+        [
+            format!("allowed edge_allowed tcp/ingress {STAGING} -> {PROD} {v4}:32632 edge db"),
+            format!("refused no_edge tcp/ingress {STAGING} -> {PROD} {v4}:32631 edge none"),
+            format!(
+                "refused external_default tcp/ingress external -> {PROD} [{v6}]:32631 edge none"
+            ),
+            format!("refused no_edge tcp/connect {STAGING} -> {PROD} 127.0.0.1:32697 edge none"),
+        ],
+        "one event per connection attempt, however often its SYN was retransmitted"
+    );
+    for event in &seen[..3] {
+        check_schema(event);
+        assert_eq!(
+            text(event, "cgroup"),
+            prod.as_str(),
+            "the receiver's cgroup: {event}"
+        );
+        assert!(
+            event.get("pid").is_some_and(Json::is_null),
+            "no task: {event}"
+        );
+        let src = text(event, "src");
+        assert!(
+            src.starts_with(&remote.remote_v4)
+                || src.starts_with(&format!("[{}]", remote.remote_v6)),
+            "the remote's address: {event}"
+        );
+    }
 }
