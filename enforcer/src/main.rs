@@ -14,6 +14,7 @@ mod edges;
 mod grants;
 mod kernel;
 mod maintain;
+mod metrics;
 mod paths;
 mod registry;
 mod revocation;
@@ -60,6 +61,9 @@ enum Command {
         socket: PathBuf,
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check or apply policy files.
     Policy {
@@ -186,12 +190,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pin_dir,
             socket,
             state_dir,
+            metrics_addr,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
             pin_dir: PinDir::new(pin_dir),
             socket,
             state_dir: StateDir::new(state_dir),
+            metrics_addr,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
