@@ -7,12 +7,14 @@
 mod json;
 mod lan;
 mod netns;
+mod prometheus;
 mod sandbox;
 mod workload;
 
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
+pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
 pub use sandbox::{Sandbox, enforcer};
 pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
 
