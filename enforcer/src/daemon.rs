@@ -39,6 +39,7 @@ use crate::{
         policy_maps::PolicyMaps,
     },
     maintain,
+    metrics::{self, Commits, Outcome},
     paths::{PinDir, StateDir},
     revocation::{Connections, Snapshot},
     status::{self, Status},
@@ -55,6 +56,8 @@ pub struct Options {
     pub pin_dir: PinDir,
     pub socket: PathBuf,
     pub state_dir: StateDir,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub struct Daemon {
@@ -80,6 +83,8 @@ pub struct Daemon {
     expiries_done: u64,
     /// Decisions seen in the kernel's event stream.
     tally: Tally,
+    /// Policy changes by outcome and how long they took, for the metrics.
+    commits: Commits,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -119,6 +124,8 @@ pub fn run(options: Options) -> Result<()> {
             );
         }
     };
+    // Bound before anything on the host changes, so an unusable address changes nothing.
+    let metrics_listener = options.metrics_addr.map(metrics::bind).transpose()?;
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;
     fs::DirBuilder::new()
@@ -181,6 +188,7 @@ pub fn run(options: Options) -> Result<()> {
         live: Vec::new(),
         expiries_done: Clocks::now().boot,
         tally: Tally::default(),
+        commits: Commits::default(),
     };
     match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}
@@ -216,9 +224,13 @@ pub fn run(options: Options) -> Result<()> {
         log(&warning);
     }
     daemon.refresh_addresses(true)?;
+    let pins = daemon.pins.clone();
     let daemon = Arc::new(Mutex::new(daemon));
     maintain::spawn(Arc::clone(&daemon), notify)?;
     feed.spawn(Arc::clone(&daemon))?;
+    if let Some(listener) = metrics_listener {
+        metrics::spawn(listener, Arc::clone(&daemon), &pins)?;
+    }
     log(&format!("control socket {}", options.socket.display()));
     serve(
         &daemon,
@@ -325,11 +337,29 @@ impl Daemon {
         Ok(committed)
     }
 
+    /// [`Self::commit_unmeasured`], counted and timed for the metrics.
+    fn commit(
+        &mut self,
+        policy: Policy,
+        book: Book,
+        origin: &str,
+    ) -> Result<Committed, ApplyError> {
+        let started = std::time::Instant::now();
+        let result = self.commit_unmeasured(policy, book, origin);
+        let outcome = match &result {
+            Ok(_) => Outcome::Applied,
+            Err(ApplyError::Rejected(_)) => Outcome::Rejected,
+            Err(ApplyError::Failed(_)) => Outcome::Failed,
+        };
+        self.commits.record(outcome, started.elapsed());
+        result
+    }
+
     /// Makes `policy` with the edges and grants of `book` the enforced policy under a new
     /// generation, then ends the live connections it no longer allows. `origin` names the
     /// change in messages. Nothing changes unless the policy compiles, the record is saved
     /// and the maps are written.
-    fn commit(
+    fn commit_unmeasured(
         &mut self,
         policy: Policy,
         book: Book,
@@ -825,6 +855,19 @@ impl Daemon {
                     entries,
                 })
                 .collect(),
+        }
+    }
+
+    /// What the metrics report, copied out so that the lock is let go before they are
+    /// rendered and sent.
+    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
+        metrics::Snapshot {
+            generation: self.generation,
+            decisions: self.tally.decisions().clone(),
+            events_lost: self.tally.lost(),
+            pairs: self.audit_status().pairs,
+            edges: self.edge_views(DEFAULT_STALE_AFTER),
+            commits: self.commits.clone(),
         }
     }
 }

@@ -18,6 +18,7 @@ mod event_record;
 mod grants;
 mod kernel;
 mod maintain;
+mod metrics;
 mod paths;
 #[cfg(test)]
 mod privileged_tests;
@@ -66,6 +67,9 @@ enum Command {
         socket: PathBuf,
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
+        #[arg(long, value_name = "ADDR:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
     },
     /// Check or apply policy files.
     Policy {
@@ -206,12 +210,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
             pin_dir,
             socket,
             state_dir,
+            metrics_addr,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
             pin_dir: PinDir::new(pin_dir),
             socket,
             state_dir: StateDir::new(state_dir),
+            metrics_addr,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {

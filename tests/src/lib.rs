@@ -8,6 +8,7 @@ mod events;
 mod json;
 mod lan;
 mod netns;
+mod prometheus;
 mod sandbox;
 mod workload;
 
@@ -15,6 +16,7 @@ pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
+pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
 pub use sandbox::{Sandbox, enforcer};
 pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
 

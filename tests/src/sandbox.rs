@@ -76,40 +76,7 @@ impl Sandbox {
     /// Starts the daemon and returns once its control socket answers (it logs
     /// `control socket` after enforcement is in place).
     pub fn start_daemon(&mut self, policy: &Path) {
-        assert!(self.daemon.is_none(), "daemon already running");
-        let mut child = Command::new(enforcer())
-            .arg("daemon")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the daemon");
-        let stderr = child.stderr.take().expect("piped stderr");
-        let lines = forward_lines(stderr, &self.name);
-        let mut seen = Vec::new();
-        loop {
-            match lines.recv() {
-                Ok(line) if line.contains("control socket") => break,
-                Ok(line) => seen.push(line),
-                Err(_) => {
-                    let status = child.wait().expect("waiting for the daemon");
-                    panic!(
-                        "the daemon exited ({status}) before it was ready:\n{}",
-                        seen.join("\n")
-                    );
-                }
-            }
-        }
-        self.daemon = Some(child);
-        self.daemon_log = Some(lines);
+        self.start_daemon_with(policy, &[]);
     }
 
     /// Kills the daemon with SIGKILL: no cleanup code of its own runs.
@@ -384,6 +351,46 @@ impl Sandbox {
                 thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+
+    /// [`Self::start_daemon`] with `extra` arguments after the sandbox's own
+    /// (`--metrics-addr ...`).
+    pub fn start_daemon_with(&mut self, policy: &Path, extra: &[&str]) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let mut child = Command::new(enforcer())
+            .arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the daemon");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let lines = forward_lines(stderr, &self.name);
+        let mut seen = Vec::new();
+        loop {
+            match lines.recv() {
+                Ok(line) if line.contains("control socket") => break,
+                Ok(line) => seen.push(line),
+                Err(_) => {
+                    let status = child.wait().expect("waiting for the daemon");
+                    panic!(
+                        "the daemon exited ({status}) before it was ready:\n{}",
+                        seen.join("\n")
+                    );
+                }
+            }
+        }
+        self.daemon = Some(child);
+        self.daemon_log = Some(lines);
     }
 }
 

@@ -1,7 +1,7 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose publicly: opening a pinned link by path,
-//! replacing a link's program in place, force-detaching a link, and reading which cgroup a
-//! link is attached to. Attribute offsets follow `union bpf_attr` and `struct bpf_link_info`
-//! in `include/uapi/linux/bpf.h`.
+//! replacing a link's program in place, force-detaching a link, reading which cgroup a
+//! link is attached to, and walking the keys of a map of any type. Attribute offsets follow
+//! `union bpf_attr` and `struct bpf_link_info` in `include/uapi/linux/bpf.h`.
 
 use std::{
     ffi::CString,
@@ -13,6 +13,7 @@ use std::{
     path::Path,
 };
 
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
@@ -122,4 +123,31 @@ pub fn cgroup_link_info(link: impl AsFd) -> io::Result<CgroupLinkInfo> {
         prog_id: info.get_u32(8),
         cgroup_id: info.get_u64(16),
     })
+}
+
+/// Counts the keys of `map`, whose keys are `key_size` bytes, walking at most `limit` of them
+/// (its capacity): a walk restarts from the first key when the key it stands on is deleted
+/// under it, so on a busy map the count is approximate, but it always ends.
+pub fn map_count_keys(map: impl AsFd, key_size: usize, limit: u32) -> io::Result<u32> {
+    let mut key = vec![0u8; key_size];
+    let mut next = vec![0u8; key_size];
+    let mut count = 0;
+    while count < limit {
+        // union bpf_attr for map element commands: map_fd u32 @0, key u64 @8, next_key
+        // u64 @16. No key asks for the first one; the kernel writes key_size bytes at next_key.
+        let mut attr = Attr::new();
+        attr.put_u32(0, raw(&map));
+        if count > 0 {
+            attr.put_u64(8, key.as_ptr() as u64);
+        }
+        attr.put_u64(16, next.as_mut_ptr() as u64);
+        match attr.call(BPF_MAP_GET_NEXT_KEY) {
+            Ok(_) => {}
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(err) => return Err(err),
+        }
+        std::mem::swap(&mut key, &mut next);
+        count += 1;
+    }
+    Ok(count)
 }
