@@ -109,10 +109,12 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         return DROP;
     }
     if !verdict.allow {
-        if refusals::first(&packet::four_tuple(&packet, false), now) {
-            counters::denied(from, to);
-            report(&verdict);
+        // A retransmitted SYN was counted and reported with its first copy.
+        if !refusals::first(&packet::four_tuple(&packet, false), now) {
+            return DROP;
         }
+        counters::denied(from, to);
+        report(&verdict);
         return DROP;
     }
     if packet::is_tcp_open(ctx, &packet) && !sender.judged {

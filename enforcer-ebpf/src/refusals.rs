@@ -15,9 +15,8 @@ const RETRANSMISSION_WINDOW: u64 = 180 * 1_000_000_000;
 #[inline(always)]
 pub fn first(key: &AcceptKey, now: u64) -> bool {
     // SAFETY: the time is copied out at once.
-    if let Some(&since) = unsafe { REFUSALS.get(key) }
-        && now.wrapping_sub(since) < RETRANSMISSION_WINDOW
-    {
+    let since = unsafe { REFUSALS.get(key) }.copied();
+    if since.is_some_and(|since| now.wrapping_sub(since) < RETRANSMISSION_WINDOW) {
         return false;
     }
     // A full LRU map forgets the oldest refusal; a retransmission of it then reports again.

@@ -64,10 +64,11 @@ federation:
     reason: metrics test
 ";
 
-/// Scrapes `addr` until `done` holds or 2 s pass (the programs' counters are read from
-/// per-CPU maps the daemon sums on each scrape), then returns the last scrape.
+/// Scrapes `addr` until `done` holds or 10 s pass (the programs' counters are read from
+/// per-CPU maps the daemon sums on each scrape, and decisions are counted as the daemon reads
+/// the event ring buffer, at most 200 ms late), then returns the last scrape.
 fn scrape_until(addr: SocketAddr, done: impl Fn(&Exposition) -> bool) -> Exposition {
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let exposition = scrape(addr);
         if done(&exposition) || Instant::now() >= deadline {
@@ -155,10 +156,37 @@ fn a_scrape_reports_refusals_edge_use_generations_applies_and_map_fill() {
 
     let pair = [("from", STAGING), ("to", PROD)];
     let staging_db = edge("staging-db", STAGING, "file");
+    let decisions = |verdict, reason| {
+        [
+            ("verdict", verdict),
+            ("reason", reason),
+            ("from", STAGING),
+            ("to", PROD),
+        ]
+    };
+    let refusals = decisions("refused", "no_edge");
+    let crossings = decisions("allowed", "edge_allowed");
     let e = scrape_until(addr, |e| {
         e.value("enforcer_denied_total", &pair) >= Some(refused as f64)
             && e.value("enforcer_edge_connections_total", &staging_db) >= Some(allowed as f64)
+            && e.value("enforcer_decisions_total", &refusals) >= Some(refused as f64)
+            && e.value("enforcer_decisions_total", &crossings) >= Some(allowed as f64)
     });
+    assert_eq!(
+        e.value("enforcer_decisions_total", &refusals),
+        Some(refused as f64),
+        "one refusal event per refused connection"
+    );
+    assert_eq!(
+        e.value("enforcer_decisions_total", &crossings),
+        Some(allowed as f64),
+        "one crossing event per allowed connection"
+    );
+    assert_eq!(
+        e.value("enforcer_events_lost_total", &[]),
+        Some(0.0),
+        "no event lost"
+    );
     assert_eq!(
         e.value("enforcer_denied_total", &pair),
         Some(refused as f64),
