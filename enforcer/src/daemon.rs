@@ -36,7 +36,7 @@ use crate::{
     },
     maintain,
     paths::{PinDir, StateDir},
-    revocation::{Connections, Snapshot},
+    revocation::{Connections, Judge, Snapshot},
     status::{self, Status},
     tally::Tally,
     usage::Usage,
@@ -82,6 +82,15 @@ pub struct Daemon {
 struct Committed {
     generation: u64,
     ended: usize,
+}
+
+/// A policy ready to be put in force (see `Daemon::prepare`).
+struct Prepared {
+    live: Vec<LiveEdge>,
+    book: Book,
+    /// The domain registry in the kernel when it was prepared.
+    known: crate::registry::Registry,
+    compiled: Compiled,
 }
 
 /// Why an apply did not happen. Either way nothing changed.
@@ -271,15 +280,12 @@ impl Daemon {
         book: Book,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
-        let clocks = Clocks::now();
-        let (live, book) = book
-            .resolve(&policy, clocks.wall_now())
-            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
-        let known = self.maps.registry().map_err(ApplyError::Failed)?;
-        let compiled = compile::compile(&policy, &live, &known, &clocks, |path| {
-            self.cgroups.id(path)
-        })
-        .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        let Prepared {
+            live,
+            book,
+            known,
+            compiled,
+        } = self.prepare(&policy, &book, origin)?;
         self.maps
             .record_domains(&compiled.registry, &known)
             .map_err(ApplyError::Failed)?;
@@ -309,6 +315,26 @@ impl Daemon {
         Ok(Committed { generation, ended })
     }
 
+    /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
+    /// the record that keeps them, the domain registry in force and the compiled policy. Only
+    /// reads: nothing is saved, and ids for new domains are not recorded.
+    fn prepare(&self, policy: &Policy, book: &Book, origin: &str) -> Result<Prepared, ApplyError> {
+        let clocks = Clocks::now();
+        let (live, book) = book
+            .resolve(policy, clocks.wall_now())
+            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
+        let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let compiled =
+            compile::compile(policy, &live, &known, &clocks, |path| self.cgroups.id(path))
+                .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        Ok(Prepared {
+            live,
+            book,
+            known,
+            compiled,
+        })
+    }
+
     fn snapshot_connections(&self) -> Option<Snapshot> {
         let pods = self.addresses.pod_namespaces();
         match self.connections.snapshot(&pods) {
@@ -329,7 +355,7 @@ impl Daemon {
         let clocks = Clocks::now();
         match self
             .connections
-            .end_refused(before, &self.compiled, clocks.boot)
+            .end_refused(before, &Judge::new(&self.compiled, clocks.boot))
         {
             Ok(ended) => {
                 self.expiries_done = clocks.boot;

@@ -11,7 +11,7 @@ use aya::maps::{HashMap, Map, MapData};
 use enforcer_common::{
     maps::{AcceptKey, CONN_UNTRACKED, ConnState, FAMILY_V4, FAMILY_V6, PolicyConfig},
     names,
-    verdict::{self, Peer},
+    verdict::{self, Peer, Verdict},
 };
 
 use crate::{
@@ -36,6 +36,55 @@ const UDP_CONNECTED: u32 = 1 << 1;
 
 /// The tracked connections of each namespace at one moment, with a sock_diag socket each.
 pub struct Snapshot(Vec<(SockDiag, Vec<(DiagSocket, ConnState)>)>);
+
+/// Judges the flows of live connections under one compiled policy at one boot-clock moment,
+/// as the programs re-check every packet of a tracked connection. Ending connections
+/// (`policy apply`, revoke, expiry) judge with it.
+pub struct Judge<'a> {
+    rules: CompiledRules<'a>,
+    config: PolicyConfig,
+    now: u64,
+}
+
+impl<'a> Judge<'a> {
+    pub fn new(compiled: &'a Compiled, now: u64) -> Self {
+        Self {
+            rules: CompiledRules::new(compiled),
+            config: PolicyConfig {
+                generation: 0,
+                unlabeled: compiled.unlabeled,
+                external: compiled.external,
+                mode: compiled.mode,
+                _pad: 0,
+            },
+            now,
+        }
+    }
+
+    /// The verdict on the flow `state` was judged as.
+    pub fn verdict(&self, state: &ConnState) -> Verdict {
+        verdict::decide(
+            Peer::decode(state.from),
+            Peer::decode(state.to),
+            &self.config,
+            u32::from(state.protocol),
+            state.port,
+            self.now,
+            &self.rules,
+        )
+    }
+}
+
+/// The sockets among `sockets` whose judged flow `judge` refuses, with its verdict.
+fn refused<'s>(
+    sockets: &'s [(DiagSocket, ConnState)],
+    judge: &'s Judge<'_>,
+) -> impl Iterator<Item = (&'s DiagSocket, &'s ConnState, Verdict)> {
+    sockets.iter().filter_map(|(socket, state)| {
+        let verdict = judge.verdict(state);
+        (!verdict.allow).then_some((socket, state, verdict))
+    })
+}
 
 pub struct Connections {
     conns: MapData,
@@ -86,30 +135,9 @@ impl Connections {
         Ok(snapshot)
     }
 
-    /// Destroys every connection in `before`, or tracked now, that `compiled` refuses at
-    /// boot-clock nanosecond `now`. Returns how many connections that is; both ends of one
-    /// connection count once.
-    pub fn end_refused(&self, before: Snapshot, compiled: &Compiled, now: u64) -> Result<usize> {
-        let rules = CompiledRules::new(compiled);
-        let config = PolicyConfig {
-            generation: 0,
-            unlabeled: compiled.unlabeled,
-            external: compiled.external,
-            mode: compiled.mode,
-            _pad: 0,
-        };
-        let refused = |state: &ConnState| {
-            !verdict::decide(
-                Peer::decode(state.from),
-                Peer::decode(state.to),
-                &config,
-                u32::from(state.protocol),
-                state.port,
-                now,
-                &rules,
-            )
-            .allow
-        };
+    /// Destroys every connection in `before`, or tracked now, that `judge` refuses. Returns
+    /// how many connections that is; both ends of one connection count once.
+    pub fn end_refused(&self, before: Snapshot, judge: &Judge) -> Result<usize> {
         let mut ended = BTreeSet::new();
         for (diag, mut sockets) in before.0 {
             // Connections opened between the snapshot and the change are ended as well.
@@ -118,14 +146,11 @@ impl Connections {
                     sockets.push(socket);
                 }
             }
-            for (socket, state) in sockets {
-                if !refused(&state) {
-                    continue;
-                }
+            for (socket, _, _) in refused(&sockets, judge) {
                 // A socket already gone was live when the snapshot saw it: the kernel's
                 // drop made its application close it, so it counts as ended all the same.
-                diag.destroy(&socket)?;
-                ended.insert(connection(&socket));
+                diag.destroy(socket)?;
+                ended.insert(connection(socket));
             }
         }
         Ok(ended.len())
