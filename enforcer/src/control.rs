@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     grants::{EdgeView, GrantRequest},
+    plan::Plan,
     status::Status,
 };
 
@@ -24,6 +25,11 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Request {
     /// Validate and atomically apply a policy. `file` is only used in messages.
     Apply {
+        file: String,
+        text: String,
+    },
+    /// What applying the policy would change; nothing is applied. Refused as `Apply` is.
+    Plan {
         file: String,
         text: String,
     },
@@ -65,6 +71,7 @@ pub enum Response {
         errors: Vec<String>,
     },
     Status(Box<Status>),
+    Plan(Box<Plan>),
     Error {
         message: String,
     },

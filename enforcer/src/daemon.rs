@@ -36,6 +36,7 @@ use crate::{
     },
     maintain,
     paths::{PinDir, StateDir},
+    plan::{self, Plan},
     revocation::{Connections, Judge, Snapshot},
     status::{self, Status},
     tally::Tally,
@@ -335,6 +336,36 @@ impl Daemon {
         })
     }
 
+    /// What applying `text` would change, and the live connections it would end; changes
+    /// nothing.
+    fn plan(&self, file: &str, text: &str) -> Result<Plan, ApplyError> {
+        let policy = enforcer_policy::parse(file, text)
+            .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+        let next = self.prepare(&policy, &self.book, file)?;
+        let snapshot = self
+            .connections
+            .snapshot(&self.addresses.pod_namespaces())
+            .map_err(ApplyError::Failed)?;
+        let now = plan::Side {
+            policy: &self.policy,
+            live: &self.live,
+            compiled: &self.compiled,
+        };
+        let after = plan::Side {
+            policy: &policy,
+            live: &next.live,
+            compiled: &next.compiled,
+        };
+        Ok(plan::plan(
+            file,
+            self.generation,
+            &now,
+            &after,
+            &snapshot,
+            Clocks::now().boot,
+        ))
+    }
+
     fn snapshot_connections(&self) -> Option<Snapshot> {
         let pods = self.addresses.pod_namespaces();
         match self.connections.snapshot(&pods) {
@@ -568,6 +599,10 @@ impl Daemon {
                     Response::Applied { generation, ended }
                 }
                 Err(err) => refusal(&file, err),
+            },
+            Request::Plan { file, text } => match self.plan(&file, &text) {
+                Ok(plan) => Response::Plan(Box::new(plan)),
+                Err(err) => refusal(&format!("plan of {file}"), err),
             },
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Grant(request) => self.grant(&request),

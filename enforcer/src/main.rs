@@ -15,6 +15,7 @@ mod grants;
 mod kernel;
 mod maintain;
 mod paths;
+mod plan;
 mod registry;
 mod revocation;
 mod sockdiag;
@@ -104,6 +105,15 @@ enum PolicyCommand {
         file: PathBuf,
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
+    },
+    /// Show what applying a policy would change and which live connections it would end;
+    /// applies nothing.
+    Plan {
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
 }
 
@@ -200,6 +210,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Apply { file, socket },
         } => apply(&file, &socket),
+        Command::Policy {
+            command:
+                PolicyCommand::Plan {
+                    file,
+                    socket,
+                    output,
+                },
+        } => plan::run(&file, &socket, output),
         Command::Status { output, socket } => match control::call(&socket, &Request::Status)? {
             Response::Status(status) => {
                 match output {
