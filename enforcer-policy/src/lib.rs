@@ -16,7 +16,7 @@ mod validate;
 pub use diagnostic::Diagnostic;
 pub use model::{
     Action, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId, EdgeIdError,
-    Mode, Policy, Protocol,
+    Mode, Policy, Protocol, port_set,
 };
 pub use parse::parse;
 pub use ports::{PortRange, PortRangeError};

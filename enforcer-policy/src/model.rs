@@ -180,8 +180,9 @@ impl EdgeId {
     }
 }
 
-/// Sorted, with overlapping and adjacent ranges merged.
-fn port_set(ports: &[PortRange]) -> Vec<PortRange> {
+/// The ports `ports` cover, as the fewest ranges: sorted, with overlapping and adjacent
+/// ranges merged. Two lists that cover the same ports give the same set.
+pub fn port_set(ports: &[PortRange]) -> Vec<PortRange> {
     let mut sorted = ports.to_vec();
     sorted.sort_unstable();
     let mut merged: Vec<PortRange> = Vec::with_capacity(sorted.len());

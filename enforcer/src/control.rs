@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     event_record::EventRecord,
     grants::{EdgeView, GrantRequest},
+    plan::Plan,
     status::Status,
 };
 
@@ -25,6 +26,11 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 pub enum Request {
     /// Validate and atomically apply a policy. `file` is only used in messages.
     Apply {
+        file: String,
+        text: String,
+    },
+    /// What applying the policy would change; nothing is applied. Refused as `Apply` is.
+    Plan {
         file: String,
         text: String,
     },
@@ -74,6 +80,7 @@ pub enum Response {
     /// Followed by one `EventRecord` per line until the daemon closes the connection (after
     /// the log's last event, or never when following).
     Events,
+    Plan(Box<Plan>),
     Error {
         message: String,
     },

@@ -41,7 +41,8 @@ use crate::{
     maintain,
     metrics::{self, Commits, Outcome},
     paths::{PinDir, StateDir},
-    revocation::{Connections, Snapshot},
+    plan::{self, Plan},
+    revocation::{Connections, Judge, Snapshot},
     status::{self, Status},
     tally::Tally,
     usage::Usage,
@@ -91,6 +92,15 @@ pub struct Daemon {
 struct Committed {
     generation: u64,
     ended: usize,
+}
+
+/// A policy ready to be put in force (see `Daemon::prepare`).
+struct Prepared {
+    live: Vec<LiveEdge>,
+    book: Book,
+    /// The domain registry in the kernel when it was prepared.
+    known: crate::registry::Registry,
+    compiled: Compiled,
 }
 
 /// Why an apply did not happen. Either way nothing changed.
@@ -365,15 +375,12 @@ impl Daemon {
         book: Book,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
-        let clocks = Clocks::now();
-        let (live, book) = book
-            .resolve(&policy, clocks.wall_now())
-            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
-        let known = self.maps.registry().map_err(ApplyError::Failed)?;
-        let compiled = compile::compile(&policy, &live, &known, &clocks, |path| {
-            self.cgroups.id(path)
-        })
-        .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        let Prepared {
+            live,
+            book,
+            known,
+            compiled,
+        } = self.prepare(&policy, &book, origin)?;
         self.maps
             .record_domains(&compiled.registry, &known)
             .map_err(ApplyError::Failed)?;
@@ -403,6 +410,56 @@ impl Daemon {
         Ok(Committed { generation, ended })
     }
 
+    /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
+    /// the record that keeps them, the domain registry in force and the compiled policy. Only
+    /// reads: nothing is saved, and ids for new domains are not recorded.
+    fn prepare(&self, policy: &Policy, book: &Book, origin: &str) -> Result<Prepared, ApplyError> {
+        let clocks = Clocks::now();
+        let (live, book) = book
+            .resolve(policy, clocks.wall_now())
+            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
+        let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let compiled =
+            compile::compile(policy, &live, &known, &clocks, |path| self.cgroups.id(path))
+                .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        Ok(Prepared {
+            live,
+            book,
+            known,
+            compiled,
+        })
+    }
+
+    /// What applying `text` would change, and the live connections it would end; changes
+    /// nothing.
+    fn plan(&self, file: &str, text: &str) -> Result<Plan, ApplyError> {
+        let policy = enforcer_policy::parse(file, text)
+            .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+        let next = self.prepare(&policy, &self.book, file)?;
+        let snapshot = self
+            .connections
+            .snapshot(&self.addresses.pod_namespaces())
+            .map_err(ApplyError::Failed)?;
+        let now = plan::Side {
+            policy: &self.policy,
+            live: &self.live,
+            compiled: &self.compiled,
+        };
+        let after = plan::Side {
+            policy: &policy,
+            live: &next.live,
+            compiled: &next.compiled,
+        };
+        Ok(plan::plan(
+            file,
+            self.generation,
+            &now,
+            &after,
+            &snapshot,
+            Clocks::now().boot,
+        ))
+    }
+
     fn snapshot_connections(&self) -> Option<Snapshot> {
         let pods = self.addresses.pod_namespaces();
         match self.connections.snapshot(&pods) {
@@ -423,7 +480,7 @@ impl Daemon {
         let clocks = Clocks::now();
         match self
             .connections
-            .end_refused(before, &self.compiled, clocks.boot)
+            .end_refused(before, &Judge::new(&self.compiled, clocks.boot))
         {
             Ok(ended) => {
                 self.expiries_done = clocks.boot;
@@ -644,6 +701,10 @@ impl Daemon {
                     Response::Applied { generation, ended }
                 }
                 Err(err) => refusal(&file, err),
+            },
+            Request::Plan { file, text } => match self.plan(&file, &text) {
+                Ok(plan) => Response::Plan(Box::new(plan)),
+                Err(err) => refusal(&format!("plan of {file}"), err),
             },
             Request::Status => Response::Status(Box::new(self.status())),
             Request::Grant(request) => self.grant(&request),

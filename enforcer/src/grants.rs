@@ -134,7 +134,8 @@ pub fn check(
     })
 }
 
-fn human(d: Duration) -> String {
+/// A duration as policies write it: `12h`, `30m`, `45s`.
+pub fn human(d: Duration) -> String {
     let secs = d.as_secs();
     match secs {
         s if s % 3600 == 0 => format!("{}h", s / 3600),

@@ -20,6 +20,7 @@ mod kernel;
 mod maintain;
 mod metrics;
 mod paths;
+mod plan;
 #[cfg(test)]
 mod privileged_tests;
 mod registry;
@@ -129,6 +130,15 @@ enum PolicyCommand {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Show what applying a policy would change and which live connections it would end;
+    /// applies nothing.
+    Plan {
+        file: PathBuf,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
 }
 
 #[derive(Subcommand)]
@@ -226,6 +236,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Policy {
             command: PolicyCommand::Apply { file, socket },
         } => apply(&file, &socket),
+        Command::Policy {
+            command:
+                PolicyCommand::Plan {
+                    file,
+                    socket,
+                    output,
+                },
+        } => plan::run(&file, &socket, output),
         Command::Status { output, socket } => match control::call(&socket, &Request::Status)? {
             Response::Status(status) => {
                 match output {

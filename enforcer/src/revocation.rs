@@ -4,14 +4,18 @@
 //! the new policy refuses is destroyed with `SOCK_DESTROY`, so its next call fails with
 //! `ECONNABORTED` and a TCP peer gets a reset, instead of retransmitting into a drop.
 
-use std::{collections::BTreeSet, net::SocketAddr, os::fd::AsFd as _};
+use std::{
+    collections::{BTreeMap, BTreeSet, btree_map::Entry},
+    net::SocketAddr,
+    os::fd::AsFd as _,
+};
 
 use anyhow::{Context as _, Result};
 use aya::maps::{HashMap, Map, MapData};
 use enforcer_common::{
     maps::{AcceptKey, CONN_UNTRACKED, ConnState, FAMILY_V4, FAMILY_V6, PolicyConfig},
     names,
-    verdict::{self, Peer},
+    verdict::{self, Peer, Verdict},
 };
 
 use crate::{
@@ -36,6 +40,105 @@ const UDP_CONNECTED: u32 = 1 << 1;
 
 /// The tracked connections of each namespace at one moment, with a sock_diag socket each.
 pub struct Snapshot(Vec<(SockDiag, Vec<(DiagSocket, ConnState)>)>);
+
+impl Snapshot {
+    /// The connections in the snapshot that [`Connections::end_refused`] would end if `judge`
+    /// were the policy in force, without touching any: one entry per connection, counted as
+    /// `end_refused` counts them, named by the socket of the end that opened it when both
+    /// ends are on this host.
+    pub fn would_end(&self, judge: &Judge) -> Vec<Ending> {
+        ending(self.0.iter().map(|(_, sockets)| sockets.as_slice()), judge)
+    }
+}
+
+/// The connections among the sockets of every namespace that `judge` refuses, one entry per
+/// connection (see [`Snapshot::would_end`]).
+fn ending<'s>(
+    namespaces: impl Iterator<Item = &'s [(DiagSocket, ConnState)]>,
+    judge: &Judge,
+) -> Vec<Ending> {
+    let mut ending: BTreeMap<(u8, SocketAddr, SocketAddr), Ending> = BTreeMap::new();
+    for sockets in namespaces {
+        for (socket, state, verdict) in refused(sockets, judge) {
+            // The opening end's socket has the flow's destination port as its peer's.
+            let opener = plain(socket.remote).port() == state.port;
+            let this = Ending {
+                socket: socket.clone(),
+                state: *state,
+                verdict,
+            };
+            match ending.entry(connection(socket)) {
+                Entry::Vacant(slot) => {
+                    slot.insert(this);
+                }
+                Entry::Occupied(mut slot) => {
+                    if opener {
+                        slot.insert(this);
+                    }
+                }
+            }
+        }
+    }
+    ending.into_values().collect()
+}
+
+/// A live connection a policy refuses: one of its sockets, the flow it was judged as, and
+/// the policy's verdict on that flow now.
+pub struct Ending {
+    pub socket: DiagSocket,
+    pub state: ConnState,
+    pub verdict: Verdict,
+}
+
+/// Judges the flows of live connections under one compiled policy at one boot-clock moment,
+/// as the programs re-check every packet of a tracked connection. Ending connections
+/// (`policy apply`, revoke, expiry) and planning a change (`policy plan`) both judge with it,
+/// so a plan lists exactly what an apply would end.
+pub struct Judge<'a> {
+    rules: CompiledRules<'a>,
+    config: PolicyConfig,
+    now: u64,
+}
+
+impl<'a> Judge<'a> {
+    pub fn new(compiled: &'a Compiled, now: u64) -> Self {
+        Self {
+            rules: CompiledRules::new(compiled),
+            config: PolicyConfig {
+                generation: 0,
+                unlabeled: compiled.unlabeled,
+                external: compiled.external,
+                mode: compiled.mode,
+                _pad: 0,
+            },
+            now,
+        }
+    }
+
+    /// The verdict on the flow `state` was judged as.
+    pub fn verdict(&self, state: &ConnState) -> Verdict {
+        verdict::decide(
+            Peer::decode(state.from),
+            Peer::decode(state.to),
+            &self.config,
+            u32::from(state.protocol),
+            state.port,
+            self.now,
+            &self.rules,
+        )
+    }
+}
+
+/// The sockets among `sockets` whose judged flow `judge` refuses, with its verdict.
+fn refused<'s>(
+    sockets: &'s [(DiagSocket, ConnState)],
+    judge: &'s Judge<'_>,
+) -> impl Iterator<Item = (&'s DiagSocket, &'s ConnState, Verdict)> {
+    sockets.iter().filter_map(|(socket, state)| {
+        let verdict = judge.verdict(state);
+        (!verdict.allow).then_some((socket, state, verdict))
+    })
+}
 
 pub struct Connections {
     conns: MapData,
@@ -86,30 +189,9 @@ impl Connections {
         Ok(snapshot)
     }
 
-    /// Destroys every connection in `before`, or tracked now, that `compiled` refuses at
-    /// boot-clock nanosecond `now`. Returns how many connections that is; both ends of one
-    /// connection count once.
-    pub fn end_refused(&self, before: Snapshot, compiled: &Compiled, now: u64) -> Result<usize> {
-        let rules = CompiledRules::new(compiled);
-        let config = PolicyConfig {
-            generation: 0,
-            unlabeled: compiled.unlabeled,
-            external: compiled.external,
-            mode: compiled.mode,
-            _pad: 0,
-        };
-        let refused = |state: &ConnState| {
-            !verdict::decide(
-                Peer::decode(state.from),
-                Peer::decode(state.to),
-                &config,
-                u32::from(state.protocol),
-                state.port,
-                now,
-                &rules,
-            )
-            .allow
-        };
+    /// Destroys every connection in `before`, or tracked now, that `judge` refuses. Returns
+    /// how many connections that is; both ends of one connection count once.
+    pub fn end_refused(&self, before: Snapshot, judge: &Judge) -> Result<usize> {
         let mut ended = BTreeSet::new();
         for (diag, mut sockets) in before.0 {
             // Connections opened between the snapshot and the change are ended as well.
@@ -118,14 +200,11 @@ impl Connections {
                     sockets.push(socket);
                 }
             }
-            for (socket, state) in sockets {
-                if !refused(&state) {
-                    continue;
-                }
+            for (socket, _, _) in refused(&sockets, judge) {
                 // A socket already gone was live when the snapshot saw it: the kernel's
                 // drop made its application close it, so it counts as ended all the same.
-                diag.destroy(&socket)?;
-                ended.insert(connection(&socket));
+                diag.destroy(socket)?;
+                ended.insert(connection(socket));
             }
         }
         Ok(ended.len())
@@ -182,7 +261,7 @@ fn connection(socket: &DiagSocket) -> (u8, SocketAddr, SocketAddr) {
 }
 
 /// An IPv4-mapped IPv6 address as the IPv4 address it is, as the programs see it on the wire.
-fn plain(addr: SocketAddr) -> SocketAddr {
+pub fn plain(addr: SocketAddr) -> SocketAddr {
     match addr {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),
@@ -240,6 +319,62 @@ mod tests {
         let client = socket("127.0.0.1:40000", "127.0.0.1:5432");
         let server = socket("[::ffff:127.0.0.1]:5432", "[::ffff:127.0.0.1]:40000");
         assert_eq!(connection(&client), connection(&server));
+    }
+
+    fn compiled(text: &str) -> Compiled {
+        let policy = enforcer_policy::parse("test.yaml", text).expect("test policy is valid");
+        let clocks = crate::clock::Clocks {
+            wall: 0,
+            boot: 1_000,
+        };
+        let (edges, _) = crate::edges::Book::default()
+            .resolve(&policy, clocks.wall_now())
+            .expect("edges resolve");
+        crate::compile::compile(&policy, &edges, &Default::default(), &clocks, |_| None)
+            .expect("compiles")
+    }
+
+    /// a.org -> b.org over tcp to `port`, as the programs record it.
+    fn flow(port: u16) -> ConnState {
+        ConnState {
+            from: 1,
+            to: 2,
+            edge: 1,
+            port,
+            protocol: enforcer_common::maps::PROTO_TCP as u8,
+            status: enforcer_common::maps::CONN_ALLOWED,
+            ..ConnState::default()
+        }
+    }
+
+    #[test]
+    fn a_plan_names_each_refused_connection_once_by_its_opening_end() {
+        let domains = "version: 1\ndomains: [{name: a.org}, {name: b.org}]\n";
+        let with_edge = format!(
+            "{domains}federation:\n  - {{from: a.org, to: b.org, protocol: tcp, ports: [5432], \
+             owner: o, reason: r}}\n"
+        );
+        let server = socket("[::ffff:127.0.0.1]:5432", "[::ffff:127.0.0.1]:40000");
+        let client = socket("127.0.0.1:40000", "127.0.0.1:5432");
+        let other = socket("127.0.0.1:40001", "127.0.0.1:6000");
+        let host = [(server, flow(5432)), (client.clone(), flow(5432))];
+        let pod = [(other, flow(6000))];
+        let without = compiled(domains);
+        let judge = Judge::new(&without, 2_000);
+        let ends = ending([&host[..], &pod[..]].into_iter(), &judge);
+        assert_eq!(
+            ends.len(),
+            2,
+            "two connections, one of them seen from both ends"
+        );
+        assert_eq!(ends[0].socket, client, "named by the end that opened it");
+        assert_eq!(ends[0].verdict.reason, verdict::Reason::NoEdge);
+        assert_eq!(ends[1].state.port, 6000);
+        let with = compiled(&with_edge);
+        let judge = Judge::new(&with, 2_000);
+        let ends = ending([&host[..], &pod[..]].into_iter(), &judge);
+        assert_eq!(ends.len(), 1, "the edge keeps port 5432: only 6000 ends");
+        assert_eq!(ends[0].state.port, 6000);
     }
 
     #[test]

@@ -112,7 +112,7 @@ impl Sandbox {
             Some("status") => {
                 cmd.arg("--socket").arg(&self.socket);
             }
-            Some("policy") if args.get(1) == Some(&"apply") => {
+            Some("policy") if matches!(args.get(1), Some(&"apply" | &"plan")) => {
                 cmd.arg("--socket").arg(&self.socket);
             }
             Some("edge" | "events") => {
