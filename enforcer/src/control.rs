@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -14,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     grants::{EdgeView, GrantRequest},
     status::Status,
+    why::{Explanation, Transport, WhySource},
 };
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
@@ -35,6 +37,12 @@ pub enum Request {
     /// Every edge; those unused for `stale_after_ms` are marked stale.
     Edges {
         stale_after_ms: u64,
+    },
+    /// How the kernel would judge a new flow, explained from the live maps.
+    Why {
+        from: WhySource,
+        to: SocketAddr,
+        protocol: Transport,
     },
 }
 
@@ -65,6 +73,7 @@ pub enum Response {
         errors: Vec<String>,
     },
     Status(Box<Status>),
+    Why(Box<Explanation>),
     Error {
         message: String,
     },

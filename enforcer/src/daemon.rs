@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::ErrorKind,
+    net::SocketAddr,
     os::unix::{
         fs::{DirBuilderExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
@@ -40,6 +41,7 @@ use crate::{
     status::{self, Status},
     tally::Tally,
     usage::Usage,
+    why,
 };
 
 /// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
@@ -548,6 +550,24 @@ impl Daemon {
             Request::Revoke { id } => self.revoke(&id),
             Request::Edges { stale_after_ms } => Response::Edges {
                 edges: self.edge_views(std::time::Duration::from_millis(stale_after_ms)),
+            },
+            Request::Why { from, to, protocol } => self.why(&from, to, protocol),
+        }
+    }
+
+    fn why(&self, from: &why::WhySource, to: SocketAddr, protocol: why::Transport) -> Response {
+        let live = why::Live {
+            ebpf: &self.ebpf,
+            maps: &self.maps,
+            addresses: &self.addresses,
+            cgroups: &self.cgroups,
+            root: &self.root,
+            edges: &self.live,
+        };
+        match why::explain(&live, from, to, protocol) {
+            Ok(explanation) => Response::Why(Box::new(explanation)),
+            Err(err) => Response::Error {
+                message: format!("{err:#}"),
             },
         }
     }

@@ -22,6 +22,7 @@ mod status;
 mod tally;
 mod teardown;
 mod usage;
+mod why;
 
 use std::{fs, path::PathBuf, process::ExitCode};
 
@@ -82,6 +83,9 @@ enum Command {
         #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// Explain how the kernel would judge a new flow: the source and destination domains
+    /// and how each was found, every edge considered, the defaults, and the verdict.
+    Why(why::Args),
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -215,6 +219,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
             output,
         } => edge::run(command, &socket, output),
+        Command::Why(args) => why::run(args),
         Command::Teardown {
             pin_dir,
             cgroup_root,
