@@ -17,7 +17,7 @@ mod source;
 
 use std::net::{IpAddr, SocketAddr};
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use enforcer_common::{
     maps::{
         ACTION_DENY, MODE_AUDIT, NEVER, ORIGIN_BACKFILL, ORIGIN_CREATOR, ORIGIN_FIRST_USE,
@@ -334,7 +334,10 @@ pub fn explain(
     });
     let source = SourceView {
         cgroup: origin.cgroup.to_string(),
-        cgroup_id: walk.last().map_or(0, |level| level.cgroup_id),
+        cgroup_id: live
+            .cgroups
+            .id(&origin.cgroup)
+            .with_context(|| format!("cgroup {} vanished", origin.cgroup))?,
         pid: origin.pid,
         netns: origin.namespace.cookie,
         host_netns: origin.namespace.cookie == live.addresses.host_netns(),
@@ -353,7 +356,7 @@ pub fn explain(
             .collect(),
     };
     let destination = destination_view(&names, &target, to, protocol)?;
-    let verdict = verdict_view(
+    let judgement = verdict_view(
         &names,
         VerdictInputs {
             verdict,
@@ -370,18 +373,11 @@ pub fn explain(
         &clocks,
     )?;
     let action = |a: u32| if a == ACTION_DENY { "deny" } else { "allow" };
-    let applied = verdict.reason.as_deref().and_then(|r| {
-        [Reason::UnlabeledDefault, Reason::ExternalDefault]
-            .into_iter()
-            .find(|d| d.name() == r)
-            .map(|d| {
-                if d == Reason::UnlabeledDefault {
-                    "unlabeled".to_owned()
-                } else {
-                    "external".to_owned()
-                }
-            })
-    });
+    let applied = match verdict.map(|v| v.reason) {
+        Some(Reason::UnlabeledDefault) => Some("unlabeled".to_owned()),
+        Some(Reason::ExternalDefault) => Some("external".to_owned()),
+        _ => None,
+    };
     Ok(Explanation {
         generation: active.config.generation,
         evaluated_at: clocks.wall_now(),
@@ -395,7 +391,7 @@ pub fn explain(
             mode: mode_name(active.config.mode).into(),
             applied,
         },
-        verdict,
+        verdict: judgement,
     })
 }
 
@@ -856,5 +852,110 @@ fn reason_text(
         Reason::NoDomain => {
             "neither end is in a trust domain: not a boundary the policy governs".to_owned()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::maps::{ACTION_ALLOW, MAX_PORT_RANGES, MODE_ENFORCE, PolicyConfig};
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn range(first: u16, last: u16, protocols: u32, edge: u32, window: (u64, u64)) -> PortRange {
+        PortRange {
+            first,
+            last,
+            protocols,
+            edge,
+            _pad: 0,
+            not_before: window.0,
+            not_after: window.1,
+        }
+    }
+
+    /// The ranges shown and the range the verdict stands on come from one read, and the one
+    /// marked as deciding is the one `decide` stopped at.
+    #[test]
+    fn ranges_show_what_decide_saw() {
+        let mut rules = PortRules {
+            count: 4,
+            _pad: 0,
+            ranges: [PortRange::default(); MAX_PORT_RANGES],
+        };
+        rules.ranges[..4].copy_from_slice(&[
+            range(80, 80, PROTO_TCP, 1, (0, 50 * SEC)),
+            range(80, 80, PROTO_UDP, 2, (0, NEVER)),
+            range(1, 1000, PROTO_TCP | PROTO_UDP, 3, (0, 200 * SEC)),
+            range(80, 90, PROTO_TCP, 4, (0, NEVER)),
+        ]);
+        let rules = LiveRules {
+            pair: Some((1, 2)),
+            ranges: Some(rules),
+            modes: Vec::new(),
+        };
+        let policy = PolicyConfig {
+            generation: 1,
+            unlabeled: ACTION_ALLOW,
+            external: ACTION_ALLOW,
+            mode: MODE_ENFORCE,
+            _pad: 0,
+        };
+        let clocks = Clocks {
+            wall: Timestamp::from_second(1_800_000_000)
+                .expect("a valid time")
+                .as_nanosecond(),
+            boot: 100 * SEC,
+        };
+        let v = verdict::decide(
+            Peer::Domain(1),
+            Peer::Domain(2),
+            &policy,
+            PROTO_TCP,
+            80,
+            clocks.boot,
+            &rules,
+        );
+        assert_eq!((v.reason, v.edge), (Reason::EdgeAllowed, 3));
+        let shown = range_views(
+            &[],
+            rules.ranges.as_ref().expect("read"),
+            Transport::Tcp,
+            80,
+            &clocks,
+            Some(v),
+        );
+        let summary: Vec<_> = shown
+            .iter()
+            .map(|r| {
+                (
+                    r.index,
+                    r.protocol_matches,
+                    r.port_matches,
+                    r.window.as_str(),
+                    r.decides,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (1, true, true, "expired", false),
+                (2, false, true, "active", false),
+                (3, true, true, "active", true),
+                (4, true, true, "active", false),
+            ]
+        );
+        assert_eq!(
+            shown[0].not_after,
+            Some(Timestamp::from_second(1_800_000_000 - 50).expect("a valid time"))
+        );
+        assert_eq!(shown[3].not_after, None, "no expiry");
+        assert_eq!(
+            rules.edges(2, 1),
+            None,
+            "only the flow's own pair is known, and decide asks for nothing else"
+        );
     }
 }

@@ -83,20 +83,20 @@ pub fn find(
     let holder = backfill::holder_of(socket.inode)?;
     let tag = match protocol {
         Transport::Tcp => stored_tag(&socket, tags)?,
-        Transport::Udp => {
-            let (_, held) = holder.as_ref().with_context(|| {
-                format!(
-                    "no process holds the UDP socket on {}, so its tag cannot be read",
-                    socket.local
-                )
-            })?;
-            let storage = SkStorage::<&MapData, SockTag>::try_from(map)?;
-            match storage.get(held, 0) {
-                Ok(tag) => Some(tag),
-                Err(MapError::KeyNotFound) => None,
-                Err(err) => return Err(err).context("reading ENF_TAGS"),
+        Transport::Udp => match &holder {
+            Some((_, held)) => {
+                let storage = SkStorage::<&MapData, SockTag>::try_from(map)?;
+                match storage.get(held, 0) {
+                    Ok(tag) => Some(tag),
+                    Err(MapError::KeyNotFound) => None,
+                    Err(err) => return Err(err).context("reading ENF_TAGS"),
+                }
             }
-        }
+            // Held by no process: a socket the kernel made for itself (a tunnel's, say).
+            // The programs never tag those: inet_create() runs the sock_create hook only for
+            // sockets user space asks for, and the sock_addr hooks skip kernel sockets too.
+            None => None,
+        },
     };
     Ok(Some(Receiver {
         bound_exactly: best.exact,

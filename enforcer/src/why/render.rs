@@ -60,32 +60,20 @@ impl fmt::Display for Explanation {
         }
         writeln!(f, "  {}", d.detail)?;
 
-        if !self.edges.is_empty() {
-            let (from, to) = (
-                s.end.domain.as_deref().unwrap_or("?"),
-                d.end
-                    .as_ref()
-                    .and_then(|e| e.domain.as_deref())
-                    .unwrap_or("?"),
-            );
-            writeln!(
-                f,
-                "edges from {from} to {to} ({} port range(s)):",
-                self.edges.len()
-            )?;
-            for range in &self.edges {
-                writeln!(f, "  {}", range_text(range))?;
+        let judged = self.verdict.decision != Decision::NotJudged;
+        if let (true, Some((from, to))) = (judged, domain_pair(&s.end, d.end.as_ref())) {
+            if self.edges.is_empty() {
+                writeln!(f, "edges from {from} to {to}: none")?;
+            } else {
+                writeln!(
+                    f,
+                    "edges from {from} to {to} ({} port range(s)):",
+                    self.edges.len()
+                )?;
+                for range in &self.edges {
+                    writeln!(f, "  {}", range_text(range))?;
+                }
             }
-        } else if matches!(
-            (&s.end.kind, d.end.as_ref().map(|e| e.kind)),
-            (EndKind::Domain, Some(EndKind::Domain))
-        ) && s.end.domain_id != d.end.as_ref().and_then(|e| e.domain_id)
-        {
-            writeln!(
-                f,
-                "edges: none from {} to that domain",
-                s.end.domain.as_deref().unwrap_or("?")
-            )?;
         }
 
         let defaults = &self.defaults;
@@ -128,6 +116,17 @@ impl fmt::Display for Explanation {
         }
         Ok(())
     }
+}
+
+/// The two domains of a flow between different domains: the only flows edges are
+/// considered for.
+fn domain_pair<'a>(src: &'a EndView, dst: Option<&'a EndView>) -> Option<(&'a str, &'a str)> {
+    let domain = |end: &'a EndView| match end.kind {
+        EndKind::Domain => end.domain.as_deref(),
+        EndKind::Unlabeled | EndKind::External => None,
+    };
+    let (from, to) = (domain(src)?, domain(dst?)?);
+    (from != to).then_some((from, to))
 }
 
 fn end_text(end: &EndView) -> String {
