@@ -128,6 +128,20 @@ impl Addresses {
             .collect()
     }
 
+    /// Who owns `ip` in ENF_ADDRS, as the programs look it up.
+    pub fn owner(&self, ip: IpAddr) -> Result<Option<AddrOwner>> {
+        match self.addrs.get(&raw_key(ip), 0) {
+            Ok(owner) => Ok(Some(owner)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(err) => Err(err).context("reading ENF_ADDRS"),
+        }
+    }
+
+    /// The cookie of the host's (the daemon's) network namespace.
+    pub fn host_netns(&self) -> u64 {
+        self.host_netns
+    }
+
     /// Number of known local addresses, for status.
     pub fn count(&self) -> usize {
         self.addrs.keys().count()
@@ -217,23 +231,32 @@ fn addresses_in(pid: i32, cookie: u64) -> Result<BTreeSet<AddrKey>> {
     in_namespace(pid, cookie, interface_addresses)
 }
 
-/// Runs `f` in `pid`'s network namespace, if its cookie is `cookie`. Entering a namespace
-/// changes only the calling thread, so it is done on a thread of its own; what `f` opens
-/// there (a socket) stays in that namespace after the thread ends.
+/// Runs `f` in `pid`'s network namespace, if its cookie is `cookie`.
 pub fn in_namespace<T: Send + 'static>(
     pid: i32,
     cookie: u64,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
-        .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
-    std::thread::spawn(move || -> Result<T> {
-        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
-        let entered = current_netns_cookie()?;
+    in_namespace_of(pid, move |entered| {
         if entered != cookie {
             return Err(anyhow!("process {pid} is no longer in that namespace"));
         }
         f()
+    })
+}
+
+/// Runs `f` in whichever network namespace `pid` is in, with that namespace's cookie.
+/// Entering a namespace changes only the calling thread, so it is done on a thread of its
+/// own; what `f` opens there (a socket) stays in that namespace after the thread ends.
+pub fn in_namespace_of<T: Send + 'static>(
+    pid: i32,
+    f: impl FnOnce(u64) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let ns = fs::File::open(format!("/proc/{pid}/ns/net"))
+        .with_context(|| format!("opening /proc/{pid}/ns/net"))?;
+    std::thread::spawn(move || -> Result<T> {
+        setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).context("entering the namespace")?;
+        f(current_netns_cookie()?)
     })
     .join()
     .map_err(|_| anyhow!("the namespace thread panicked"))?
@@ -272,26 +295,31 @@ fn interface_addresses() -> Result<BTreeSet<AddrKey>> {
 }
 
 fn key_of(ip: IpAddr) -> Option<AddrKey> {
-    if ip.is_loopback() {
-        return None;
+    match ip {
+        _ if ip.is_loopback() => None,
+        IpAddr::V6(v6) if v6.is_unicast_link_local() => None,
+        _ => Some(raw_key(ip)),
     }
+}
+
+/// The ENF_ADDRS key of `ip`: IPv4 in the first four bytes.
+fn raw_key(ip: IpAddr) -> AddrKey {
     let mut addr = [0u8; 16];
     let family = match ip {
         IpAddr::V4(v4) => {
             addr[..4].copy_from_slice(&v4.octets());
             FAMILY_V4
         }
-        IpAddr::V6(v6) if v6.is_unicast_link_local() => return None,
         IpAddr::V6(v6) => {
             addr.copy_from_slice(&v6.octets());
             FAMILY_V6
         }
     };
-    Some(AddrKey {
+    AddrKey {
         family,
         _pad: [0; 3],
         addr,
-    })
+    }
 }
 
 #[cfg(test)]

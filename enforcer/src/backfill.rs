@@ -142,6 +142,20 @@ fn for_each_socket(root: &CgroupRoot, mut visit: impl FnMut(&CgroupPath, &OwnedF
     Ok(())
 }
 
+/// A process holding the socket with inode `inode`, and the socket borrowed from it.
+pub fn holder_of(inode: u64) -> Result<Option<(i32, OwnedFd)>> {
+    for pid in pids()? {
+        for (fd, held) in socket_fds(pid) {
+            if held == inode
+                && let Some(socket) = borrow_fd(pid, fd)
+            {
+                return Ok(Some((pid, socket)));
+            }
+        }
+    }
+    Ok(None)
+}
+
 pub fn netns_cookie(socket: &impl AsFd) -> Option<u64> {
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;

@@ -3,6 +3,7 @@
 
 use std::{
     io::{BufRead as _, BufReader, Write as _},
+    net::SocketAddr,
     os::unix::net::UnixStream,
     path::Path,
     time::Duration,
@@ -16,6 +17,7 @@ use crate::{
     grants::{EdgeView, GrantRequest},
     plan::Plan,
     status::Status,
+    why::{Explanation, Transport, WhySource},
 };
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
@@ -47,6 +49,12 @@ pub enum Request {
     /// happens.
     Events {
         follow: bool,
+    },
+    /// How the kernel would judge a new flow, explained from the live maps.
+    Why {
+        from: WhySource,
+        to: SocketAddr,
+        protocol: Transport,
     },
 }
 
@@ -81,6 +89,7 @@ pub enum Response {
     /// the log's last event, or never when following).
     Events,
     Plan(Box<Plan>),
+    Why(Box<Explanation>),
     Error {
         message: String,
     },

@@ -7,6 +7,7 @@ use std::{
     collections::BTreeSet,
     fs,
     io::{ErrorKind, Write as _},
+    net::SocketAddr,
     os::unix::{
         fs::{DirBuilderExt as _, PermissionsExt as _},
         net::{UnixListener, UnixStream},
@@ -46,6 +47,7 @@ use crate::{
     status::{self, Status},
     tally::Tally,
     usage::Usage,
+    why,
 };
 
 /// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
@@ -715,6 +717,24 @@ impl Daemon {
             // Answered by `serve` without the daemon lock.
             Request::Events { .. } => Response::Error {
                 message: "events are not answered here".into(),
+            },
+            Request::Why { from, to, protocol } => self.why(&from, to, protocol),
+        }
+    }
+
+    fn why(&self, from: &why::WhySource, to: SocketAddr, protocol: why::Transport) -> Response {
+        let live = why::Live {
+            ebpf: &self.ebpf,
+            maps: &self.maps,
+            addresses: &self.addresses,
+            cgroups: &self.cgroups,
+            root: &self.root,
+            edges: &self.live,
+        };
+        match why::explain(&live, from, to, protocol) {
+            Ok(explanation) => Response::Why(Box::new(explanation)),
+            Err(err) => Response::Error {
+                message: format!("{err:#}"),
             },
         }
     }

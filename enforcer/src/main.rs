@@ -30,6 +30,7 @@ mod status;
 mod tally;
 mod teardown;
 mod usage;
+mod why;
 
 use std::{fs, io::Write as _, path::PathBuf, process::ExitCode};
 
@@ -107,6 +108,9 @@ enum Command {
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
+    /// Explain how the kernel would judge a new flow: the source and destination domains
+    /// and how each was found, every edge considered, the defaults, and the verdict.
+    Why(why::Args),
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -265,6 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             output,
             socket,
         } => events(&socket, follow, domain.as_deref(), output),
+        Command::Why(args) => why::run(args),
         Command::Teardown {
             pin_dir,
             cgroup_root,

@@ -310,6 +310,8 @@ mod tests {
             remote: remote.parse().expect("address"),
             cookie: 1,
             interface: 0,
+            inode: 0,
+            v6only: None,
             storage: Vec::new(),
         }
     }

@@ -59,6 +59,8 @@ const SK_DIAG_BPF_STORAGE_MAP_VALUE: u16 = 3;
 const INET_DIAG_REQ_SK_BPF_STORAGES: u16 = 2;
 /// Response attribute (20th after INET_DIAG_NONE in the extensions enum).
 const INET_DIAG_SK_BPF_STORAGES: u16 = 20;
+/// Response attribute (11th): a u8, whether an AF_INET6 socket is IPv6-only.
+const INET_DIAG_SKV6ONLY: u16 = 11;
 /// `struct inet_diag_sockid`: be16 sport, be16 dport, be32 src[4], be32 dst[4], u32 if,
 /// u32 cookie[2].
 const SOCKID_LEN: usize = 48;
@@ -67,6 +69,8 @@ const REQ_V2_LEN: usize = 8 + SOCKID_LEN;
 /// `struct inet_diag_msg`: u8 family, u8 state, u8 timer, u8 retrans, sockid, then u32
 /// expires, rqueue, wqueue, uid, inode. Its attributes follow at NLMSG_ALIGN(72) = 72.
 const DIAG_MSG_LEN: usize = 4 + SOCKID_LEN + 20;
+/// Offset of `idiag_inode` in `struct inet_diag_msg`.
+const DIAG_MSG_INODE: usize = DIAG_MSG_LEN - 4;
 
 /// Enough for any dump datagram the kernel builds for a reader with a large buffer (it caps
 /// them near 32 KiB unless one socket's storage values need more, see [`Channel::recv`]).
@@ -85,6 +89,11 @@ pub struct DiagSocket {
     pub remote: SocketAddr,
     pub cookie: u64,
     pub interface: u32,
+    /// Inode number of the socket (`socket:[INODE]` in /proc/PID/fd), 0 if it has none.
+    pub inode: u64,
+    /// `IPV6_V6ONLY` of an AF_INET6 socket; the kernel reports it for listening and unbound
+    /// or unconnected sockets only (inet_diag_msg_attrs_fill()).
+    pub v6only: Option<bool>,
     /// map id -> storage value bytes, for each requested map that has a value on this socket.
     pub storage: Vec<(u32, Vec<u8>)>,
 }
@@ -382,8 +391,20 @@ fn parse_socket(protocol: u8, payload: &[u8]) -> Result<DiagSocket> {
         remote: SocketAddr::new(ip(20)?, port(2)?),
         cookie: u64::from(cookie_high) << 32 | u64::from(cookie_low),
         interface: u32::from_ne_bytes(take(&id, 36)?),
+        inode: u32::from_ne_bytes(take(&head, DIAG_MSG_INODE)?).into(),
+        v6only: parse_v6only(payload.get(DIAG_MSG_LEN..).unwrap_or_default())?,
         storage: parse_storages(payload.get(DIAG_MSG_LEN..).unwrap_or_default())?,
     })
+}
+
+/// The INET_DIAG_SKV6ONLY attribute among a socket's attributes, if the kernel sent it.
+fn parse_v6only(attrs: &[u8]) -> Result<Option<bool>> {
+    for attr in Attrs(attrs) {
+        if let (INET_DIAG_SKV6ONLY, value) = attr? {
+            return Ok(value.first().map(|&v| v != 0));
+        }
+    }
+    Ok(None)
 }
 
 /// The values in the INET_DIAG_SK_BPF_STORAGES attribute among a socket's attributes; the
@@ -643,7 +664,7 @@ mod tests {
     use std::{
         io::{ErrorKind, Read as _, Write as _},
         net::{TcpListener, TcpStream, UdpSocket},
-        os::fd::{AsFd, AsRawFd},
+        os::fd::{AsFd, AsRawFd, FromRawFd as _},
         time::Duration,
     };
 
@@ -724,6 +745,65 @@ mod tests {
                 assert!(found.storage.is_empty());
             }
             assert!(sockets.iter().all(|socket| socket.state != TCP_LISTEN));
+        }
+    }
+
+    /// A listening AF_INET6 TCP socket on `[::]:0` with `IPV6_V6ONLY` set as given. (Binding
+    /// to a specific IPv6 address would make it IPv6-only whatever the option says:
+    /// inet6_bind() sets sk_ipv6only for any address but `::` and IPv4-mapped ones.)
+    fn v6_listener(v6only: bool) -> OwnedFd {
+        // SAFETY: plain socket calls on a descriptor owned by the returned OwnedFd; the
+        // address and option pointers are valid for the sizes given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET6, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "socket: {}", io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(fd);
+            let on = libc::c_int::from(v6only);
+            let ret = libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                (&raw const on).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            );
+            assert_eq!(ret, 0, "IPV6_V6ONLY: {}", io::Error::last_os_error());
+            let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+            addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            let ret = libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+            );
+            assert_eq!(ret, 0, "bind: {}", io::Error::last_os_error());
+            assert_eq!(libc::listen(fd.as_raw_fd(), 1), 0);
+            fd
+        }
+    }
+
+    fn inode(socket: &impl AsRawFd) -> u64 {
+        use std::os::unix::fs::MetadataExt as _;
+        std::fs::metadata(format!("/proc/self/fd/{}", socket.as_raw_fd()))
+            .unwrap()
+            .ino()
+    }
+
+    #[test]
+    fn listeners_report_their_inode_and_whether_they_are_ipv6_only() {
+        if !privileged("listeners_report_their_inode_and_whether_they_are_ipv6_only") {
+            return;
+        }
+        let diag = SockDiag::open().unwrap();
+        let v4 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let (dual, only) = (v6_listener(false), v6_listener(true));
+        let sockets = diag.dump(TCP, 1 << TCP_LISTEN, &[]).unwrap();
+        for (socket, inode, v6only) in [
+            (cookie(&v4), inode(&v4), None),
+            (cookie(&dual), inode(&dual), Some(false)),
+            (cookie(&only), inode(&only), Some(true)),
+        ] {
+            let found = find(&sockets, socket).expect("listener listed");
+            assert_eq!(found.state, TCP_LISTEN);
+            assert_eq!((found.inode, found.v6only), (inode, v6only));
         }
     }
 

@@ -3,11 +3,11 @@
 //! `enforcer_common::maps`.
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, Map, MapData, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{Array, HashMap, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
 use enforcer_common::{
     maps::{
         BindingKey, DomainKey, DomainName, ENDPOINT_KEY_HEADER_BITS, EdgeKey, EndpointKey,
-        MAX_DOMAIN_NAME, PolicyConfig, PortRules, SLOTS,
+        FAMILY_V4, MAX_DOMAIN_NAME, PolicyConfig, PortRules, SLOTS,
     },
     names,
 };
@@ -202,6 +202,59 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// The domain `slot` binds cgroup `cgroup_id` to, if any (ENF_BINDINGS).
+    pub fn binding(&self, slot: u32, cgroup_id: u64) -> Result<Option<u32>> {
+        let key = BindingKey {
+            slot,
+            _pad: 0,
+            cgroup_id,
+        };
+        absent_is_none(self.bindings.get(&key, 0)).context("reading ENF_BINDINGS")
+    }
+
+    /// The port ranges of every edge from `from` to `to` in `slot` (ENF_EDGES).
+    pub fn edges(&self, slot: u32, from: u32, to: u32) -> Result<Option<PortRules>> {
+        absent_is_none(self.edges.get(&EdgeKey { slot, from, to }, 0)).context("reading ENF_EDGES")
+    }
+
+    /// The mode of `domain` in `slot` where it differs from the policy's (ENF_MODES).
+    pub fn mode(&self, slot: u32, domain: u32) -> Result<Option<u32>> {
+        absent_is_none(self.modes.get(&DomainKey { slot, domain }, 0)).context("reading ENF_MODES")
+    }
+
+    /// The domain whose endpoint prefixes in `slot` hold the address `addr` (`family`, network
+    /// order, IPv4 in the first four bytes), with the longest matching prefix's length, as the
+    /// programs' full-length LPM lookup finds it (ENF_ENDPOINTS).
+    pub fn endpoint(&self, slot: u32, family: u8, addr: [u8; 16]) -> Result<Option<(u32, u8)>> {
+        let bits = if family == FAMILY_V4 { 32 } else { 128 };
+        let data = EndpointKey {
+            slot: slot as u8,
+            family,
+            addr,
+            _pad: [0; 2],
+        };
+        let key = Key::new(ENDPOINT_KEY_HEADER_BITS + bits, data);
+        let Some(domain) =
+            absent_is_none(self.endpoints.get(&key, 0)).context("reading ENF_ENDPOINTS")?
+        else {
+            return Ok(None);
+        };
+        // The trie returns only the value; the prefix that matched is the longest entry of
+        // the slot and family that holds the address.
+        let len = self
+            .endpoints
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data().slot == data.slot && k.data().family == family)
+            .filter_map(|k| {
+                let len = k.prefix_len().checked_sub(ENDPOINT_KEY_HEADER_BITS)?;
+                covers(&k.data().addr, &addr, len).then_some(len)
+            })
+            .max()
+            .unwrap_or(bits);
+        Ok(Some((domain, len as u8)))
+    }
+
     /// Number of entries per policy map, for status.
     pub fn fill(&self) -> Vec<(&'static str, usize)> {
         vec![
@@ -214,6 +267,26 @@ impl PolicyMaps {
     }
 }
 
+/// A missing key as `None`, any other error as an error.
+fn absent_is_none<V>(result: Result<V, MapError>) -> Result<Option<V>, MapError> {
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(MapError::KeyNotFound) => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+/// Whether the first `len` bits of `prefix` and `addr` are equal.
+fn covers(prefix: &[u8; 16], addr: &[u8; 16], len: u32) -> bool {
+    let len = len.min(128) as usize;
+    let (bytes, bits) = (len / 8, len % 8);
+    prefix[..bytes] == addr[..bytes]
+        && (bits == 0 || {
+            let mask = 0xff_u8 << (8 - bits);
+            prefix[bytes] & mask == addr[bytes] & mask
+        })
+}
+
 /// Waits until no program run that read the old ENF_ACTIVE value can still be running, and
 /// says whether it could. Cgroup programs run inside an RCU read-side critical section, and
 /// `membarrier(MEMBARRIER_CMD_GLOBAL)` returns only after `synchronize_rcu()`
@@ -224,4 +297,25 @@ fn old_readers_finished() -> bool {
     const MEMBARRIER_CMD_GLOBAL: libc::c_int = 1;
     // SAFETY: membarrier takes no pointers.
     unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) == 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_cover_by_leading_bits() {
+        let addr = |bytes: &[u8]| {
+            let mut a = [0u8; 16];
+            a[..bytes.len()].copy_from_slice(bytes);
+            a
+        };
+        let net = addr(&[10, 20, 0, 0]);
+        assert!(covers(&net, &addr(&[10, 20, 5, 6]), 16));
+        assert!(!covers(&net, &addr(&[10, 21, 5, 6]), 16));
+        assert!(covers(&addr(&[10, 16]), &addr(&[10, 31]), 12));
+        assert!(!covers(&addr(&[10, 16]), &addr(&[10, 32]), 12));
+        assert!(covers(&net, &addr(&[99]), 0));
+        assert!(covers(&net, &net, 128));
+    }
 }
