@@ -13,7 +13,7 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, mpsc},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -88,6 +88,8 @@ pub struct Daemon {
     tally: Tally,
     /// Policy changes by outcome and how long they took, for the metrics.
     commits: Commits,
+    /// Where the connections this daemon ends are reported, as events.
+    ended: mpsc::Sender<EventRecord>,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -169,11 +171,13 @@ pub fn run(options: Options) -> Result<()> {
     let events_path = options.state_dir.events();
     let event_log = EventLog::open(&events_path)
         .with_context(|| format!("opening the event log {}", events_path.display()))?;
+    let (ended, ended_events) = mpsc::channel();
     let feed = Feed::new(
         &mut ebpf,
         event_log,
         CgroupPaths::new(cgroups.mount()),
         followers.clone(),
+        ended_events,
     )?;
     let generation = maps.active()?.config.generation;
     let mut daemon = Daemon {
@@ -201,6 +205,7 @@ pub fn run(options: Options) -> Result<()> {
         expiries_done: Clocks::now().boot,
         tally: Tally::default(),
         commits: Commits::default(),
+        ended,
     };
     match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}
@@ -486,7 +491,13 @@ impl Daemon {
         {
             Ok(ended) => {
                 self.expiries_done = clocks.boot;
-                ended
+                for ending in &ended {
+                    let record =
+                        EventRecord::ended(ending, &*self, self.generation, clocks.wall_now());
+                    // The feed only stops with the process.
+                    let _ = self.ended.send(record);
+                }
+                ended.len()
             }
             Err(err) => {
                 log(&format!(

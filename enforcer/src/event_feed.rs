@@ -8,7 +8,7 @@ use std::{
     collections::HashMap,
     io::Write as _,
     os::{fd::AsFd as _, unix::net::UnixStream},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, Instant},
 };
 
@@ -33,8 +33,9 @@ use crate::{
 const IDLE: Duration = Duration::from_millis(200);
 /// Records named per daemon lock, so that a flood never holds the lock for long.
 const BATCH: usize = 4096;
-/// Both ends of a local connection report its end when a policy change refuses it; a second
-/// report of one connection within this long is the other end's.
+/// Both ends of a local connection report its end when a policy change refuses it, and the
+/// daemon reports the connections it ends; a second report of one connection within this
+/// long is the same end.
 const SAME_END: Duration = Duration::from_secs(5);
 /// A follower that cannot take a line within this long is dropped rather than allowed to
 /// stall the feed.
@@ -68,6 +69,8 @@ pub struct Feed {
     log: EventLog,
     cgroups: CgroupPaths,
     followers: Followers,
+    /// Connections the daemon ended.
+    ended_by_daemon: mpsc::Receiver<EventRecord>,
     /// Connections whose end was reported, with when.
     ended: HashMap<(String, std::net::SocketAddr, std::net::SocketAddr), Instant>,
     lost_reported: u64,
@@ -79,6 +82,7 @@ impl Feed {
         log: EventLog,
         cgroups: CgroupPaths,
         followers: Followers,
+        ended_by_daemon: mpsc::Receiver<EventRecord>,
     ) -> Result<Self> {
         let mut take = |name: &str| {
             ebpf.take_map(name)
@@ -90,6 +94,7 @@ impl Feed {
             log,
             cgroups,
             followers,
+            ended_by_daemon,
             ended: HashMap::new(),
             lost_reported: 0,
         })
@@ -139,6 +144,14 @@ impl Feed {
                 let mut d = daemon.lock().unwrap_or_else(PoisonError::into_inner);
                 let clocks = Clocks::now();
                 d.set_events_lost(lost);
+                // Reported before the kernel's batch: the daemon ended these connections
+                // before the feed woke, usually before the kernel's events in the batch.
+                while let Ok(record) = self.ended_by_daemon.try_recv() {
+                    if self.first_end(&record) {
+                        d.count_event(&record);
+                        records.push(record);
+                    }
+                }
                 for event in &batch {
                     let Some(record) = EventRecord::describe(event, &*d, &clocks) else {
                         log("skipped a decision event with codes this build does not know");

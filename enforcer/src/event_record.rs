@@ -18,7 +18,11 @@ use enforcer_common::{
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::Clocks, tally::DecisionKey};
+use crate::{
+    clock::Clocks,
+    revocation::{Ending, plain},
+    tally::DecisionKey,
+};
 
 const VERDICTS: [&str; 3] = ["allowed", "refused", "audited"];
 
@@ -30,8 +34,9 @@ pub struct EventRecord {
     /// `Reason::name`: same_domain, edge_allowed, no_edge, edge_expired, unlabeled_default,
     /// external_default, no_domain.
     pub reason: String,
-    /// Where it was decided: `connect`, `sendmsg`, `ingress` or `established` (a live
-    /// connection after a policy change).
+    /// Where it was decided: `connect`, `sendmsg`, `ingress`, `established` (the kernel
+    /// refused a packet of a live connection after a policy change) or `ended` (the daemon
+    /// ended a live connection the new policy refuses).
     pub hook: String,
     pub protocol: String,
     /// Domain names, `unlabeled` or `external`.
@@ -114,6 +119,37 @@ impl EventRecord {
         })
     }
 
+    /// A live connection the daemon ended because the policy in force at `generation`
+    /// refuses it; `ending` names it by the socket of its opening end where that is local.
+    pub fn ended(ending: &Ending, names: &impl Names, generation: u64, time: Timestamp) -> Self {
+        let (src, dst) = if plain(ending.socket.remote).port() == ending.state.port {
+            (plain(ending.socket.local), plain(ending.socket.remote))
+        } else {
+            (plain(ending.socket.remote), plain(ending.socket.local))
+        };
+        Self {
+            time,
+            verdict: VERDICTS[1].into(),
+            reason: ending.verdict.reason.name().into(),
+            hook: "ended".into(),
+            protocol: match u32::from(ending.state.protocol) {
+                PROTO_UDP => "udp",
+                _ => "tcp",
+            }
+            .into(),
+            from: names.peer(ending.state.from),
+            to: names.peer(ending.state.to),
+            edge: None,
+            src,
+            dst,
+            cgroup_id: 0,
+            cgroup: None,
+            pid: None,
+            comm: None,
+            generation,
+        }
+    }
+
     /// The decision kind this event counts as.
     pub fn decision(&self) -> DecisionKey {
         let reason = Reason::ALL
@@ -132,7 +168,7 @@ impl EventRecord {
     }
 
     /// The same connection seen from either end: both ends of a local connection report
-    /// it when a policy change ends it.
+    /// it when a policy change ends it, and so does the daemon when it ends it.
     pub fn connection(&self) -> (&str, SocketAddr, SocketAddr) {
         let (a, b) = if self.src <= self.dst {
             (self.src, self.dst)

@@ -5,7 +5,7 @@
 //! `ECONNABORTED` and a TCP peer gets a reset, instead of retransmitting into a drop.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, btree_map::Entry},
+    collections::{BTreeMap, btree_map::Entry},
     net::SocketAddr,
     os::fd::AsFd as _,
 };
@@ -190,9 +190,9 @@ impl Connections {
     }
 
     /// Destroys every connection in `before`, or tracked now, that `judge` refuses. Returns
-    /// how many connections that is; both ends of one connection count once.
-    pub fn end_refused(&self, before: Snapshot, judge: &Judge) -> Result<usize> {
-        let mut ended = BTreeSet::new();
+    /// those connections, one entry per connection as [`Snapshot::would_end`] names them.
+    pub fn end_refused(&self, before: Snapshot, judge: &Judge) -> Result<Vec<Ending>> {
+        let mut namespaces = Vec::new();
         for (diag, mut sockets) in before.0 {
             // Connections opened between the snapshot and the change are ended as well.
             for socket in self.tracked(&diag)? {
@@ -204,10 +204,10 @@ impl Connections {
                 // A socket already gone was live when the snapshot saw it: the kernel's
                 // drop made its application close it, so it counts as ended all the same.
                 diag.destroy(socket)?;
-                ended.insert(connection(socket));
             }
+            namespaces.push(sockets);
         }
-        Ok(ended.len())
+        Ok(ending(namespaces.iter().map(Vec::as_slice), judge))
     }
 
     /// The connected sockets of one namespace whose flow can be revoked, with that flow.

@@ -1,8 +1,10 @@
 //! `cargo xtask bench connect | udp-send | ingress`: rates over loopback (and, for ingress,
 //! over a veth pair) from and to bound cgroups, first with no programs attached (the
 //! baseline), then with enforcement and a policy of 1,000 domains and 10,000 edges. Rounds
-//! interleave baseline and enforced measurements; the median of each is printed as a ratio to
-//! the baseline measured in the same run.
+//! interleave baseline and enforced measurements; each enforced figure is divided by the
+//! baseline of its own round, and the median of those ratios is printed with their range.
+//! Pairing by round keeps a shared machine's drift (which moves the baseline by ±20% between
+//! rounds here) out of the ratio.
 
 use std::{
     fmt::Write as _,
@@ -34,7 +36,7 @@ pub struct Run {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 3.0)]
     seconds: f64,
-    /// Interleaved rounds (the median of each measurement is reported).
+    /// Interleaved rounds (medians over rounds are reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
 }
@@ -79,12 +81,12 @@ fn connect(env: &BenchEnv, run: Run) -> Result<()> {
         Ok(vec![field(&out, "rate")?])
     };
     let cases = client_cases(connect_loop);
-    let medians = measure(env, "tcp", &cases, run)?;
+    let samples = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "connect+accept per second over loopback, {}",
         run.describe()
     );
-    print_table(&title, &[("connections/s", 0)], &cases, &medians);
+    print_table(&title, &[("connections/s", 0)], &cases, &samples);
     Ok(())
 }
 
@@ -97,14 +99,14 @@ fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         Ok(vec![flow.sent, flow.received, flow.lost])
     };
     let cases = client_cases(flood);
-    let medians = measure(env, "udp", &cases, udp.run)?;
+    let samples = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "unconnected UDP sendto() of {PAYLOAD_BYTES}-byte datagrams over loopback, sink in prod \
          (enforced: sendmsg4 + egress at the sender, ingress at the sink), {}",
         udp.describe()
     );
     let columns = [("sent/s", 0), ("received/s", 0), ("lost %", 2)];
-    print_table(&title, &columns, &cases, &medians);
+    print_table(&title, &columns, &cases, &samples);
     Ok(())
 }
 
@@ -144,21 +146,21 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         Case::new("veth: baseline, no programs attached", false, via_veth),
         Case::new("veth: enforced, external sender", true, via_veth),
     ];
-    let medians = measure(env, "udp", &cases, udp.run)?;
+    let samples = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "UDP datagrams of {PAYLOAD_BYTES} bytes received by a socket in prod from a sender \
          outside the enforced subtree (only ingress runs per datagram), {}",
         udp.describe()
     );
     let columns = [("received/s", 0), ("sent/s", 0), ("lost %", 2)];
-    print_table(&title, &columns, &cases, &medians);
+    print_table(&title, &columns, &cases, &samples);
     Ok(())
 }
 
 impl Run {
     fn describe(&self) -> String {
         format!(
-            "median of {} interleaved rounds of {}s; policy {DOMAINS} domains, {EDGES} edges",
+            "{} interleaved rounds of {}s; policy {DOMAINS} domains, {EDGES} edges",
             self.rounds, self.seconds
         )
     }
@@ -204,8 +206,8 @@ impl<'a> Case<'a> {
 
 /// Runs every case once per round, the baselines first, then the enforced cases under one
 /// daemon start, so slow drift of a shared machine affects baseline and enforced figures
-/// alike instead of whichever was measured last. Returns each case's per-column medians.
-fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Vec<Vec<f64>>> {
+/// alike instead of whichever was measured last. Returns each case's values, round by round.
+fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Vec<Vec<Vec<f64>>>> {
     let policy = env.dir.join("bench-policy.yaml");
     fs::write(&policy, big_policy(&env.root, protocol))?;
     let rounds = run.rounds.max(1);
@@ -223,10 +225,10 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<V
             daemon.map(Daemon::stop).transpose()?;
         }
     }
-    Ok(samples.into_iter().map(column_medians).collect())
+    Ok(samples)
 }
 
-fn column_medians(samples: Vec<Vec<f64>>) -> Vec<f64> {
+fn column_medians(samples: &[Vec<f64>]) -> Vec<f64> {
     let columns = samples.first().map_or(0, Vec::len);
     (0..columns)
         .map(|c| median(samples.iter().map(|s| s[c]).collect()))
@@ -241,32 +243,43 @@ fn median(mut values: Vec<f64>) -> f64 {
 /// A table column: its heading and the decimals its values are printed with.
 type Column = (&'static str, usize);
 
-/// A markdown table: the flow, the first column, its ratio to the baseline, the other columns.
-fn print_table(title: &str, columns: &[Column], cases: &[Case], medians: &[Vec<f64>]) {
+/// A markdown table: the flow, the median of the first column, the median and range of its
+/// per-round ratio to the baseline, the medians of the other columns.
+fn print_table(title: &str, columns: &[Column], cases: &[Case], samples: &[Vec<Vec<f64>>]) {
     let headings: Vec<_> = columns.iter().map(|c| c.0).collect();
-    let mut report = format!("{title}\n| flow | {} | ratio to baseline |", headings[0]);
+    let mut report = format!(
+        "{title}\n| flow | {} | ratio to baseline (median, range over rounds) |",
+        headings[0]
+    );
     for heading in &headings[1..] {
         report += &format!(" {heading} |");
     }
     report += &format!("\n|---|---|---|{}\n", "---|".repeat(columns.len() - 1));
-    let mut baseline = f64::NAN;
-    for (case, values) in cases.iter().zip(medians) {
+    let mut baseline: &[Vec<f64>] = &[];
+    for (case, rounds) in cases.iter().zip(samples) {
         if !case.enforced {
-            baseline = values[0];
+            baseline = rounds;
         }
+        let ratios: Vec<f64> = rounds
+            .iter()
+            .zip(baseline)
+            .map(|(r, b)| r[0] / b[0])
+            .collect();
         report += &format!("| {} |", case.label);
-        report += &cells(columns, values, values[0] / baseline);
+        report += &cells(columns, &column_medians(rounds), &ratios);
     }
     print!("{report}");
 }
 
-/// One row's cells after the label, the ratio after the first value.
-fn cells(columns: &[Column], values: &[f64], ratio: f64) -> String {
+/// One row's cells after the label, the ratios after the first value.
+fn cells(columns: &[Column], values: &[f64], ratios: &[f64]) -> String {
+    let low = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let high = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mut row = String::new();
     for (i, (value, (_, decimals))) in values.iter().zip(columns).enumerate() {
         row += &format!(" {value:.decimals$} |");
         if i == 0 {
-            row += &format!(" {ratio:.2} |");
+            row += &format!(" {:.2} ({low:.2}-{high:.2}) |", median(ratios.to_vec()));
         }
     }
     row + "\n"
