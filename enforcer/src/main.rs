@@ -337,19 +337,27 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
+/// Reads a policy file for the daemon and checks it first, so mistakes are reported even
+/// when no daemon runs (the daemon checks again: it is the one that must never apply a bad
+/// policy). On a mistake prints every error, then `NAME refused`, and returns `None`.
+fn read_checked(file: &std::path::Path, refused: &str) -> Result<Option<(String, String)>> {
     let name = file.display().to_string();
     let text =
         fs::read_to_string(file).map_err(|err| anyhow::anyhow!("{name}: cannot read: {err}"))?;
-    // Checked here first so mistakes are reported even when no daemon runs; the daemon checks
-    // again because it is the one that must never apply a bad policy.
     if let Err(diagnostics) = enforcer_policy::parse(&name, &text) {
         for d in diagnostics {
             eprintln!("{d}");
         }
-        eprintln!("enforcer: {name} was not applied; nothing changed");
-        return Ok(ExitCode::FAILURE);
+        eprintln!("enforcer: {name} {refused}");
+        return Ok(None);
     }
+    Ok(Some((name, text)))
+}
+
+fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
+    let Some((name, text)) = read_checked(file, "was not applied; nothing changed")? else {
+        return Ok(ExitCode::FAILURE);
+    };
     match control::call(
         socket,
         &Request::Apply {

@@ -6,7 +6,6 @@
 
 use std::{
     fmt::{self, Display},
-    fs,
     path::Path,
     process::ExitCode,
 };
@@ -601,16 +600,9 @@ fn edge_line(e: &EdgeSpec) -> String {
 
 /// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.
 pub fn run(file: &Path, socket: &Path, output: Output) -> Result<ExitCode> {
-    let name = file.display().to_string();
-    let text =
-        fs::read_to_string(file).map_err(|err| anyhow::anyhow!("{name}: cannot read: {err}"))?;
-    if let Err(diagnostics) = enforcer_policy::parse(&name, &text) {
-        for d in diagnostics {
-            eprintln!("{d}");
-        }
-        eprintln!("enforcer: {name} is not valid; nothing changed");
+    let Some((name, text)) = crate::read_checked(file, "is not valid; nothing changed")? else {
         return Ok(ExitCode::FAILURE);
-    }
+    };
     match control::call(
         socket,
         &Request::Plan {

@@ -440,7 +440,8 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     out.push(dir.to_path_buf());
 }
 
-fn cgroup_mount() -> PathBuf {
+/// Where the cgroup v2 hierarchy is mounted on this host.
+pub fn cgroup_mount() -> PathBuf {
     let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
     mounts
         .lines()

@@ -8,8 +8,8 @@
 //! file.
 
 use std::{
-    fmt, fs,
-    path::{Path, PathBuf},
+    fmt,
+    path::Path,
     process::Output,
     sync::atomic::{AtomicUsize, Ordering},
     thread,
@@ -962,7 +962,7 @@ fn why_refuses_bad_input_and_changes_nothing() {
         "127.0.0.1:80",
         Proto::Tcp,
     );
-    let dir = cgroup_mount().join(app.trim_start_matches('/'));
+    let dir = enforcer_tests::cgroup_mount().join(app.trim_start_matches('/'));
     for form in [format!("0::{app}"), dir.display().to_string()] {
         let other = why_json(
             &sb.socket,
@@ -1035,15 +1035,4 @@ fn str_at(json: &Json, path: &[&str]) -> String {
         .and_then(Json::as_str)
         .unwrap_or_else(|| panic!("no string at {path:?} in {json}"))
         .to_owned()
-}
-
-fn cgroup_mount() -> PathBuf {
-    let mounts = fs::read_to_string("/proc/mounts").expect("reading /proc/mounts");
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<_> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .expect("a cgroup2 mount")
 }
