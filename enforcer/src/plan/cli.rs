@@ -1,0 +1,41 @@
+//! The client side of `enforcer policy plan`.
+
+use std::{path::Path, process::ExitCode};
+
+use anyhow::{Result, bail};
+
+use crate::{
+    Output,
+    control::{self, Request, Response},
+};
+
+/// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.
+pub fn run(file: &Path, socket: &Path, output: Output) -> Result<ExitCode> {
+    let Some((name, text)) = crate::read_checked(file, "is not valid; nothing changed")? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    match control::call(
+        socket,
+        &Request::Plan {
+            file: name.clone(),
+            text,
+        },
+    )? {
+        Response::Plan(plan) => {
+            match output {
+                Output::Text => print!("{plan}"),
+                Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Rejected { errors } => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            eprintln!("enforcer: {name} would be refused; nothing changed");
+            Ok(ExitCode::FAILURE)
+        }
+        Response::Error { message } => bail!("{message}"),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    }
+}
