@@ -5,7 +5,8 @@
 //! Event order is the kernel's: a test ends its actions with a marker (a refused connect to a
 //! port used for nothing else) and, once the marker's event has arrived, knows every earlier
 //! event has too, so "nothing else was reported" needs no waiting.
-//! Every test uses its own ports (32600-32799 belong to this file).
+//! Every test uses its own ports (32600-32799 belong to this file), and the remote host
+//! subnet 10.231.41.0/24 (`RemoteHost::new(41)`).
 
 use std::time::{Duration, SystemTime};
 
