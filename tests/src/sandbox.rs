@@ -311,6 +311,21 @@ impl Sandbox {
         Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("status prints JSON")
     }
 
+    /// Waits (at most `limit`) for the daemon to log a line containing `text`; panics if it
+    /// does not. Lines logged since the last wait are searched too.
+    pub fn wait_daemon_log(&mut self, text: &str, limit: Duration) -> String {
+        let lines = self.daemon_log.as_ref().expect("daemon running");
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(text) => return line,
+                Ok(_) => {}
+                Err(_) => panic!("the daemon did not log {text:?} within {limit:?}"),
+            }
+        }
+    }
+
     /// Follows the daemon's decision events from now on.
     pub fn follow_events(&self) -> EventFollower {
         let mut cmd = Command::new(enforcer());

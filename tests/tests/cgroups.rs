@@ -50,9 +50,11 @@ fn a_binding_to_a_cgroup_created_later_takes_effect_when_it_appears() {
     );
     let _server = sb.listen(&staging, "127.0.0.1", 30600);
 
-    // No waiting: a process started the moment its cgroup exists is already prod's (as
-    // unlabeled it would be let through).
+    // The binding lands when the daemon sees the cgroup appear, and it says so; a connection
+    // made in the milliseconds before is judged with the ancestors' domain (README, Known
+    // limits), so the test waits for that signal rather than race it.
     sb.cgroup("late");
+    sb.wait_daemon_log(&format!("cgroup {late} appeared"), Duration::from_secs(10));
     assert_eq!(
         sb.connect(&late, "127.0.0.1", 30600),
         Outcome::EPERM,
