@@ -164,15 +164,17 @@ impl Feed {
                     records.push(record);
                 }
             }
-            if lost > self.lost_reported {
-                log(&format!(
-                    "{} decision event(s) lost: the ring buffer was full ({lost} in all)",
-                    lost - self.lost_reported
-                ));
-                self.lost_reported = lost;
-            }
             self.publish(records);
             if !full {
+                // Reported once the buffer is drained, so everything that did arrive is
+                // already logged when the loss is.
+                if lost > self.lost_reported {
+                    log(&format!(
+                        "{} decision event(s) lost: the ring buffer was full ({lost} in all)",
+                        lost - self.lost_reported
+                    ));
+                    self.lost_reported = lost;
+                }
                 return;
             }
         }

@@ -326,6 +326,20 @@ impl Sandbox {
         }
     }
 
+    /// Stops (SIGSTOP) or resumes (SIGCONT) the daemon process: the kernel keeps enforcing
+    /// and writing events while it is stopped.
+    pub fn pause_daemon(&self, paused: bool) {
+        let child = self.daemon.as_ref().expect("daemon running");
+        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+        // SAFETY: kill(2) with a pid this sandbox started and still owns.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "signalling the daemon"
+        );
+    }
+
     /// Follows the daemon's decision events from now on.
     pub fn follow_events(&self) -> EventFollower {
         let mut cmd = Command::new(enforcer());
@@ -491,4 +505,8 @@ pub fn enforcer() -> PathBuf {
 
 pub fn probe() -> PathBuf {
     target_dir().join("enforcer-probe")
+}
+
+pub fn flood() -> PathBuf {
+    target_dir().join("enforcer-flood")
 }

@@ -201,7 +201,33 @@ impl Workload {
     /// The probe with `args`, placed in this workload's cgroup and network namespace before it
     /// runs a single instruction of its own, so every socket it creates belongs there.
     fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(crate::sandbox::probe());
+        self.placed(crate::sandbox::probe(), args)
+    }
+
+    /// `enforcer-flood udp-refused`: `count` sendto() calls to `addr:port`; returns how many
+    /// failed with EPERM and how many did not.
+    pub fn udp_refused(&self, addr: &str, port: u16, count: u64) -> (u64, u64) {
+        let out = self
+            .placed(
+                crate::sandbox::flood(),
+                &["udp-refused", addr, &port.to_string(), &count.to_string()],
+            )
+            .output()
+            .expect("running enforcer-flood");
+        let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["refused", refused, "other", other] => (
+                refused.parse().expect("a count"),
+                other.parse().expect("a count"),
+            ),
+            _ => panic!("enforcer-flood udp-refused printed {line:?}"),
+        }
+    }
+
+    /// `binary` with `args`, placed like every probe.
+    fn placed(&self, binary: PathBuf, args: &[&str]) -> Command {
+        let mut cmd = Command::new(binary);
         cmd.args(args);
         if let Some(timeout) = self.timeout {
             cmd.env("ENFORCER_PROBE_TIMEOUT_MS", timeout.as_millis().to_string());

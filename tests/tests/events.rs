@@ -489,3 +489,46 @@ fn each_connection_a_revocation_ends_is_reported_once() {
         check_schema(e);
     }
 }
+
+#[test]
+fn a_full_ring_buffer_loses_events_visibly_never_silently() {
+    if !privileged("a_full_ring_buffer_loses_events_visibly_never_silently") {
+        return;
+    }
+    let mut sb = Sandbox::new("events-lost");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy("policy.yaml", &policy("", &edge("other", "tcp", 32659, "")));
+    sb.start_daemon(&file);
+    let _sink = sb.udp_listen(&prod, LOCALHOST, 32651);
+    // More refusals than the 4 MiB ring buffer holds (about 37,000 records), while the daemon
+    // cannot read any.
+    let sends = 50_000;
+    sb.pause_daemon(true);
+    let (refused, other) = sb.workload(&staging).udp_refused(LOCALHOST, 32651, sends);
+    sb.pause_daemon(false);
+    assert_eq!(
+        (refused, other),
+        (sends, 0),
+        "every datagram refused with EPERM"
+    );
+    sb.wait_daemon_log("decision event(s) lost", ARRIVAL);
+    let status = sb.status();
+    let lost = status
+        .get("events")
+        .and_then(|e| e.get("lost"))
+        .and_then(Json::as_u64)
+        .expect("status reports lost events");
+    // The daemon has read the buffer by the time it logs the loss; what it read is logged.
+    let logged = sb
+        .event_log(&[])
+        .iter()
+        .filter(|e| is_marker(e, 32651) && text(e, "verdict") == "refused")
+        .count() as u64;
+    assert!(lost > 0, "a full buffer loses events: {status}");
+    assert_eq!(
+        logged + lost,
+        refused,
+        "every refusal is either an event ({logged}) or counted as lost ({lost})"
+    );
+}

@@ -15,6 +15,10 @@
 //!   buffer space (`EAGAIN`, `ENOBUFS`), which are not counted. Any other error (`EPERM`
 //!   from enforcement) ends the run with `error <errno>`.
 //!
+//! - `udp-refused ADDR PORT COUNT`: makes COUNT `sendto()` calls from one unconnected socket
+//!   to a destination enforcement refuses, and prints `refused N other M`: N calls failed
+//!   with `EPERM`, M otherwise (sent, or failed for another reason).
+//!
 //! A sink given more time than its sender receives everything the sender sent unless the
 //! kernel dropped it (a full receive buffer, or a filter), so N sent minus N received is loss.
 
@@ -44,6 +48,29 @@ enum Wait {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, addr, port, count] = args.as_slice()
+        && mode == "udp-refused"
+    {
+        let target = addr
+            .parse()
+            .ok()
+            .zip(port.parse().ok())
+            .map(|(ip, port)| SocketAddr::new(ip, port));
+        let (Some(target), Ok(count)) = (target, count.parse()) else {
+            eprintln!("usage: enforcer-flood udp-refused ADDR PORT COUNT");
+            return ExitCode::from(2);
+        };
+        return match refused(target, count) {
+            Ok(line) => {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                println!("error {}", err.raw_os_error().unwrap_or(0));
+                ExitCode::FAILURE
+            }
+        };
+    }
     let parsed = match args.as_slice() {
         [_, mode, addr, port, secs] => parse(addr, port, secs).map(|p| (mode.as_str(), p)),
         _ => None,
@@ -134,6 +161,22 @@ fn waiting(err: &io::Error) -> bool {
         err.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+fn refused(addr: SocketAddr, count: u64) -> io::Result<String> {
+    let wildcard: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(wildcard)?;
+    let (mut refused, mut other) = (0u64, 0u64);
+    for _ in 0..count {
+        match socket.send_to(&[0u8; PAYLOAD], addr) {
+            Err(err) if err.raw_os_error() == Some(libc::EPERM) => refused += 1,
+            _ => other += 1,
+        }
+    }
+    Ok(format!("refused {refused} other {other}"))
 }
 
 fn blast(addr: SocketAddr, duration: Duration) -> io::Result<String> {
