@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Shows enforcement live: two cgroups bound to two trust domains, a database-like listener in
 # prod, and connections from staging and prod: one refused with EPERM, the edge-allowed ones
-# connecting. Then the daemon is killed with SIGKILL and enforcement stays. Everything the demo
+# connecting; `enforcer why` explaining the refusal and `enforcer events` listing every
+# refusal and crossing. Then the daemon is killed with SIGKILL and enforcement stays. Everything the demo
 # creates (cgroups, pins, processes) is removed at the end, even on failure.
 set -euo pipefail
 
@@ -70,8 +71,14 @@ try staging 127.0.0.1 18080
 try staging ::1 18080
 try prod 127.0.0.1 18080
 
+say "why was staging -> 127.0.0.1:18080 refused? (answered from the live kernel maps)"
+"$enforcer" why --from-cgroup /enforcer-demo/staging --to 127.0.0.1:18080 --socket "$socket" | sed 's/^/  /'
+
 say "status"
 "$enforcer" status --socket "$socket" | sed 's/^/  /'
+
+say "decision events: every refusal and every domain crossing (also in state/events.jsonl)"
+"$enforcer" events --socket "$socket" | sed 's/^/  /'
 
 say "killing the daemon with SIGKILL: enforcement stays in the kernel"
 kill -9 "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true

@@ -4,7 +4,7 @@
 //! never waits on the buffer.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::generated::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_skb_cgroup_id,
@@ -92,12 +92,14 @@ pub fn emit(decision: &Decision, ends: &Packet, origin: Origin) {
     }
     // Waking the daemon costs an interrupt and a context switch per record when it keeps up,
     // which at thousands of allowed connections a second is most of the cost of an event.
-    // Crossings therefore wait for the daemon's next poll (it polls every 200 ms); refusals
-    // wake it, and carry the waiting crossings with them.
+    // Crossings therefore wait for the daemon's next poll (it polls every 200 ms). Refusals
+    // force the wake-up, and carry the waiting crossings with them: the default (adaptive)
+    // wake-up fires only when the daemon has consumed everything before the record
+    // (`bpf_ringbuf_commit`), which is never the case behind a crossing not yet read.
     entry.submit(if verdict.allow {
         BPF_RB_NO_WAKEUP.into()
     } else {
-        0
+        BPF_RB_FORCE_WAKEUP.into()
     });
 }
 
