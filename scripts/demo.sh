@@ -2,8 +2,8 @@
 # Shows enforcement live: two cgroups bound to two trust domains, a database-like listener in
 # prod, and connections from staging and prod: one refused with EPERM, the edge-allowed ones
 # connecting; `enforcer why` explaining the refusal and `enforcer events` listing every
-# refusal and crossing. Then the daemon is killed with SIGKILL and enforcement stays. Everything the demo
-# creates (cgroups, pins, processes) is removed at the end, even on failure.
+# refusal and crossing. Then the daemon is killed with SIGKILL and enforcement stays.
+# Everything the demo creates (cgroups, pins, processes) is removed at the end, even on failure.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
