@@ -58,6 +58,16 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// Whether the request changes what is enforced (the rest only read).
+    pub fn changes(&self) -> bool {
+        matches!(
+            self,
+            Self::Apply { .. } | Self::Grant(_) | Self::Revoke { .. }
+        )
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
@@ -132,13 +142,23 @@ pub fn events(
 }
 
 fn send(socket: &Path, request: &Request) -> Result<UnixStream> {
-    let stream = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "cannot reach the enforcer daemon at {} (is it running? pass --socket if it uses \
-             another path)",
+    let stream = match UnixStream::connect(socket) {
+        Ok(stream) => stream,
+        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "permission denied: cannot connect to the enforcer daemon at {} (only root may, \
+             unless the daemon runs with --admin-group or --read-group)",
             socket.display()
-        )
-    })?;
+        ),
+        Err(err) => {
+            return Err(err).with_context(|| {
+                format!(
+                    "cannot reach the enforcer daemon at {} (is it running? pass --socket if it \
+                     uses another path)",
+                    socket.display()
+                )
+            });
+        }
+    };
     stream.set_read_timeout(Some(TIMEOUT))?;
     stream.set_write_timeout(Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;

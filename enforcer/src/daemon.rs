@@ -22,6 +22,7 @@ use enforcer_common::{names, verdict::Peer};
 use enforcer_policy::{Action, CgroupPath, Policy};
 
 use crate::{
+    access,
     addresses::Addresses,
     backfill, bpffs,
     cgroup_paths::CgroupPaths,
@@ -61,6 +62,8 @@ pub struct Options {
     pub state_dir: StateDir,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Who besides root may use the control socket.
+    pub groups: access::Groups,
 }
 
 pub struct Daemon {
@@ -152,7 +155,7 @@ pub fn run(options: Options) -> Result<()> {
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
         log("mounted bpffs at /sys/fs/bpf");
     }
-    let listener = bind_socket(&options.socket)?;
+    let listener = bind_socket(&options.socket, options.groups.any())?;
 
     let mut ebpf = kernel::open(&options.pin_dir)?;
     let adopting = options.pin_dir.links().exists();
@@ -256,6 +259,7 @@ pub fn run(options: Options) -> Result<()> {
             log: events_path,
             followers,
         },
+        &options.groups,
     );
     Ok(())
 }
@@ -300,7 +304,12 @@ impl EventService {
 
 /// Answers control requests one at a time. A request is read before the daemon is locked, so
 /// a slow client never holds up the maintenance thread.
-fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener, events: &EventService) {
+fn serve(
+    daemon: &Mutex<Daemon>,
+    listener: &UnixListener,
+    events: &EventService,
+    groups: &access::Groups,
+) {
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
@@ -309,15 +318,23 @@ fn serve(daemon: &Mutex<Daemon>, listener: &UnixListener, events: &EventService)
                 continue;
             }
         };
-        let response = match control::read_request(&stream) {
-            Ok(Request::Events { follow }) => {
+        let request = control::read_request(&stream).and_then(|request| {
+            let peer = access::peer(&stream).context("reading the client's credentials")?;
+            Ok(groups.check(&peer, &request).map(|()| request))
+        });
+        let response = match request {
+            Ok(Ok(Request::Events { follow })) => {
                 events.answer(stream, follow);
                 continue;
             }
-            Ok(request) => daemon
+            Ok(Ok(request)) => daemon
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .handle(request),
+            Ok(Err(message)) => {
+                log(&format!("refused a control request: {message}"));
+                Response::Error { message }
+            }
             Err(err) => Response::Error {
                 message: format!("{err:#}"),
             },
@@ -1039,11 +1056,19 @@ fn lock(state: &StateDir) -> Result<fs::File> {
 
 /// Binds the control socket with mode 0600, replacing a stale socket file left by a daemon
 /// that was killed, but never one a live daemon still answers on.
-fn bind_socket(path: &Path) -> Result<UnixListener> {
+/// Binds the control socket at `path`: mode 0600 (root only), or 0666 when `shared` (other
+/// users may connect, and each request is then checked against the peer's credentials). A
+/// directory created for it is 0700, or 0711 when shared (others may pass, not list).
+fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener> {
+    let (dir_mode, socket_mode) = if shared {
+        (0o711, 0o666)
+    } else {
+        (0o700, 0o600)
+    };
     if let Some(parent) = path.parent() {
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(dir_mode)
             .create(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
@@ -1060,7 +1085,7 @@ fn bind_socket(path: &Path) -> Result<UnixListener> {
         }
         Err(err) => return Err(err).with_context(|| format!("binding {}", path.display())),
     };
-    fs::set_permissions(path, fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(socket_mode))
+        .with_context(|| format!("setting mode {socket_mode:o} on {}", path.display()))?;
     Ok(listener)
 }

@@ -1,6 +1,7 @@
 //! `enforcer`: the daemon that enforces trust-domain boundaries in the kernel, and the CLI that
 //! checks and applies policy and shows what is enforced.
 
+mod access;
 mod addresses;
 mod backfill;
 mod bpffs;
@@ -72,6 +73,12 @@ enum Command {
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
         #[arg(long, value_name = "ADDR:PORT")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Members of this group (name or gid) may use the control socket as root does.
+        #[arg(long, value_name = "GROUP")]
+        admin_group: Option<String>,
+        /// Members of this group (name or gid) may read: status, edges, events, why, plan.
+        #[arg(long, value_name = "GROUP")]
+        read_group: Option<String>,
     },
     /// Check or apply policy files.
     Policy {
@@ -225,6 +232,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
             state_dir,
             metrics_addr,
+            admin_group,
+            read_group,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -232,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
             state_dir: StateDir::new(state_dir),
             metrics_addr,
+            groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
