@@ -80,7 +80,7 @@ enum Command {
         #[arg(long, value_name = "GROUP")]
         read_group: Option<String>,
     },
-    /// Check or apply policy files.
+    /// Check, plan or apply policy files.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
