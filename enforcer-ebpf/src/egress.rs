@@ -5,7 +5,6 @@
 //! nothing more leaves on a connection whose edge ended.
 
 use aya_ebpf::{helpers::generated::bpf_sk_fullsock, macros::cgroup_skb, programs::SkBuffContext};
-use core::ffi::c_void;
 use enforcer_common::maps::{ADDR_HOST, ADDR_POD, AddrOwner, SockTag};
 
 use crate::{
@@ -42,7 +41,6 @@ pub fn enf_egress(ctx: SkBuffContext) -> i32 {
     if state == TCP_LISTEN {
         return PASS;
     }
-    let sk: *mut c_void = sk.cast();
     let allowed = conns::check(&ctx, sk.cast(), proto, true);
     if allowed { PASS } else { DROP }
 }

@@ -61,7 +61,7 @@ pub struct Options {
     pub socket: PathBuf,
     pub state_dir: StateDir,
     /// Where to serve Prometheus metrics, if anywhere.
-    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     /// Who besides root may use the control socket.
     pub groups: access::Groups,
 }

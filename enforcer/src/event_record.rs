@@ -24,8 +24,6 @@ use crate::{
     tally::DecisionKey,
 };
 
-const VERDICTS: [&str; 3] = ["allowed", "refused", "audited"];
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub time: Timestamp,
@@ -78,9 +76,9 @@ impl EventRecord {
     /// Names `event`; `None` for a record with codes this build does not know.
     pub fn describe(event: &Event, names: &impl Names, clocks: &Clocks) -> Option<Self> {
         let verdict = match event.verdict {
-            VERDICT_ALLOWED => VERDICTS[0],
-            VERDICT_REFUSED => VERDICTS[1],
-            VERDICT_AUDITED => VERDICTS[2],
+            VERDICT_ALLOWED => "allowed",
+            VERDICT_REFUSED => "refused",
+            VERDICT_AUDITED => "audited",
             _ => return None,
         };
         let hook = match event.hook {
@@ -129,7 +127,7 @@ impl EventRecord {
         };
         Self {
             time,
-            verdict: VERDICTS[1].into(),
+            verdict: "refused".into(),
             reason: ending.verdict.reason.name().into(),
             hook: "ended".into(),
             protocol: match u32::from(ending.state.protocol) {
@@ -152,16 +150,9 @@ impl EventRecord {
 
     /// The decision kind this event counts as.
     pub fn decision(&self) -> DecisionKey {
-        let reason = Reason::ALL
-            .iter()
-            .map(|r| r.name())
-            .find(|n| *n == self.reason);
         DecisionKey {
-            verdict: VERDICTS
-                .into_iter()
-                .find(|v| *v == self.verdict)
-                .unwrap_or("unknown"),
-            reason: reason.unwrap_or("unknown"),
+            verdict: self.verdict.clone(),
+            reason: self.reason.clone(),
             from: self.from.clone(),
             to: self.to.clone(),
         }

@@ -149,8 +149,8 @@ pub fn spawn(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, pins: &PinDir) -
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabels {
-    verdict: &'static str,
-    reason: &'static str,
+    verdict: String,
+    reason: String,
     from: String,
     to: String,
 }
@@ -185,8 +185,8 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
     for (key, &count) in &snapshot.decisions {
         decisions
             .get_or_create(&DecisionLabels {
-                verdict: key.verdict,
-                reason: key.reason,
+                verdict: key.verdict.clone(),
+                reason: key.reason.clone(),
                 from: key.from.clone(),
                 to: key.to.clone(),
             })
@@ -380,8 +380,8 @@ mod tests {
         let mut decisions = BTreeMap::new();
         decisions.insert(
             DecisionKey {
-                verdict: "refused",
-                reason: "no_edge",
+                verdict: "refused".into(),
+                reason: "no_edge".into(),
                 from: "staging.example.org".into(),
                 to: "prod.example.org".into(),
             },

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 /// `unlabeled` / `external`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DecisionKey {
-    pub verdict: &'static str,
-    pub reason: &'static str,
+    pub verdict: String,
+    pub reason: String,
     pub from: String,
     pub to: String,
 }
@@ -46,9 +46,9 @@ mod tests {
 
     #[test]
     fn counts_each_kind_separately() {
-        let key = |verdict, to: &str| DecisionKey {
-            verdict,
-            reason: "no_edge",
+        let key = |verdict: &str, to: &str| DecisionKey {
+            verdict: verdict.into(),
+            reason: "no_edge".into(),
             from: "staging".into(),
             to: to.into(),
         };
