@@ -15,8 +15,8 @@ mod validate;
 
 pub use diagnostic::Diagnostic;
 pub use model::{
-    Action, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId, EdgeIdError,
-    Mode, Policy, Protocol, port_set,
+    Action, BundleFile, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId,
+    EdgeIdError, Mode, Policy, Protocol, port_set,
 };
 pub use parse::parse;
 pub use ports::{PortRange, PortRangeError};

@@ -37,6 +37,9 @@ pub struct Defaults {
     /// forgotten grant cannot become a permanent edge.
     #[serde(rename = "max_grant_ttl_secs", serialize_with = "serialize_secs")]
     pub max_grant_ttl: Duration,
+    /// For edges that do not set `require_bundles` themselves (grants included).
+    #[serde(skip_serializing_if = "is_false")]
+    pub require_bundles: bool,
 }
 
 impl Defaults {
@@ -51,6 +54,7 @@ impl Default for Defaults {
             external: Action::default(),
             mode: Mode::default(),
             max_grant_ttl: Self::DEFAULT_MAX_GRANT_TTL,
+            require_bundles: false,
         }
     }
 }
@@ -102,6 +106,36 @@ pub struct Domain {
     pub cgroups: Vec<CgroupPath>,
     /// Remote addresses that belong to this domain.
     pub endpoints: Vec<IpNet>,
+    /// The domain's SPIFFE trust bundle: the CA certificates its SVIDs chain to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<BundleFile>,
+    /// Cgroups join this domain only by proving, over the attestation socket, that a process
+    /// in them holds an X.509-SVID of it; `cgroups` is then empty.
+    #[serde(skip_serializing_if = "is_false")]
+    pub attested: bool,
+}
+
+/// Where a domain's trust bundle is read from, and where the policy names it so a bad bundle
+/// can be reported at that spot. Serialized as the path alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "std::path::PathBuf")]
+pub struct BundleFile {
+    /// Absolute: the daemon reads it, not the client that applied the policy.
+    pub path: std::path::PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl From<BundleFile> for std::path::PathBuf {
+    fn from(bundle: BundleFile) -> Self {
+        bundle.path
+    }
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_false(value: &bool) -> bool {
+    !value
 }
 
 /// An allowed cross-domain flow: `from` may open connections to (or send
@@ -123,6 +157,9 @@ pub struct Edge {
     pub reason: String,
     pub not_before: Option<jiff::Timestamp>,
     pub end: Option<EdgeEnd>,
+    /// Allow traffic only while both ends hold a valid, unexpired trust bundle.
+    #[serde(skip_serializing_if = "is_false")]
+    pub require_bundles: bool,
 }
 
 /// When an edge stops allowing traffic.

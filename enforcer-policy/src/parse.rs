@@ -13,7 +13,7 @@ use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::model::{
-    Action, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
+    Action, BundleFile, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
 };
 use crate::ports::PortRange;
 use crate::time::{parse_duration, parse_timestamp};
@@ -23,8 +23,14 @@ use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
 const SUPPORTED_VERSION: u32 = 1;
 
 const POLICY_KEYS: &[&str] = &["version", "defaults", "domains", "federation"];
-const DEFAULTS_KEYS: &[&str] = &["unlabeled", "external", "mode", "max_grant_ttl"];
-const DOMAIN_KEYS: &[&str] = &["name", "mode", "cgroups", "endpoints"];
+const DEFAULTS_KEYS: &[&str] = &[
+    "unlabeled",
+    "external",
+    "mode",
+    "max_grant_ttl",
+    "require_bundles",
+];
+const DOMAIN_KEYS: &[&str] = &["name", "mode", "cgroups", "endpoints", "bundle", "attested"];
 const EDGE_KEYS: &[&str] = &[
     "id",
     "from",
@@ -36,6 +42,7 @@ const EDGE_KEYS: &[&str] = &[
     "not_before",
     "expires",
     "ttl",
+    "require_bundles",
 ];
 
 /// marked-yaml builds and drops nested nodes recursively, so a few
@@ -262,12 +269,15 @@ fn read_policy(
         .iter()
         .filter_map(|v| read_domain(v, sites, diags))
         .collect();
+    // Edges are still read against the built-in defaults when `defaults` is broken, so that
+    // their own mistakes are reported in the same run.
+    let edge_defaults = defaults.clone().unwrap_or_default();
     let federation: Vec<Edge> = top
         .get("federation")
         .and_then(|v| v.items("each `federation` entry", diags))
         .unwrap_or_default()
         .iter()
-        .filter_map(|v| read_edge(v, sites, diags))
+        .filter_map(|v| read_edge(v, &edge_defaults, sites, diags))
         .collect();
     Some(Policy {
         version: version?,
@@ -312,12 +322,23 @@ fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
     let external = action("external", diags);
     let mode = optional(&fields, "mode", diags, read_mode);
     let max_grant_ttl = optional(&fields, "max_grant_ttl", diags, read_duration);
+    let require_bundles = optional(&fields, "require_bundles", diags, read_bool);
     Some(Defaults {
         unlabeled: unlabeled?,
         external: external?,
         mode: mode?.unwrap_or_default(),
         max_grant_ttl: max_grant_ttl?.map_or(Defaults::DEFAULT_MAX_GRANT_TTL, |ttl| ttl.value),
+        require_bundles: require_bundles?.is_some_and(|r| r.value),
     })
+}
+
+fn read_bool(v: &Value, diags: &mut Diagnostics) -> Option<At<bool>> {
+    let value = read_keyword(v, "`true` or `false`", diags, |text| match text {
+        "true" => Some(true),
+        "false" => Some(false),
+        _ => None,
+    })?;
+    Some(At { value, pos: v.pos })
 }
 
 fn read_mode(v: &Value, diags: &mut Diagnostics) -> Option<Mode> {
@@ -349,6 +370,27 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         diags,
         parse_endpoint,
     );
+    let bundle = optional(&fields, "bundle", diags, |v, diags| {
+        read_with(v, "a file path", diags, parse_bundle_path)
+    });
+    let attested = optional(&fields, "attested", diags, read_bool);
+    // A broken `bundle` or `attested` is reported; the domain is kept so that edges naming
+    // it are not also reported as naming an unknown domain.
+    let (bundle, attested) = (bundle.flatten(), attested.flatten());
+    if let Some(attested) = attested.as_ref().filter(|a| a.value) {
+        if bundle.is_none() {
+            diags.error(
+                attested.pos,
+                "an attested domain needs a `bundle`: attestation checks SVIDs against it",
+            );
+        }
+        if let Some(first) = cgroups.first() {
+            diags.error(
+                first.pos,
+                "an attested domain gets its cgroups from attestation; remove `cgroups` or `attested`",
+            );
+        }
+    }
     let name = name?;
     sites.domains.push(name.clone());
     sites.cgroups.extend(cgroups.iter().map(|item| Claim {
@@ -359,15 +401,29 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         domain: name.value.clone(),
         item: item.clone(),
     }));
+    if bundle.is_some() {
+        sites.bundled.push(name.value.clone());
+    }
     Some(Domain {
         name: name.value,
         mode: mode?,
         cgroups: cgroups.into_iter().map(|c| c.value).collect(),
         endpoints: endpoints.into_iter().map(|e| e.value).collect(),
+        bundle: bundle.map(|b| BundleFile {
+            path: b.value,
+            line: b.pos.line,
+            column: b.pos.column,
+        }),
+        attested: attested.is_some_and(|a| a.value),
     })
 }
 
-fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Edge> {
+fn read_edge(
+    v: &Value,
+    defaults: &Defaults,
+    sites: &mut Sites,
+    diags: &mut Diagnostics,
+) -> Option<Edge> {
     let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
     let id = optional(&fields, "id", diags, |v, diags| {
         read_parsed::<EdgeId>(v, "an edge id", diags)
@@ -417,12 +473,20 @@ fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Ed
     );
     let not_before = optional(&fields, "not_before", diags, read_timestamp);
     let end = read_edge_end(&fields, diags);
+    let require_bundles = optional(&fields, "require_bundles", diags, read_bool)?.map_or(
+        At {
+            value: defaults.require_bundles,
+            pos: v.pos,
+        },
+        |r| r,
+    );
     if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
         check_window(not_before, end, diags);
     }
     sites.edges.push(EdgeEnds {
         from: from.clone(),
         to: to.clone(),
+        require_bundles: require_bundles.value.then_some(require_bundles.pos),
     });
     let id = match (id?, &from, &to, protocol, &ports) {
         (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
@@ -446,6 +510,7 @@ fn read_edge(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<Ed
         reason: reason?,
         not_before: not_before?.map(|t| t.value),
         end: end?.map(|end| end.value),
+        require_bundles: require_bundles.value,
     })
 }
 
@@ -604,6 +669,19 @@ fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
         return None;
     }
     Some(text.to_owned())
+}
+
+/// The daemon reads bundles itself, from wherever it runs, so a path relative to the policy
+/// file (which the daemon never sees) would be ambiguous.
+fn parse_bundle_path(text: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::Path::new(text);
+    if !path.is_absolute() {
+        return Err(format!(
+            "bundle path `{}` is relative; write it absolute (the daemon reads it, from its own working directory)",
+            text.escape_debug()
+        ));
+    }
+    Ok(path.to_owned())
 }
 
 fn parse_endpoint(text: &str) -> Result<IpNet, String> {

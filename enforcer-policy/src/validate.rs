@@ -31,6 +31,9 @@ pub(crate) struct Claim<T> {
 pub(crate) struct EdgeEnds {
     pub from: Option<At<TrustDomain>>,
     pub to: Option<At<TrustDomain>>,
+    /// Where the edge asks for both ends' bundles (its own key, or the edge when the default
+    /// asks).
+    pub require_bundles: Option<Pos>,
 }
 
 /// An edge's id, at its `id` value when written there, or at the start of
@@ -49,6 +52,8 @@ pub(crate) struct Sites {
     pub endpoints: Vec<Claim<IpNet>>,
     pub edges: Vec<EdgeEnds>,
     pub edge_ids: Vec<EdgeIdSite>,
+    /// Domains that name a trust bundle.
+    pub bundled: Vec<TrustDomain>,
 }
 
 pub(crate) fn check(sites: &Sites, diags: &mut Diagnostics) {
@@ -67,6 +72,7 @@ pub(crate) fn check(sites: &Sites, diags: &mut Diagnostics) {
     );
     for edge in &sites.edges {
         edge_ends(edge, &declared, diags);
+        bundles_named(edge, &sites.bundled, diags);
     }
     edge_ids_unique(&sites.edge_ids, diags);
 }
@@ -140,6 +146,24 @@ fn edge_ends(edge: &EdgeEnds, declared: &HashSet<&TrustDomain>, diags: &mut Diag
 
 /// Grants, revocations and events name edges by id, so one id must not
 /// stand for two edges.
+/// An edge that requires bundles of a domain that names none could never allow anything.
+fn bundles_named(edge: &EdgeEnds, bundled: &[TrustDomain], diags: &mut Diagnostics) {
+    let Some(pos) = edge.require_bundles else {
+        return;
+    };
+    for end in [&edge.from, &edge.to].into_iter().flatten() {
+        if !bundled.contains(&end.value) {
+            diags.error(
+                pos,
+                format!(
+                    "the edge requires the trust bundles of both ends, but domain `{}` names no `bundle`",
+                    end.value
+                ),
+            );
+        }
+    }
+}
+
 fn edge_ids_unique(sites: &[EdgeIdSite], diags: &mut Diagnostics) {
     let mut first: HashMap<&EdgeId, &EdgeIdSite> = HashMap::new();
     for site in sites {
@@ -209,8 +233,10 @@ mod tests {
             edges: vec![EdgeEnds {
                 from: Some(at(td("a.org"), 5)),
                 to: Some(at(td("b.org"), 6)),
+                require_bundles: None,
             }],
             edge_ids: Vec::new(),
+            bundled: Vec::new(),
         };
         assert_eq!(run(&sites), Vec::<String>::new());
     }
@@ -237,6 +263,7 @@ mod tests {
             ],
             edges: Vec::new(),
             edge_ids: Vec::new(),
+            bundled: Vec::new(),
         };
         assert_eq!(
             run(&sites),
@@ -258,13 +285,16 @@ mod tests {
                 EdgeEnds {
                     from: Some(at(td("a.org"), 2)),
                     to: Some(at(td("a.org"), 3)),
+                    require_bundles: None,
                 },
                 EdgeEnds {
                     from: Some(at(td("x.org"), 4)),
                     to: None,
+                    require_bundles: None,
                 },
             ],
             edge_ids: Vec::new(),
+            bundled: Vec::new(),
         };
         assert_eq!(
             run(&sites),

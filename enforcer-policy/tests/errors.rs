@@ -35,9 +35,8 @@ fn with_edge(edge: &[&str]) -> Vec<String> {
     errors(&lines)
 }
 
-const DOMAIN_KEYS: &str = "expected one of: name, mode, cgroups, endpoints";
-const EDGE_KEYS: &str =
-    "expected one of: id, from, to, protocol, ports, owner, reason, not_before, expires, ttl";
+const DOMAIN_KEYS: &str = "expected one of: name, mode, cgroups, endpoints, bundle, attested";
+const EDGE_KEYS: &str = "expected one of: id, from, to, protocol, ports, owner, reason, not_before, expires, ttl, require_bundles";
 const TD_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
 
 mod document {
@@ -247,7 +246,7 @@ mod defaults {
         assert_eq!(
             errors(&["version: 1", "defaults:", "  unknown: deny"]),
             [
-                "p.yaml:3:3: unknown key `unknown` in defaults; expected one of: unlabeled, external, mode, max_grant_ttl"
+                "p.yaml:3:3: unknown key `unknown` in defaults; expected one of: unlabeled, external, mode, max_grant_ttl, require_bundles"
             ]
         );
     }
@@ -940,4 +939,143 @@ fn diagnostics_carry_file_line_and_column() {
         d.message,
         "unsupported policy version 3 (this enforcer understands version 1)"
     );
+}
+
+mod trust_bundles {
+    use super::*;
+
+    const EDGE: &[&str] = &[
+        "  - from: a.org",
+        "    to: b.org",
+        "    protocol: tcp",
+        "    ports: [443]",
+        "    owner: o",
+        "    reason: r",
+    ];
+
+    fn with(domains: &[&str], edge_extra: &[&str], require_by_default: bool) -> Vec<String> {
+        let mut lines = vec!["version: 1"];
+        if require_by_default {
+            lines.extend_from_slice(&["defaults:", "  require_bundles: true"]);
+        }
+        lines.push("domains:");
+        lines.extend_from_slice(domains);
+        lines.push("federation:");
+        lines.extend_from_slice(EDGE);
+        lines.extend_from_slice(edge_extra);
+        errors(&lines)
+    }
+
+    #[test]
+    fn bundle_paths_must_be_absolute() {
+        assert_eq!(
+            with(
+                &[
+                    "  - name: a.org",
+                    "    bundle: certs/a.pem",
+                    "  - name: b.org"
+                ],
+                &[],
+                false
+            ),
+            [
+                "p.yaml:4:13: bundle path `certs/a.pem` is relative; write it absolute (the daemon reads it, from its own working directory)"
+            ]
+        );
+    }
+
+    #[test]
+    fn attested_domains_need_a_bundle_and_no_cgroups() {
+        assert_eq!(
+            with(
+                &[
+                    "  - name: a.org",
+                    "    attested: true",
+                    "    cgroups: [/a]",
+                    "  - name: b.org"
+                ],
+                &[],
+                false
+            ),
+            [
+                "p.yaml:4:15: an attested domain needs a `bundle`: attestation checks SVIDs against it",
+                "p.yaml:5:15: an attested domain gets its cgroups from attestation; remove `cgroups` or `attested`",
+            ]
+        );
+        assert_eq!(
+            with(
+                &["  - name: a.org", "    attested: yes", "  - name: b.org"],
+                &[],
+                false
+            ),
+            ["p.yaml:4:15: `attested` must be `true` or `false`, found `yes`"]
+        );
+    }
+
+    #[test]
+    fn edges_requiring_bundles_need_both_ends_to_name_one() {
+        let one_bundle = [
+            "  - name: a.org",
+            "    bundle: /etc/a.pem",
+            "  - name: b.org",
+        ];
+        assert_eq!(
+            with(&one_bundle, &["    require_bundles: true"], false),
+            [
+                "p.yaml:13:22: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle`"
+            ]
+        );
+        assert_eq!(
+            with(&one_bundle, &[], true),
+            [
+                "p.yaml:9:5: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle`"
+            ]
+        );
+        let two = [
+            "  - name: a.org",
+            "    bundle: /etc/a.pem",
+            "  - name: b.org",
+            "    bundle: /etc/b.json",
+        ];
+        let parsed = parse(
+            "p.yaml",
+            &policy(
+                &[
+                    &[
+                        "version: 1",
+                        "defaults:",
+                        "  require_bundles: true",
+                        "domains:",
+                    ][..],
+                    &two,
+                    &["federation:"],
+                    EDGE,
+                ]
+                .concat(),
+            ),
+        )
+        .expect("valid");
+        assert!(parsed.defaults.require_bundles);
+        assert!(parsed.federation[0].require_bundles);
+        let bundle = parsed.domains[1].bundle.as_ref().expect("bundle");
+        assert_eq!(
+            (bundle.path.to_str(), bundle.line, bundle.column),
+            (Some("/etc/b.json"), 8, 13)
+        );
+        let opted_out = [
+            &[
+                "version: 1",
+                "defaults:",
+                "  require_bundles: true",
+                "domains:",
+            ][..],
+            &one_bundle,
+            &["federation:"],
+            EDGE,
+            &["    require_bundles: false"],
+        ]
+        .concat();
+        let parsed = parse("p.yaml", &policy(&opted_out)).expect("an edge may opt out");
+        assert!(!parsed.federation[0].require_bundles);
+    }
 }

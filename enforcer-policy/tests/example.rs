@@ -22,6 +22,7 @@ fn example_parses_to_expected_model() {
             external: Action::Allow,
             mode: Mode::Enforce,
             max_grant_ttl: Duration::from_secs(12 * 3600),
+            require_bundles: false,
         },
         domains: vec![
             Domain {
@@ -32,12 +33,16 @@ fn example_parses_to_expected_model() {
                     "10.10.0.0/16".parse().expect("valid"),
                     "fd00:10::/64".parse().expect("valid"),
                 ],
+                bundle: None,
+                attested: false,
             },
             Domain {
                 name: "staging.example.org".parse().expect("valid"),
                 mode: None,
                 cgroups: vec!["/workloads/staging".parse().expect("valid")],
                 endpoints: vec![],
+                bundle: None,
+                attested: false,
             },
         ],
         federation: vec![Edge {
@@ -58,6 +63,7 @@ fn example_parses_to_expected_model() {
             owner: "platform-team".into(),
             reason: "staging migrations read the prod schema".into(),
             not_before: None,
+            require_bundles: false,
             end: None,
         }],
     };
@@ -189,6 +195,7 @@ fn life_cycle_and_modes_parse() {
             external: Action::Allow,
             mode: Mode::Audit,
             max_grant_ttl: Duration::from_secs(4 * 3600),
+            require_bundles: false,
         }
     );
     let modes: Vec<_> = policy.domains.iter().map(|d| d.mode).collect();

@@ -59,7 +59,8 @@ pub struct Grant {
 }
 
 impl Grant {
-    fn edge(&self) -> Result<Edge> {
+    /// A grant asks for bundles when the policy's default does: there is no per-grant switch.
+    fn edge(&self, require_bundles: bool) -> Result<Edge> {
         let bad = |what: &str| anyhow!("grant {}: invalid {what}", self.id);
         Ok(Edge {
             id: EdgeId::from_str(&self.id).map_err(|_| bad("id"))?,
@@ -75,6 +76,7 @@ impl Grant {
             reason: self.reason.clone(),
             not_before: self.not_before,
             end: Some(EdgeEnd::At(self.expires)),
+            require_bundles,
         })
     }
 }
@@ -154,7 +156,7 @@ impl Book {
         let grants = self
             .grants
             .iter()
-            .map(|g| Ok((g.edge()?, Source::Grant)))
+            .map(|g| Ok((g.edge(policy.defaults.require_bundles)?, Source::Grant)))
             .collect::<Result<Vec<_>>>()?;
         for (edge, source) in file.chain(grants) {
             let id = edge.id.as_str().to_owned();

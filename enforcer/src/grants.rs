@@ -32,7 +32,19 @@ pub fn check(
 ) -> Result<Grant, Vec<String>> {
     let mut errors = Vec::new();
     let mut domain = |flag: &str, name: &str| match TrustDomain::from_str(name) {
-        Ok(d) if policy.domains.iter().any(|known| known.name == d) => Some(d),
+        Ok(d) if policy.domains.iter().any(|known| known.name == d) => {
+            let bundled = policy
+                .domains
+                .iter()
+                .any(|known| known.name == d && known.bundle.is_some());
+            if policy.defaults.require_bundles && !bundled {
+                errors.push(format!(
+                    "--{flag} {d}: the policy requires trust bundles on every grant \
+                     (defaults.require_bundles), and this domain names no bundle"
+                ));
+            }
+            Some(d)
+        }
         Ok(d) => {
             errors.push(format!(
                 "--{flag} {d}: the running policy has no such domain (it has: {})",

@@ -30,6 +30,7 @@ mod sockdiag;
 mod status;
 mod tally;
 mod teardown;
+mod trust;
 mod usage;
 mod why;
 

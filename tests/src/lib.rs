@@ -8,6 +8,7 @@ mod events;
 mod json;
 mod lan;
 mod netns;
+pub mod pki;
 mod prometheus;
 mod sandbox;
 mod workload;

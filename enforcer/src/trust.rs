@@ -1,0 +1,15 @@
+//! SPIFFE cryptographic identity: trust bundles (the CA certificates of a trust domain),
+//! X.509-SVID validation against them, and the rustls verifiers that apply those rules to TLS
+//! peers. The rules are the SPIFFE X509-SVID and Trust Domain and Bundle standards; where the
+//! standards only say SHOULD, this module is no stricter than go-spiffe unless noted.
+
+mod bundle;
+mod certificate;
+mod spiffe_id;
+mod svid;
+mod tls;
+
+pub use bundle::{Authority, Bundle, BundleError};
+pub use spiffe_id::SpiffeId;
+pub use svid::{Svid, SvidError, Usage, verify};
+pub use tls::{Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider};
