@@ -16,6 +16,8 @@ use std::{
     sync::{Arc, Mutex, mpsc},
 };
 
+mod attested;
+
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
 use enforcer_common::{names, verdict::Peer};
@@ -24,7 +26,7 @@ use enforcer_policy::{Action, CgroupPath, Policy};
 use crate::{
     access,
     addresses::Addresses,
-    backfill, bpffs,
+    attestation, backfill, bpffs,
     cgroup_paths::CgroupPaths,
     cgroupfs::{CgroupFs, CgroupRoot},
     clock::Clocks,
@@ -64,6 +66,8 @@ pub struct Options {
     pub metrics_addr: Option<SocketAddr>,
     /// Who besides root may use the control socket.
     pub groups: access::Groups,
+    /// Where workloads attest with their SVIDs, if anywhere.
+    pub attest_socket: Option<PathBuf>,
 }
 
 pub struct Daemon {
@@ -93,6 +97,7 @@ pub struct Daemon {
     commits: Commits,
     /// Where the connections this daemon ends are reported, as events.
     ended: mpsc::Sender<EventRecord>,
+    attestation: attested::Attestation,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -143,6 +148,11 @@ pub fn run(options: Options) -> Result<()> {
     };
     // Bound before anything on the host changes, so an unusable address changes nothing.
     let metrics_listener = options.metrics_addr.map(metrics::bind).transpose()?;
+    let attest_identity = options
+        .attest_socket
+        .as_ref()
+        .map(|_| attestation::server::identity(None))
+        .transpose()?;
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;
     fs::DirBuilder::new()
@@ -152,10 +162,16 @@ pub fn run(options: Options) -> Result<()> {
         .with_context(|| format!("creating state dir {}", options.state_dir.path().display()))?;
     let _lock = lock(&options.state_dir)?;
     let book = without_expired_grants(Book::load(&options.state_dir)?);
+    let attested = attested::load(&options.state_dir, &cgroups)?;
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
         log("mounted bpffs at /sys/fs/bpf");
     }
     let listener = bind_socket(&options.socket, options.groups.any())?;
+    let attest_listener = options
+        .attest_socket
+        .as_deref()
+        .map(attestation::server::bind)
+        .transpose()?;
 
     let mut ebpf = kernel::open(&options.pin_dir)?;
     let adopting = options.pin_dir.links().exists();
@@ -209,6 +225,11 @@ pub fn run(options: Options) -> Result<()> {
         tally: Tally::default(),
         commits: Commits::default(),
         ended,
+        attestation: attested::Attestation {
+            store: attested,
+            socket: options.attest_socket.clone(),
+            bundles: Default::default(),
+        },
     };
     match daemon.apply_parsed(policy, &file, &text) {
         Ok(_) => {}
@@ -243,6 +264,15 @@ pub fn run(options: Options) -> Result<()> {
     for warning in daemon.binding_warnings() {
         log(&warning);
     }
+    let attest_server = match (attest_listener, attest_identity) {
+        (Some(listener), Some(identity)) => Some(attestation::server::Server::new(
+            listener,
+            identity,
+            daemon.attestation.bundles.clone(),
+            daemon.cgroups.clone(),
+        )?),
+        _ => None,
+    };
     daemon.refresh_addresses(true)?;
     let pins = daemon.pins.clone();
     let daemon = Arc::new(Mutex::new(daemon));
@@ -250,6 +280,17 @@ pub fn run(options: Options) -> Result<()> {
     feed.spawn(Arc::clone(&daemon))?;
     if let Some(listener) = metrics_listener {
         metrics::spawn(listener, Arc::clone(&daemon), &pins)?;
+    }
+    if let Some(server) = attest_server {
+        server.spawn(Arc::clone(&daemon))?;
+        log(&format!(
+            "attestation socket {}",
+            options
+                .attest_socket
+                .as_deref()
+                .unwrap_or(Path::new(""))
+                .display()
+        ));
     }
     log(&format!("control socket {}", options.socket.display()));
     serve(
@@ -361,6 +402,7 @@ impl Daemon {
     ) -> Result<Committed, ApplyError> {
         let book = self.book.clone();
         let committed = self.commit(policy, book, file)?;
+        self.attestation.load_bundles(&self.policy);
         self.policy_file = file.to_owned();
         if let Err(err) = fs::write(self.state.active_policy(), text) {
             log(&format!(
@@ -443,8 +485,9 @@ impl Daemon {
             .resolve(policy, clocks.wall_now())
             .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
         let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let policy = self.attestation.store.augment(policy);
         let compiled =
-            compile::compile(policy, &live, &known, &clocks, |path| self.cgroups.id(path))
+            compile::compile(&policy, &live, &known, &clocks, |path| self.cgroup_id(path))
                 .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
         Ok(Prepared {
             live,
@@ -714,6 +757,7 @@ impl Daemon {
                     None
                 }
             })
+            .chain(self.attestation.warning(&self.policy))
             .collect()
     }
 
@@ -804,15 +848,15 @@ impl Daemon {
             .compiled
             .bindings
             .iter()
-            .all(|b| self.cgroups.id(&b.path) == b.cgroup_id);
+            .all(|b| self.cgroup_id(&b.path) == b.cgroup_id);
         if unchanged {
             return Ok(());
         }
         let known = self.maps.registry()?;
-        let mut compiled =
-            compile::compile(&self.policy, &self.live, &known, &Clocks::now(), |path| {
-                self.cgroups.id(path)
-            })?;
+        let policy = self.attestation.store.augment(&self.policy);
+        let mut compiled = compile::compile(&policy, &self.live, &known, &Clocks::now(), |path| {
+            self.cgroup_id(path)
+        })?;
         // The edges are the same; keeping their compiled deadlines exactly as they are keeps
         // the conversion from drifting by the microseconds between two clock readings.
         compiled.edges.clone_from(&self.compiled.edges);
@@ -937,6 +981,7 @@ impl Daemon {
             },
             mode: self.policy.defaults.mode.to_string(),
             domains,
+            attestation: self.attestation_status(),
             edges,
             audit: self.audit_status(),
             events: status::EventsStatus {
@@ -1059,7 +1104,7 @@ fn lock(state: &StateDir) -> Result<fs::File> {
 /// Binds the control socket at `path`: mode 0600 (root only), or 0666 when `shared` (other
 /// users may connect, and each request is then checked against the peer's credentials). A
 /// directory created for it is 0700, or 0711 when shared (others may pass, not list).
-fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener> {
+pub fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener> {
     let (dir_mode, socket_mode) = if shared {
         (0o711, 0o666)
     } else {

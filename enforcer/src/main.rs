@@ -3,6 +3,7 @@
 
 mod access;
 mod addresses;
+mod attestation;
 mod backfill;
 mod bpffs;
 mod cgroup_paths;
@@ -80,7 +81,14 @@ enum Command {
         /// Members of this group (name or gid) may read: status, edges, events, why, plan.
         #[arg(long, value_name = "GROUP")]
         read_group: Option<String>,
+        /// Serve the attestation socket here (mode 0666): processes bind their cgroup to an
+        /// attested domain by proving they hold an X.509-SVID of it. Off by default.
+        #[arg(long, value_name = "PATH")]
+        attest_socket: Option<PathBuf>,
     },
+    /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
+    /// the SVID's (attested) trust domain until the SVID expires.
+    Attest(attestation::client::Args),
     /// Check, plan or apply policy files.
     Policy {
         #[command(subcommand)]
@@ -235,6 +243,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_addr,
             admin_group,
             read_group,
+            attest_socket,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -243,6 +252,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state_dir: StateDir::new(state_dir),
             metrics_addr,
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
+            attest_socket,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
@@ -281,6 +291,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
         } => events(&socket, follow, domain.as_deref(), output),
         Command::Why(args) => why::run(args),
+        Command::Attest(args) => attestation::client::run(args),
         Command::Teardown {
             pin_dir,
             cgroup_root,

@@ -66,6 +66,7 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             std::process::exit(0);
         }
         d.expire_edges();
+        d.expire_attested();
         if let Err(err) = d.follow_cgroups() {
             log(&format!(
                 "updating bindings after a cgroup change failed: {err:#}"

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/enforcer";
 pub const DEFAULT_SOCKET: &str = "/run/enforcer/enforcer.sock";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/enforcer";
+pub const DEFAULT_ATTEST_SOCKET: &str = "/run/enforcer/attest.sock";
 
 /// Where pinned programs' links and maps live: `PIN_DIR/links/PROGRAM`, `PIN_DIR/maps/MAP`.
 #[derive(Debug, Clone)]

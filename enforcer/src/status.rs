@@ -19,6 +19,7 @@ pub struct Status {
     /// The mode of domains that do not set their own: "enforce" or "audit".
     pub mode: String,
     pub domains: Vec<DomainStatus>,
+    pub attestation: AttestationStatus,
     pub edges: Vec<EdgeView>,
     pub audit: AuditStatus,
     pub events: EventsStatus,
@@ -50,6 +51,27 @@ pub struct BindingStatus {
     /// "bound", "missing" (no such cgroup) or "outside-root" (not under --cgroup-root, so
     /// never enforced by this daemon).
     pub state: String,
+}
+
+/// The attestation socket and the cgroups bound by SVID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestationStatus {
+    /// `None` when the daemon has no `--attest-socket`.
+    pub socket: Option<String>,
+    /// Set when the policy has attested domains that nothing can bind.
+    pub warning: Option<String>,
+    pub bindings: Vec<AttestedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestedStatus {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub domain: String,
+    pub spiffe_id: String,
+    pub expires: jiff::Timestamp,
+    /// The process that attested.
+    pub pid: u32,
 }
 
 /// What the programs counted since enforcement started (the counters live in pinned maps, so
@@ -124,6 +146,19 @@ impl Display for Status {
             for e in &domain.endpoints {
                 writeln!(f, "    endpoint {e}")?;
             }
+        }
+        let a = &self.attestation;
+        match (&a.socket, &a.warning) {
+            (_, Some(warning)) => writeln!(f, "attestation:  {warning}")?,
+            (Some(socket), None) => writeln!(f, "attestation:  {socket}")?,
+            (None, None) => writeln!(f, "attestation:  off")?,
+        }
+        for b in &a.bindings {
+            writeln!(
+                f,
+                "  {} (id {}) -> {} as {} until {} (pid {})",
+                b.cgroup, b.cgroup_id, b.domain, b.spiffe_id, b.expires, b.pid
+            )?;
         }
         writeln!(f, "edges:")?;
         if self.edges.is_empty() {

@@ -10,6 +10,7 @@ mod svid;
 mod tls;
 
 pub use bundle::{Authority, Bundle, BundleError};
+pub use certificate::leaf;
 pub use spiffe_id::SpiffeId;
 pub use svid::{Svid, SvidError, Usage, verify};
 pub use tls::{Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider};
