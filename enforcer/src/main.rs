@@ -5,6 +5,7 @@ mod access;
 mod addresses;
 mod backfill;
 mod bpffs;
+mod bundles;
 mod cgroup_paths;
 mod cgroupfs;
 mod clock;
@@ -80,6 +81,9 @@ enum Command {
         /// Members of this group (name or gid) may read: status, edges, events, why, plan.
         #[arg(long, value_name = "GROUP")]
         read_group: Option<String>,
+        /// How long before a trust bundle lapses `status` warns about it.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration)]
+        bundle_warn_before: std::time::Duration,
     },
     /// Check, plan or apply policy files.
     Policy {
@@ -235,6 +239,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_addr,
             admin_group,
             read_group,
+            bundle_warn_before,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -243,6 +248,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state_dir: StateDir::new(state_dir),
             metrics_addr,
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
+            bundle_warn_before,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
@@ -323,11 +329,29 @@ fn check(files: &[PathBuf]) -> ExitCode {
         let name = file.display().to_string();
         match fs::read_to_string(file) {
             Ok(text) => match enforcer_policy::parse(&name, &text) {
-                Ok(policy) => println!(
-                    "{name}: ok ({} domain(s), {} edge(s))",
-                    policy.domains.len(),
-                    policy.federation.len()
-                ),
+                // Bundles are read from this host, as the daemon on it would read them.
+                Ok(policy) => match bundles::TrustState::load(&policy, &name, true) {
+                    Ok(trust) => {
+                        for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
+                            eprintln!(
+                                "{name}: warning: the trust bundle of {domain} cannot be used \
+                                 now ({why}); edges that require it would be suspended"
+                            );
+                        }
+                        println!(
+                            "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
+                            policy.domains.len(),
+                            policy.federation.len(),
+                            policy.domains.iter().filter(|d| d.bundle.is_some()).count()
+                        );
+                    }
+                    Err(errors) => {
+                        valid = false;
+                        for e in errors {
+                            eprintln!("{e}");
+                        }
+                    }
+                },
                 Err(diagnostics) => {
                     valid = false;
                     for d in diagnostics {
