@@ -29,6 +29,7 @@ mod registry;
 mod revocation;
 mod sockdiag;
 mod status;
+mod svid_check;
 mod tally;
 mod teardown;
 mod trust;
@@ -123,6 +124,11 @@ enum Command {
     /// Explain how the kernel would judge a new flow: the source and destination domains
     /// and how each was found, every edge considered, the defaults, and the verdict.
     Why(why::Args),
+    /// Check X.509-SVIDs offline.
+    Svid {
+        #[command(subcommand)]
+        command: SvidCommand,
+    },
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -131,6 +137,14 @@ enum Command {
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SvidCommand {
+    /// Validate an X.509-SVID against a trust bundle with the rules the daemon applies
+    /// (X509-SVID standard: one SPIFFE ID with a path, leaf not a CA, key usage, path
+    /// validation to the bundle of the SVID's own trust domain).
+    Verify(svid_check::Args),
 }
 
 #[derive(Subcommand)]
@@ -287,6 +301,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             socket,
         } => events(&socket, follow, domain.as_deref(), output),
         Command::Why(args) => why::run(args),
+        Command::Svid {
+            command: SvidCommand::Verify(args),
+        } => svid_check::run(&args),
         Command::Teardown {
             pin_dir,
             cgroup_root,
