@@ -12,7 +12,7 @@ use enforcer_common::verdict::Rules;
 use enforcer_policy::{Action, CgroupPath, Mode, Policy, Protocol};
 use ipnet::IpNet;
 
-use crate::{clock::Clocks, edges::LiveEdge, registry::Registry};
+use crate::{bundles::Trust, clock::Clocks, edges::LiveEdge, registry::Registry};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -155,7 +155,11 @@ pub fn compile(
         endpoints.extend(domain.endpoints.iter().map(|net| (prefix(net), id)));
     }
     let mut by_pair: BTreeMap<(u32, u32), Vec<PortRange>> = BTreeMap::new();
-    for live in edges {
+    // A suspended edge is left out: the kernel then refuses its traffic as if it were revoked.
+    for live in edges
+        .iter()
+        .filter(|e| !matches!(e.trust, Trust::Suspended(_)))
+    {
         let edge = &live.edge;
         let pair = (id_of(edge.from.as_str())?, id_of(edge.to.as_str())?);
         let protocols = match edge.protocol {
@@ -169,7 +173,7 @@ pub fn compile(
             .map(|p| (p.first, p.last, protocols))
             .collect();
         let not_before = edge.not_before.map_or(0, |t| clocks.boot_ns(t));
-        let not_after = live.expires.map_or(NEVER, |t| clocks.boot_ns(t));
+        let not_after = live.ends().map_or(NEVER, |t| clocks.boot_ns(t));
         by_pair
             .entry(pair)
             .or_default()

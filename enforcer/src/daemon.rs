@@ -27,6 +27,7 @@ use crate::{
     access,
     addresses::Addresses,
     attestation, backfill, bpffs,
+    bundles::{Trust, TrustState},
     cgroup_paths::CgroupPaths,
     cgroupfs::{CgroupFs, CgroupRoot},
     clock::Clocks,
@@ -68,6 +69,8 @@ pub struct Options {
     pub groups: access::Groups,
     /// Where workloads attest with their SVIDs, if anywhere.
     pub attest_socket: Option<PathBuf>,
+    /// How long before a trust bundle lapses `status` starts warning.
+    pub bundle_warn_before: std::time::Duration,
 }
 
 pub struct Daemon {
@@ -98,6 +101,9 @@ pub struct Daemon {
     /// Where the connections this daemon ends are reported, as events.
     ended: mpsc::Sender<EventRecord>,
     attestation: attested::Attestation,
+    /// The trust bundles the policy names, and what they allow the edges that require them.
+    trust: TrustState,
+    bundle_warn_before: std::time::Duration,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -146,6 +152,9 @@ pub fn run(options: Options) -> Result<()> {
             );
         }
     };
+    // A bundle that cannot be used now suspends the edges that require it, but does not stop
+    // the daemon: refusing to start would leave those edges in force in the kernel.
+    let trust = TrustState::load(&policy, &file, false).unwrap_or_default();
     // Bound before anything on the host changes, so an unusable address changes nothing.
     let metrics_listener = options.metrics_addr.map(metrics::bind).transpose()?;
     let attest_identity = options
@@ -228,10 +237,17 @@ pub fn run(options: Options) -> Result<()> {
         attestation: attested::Attestation {
             store: attested,
             socket: options.attest_socket.clone(),
-            bundles: Default::default(),
         },
+        trust: TrustState::default(),
+        bundle_warn_before: options.bundle_warn_before,
     };
-    match daemon.apply_parsed(policy, &file, &text) {
+    for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
+        log(&format!(
+            "warning: the trust bundle of {domain} cannot be used now ({why}); edges that \
+             require it are suspended"
+        ));
+    }
+    match daemon.apply_parsed(policy, trust, &file, &text) {
         Ok(_) => {}
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
@@ -268,7 +284,7 @@ pub fn run(options: Options) -> Result<()> {
         (Some(listener), Some(identity)) => Some(attestation::server::Server::new(
             listener,
             identity,
-            daemon.attestation.bundles.clone(),
+            daemon.trust.shared(),
             daemon.cgroups.clone(),
         )?),
         _ => None,
@@ -388,21 +404,21 @@ fn serve(
 
 impl Daemon {
     fn apply(&mut self, file: &str, text: &str) -> Result<Committed, ApplyError> {
-        let policy = enforcer_policy::parse(file, text)
-            .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
-        self.apply_parsed(policy, file, text)
+        let (policy, trust) = parse_with_bundles(file, text)?;
+        self.apply_parsed(policy, trust, file, text)
     }
 
-    /// Compiles and swaps in a policy already parsed from `text`, keeping the grants.
+    /// Compiles and swaps in a policy already parsed from `text` with the bundles it names,
+    /// keeping the grants.
     fn apply_parsed(
         &mut self,
         policy: Policy,
+        trust: TrustState,
         file: &str,
         text: &str,
     ) -> Result<Committed, ApplyError> {
         let book = self.book.clone();
-        let committed = self.commit(policy, book, file)?;
-        self.attestation.load_bundles(&self.policy);
+        let committed = self.commit(policy, book, Some(trust), file)?;
         self.policy_file = file.to_owned();
         if let Err(err) = fs::write(self.state.active_policy(), text) {
             log(&format!(
@@ -418,10 +434,11 @@ impl Daemon {
         &mut self,
         policy: Policy,
         book: Book,
+        trust: Option<TrustState>,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
         let started = std::time::Instant::now();
-        let result = self.commit_unmeasured(policy, book, origin);
+        let result = self.commit_unmeasured(policy, book, trust, origin);
         let outcome = match &result {
             Ok(_) => Outcome::Applied,
             Err(ApplyError::Rejected(_)) => Outcome::Rejected,
@@ -432,13 +449,14 @@ impl Daemon {
     }
 
     /// Makes `policy` with the edges and grants of `book` the enforced policy under a new
-    /// generation, then ends the live connections it no longer allows. `origin` names the
-    /// change in messages. Nothing changes unless the policy compiles, the record is saved
-    /// and the maps are written.
+    /// generation, with the bundles of `trust` (or those in force), then ends the live
+    /// connections it no longer allows. `origin` names the change in messages. Nothing
+    /// changes unless the policy compiles, the record is saved and the maps are written.
     fn commit_unmeasured(
         &mut self,
         policy: Policy,
         book: Book,
+        trust: Option<TrustState>,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
         let Prepared {
@@ -446,7 +464,12 @@ impl Daemon {
             book,
             known,
             compiled,
-        } = self.prepare(&policy, &book, origin)?;
+        } = self.prepare(
+            &policy,
+            &book,
+            trust.as_ref().unwrap_or(&self.trust),
+            origin,
+        )?;
         self.maps
             .record_domains(&compiled.registry, &known)
             .map_err(ApplyError::Failed)?;
@@ -462,6 +485,9 @@ impl Daemon {
             return Err(ApplyError::Failed(err));
         }
         self.generation = generation;
+        if let Some(trust) = trust {
+            self.trust.adopt(trust);
+        }
         self.policy = policy;
         self.compiled = compiled;
         self.book = book;
@@ -479,11 +505,20 @@ impl Daemon {
     /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
     /// the record that keeps them, the domain registry in force and the compiled policy. Only
     /// reads: nothing is saved, and ids for new domains are not recorded.
-    fn prepare(&self, policy: &Policy, book: &Book, origin: &str) -> Result<Prepared, ApplyError> {
+    fn prepare(
+        &self,
+        policy: &Policy,
+        book: &Book,
+        trust: &TrustState,
+        origin: &str,
+    ) -> Result<Prepared, ApplyError> {
         let clocks = Clocks::now();
-        let (live, book) = book
+        let (mut live, book) = book
             .resolve(policy, clocks.wall_now())
             .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
+        for edge in &mut live {
+            edge.trust = trust.gate(&edge.edge, clocks.wall_now());
+        }
         let known = self.maps.registry().map_err(ApplyError::Failed)?;
         let policy = self.attestation.store.augment(policy);
         let compiled =
@@ -500,9 +535,8 @@ impl Daemon {
     /// What applying `text` would change, and the live connections it would end; changes
     /// nothing.
     fn plan(&self, file: &str, text: &str) -> Result<Plan, ApplyError> {
-        let policy = enforcer_policy::parse(file, text)
-            .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
-        let next = self.prepare(&policy, &self.book, file)?;
+        let (policy, trust) = parse_with_bundles(file, text)?;
+        let next = self.prepare(&policy, &self.book, &trust, file)?;
         let snapshot = self
             .connections
             .snapshot(&self.addresses.pod_namespaces())
@@ -579,7 +613,7 @@ impl Daemon {
             .live
             .iter()
             .filter(|e| {
-                e.expires
+                e.ends()
                     .map(|t| now.boot_ns(t))
                     .is_some_and(|at| since < at && at <= now.boot)
             })
@@ -597,7 +631,7 @@ impl Daemon {
             self.end_refused_connections(None)
         } else {
             let book = self.book.without_grants(|g| grants.contains(&g.id));
-            match self.commit(self.policy.clone(), book, "expiry") {
+            match self.commit(self.policy.clone(), book, None, "expiry") {
                 Ok(c) => c.ended,
                 Err(ApplyError::Rejected(errors)) => {
                     log(&format!(
@@ -623,6 +657,59 @@ impl Daemon {
         ));
     }
 
+    /// Re-reads bundle files that changed and re-judges the edges that require bundles; when
+    /// one is suspended or resumes (a bundle removed, replaced, lapsed or renewed), puts that
+    /// in force under a new generation, ending the connections a suspension refuses, exactly
+    /// as a revocation does. Runs every tick.
+    pub fn refresh_bundles(&mut self) {
+        for change in self.trust.refresh() {
+            log(&change);
+        }
+        let now = Clocks::now().wall_now();
+        let changed: Vec<(String, Trust)> = self
+            .live
+            .iter()
+            .filter_map(|e| {
+                let next = self.trust.gate(&e.edge, now);
+                (next != e.trust).then(|| (e.edge.id.to_string(), next))
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match self.commit(
+            self.policy.clone(),
+            self.book.clone(),
+            None,
+            "trust bundles",
+        ) {
+            Ok(c) => {
+                for (id, trust) in &changed {
+                    log(&match trust {
+                        Trust::Suspended(why) => format!("edge {id} suspended: {why}"),
+                        Trust::Until(t) => {
+                            format!("edge {id} active while its bundles are valid, until {t}")
+                        }
+                        Trust::NotRequired => format!("edge {id} needs no bundles"),
+                    });
+                }
+                log(&format!(
+                    "trust bundles changed; ended {} connection(s); policy generation {}",
+                    c.ended, c.generation
+                ));
+            }
+            Err(ApplyError::Rejected(errors)) => {
+                log(&format!(
+                    "applying a trust bundle change failed: {}",
+                    errors.join("; ")
+                ));
+            }
+            Err(ApplyError::Failed(err)) => {
+                log(&format!("applying a trust bundle change failed: {err:#}"));
+            }
+        }
+    }
+
     fn grant(&mut self, request: &GrantRequest) -> Response {
         let now = Clocks::now().wall_now();
         let grant = match grants::check(request, &self.policy, &self.live, now) {
@@ -631,7 +718,7 @@ impl Daemon {
         };
         let book = self.book.with_grant(grant.clone());
         let origin = format!("grant {}", grant.id);
-        match self.commit(self.policy.clone(), book, &origin) {
+        match self.commit(self.policy.clone(), book, None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
@@ -671,7 +758,7 @@ impl Daemon {
         }
         let book = self.book.without_grants(|g| g.id == id);
         let origin = format!("revoke {id}");
-        match self.commit(self.policy.clone(), book, &origin) {
+        match self.commit(self.policy.clone(), book, None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "revoked {id}; ended {} connection(s); policy generation {}",
@@ -982,6 +1069,11 @@ impl Daemon {
             mode: self.policy.defaults.mode.to_string(),
             domains,
             attestation: self.attestation_status(),
+            bundles: self.trust.views(
+                jiff::Timestamp::now(),
+                jiff::SignedDuration::try_from(self.bundle_warn_before)
+                    .unwrap_or(jiff::SignedDuration::MAX),
+            ),
             edges,
             audit: self.audit_status(),
             events: status::EventsStatus {
@@ -1041,6 +1133,15 @@ impl event_record::Names for Daemon {
 
 /// The record without the grants that expired while no daemon ran; the kernel stopped
 /// honouring them at their deadline.
+/// A policy text with the bundles it names, checked as an apply checks them: a bundle that
+/// cannot be read or fails the checks refuses the policy, at the spot that names it.
+fn parse_with_bundles(file: &str, text: &str) -> Result<(Policy, TrustState), ApplyError> {
+    let policy = enforcer_policy::parse(file, text)
+        .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+    let trust = TrustState::load(&policy, file, true).map_err(ApplyError::Rejected)?;
+    Ok((policy, trust))
+}
+
 fn without_expired_grants(book: Book) -> Book {
     let now = Clocks::now().wall_now();
     let pruned = book.without_grants(|g| g.expires <= now);

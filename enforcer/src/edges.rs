@@ -10,7 +10,7 @@ use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, PortRange, Protocol, TrustD
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::paths::StateDir;
+use crate::{bundles::Trust, paths::StateDir};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -29,12 +29,27 @@ pub struct LiveEdge {
     pub expires: Option<Timestamp>,
     /// Never 0, never reused while the edge exists.
     pub index: u32,
+    /// What the trust bundles of its ends allow, for an edge that requires them.
+    pub trust: Trust,
 }
 
 impl LiveEdge {
+    /// When the edge stops allowing traffic: its own end, or the earliest expiry of the
+    /// bundles it requires.
+    pub fn ends(&self) -> Option<Timestamp> {
+        match self.trust {
+            Trust::Until(until) => Some(self.expires.map_or(until, |end| end.min(until))),
+            Trust::NotRequired | Trust::Suspended(_) => self.expires,
+        }
+    }
+
     pub fn state(&self, now: Timestamp) -> &'static str {
         if self.expires.is_some_and(|end| end <= now) {
             "expired"
+        } else if matches!(self.trust, Trust::Suspended(_))
+            || self.ends().is_some_and(|end| end <= now)
+        {
+            "suspended"
         } else if self.edge.not_before.is_some_and(|start| now < start) {
             "not-yet-valid"
         } else {
@@ -198,6 +213,7 @@ impl Book {
                 created: known.created,
                 expires,
                 index: known.index,
+                trust: Trust::NotRequired,
             });
         }
         Ok((live, next))

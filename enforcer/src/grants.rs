@@ -7,7 +7,10 @@ use enforcer_policy::{EdgeId, Policy, PortRange, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::edges::{self, Grant, LiveEdge, Source};
+use crate::{
+    bundles::Trust,
+    edges::{self, Grant, LiveEdge, Source},
+};
 
 /// What the CLI asks for.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,8 +173,12 @@ pub struct EdgeView {
     pub created: Timestamp,
     pub not_before: Option<Timestamp>,
     pub expires: Option<Timestamp>,
-    /// "active", "expired" or "not-yet-valid".
+    /// "active", "expired", "not-yet-valid" or "suspended" (a trust bundle it requires is
+    /// missing, unusable or lapsed).
     pub state: String,
+    /// For an edge that requires trust bundles: until when they hold, or why it is suspended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trust: Option<String>,
     /// Connections and UDP flows the edge allowed.
     pub connections: u64,
     pub last_used: Option<Timestamp>,
@@ -204,6 +211,14 @@ pub fn view(edge: &LiveEdge, used: Used, now: Timestamp, stale_after: Duration) 
         not_before: e.not_before,
         expires: edge.expires,
         state: edge.state(now).into(),
+        trust: match &edge.trust {
+            Trust::NotRequired => None,
+            Trust::Until(t) if *t <= now => {
+                Some(format!("suspended: its trust bundles lapsed at {t}"))
+            }
+            Trust::Until(t) => Some(format!("requires trust bundles: valid until {t}")),
+            Trust::Suspended(why) => Some(format!("suspended: {why}")),
+        },
         connections: used.connections,
         last_used: used.last_used,
         stale: now.duration_since(idle_since) >= stale_after,

@@ -6,6 +6,7 @@ mod addresses;
 mod attestation;
 mod backfill;
 mod bpffs;
+mod bundles;
 mod cgroup_paths;
 mod cgroupfs;
 mod clock;
@@ -29,6 +30,7 @@ mod registry;
 mod revocation;
 mod sockdiag;
 mod status;
+mod svid_check;
 mod tally;
 mod teardown;
 mod trust;
@@ -85,6 +87,9 @@ enum Command {
         /// attested domain by proving they hold an X.509-SVID of it. Off by default.
         #[arg(long, value_name = "PATH")]
         attest_socket: Option<PathBuf>,
+        /// How long before a trust bundle lapses `status` warns about it.
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration)]
+        bundle_warn_before: std::time::Duration,
     },
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
     /// the SVID's (attested) trust domain until the SVID expires.
@@ -127,6 +132,11 @@ enum Command {
     /// Explain how the kernel would judge a new flow: the source and destination domains
     /// and how each was found, every edge considered, the defaults, and the verdict.
     Why(why::Args),
+    /// Check X.509-SVIDs offline.
+    Svid {
+        #[command(subcommand)]
+        command: SvidCommand,
+    },
     /// Remove enforcement: detach the programs and remove every pin.
     Teardown {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
@@ -135,6 +145,14 @@ enum Command {
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum SvidCommand {
+    /// Validate an X.509-SVID against a trust bundle with the rules the daemon applies
+    /// (X509-SVID standard: one SPIFFE ID with a path, leaf not a CA, key usage, path
+    /// validation to the bundle of the SVID's own trust domain).
+    Verify(svid_check::Args),
 }
 
 #[derive(Subcommand)]
@@ -244,6 +262,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             admin_group,
             read_group,
             attest_socket,
+            bundle_warn_before,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -253,6 +272,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_addr,
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
             attest_socket,
+            bundle_warn_before,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
@@ -292,6 +312,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => events(&socket, follow, domain.as_deref(), output),
         Command::Why(args) => why::run(args),
         Command::Attest(args) => attestation::client::run(args),
+        Command::Svid {
+            command: SvidCommand::Verify(args),
+        } => svid_check::run(&args),
         Command::Teardown {
             pin_dir,
             cgroup_root,
@@ -334,11 +357,29 @@ fn check(files: &[PathBuf]) -> ExitCode {
         let name = file.display().to_string();
         match fs::read_to_string(file) {
             Ok(text) => match enforcer_policy::parse(&name, &text) {
-                Ok(policy) => println!(
-                    "{name}: ok ({} domain(s), {} edge(s))",
-                    policy.domains.len(),
-                    policy.federation.len()
-                ),
+                // Bundles are read from this host, as the daemon on it would read them.
+                Ok(policy) => match bundles::TrustState::load(&policy, &name, true) {
+                    Ok(trust) => {
+                        for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
+                            eprintln!(
+                                "{name}: warning: the trust bundle of {domain} cannot be used \
+                                 now ({why}); edges that require it would be suspended"
+                            );
+                        }
+                        println!(
+                            "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
+                            policy.domains.len(),
+                            policy.federation.len(),
+                            policy.domains.iter().filter(|d| d.bundle.is_some()).count()
+                        );
+                    }
+                    Err(errors) => {
+                        valid = false;
+                        for e in errors {
+                            eprintln!("{e}");
+                        }
+                    }
+                },
                 Err(diagnostics) => {
                     valid = false;
                     for d in diagnostics {

@@ -65,6 +65,7 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             log("enforcement was torn down (the pinned links are gone); exiting");
             std::process::exit(0);
         }
+        d.refresh_bundles();
         d.expire_edges();
         d.expire_attested();
         if let Err(err) = d.follow_cgroups() {

@@ -370,6 +370,7 @@ mod tests {
             not_before: None,
             expires: None,
             state: "active".into(),
+            trust: None,
             connections,
             last_used: last_used.map(|t| t.parse().expect("timestamp")),
             stale: false,

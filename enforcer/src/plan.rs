@@ -79,6 +79,9 @@ pub struct DomainChange {
     pub name: String,
     /// `None` when the domain keeps its mode.
     pub mode: Option<Change>,
+    /// `None` when the domain keeps its trust bundle path ("none" stands for no bundle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle: Option<Change>,
     pub cgroups: SetChange,
     pub endpoints: SetChange,
 }
@@ -241,6 +244,11 @@ fn defaults(before: &Defaults, after: &Defaults) -> Vec<FieldChange> {
             human(before.max_grant_ttl),
             human(after.max_grant_ttl),
         ),
+        (
+            "require_bundles",
+            before.require_bundles.to_string(),
+            after.require_bundles.to_string(),
+        ),
     ]
     .into_iter()
     .filter(|(_, b, a)| b != a)
@@ -259,6 +267,12 @@ fn domain_spec(policy: &Policy, d: &Domain) -> DomainSpec {
         cgroups: d.cgroups.iter().map(ToString::to_string).collect(),
         endpoints: d.endpoints.iter().map(ToString::to_string).collect(),
     }
+}
+
+fn bundle_path(d: &Domain) -> String {
+    d.bundle
+        .as_ref()
+        .map_or_else(|| "none".to_owned(), |b| b.path.display().to_string())
 }
 
 /// The domain of `policy` named like `d`.
@@ -280,10 +294,18 @@ fn domains(before: &Policy, after: &Policy) -> DomainChanges {
                 before: was.mode,
                 after: is.mode,
             }),
+            bundle: (bundle_path(old) != bundle_path(d)).then(|| Change {
+                before: bundle_path(old),
+                after: bundle_path(d),
+            }),
             cgroups: SetChange::between(&old.cgroups, &d.cgroups),
             endpoints: SetChange::between(&old.endpoints, &d.endpoints),
         };
-        if change.mode.is_some() || !change.cgroups.is_empty() || !change.endpoints.is_empty() {
+        if change.mode.is_some()
+            || change.bundle.is_some()
+            || !change.cgroups.is_empty()
+            || !change.endpoints.is_empty()
+        {
             changes.altered.push(change);
         }
     }
@@ -355,6 +377,11 @@ fn edge_changes(old: &LiveEdge, new: &LiveEdge) -> Vec<FieldChange> {
         ("reason", Some(was.reason), Some(is.reason)),
         ("not_before", time(was.not_before), time(is.not_before)),
         ("expires", time(was.expires), time(is.expires)),
+        (
+            "require_bundles",
+            Some(old.edge.require_bundles.to_string()),
+            Some(new.edge.require_bundles.to_string()),
+        ),
     ]
     .into_iter()
     .filter(|(field, before, after)| {
@@ -680,5 +707,44 @@ federation:
             text.ends_with("\n2 change(s); applying would end 1 live connection(s)\n"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn bundles_and_their_requirement_are_diffed() {
+        let before = "
+version: 1
+domains:
+  - {name: a.org, bundle: /b/a.pem}
+  - {name: b.org, bundle: /b/b.pem}
+federation:
+  - {id: e, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r}
+";
+        let after = "
+version: 1
+defaults: {require_bundles: true}
+domains:
+  - {name: a.org, bundle: /b/a2.pem}
+
+  - {name: b.org, bundle: /b/b.pem}
+federation:
+  - {id: e, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r}
+";
+        let (defaults, domains, edges) = diff(before, after, &Book::default());
+        assert_eq!(defaults.len(), 1);
+        assert_eq!(defaults[0].field, "require_bundles");
+        let [a] = &domains.altered[..] else {
+            panic!("only a.org's bundle changed (b.org only moved a line): {domains:?}");
+        };
+        assert_eq!(
+            a.bundle,
+            Some(Change {
+                before: "/b/a.pem".into(),
+                after: "/b/a2.pem".into()
+            })
+        );
+        let [e] = &edges.altered[..] else {
+            panic!("the edge now requires bundles: {edges:?}");
+        };
+        assert_eq!(e.changes[0].field, "require_bundles");
     }
 }

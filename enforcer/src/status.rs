@@ -5,7 +5,7 @@ use std::fmt::{self, Display};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{edges::Source, grants::EdgeView};
+use crate::{bundles::BundleStatus, edges::Source, grants::EdgeView};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -20,6 +20,8 @@ pub struct Status {
     pub mode: String,
     pub domains: Vec<DomainStatus>,
     pub attestation: AttestationStatus,
+    /// The trust bundles the policy names.
+    pub bundles: Vec<BundleStatus>,
     pub edges: Vec<EdgeView>,
     pub audit: AuditStatus,
     pub events: EventsStatus,
@@ -160,6 +162,28 @@ impl Display for Status {
                 b.cgroup, b.cgroup_id, b.domain, b.spiffe_id, b.expires, b.pid
             )?;
         }
+        if !self.bundles.is_empty() {
+            writeln!(f, "bundles:")?;
+        }
+        for b in &self.bundles {
+            let expires = b
+                .expires
+                .map_or_else(String::new, |t| format!(", expires {t}"));
+            writeln!(f, "  {} {} ({}{expires})", b.domain, b.path, b.state)?;
+            if let Some(error) = &b.error {
+                writeln!(f, "    error: {error}")?;
+            }
+            if let Some(warning) = &b.warning {
+                writeln!(f, "    warning: {warning}")?;
+            }
+            for a in &b.authorities {
+                writeln!(
+                    f,
+                    "    ca sha256:{} {} (until {})",
+                    a.sha256, a.subject, a.not_after
+                )?;
+            }
+        }
         writeln!(f, "edges:")?;
         if self.edges.is_empty() {
             writeln!(f, "  (none: every cross-domain flow is refused)")?;
@@ -219,6 +243,9 @@ pub fn write_edge(f: &mut impl fmt::Write, e: &EdgeView) -> fmt::Result {
         e.owner,
         e.reason
     )?;
+    if let Some(trust) = &e.trust {
+        writeln!(f, "      {trust}")?;
+    }
     let expires = e
         .expires
         .map_or_else(|| "never".to_owned(), |t| t.to_string());

@@ -66,6 +66,11 @@ impl Sandbox {
         self.cgroup_mount.join(path.trim_start_matches('/'))
     }
 
+    /// The sandbox's scratch directory (removed with it), for files a test writes.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Writes a policy file; `{root}` in `text` becomes this sandbox's cgroup root.
     pub fn policy(&self, file: &str, text: &str) -> PathBuf {
         let path = self.dir.join(file);

@@ -2,16 +2,15 @@
 //! dropping bindings whose SVID expired, whose cgroup is gone, or that the policy in force no
 //! longer allows. Each change is a new policy generation, put in force like an apply.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::path::PathBuf;
 
-use enforcer_policy::{CgroupPath, Policy, TrustDomain};
+use enforcer_policy::{CgroupPath, Policy};
 
 use super::{ApplyError, Daemon, log};
 use crate::{
     attestation::{self, Attested, Claim, Store},
     clock::Clocks,
     status,
-    trust::{Bundle, Bundles},
 };
 
 /// What the daemon keeps for attestation.
@@ -19,33 +18,9 @@ pub struct Attestation {
     pub store: Store,
     /// `--attest-socket`, when attestation is on.
     pub socket: Option<PathBuf>,
-    /// The bundles of the attested domains, which attestation verifies SVIDs against.
-    pub bundles: Bundles,
 }
 
 impl Attestation {
-    /// Reads the bundle of every attested domain of `policy` into `bundles`. A domain whose
-    /// bundle cannot be read has none, so no SVID of it is accepted.
-    pub fn load_bundles(&self, policy: &Policy) {
-        let mut loaded = BTreeMap::<TrustDomain, Bundle>::new();
-        for domain in policy.domains.iter().filter(|d| d.attested) {
-            let Some(file) = &domain.bundle else { continue };
-            match Bundle::read(&file.path, &domain.name) {
-                Ok(bundle) => {
-                    loaded.insert(domain.name.clone(), bundle);
-                }
-                Err(err) => log(&format!(
-                    "warning: no SVID of {} can attest: its trust bundle is unusable: {err}",
-                    domain.name
-                )),
-            }
-        }
-        *self
-            .bundles
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
-    }
-
     /// A warning when the policy has attested domains that nothing can bind.
     pub fn warning(&self, policy: &Policy) -> Option<String> {
         let attested: Vec<&str> = policy
@@ -99,7 +74,7 @@ impl Daemon {
             .map_err(|err| format!("the daemon could not save the binding: {err:#}"))?;
         self.attestation.store = next;
         let origin = format!("attestation of {}", claim.cgroup);
-        match self.commit(self.policy.clone(), self.book.clone(), &origin) {
+        match self.commit(self.policy.clone(), self.book.clone(), None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "attestation by pid {} in cgroup {} as {}: {bound}; policy generation {}",
@@ -152,7 +127,12 @@ impl Daemon {
             .iter()
             .any(|(b, _)| Store::conflict(&self.policy, b).is_none());
         let generation = if in_force {
-            match self.commit(self.policy.clone(), self.book.clone(), "attestation expiry") {
+            match self.commit(
+                self.policy.clone(),
+                self.book.clone(),
+                None,
+                "attestation expiry",
+            ) {
                 Ok(c) => format!("; policy generation {}", c.generation),
                 Err(err) => {
                     self.attestation.store = before;

@@ -41,6 +41,9 @@ impl Display for Plan {
                 if let Some(mode) = &change.mode {
                     parts.push(format!("mode {} -> {}", mode.before, mode.after));
                 }
+                if let Some(bundle) = &change.bundle {
+                    parts.push(format!("bundle {} -> {}", bundle.before, bundle.after));
+                }
                 for (what, set) in [("cgroup", &change.cgroups), ("endpoint", &change.endpoints)] {
                     parts.extend(set.added.iter().map(|x| format!("+ {what} {x}")));
                     parts.extend(set.removed.iter().map(|x| format!("- {what} {x}")));
