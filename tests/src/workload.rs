@@ -204,6 +204,14 @@ impl Workload {
         self.placed(crate::sandbox::probe(), args)
     }
 
+    /// The `enforcer` CLI with `args`, run from this place: for `enforcer attest`, whose
+    /// cgroup is what it proves an identity for.
+    pub fn enforcer(&self, args: &[&str]) -> std::process::Output {
+        self.placed(crate::sandbox::enforcer(), args)
+            .output()
+            .expect("running enforcer")
+    }
+
     /// `enforcer-flood udp-refused`: `count` sendto() calls to `addr:port`; returns how many
     /// failed with EPERM and how many did not.
     pub fn udp_refused(&self, addr: &str, port: u16, count: u64) -> (u64, u64) {

@@ -153,8 +153,9 @@ impl Server {
             if let Err(err) = tls.conn.complete_io(&mut tls.sock) {
                 // rustls has sent the client an alert saying why, if it had one.
                 log(&format!(
-                    "attestation by {} refused: TLS handshake failed: {err}",
-                    who(&peer)
+                    "attestation by {} refused: TLS handshake failed: {}",
+                    who(&peer),
+                    handshake_failure(&err)
                 ));
                 return;
             }
@@ -214,5 +215,19 @@ impl Server {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .attest(&claim)
             .map_err(|why| refuse(subject, why))
+    }
+}
+
+/// Why a handshake failed, with an SVID's refusal spelled out (rustls shows it as a debug
+/// dump).
+fn handshake_failure(err: &std::io::Error) -> String {
+    let tls = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid SVID: {}", other.0)
+        }
+        _ => err.to_string(),
     }
 }
