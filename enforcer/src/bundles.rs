@@ -252,3 +252,75 @@ impl TrustState {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use enforcer_tests::pki::{Issued, Spec};
+
+    use super::*;
+
+    fn policy(dir: &std::path::Path, require: bool) -> Policy {
+        let text = format!(
+            "
+version: 1
+domains:
+  - {{name: a.org, bundle: {dir}/a.pem}}
+  - {{name: b.org, bundle: {dir}/b.pem}}
+  - {{name: c.org}}
+federation:
+  - {{id: ab, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, require_bundles: {require}}}
+  - {{id: ac, from: a.org, to: c.org, protocol: tcp, ports: [1], owner: o, reason: r}}
+",
+            dir = dir.display()
+        );
+        enforcer_policy::parse("p.yaml", &text).expect("valid")
+    }
+
+    #[test]
+    fn gates_follow_both_ends_bundles() {
+        let dir = std::env::temp_dir().join(format!("enforcer-gates-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let a = Spec::ca("a.org").valid(-60, 3600);
+        let b = Spec::ca("b.org").valid(-60, 7200);
+        fs::write(dir.join("a.pem"), Issued::self_signed(&a).pem).expect("write");
+        fs::write(dir.join("b.pem"), Issued::self_signed(&b).pem).expect("write");
+        let p = policy(&dir, true);
+        let mut trust = TrustState::load(&p, "p.yaml", true).expect("bundles load");
+        let now = Timestamp::now();
+        let until = Timestamp::from_second(a.not_after.unix_timestamp()).expect("time");
+        assert_eq!(trust.gate(&p.federation[0], now), Trust::Until(until));
+        assert_eq!(trust.gate(&p.federation[1], now), Trust::NotRequired);
+        assert_eq!(
+            trust.gate(&policy(&dir, false).federation[0], now),
+            Trust::NotRequired
+        );
+        let later = until + SignedDuration::from_secs(1);
+        assert!(matches!(
+            trust.gate(&p.federation[0], later),
+            Trust::Suspended(why) if why.contains("a.org") && why.contains("expired")
+        ));
+
+        fs::remove_file(dir.join("b.pem")).expect("remove");
+        assert_eq!(trust.refresh().len(), 1);
+        assert!(matches!(
+            trust.gate(&p.federation[0], now),
+            Trust::Suspended(why) if why.contains("trust bundle of b.org is unusable")
+        ));
+        assert!(
+            trust.refresh().is_empty(),
+            "an unchanged state is not reported again"
+        );
+        let view = trust.views(now, SignedDuration::from_hours(2));
+        assert_eq!(view[0].state, "valid");
+        assert!(
+            view[0].warning.is_some(),
+            "a.org lapses within the 2 h warning period"
+        );
+        assert_eq!(view[1].state, "unusable");
+
+        let missing = TrustState::load(&p, "p.yaml", true).expect_err("b.pem is gone");
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].starts_with("p.yaml:5:"), "{missing:?}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+}
