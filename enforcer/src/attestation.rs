@@ -113,7 +113,6 @@ impl Attested {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::trust::SpiffeId;
 
     const POLICY: &str = "version: 1
 domains:
@@ -138,7 +137,7 @@ domains:
     fn claim(cgroup: &str, id: &str, expires_in: i64) -> Claim {
         Claim {
             svid: Svid {
-                id: id.parse::<SpiffeId>().expect("id"),
+                id: id.parse().expect("id"),
                 expires: Timestamp::now() + jiff::SignedDuration::from_secs(expires_in),
             },
             cgroup: cgroup.parse().expect("path"),
