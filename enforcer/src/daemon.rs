@@ -69,6 +69,8 @@ pub struct Options {
     pub groups: access::Groups,
     /// Where workloads attest with their SVIDs, if anywhere.
     pub attest_socket: Option<PathBuf>,
+    /// The daemon's own SVID and key (`--tls-cert`, `--tls-key`).
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// How long before a trust bundle lapses `status` starts warning.
     pub bundle_warn_before: std::time::Duration,
 }
@@ -160,7 +162,14 @@ pub fn run(options: Options) -> Result<()> {
     let attest_identity = options
         .attest_socket
         .as_ref()
-        .map(|_| attestation::server::identity(None))
+        .map(|_| {
+            let own = options
+                .tls
+                .as_ref()
+                .map(|(cert, key)| crate::trust::Identity::read(cert, key))
+                .transpose()?;
+            attestation::server::identity(own)
+        })
         .transpose()?;
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;

@@ -87,6 +87,13 @@ enum Command {
         /// attested domain by proving they hold an X.509-SVID of it. Off by default.
         #[arg(long, value_name = "PATH")]
         attest_socket: Option<PathBuf>,
+        /// The daemon's own X.509-SVID (PEM, leaf first), shown to attestation clients instead
+        /// of a self-signed certificate so that `enforcer attest --bundle` can verify it.
+        #[arg(long, value_name = "CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The key of --tls-cert.
+        #[arg(long, value_name = "KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// How long before a trust bundle lapses `status` warns about it.
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration)]
         bundle_warn_before: std::time::Duration,
@@ -263,6 +270,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             read_group,
             attest_socket,
             bundle_warn_before,
+            tls_cert,
+            tls_key,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -273,6 +282,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
             attest_socket,
             bundle_warn_before,
+            tls: tls_cert.zip(tls_key),
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {

@@ -42,10 +42,17 @@ struct World {
     staging_ca: Issued,
     socket: PathBuf,
     policy: PathBuf,
+    /// More daemon arguments.
+    extra: Vec<String>,
 }
 
 impl World {
     fn start(test: &str) -> Self {
+        Self::start_with(test, |_| Vec::new())
+    }
+
+    /// Starts the daemon with the arguments `extra` gives for this world.
+    fn start_with(test: &str, extra: impl FnOnce(&Self) -> Vec<String>) -> Self {
         let sb = Sandbox::new(test);
         let prod_ca = Issued::self_signed(&Spec::ca(PROD));
         let staging_ca = Issued::self_signed(&Spec::ca(STAGING));
@@ -61,15 +68,18 @@ impl World {
             staging_ca,
             socket,
             policy,
+            extra: Vec::new(),
         };
+        world.extra = extra(&world);
         world.start_daemon();
         world
     }
 
     fn start_daemon(&mut self) {
         let socket = self.socket.display().to_string();
-        self.sb
-            .start_daemon_with(&self.policy, &["--attest-socket", &socket]);
+        let mut args = vec!["--attest-socket", &socket];
+        args.extend(self.extra.iter().map(String::as_str));
+        self.sb.start_daemon_with(&self.policy, &args);
     }
 
     /// Writes `svid` (with `chain` after it) and its key; returns the two paths.
@@ -82,11 +92,24 @@ impl World {
 
     /// Runs `enforcer attest` inside `cgroup` with `svid`: (succeeded, stdout, stderr).
     fn attest(&self, cgroup: &str, name: &str, svid: &Issued) -> (bool, String, String) {
+        self.attest_with(cgroup, name, svid, &[])
+    }
+
+    /// [`Self::attest`] with more arguments for `enforcer attest`.
+    fn attest_with(
+        &self,
+        cgroup: &str,
+        name: &str,
+        svid: &Issued,
+        extra: &[&str],
+    ) -> (bool, String, String) {
         let (cert, key) = self.files(name, svid, &[]);
         let socket = self.socket.display().to_string();
-        let out = self.sb.workload(cgroup).enforcer(&[
+        let mut args = vec![
             "attest", "--svid", &cert, "--key", &key, "--socket", &socket,
-        ]);
+        ];
+        args.extend(extra);
+        let out = self.sb.workload(cgroup).enforcer(&args);
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).trim().to_owned(),
@@ -295,4 +318,41 @@ fn attested_bindings_survive_a_restart_and_end_with_the_attested_domain() {
     assert!(line.contains("not an attested domain"), "{line}");
     assert!(w.bindings().is_empty(), "{:?}", w.bindings());
     assert_eq!(w.sb.connect(&app, "127.0.0.1", 33532), Outcome::EPERM);
+}
+
+#[test]
+fn a_workload_can_verify_the_daemons_own_svid() {
+    if !privileged("a_workload_can_verify_the_daemons_own_svid") {
+        return;
+    }
+    let w = World::start_with("attest-server", |w| {
+        let own = w
+            .prod_ca
+            .issue(&Spec::leaf("spiffe://prod.example.org/enforcer"));
+        let (cert, key) = w.files("daemon", &own, &[]);
+        vec!["--tls-cert".into(), cert, "--tls-key".into(), key]
+    });
+    let app = w.sb.cgroup("app");
+    let svid = w
+        .prod_ca
+        .issue(&Spec::leaf("spiffe://prod.example.org/app"));
+    let dir = w.sb.dir.display().to_string();
+    let prod_bundle = format!("{dir}/prod.pem");
+    let staging_bundle = format!("{dir}/staging.pem");
+    // The daemon's SVID does not chain to staging's bundle: the workload stops before binding.
+    let (ok, _, stderr) = w.attest_with(
+        &app,
+        "app",
+        &svid,
+        &["--bundle", &staging_bundle, "--bundle-domain", STAGING],
+    );
+    assert!(!ok, "a daemon outside the given bundle was trusted");
+    assert!(stderr.contains("invalid peer certificate"), "{stderr}");
+    assert!(w.binding(&app).is_none());
+    let (ok, stdout, stderr) = w.attest_with(&app, "app", &svid, &["--bundle", &prod_bundle]);
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with(&format!("bound {app} to {PROD}")),
+        "{stdout}"
+    );
 }
