@@ -13,6 +13,7 @@ mod control;
 mod daemon;
 mod edge;
 mod edges;
+mod endpoint;
 mod event_feed;
 mod event_log;
 mod event_record;
@@ -25,10 +26,12 @@ mod plan;
 #[cfg(test)]
 mod privileged_tests;
 mod registry;
+mod remote_admin;
 mod revocation;
 mod sockdiag;
 mod status;
 mod tally;
+mod tcp_clients;
 mod teardown;
 mod trust;
 mod usage;
@@ -41,6 +44,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     control::{Request, Response},
+    endpoint::Endpoint,
     paths::{DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR, PinDir, StateDir},
 };
 
@@ -80,6 +84,8 @@ enum Command {
         /// Members of this group (name or gid) may read: status, edges, events, why, plan.
         #[arg(long, value_name = "GROUP")]
         read_group: Option<String>,
+        #[command(flatten)]
+        remote_admin: remote_admin::Args,
     },
     /// Check, plan or apply policy files.
     Policy {
@@ -90,15 +96,15 @@ enum Command {
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Grant, revoke and list federation edges on the running daemon.
     Edge {
         #[command(subcommand)]
         command: EdgeCommand,
-        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
         #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -113,8 +119,8 @@ enum Command {
         domain: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Explain how the kernel would judge a new flow: the source and destination domains
     /// and how each was found, every edge considered, the defaults, and the verdict.
@@ -139,15 +145,15 @@ enum PolicyCommand {
     /// Validate and atomically apply a policy to the running daemon; prints the new generation.
     Apply {
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Show what applying a policy would change and which live connections it would end;
     /// applies nothing.
     Plan {
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -235,6 +241,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             metrics_addr,
             admin_group,
             read_group,
+            remote_admin,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -243,23 +250,24 @@ fn run(cli: Cli) -> Result<ExitCode> {
             state_dir: StateDir::new(state_dir),
             metrics_addr,
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
+            remote_admin: remote_admin::RemoteAdmin::from_args(remote_admin)?,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => Ok(check(&files)),
         Command::Policy {
-            command: PolicyCommand::Apply { file, socket },
-        } => apply(&file, &socket),
+            command: PolicyCommand::Apply { file, endpoint },
+        } => apply(&file, &endpoint),
         Command::Policy {
             command:
                 PolicyCommand::Plan {
                     file,
-                    socket,
+                    endpoint,
                     output,
                 },
-        } => plan::run(&file, &socket, output),
-        Command::Status { output, socket } => match control::call(&socket, &Request::Status)? {
+        } => plan::run(&file, &endpoint, output),
+        Command::Status { output, endpoint } => match control::call(&endpoint, &Request::Status)? {
             Response::Status(status) => {
                 match output {
                     Output::Text => print!("{status}"),
@@ -271,15 +279,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Edge {
             command,
-            socket,
+            endpoint,
             output,
-        } => edge::run(command, &socket, output),
+        } => edge::run(command, &endpoint, output),
         Command::Events {
             follow,
             domain,
             output,
-            socket,
-        } => events(&socket, follow, domain.as_deref(), output),
+            endpoint,
+        } => events(&endpoint, follow, domain.as_deref(), output),
         Command::Why(args) => why::run(args),
         Command::Teardown {
             pin_dir,
@@ -291,18 +299,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn events(
-    socket: &std::path::Path,
+    endpoint: &Endpoint,
     follow: bool,
     domain: Option<&str>,
     output: Output,
 ) -> Result<ExitCode> {
     let ready = || {
         if follow {
-            eprintln!("enforcer: following events from {}", socket.display());
+            eprintln!("enforcer: following events from {endpoint}");
         }
     };
     let mut stdout = std::io::stdout().lock();
-    control::events(socket, follow, ready, |event| {
+    control::events(endpoint, follow, ready, |event| {
         if domain.is_some_and(|d| event.from != d && event.to != d) {
             return Ok(());
         }
@@ -365,12 +373,12 @@ fn read_checked(file: &std::path::Path, refused: &str) -> Result<Option<(String,
     Ok(Some((name, text)))
 }
 
-fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
+fn apply(file: &std::path::Path, endpoint: &Endpoint) -> Result<ExitCode> {
     let Some((name, text)) = read_checked(file, "was not applied; nothing changed")? else {
         return Ok(ExitCode::FAILURE);
     };
     match control::call(
-        socket,
+        endpoint,
         &Request::Apply {
             file: name.clone(),
             text,

@@ -9,7 +9,7 @@ mod spiffe_id;
 mod svid;
 mod tls;
 
-pub use bundle::{Authority, Bundle, BundleError};
+pub use bundle::Bundle;
 pub use spiffe_id::SpiffeId;
-pub use svid::{Svid, SvidError, Usage, verify};
+pub use svid::{Usage, own_id, verify};
 pub use tls::{Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider};

@@ -21,7 +21,7 @@ pub struct Facts {
 
 fn parse(der: &[u8]) -> Result<X509Certificate<'_>, String> {
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => Ok(cert),
+        Ok(([], cert)) => Ok(cert),
         Ok(_) => Err("trailing bytes after the certificate".into()),
         Err(err) => Err(format!("not an X.509 certificate: {err}")),
     }
