@@ -233,11 +233,11 @@ fn explain(err: io::Error, server: &str) -> io::Error {
             "the daemon at {server} refused this client's certificate (TLS alert {alert:?}); \
              the daemon's log says why"
         ),
-        rustls::Error::InvalidCertificate(why) => format!(
-            "the daemon at {server} presented a certificate that is not valid for --bundle: \
-             {why}"
+        rustls::Error::InvalidCertificate(_) => format!(
+            "the daemon at {server} presented a certificate that is not valid for --bundle: {}",
+            trust::tls_reason(tls)
         ),
-        other => format!("TLS with {server}: {other}"),
+        other => format!("TLS with {server}: {}", trust::tls_reason(other)),
     };
     io::Error::new(err.kind(), message)
 }

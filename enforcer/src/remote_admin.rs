@@ -283,7 +283,7 @@ fn tls_error(err: io::Error) -> anyhow::Error {
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
     {
-        Some(tls) => anyhow!("{tls}"),
+        Some(tls) => anyhow!("{}", trust::tls_reason(tls)),
         None => anyhow!(err),
     }
 }

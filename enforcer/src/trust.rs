@@ -12,4 +12,7 @@ mod tls;
 pub use bundle::Bundle;
 pub use spiffe_id::SpiffeId;
 pub use svid::{Usage, own_id, verify};
-pub use tls::{Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider};
+pub use tls::{
+    Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider,
+    reason as tls_reason,
+};
