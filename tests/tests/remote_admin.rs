@@ -394,7 +394,10 @@ fn a_bad_remote_admin_configuration_stops_the_daemon_before_it_changes_anything(
             with("--admin-bundle", &pki.arg("missing.pem")),
             "cannot read it",
         ),
-        (with("--tls-key", &pki.arg("other.key")), "--tls-key"),
+        (
+            with("--tls-key", &pki.arg("other.key")),
+            "keys may not be consistent: KeyMismatch",
+        ),
         (two_domains, "different trust domains"),
         (
             with("--admin-id", "spiffe://admin.example.org"),
