@@ -1,11 +1,11 @@
 //! The control API between the CLI and the daemon: one JSON request and one JSON response per
-//! connection, each on one line, over a Unix socket of mode 0600 (only root can connect).
+//! connection, each on one line, over the Unix control socket (see `access`) or the remote
+//! admin endpoint's mutual TLS (see `remote_admin`); both carry exactly the same protocol.
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
+    io::{self, BufRead as _, BufReader, Read, Write},
     net::SocketAddr,
     os::unix::net::UnixStream,
-    path::Path,
     time::Duration,
 };
 
@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    endpoint::Endpoint,
     event_record::EventRecord,
     grants::{EdgeView, GrantRequest},
     plan::Plan,
@@ -22,6 +23,8 @@ use crate::{
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
 const TIMEOUT: Duration = Duration::from_secs(60);
+/// Far more than the largest policy; a client cannot make the daemon buffer without end.
+const MAX_REQUEST: usize = 64 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -66,6 +69,20 @@ impl Request {
             Self::Apply { .. } | Self::Grant(_) | Self::Revoke { .. }
         )
     }
+
+    /// The request's name, as the protocol spells it: what the audit log records.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Apply { .. } => "apply",
+            Self::Plan { .. } => "plan",
+            Self::Status => "status",
+            Self::Grant(_) => "grant",
+            Self::Revoke { .. } => "revoke",
+            Self::Edges { .. } => "edges",
+            Self::Events { .. } => "events",
+            Self::Why { .. } => "why",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -105,11 +122,36 @@ pub enum Response {
     },
 }
 
-/// Sends one request to the daemon at `socket` and returns its response.
-pub fn call(socket: &Path, request: &Request) -> Result<Response> {
-    let stream = send(socket, request)?;
+/// A connection that carries the protocol: the Unix control socket, or TLS over TCP to the
+/// remote admin endpoint.
+pub trait Channel: Read + Write + Send + 'static {
+    /// Deadlines for each read and write; `None` waits for ever.
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()>;
+
+    /// Ends the daemon's side after its last line, so the client can tell the end of an
+    /// answer from a cut connection.
+    fn finish(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// When the credential that authenticated the client stops proving anything: a follower
+    /// gets no event after it.
+    fn expires(&self) -> Option<jiff::Timestamp> {
+        None
+    }
+}
+
+impl Channel for UnixStream {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        self.set_read_timeout(read)?;
+        self.set_write_timeout(write)
+    }
+}
+
+/// Sends one request to the daemon at `endpoint` and returns its response.
+pub fn call(endpoint: &Endpoint, request: &Request) -> Result<Response> {
     let mut reply = String::new();
-    BufReader::new(&stream)
+    BufReader::new(send(endpoint, request)?)
         .read_line(&mut reply)
         .context("reading the daemon's reply")?;
     parse_reply(&reply)
@@ -119,15 +161,15 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response> {
 /// follower then receives every later event), and hands each event to `each` as it arrives;
 /// returns when the daemon ends the stream (when following: never, unless the daemon stops).
 pub fn events(
-    socket: &Path,
+    endpoint: &Endpoint,
     follow: bool,
     ready: impl FnOnce(),
     mut each: impl FnMut(EventRecord) -> Result<()>,
 ) -> Result<()> {
-    let stream = send(socket, &Request::Events { follow })?;
+    let stream = send(endpoint, &Request::Events { follow })?;
     // Events may be minutes apart.
-    stream.set_read_timeout(None)?;
-    let mut lines = BufReader::new(&stream).lines();
+    stream.set_timeouts(None, Some(TIMEOUT))?;
+    let mut lines = BufReader::new(stream).lines();
     let first = lines.next().transpose()?.unwrap_or_default();
     match parse_reply(&first)? {
         Response::Events => ready(),
@@ -141,29 +183,15 @@ pub fn events(
     Ok(())
 }
 
-fn send(socket: &Path, request: &Request) -> Result<UnixStream> {
-    let stream = match UnixStream::connect(socket) {
-        Ok(stream) => stream,
-        Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => bail!(
-            "permission denied: cannot connect to the enforcer daemon at {} (only root may, \
-             unless the daemon runs with --admin-group or --read-group)",
-            socket.display()
-        ),
-        Err(err) => {
-            return Err(err).with_context(|| {
-                format!(
-                    "cannot reach the enforcer daemon at {} (is it running? pass --socket if it \
-                     uses another path)",
-                    socket.display()
-                )
-            });
-        }
-    };
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+fn send(endpoint: &Endpoint, request: &Request) -> Result<Box<dyn Channel>> {
+    let mut stream = endpoint.connect()?;
+    stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    (&stream).write_all(line.as_bytes())?;
+    stream
+        .write_all(line.as_bytes())
+        .and_then(|()| stream.flush())
+        .context("sending the request to the daemon")?;
     Ok(stream)
 }
 
@@ -174,18 +202,27 @@ fn parse_reply(reply: &str) -> Result<Response> {
     serde_json::from_str(reply).context("the daemon's reply is not valid")
 }
 
-/// Reads one request from a connected client.
-pub fn read_request(stream: &UnixStream) -> Result<Request> {
-    stream.set_read_timeout(Some(TIMEOUT))?;
-    stream.set_write_timeout(Some(TIMEOUT))?;
+/// Sets the deadlines the daemon gives a client for each read and write of a request.
+pub fn set_server_timeouts(stream: &impl Channel) -> io::Result<()> {
+    stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))
+}
+
+/// Reads one request from a connected client. A request longer than [`MAX_REQUEST`] is
+/// refused rather than buffered.
+pub fn read_request(stream: &mut impl Read) -> Result<Request> {
     let mut line = String::new();
-    BufReader::new(stream).read_line(&mut line)?;
+    let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX);
+    BufReader::new(stream.take(limit)).read_line(&mut line)?;
+    if line.len() >= MAX_REQUEST && !line.ends_with('\n') {
+        bail!("request longer than {MAX_REQUEST} bytes");
+    }
     serde_json::from_str(&line).context("malformed request")
 }
 
-pub fn write_response(mut stream: &UnixStream, response: &Response) -> Result<()> {
+pub fn write_response(stream: &mut impl Write, response: &Response) -> Result<()> {
     let mut line = serde_json::to_string(response)?;
     line.push('\n');
     stream.write_all(line.as_bytes())?;
+    stream.flush()?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::{
     collections::BTreeSet,
     fs,
-    io::{ErrorKind, Write as _},
+    io::ErrorKind,
     net::SocketAddr,
     os::unix::{
         fs::{DirBuilderExt as _, PermissionsExt as _},
@@ -32,7 +32,7 @@ use crate::{
     cgroupfs::{CgroupFs, CgroupRoot},
     clock::Clocks,
     compile::{self, Compiled},
-    control::{self, Request, Response},
+    control::{self, Channel, Request, Response},
     edges::{Book, LiveEdge, Source},
     event_feed::{Feed, Followers},
     event_log::{self, EventLog},
@@ -47,6 +47,7 @@ use crate::{
     metrics::{self, Commits, Outcome},
     paths::{PinDir, StateDir},
     plan::{self, Plan},
+    remote_admin::RemoteAdmin,
     revocation::{Connections, Judge, Snapshot},
     status::{self, Status},
     tally::Tally,
@@ -73,6 +74,8 @@ pub struct Options {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// How long before a trust bundle lapses `status` starts warning.
     pub bundle_warn_before: std::time::Duration,
+    /// The remote admin endpoint, if any, checked but not yet bound.
+    pub remote_admin: Option<RemoteAdmin>,
 }
 
 pub struct Daemon {
@@ -171,6 +174,7 @@ pub fn run(options: Options) -> Result<()> {
             attestation::server::identity(own)
         })
         .transpose()?;
+    let admin_listener = options.remote_admin.map(RemoteAdmin::bind).transpose()?;
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;
     fs::DirBuilder::new()
@@ -317,21 +321,21 @@ pub fn run(options: Options) -> Result<()> {
                 .display()
         ));
     }
+    let events = EventService {
+        log: events_path,
+        followers,
+    };
+    if let Some(admin) = admin_listener {
+        admin.spawn(Arc::clone(&daemon), events.clone())?;
+    }
     log(&format!("control socket {}", options.socket.display()));
-    serve(
-        &daemon,
-        &listener,
-        &EventService {
-            log: events_path,
-            followers,
-        },
-        &options.groups,
-    );
+    serve(&daemon, &listener, &events, &options.groups);
     Ok(())
 }
 
 /// Where `enforcer events` requests are answered from.
-struct EventService {
+#[derive(Clone)]
+pub struct EventService {
     log: PathBuf,
     followers: Followers,
 }
@@ -339,25 +343,27 @@ struct EventService {
 impl EventService {
     /// Answers an events request on its own thread: the log may be long and a follower
     /// stays connected, and neither may hold up other requests.
-    fn answer(&self, stream: UnixStream, follow: bool) {
+    fn answer(&self, mut stream: impl Channel, follow: bool) {
         let log_path = self.log.clone();
         let followers = self.followers.clone();
         let answered = std::thread::Builder::new()
             .name("events-client".into())
             .spawn(move || {
-                let result = control::write_response(&stream, &Response::Events).and_then(|()| {
-                    if follow {
-                        return followers.add(stream);
-                    }
-                    let lines = event_log::read(&log_path)
-                        .with_context(|| format!("reading {}", log_path.display()))?;
-                    let mut text = lines.join("\n");
-                    if !text.is_empty() {
-                        text.push('\n');
-                    }
-                    (&stream).write_all(text.as_bytes())?;
-                    Ok(())
-                });
+                let result =
+                    control::write_response(&mut stream, &Response::Events).and_then(|()| {
+                        if follow {
+                            return followers.add(Box::new(stream));
+                        }
+                        let lines = event_log::read(&log_path)
+                            .with_context(|| format!("reading {}", log_path.display()))?;
+                        let mut text = lines.join("\n");
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        stream.write_all(text.as_bytes())?;
+                        stream.finish()?;
+                        Ok(())
+                    });
                 if let Err(err) = result {
                     log(&format!("could not answer an events request: {err:#}"));
                 }
@@ -368,8 +374,9 @@ impl EventService {
     }
 }
 
-/// Answers control requests one at a time. A request is read before the daemon is locked, so
-/// a slow client never holds up the maintenance thread.
+/// Answers control requests on the Unix socket one at a time, each client as the kernel
+/// reports it. A request is read before the daemon is locked, so a slow client never holds up
+/// the maintenance thread.
 fn serve(
     daemon: &Mutex<Daemon>,
     listener: &UnixListener,
@@ -384,30 +391,53 @@ fn serve(
                 continue;
             }
         };
-        let request = control::read_request(&stream).and_then(|request| {
-            let peer = access::peer(&stream).context("reading the client's credentials")?;
-            Ok(groups.check(&peer, &request).map(|()| request))
-        });
-        let response = match request {
-            Ok(Ok(Request::Events { follow })) => {
-                events.answer(stream, follow);
-                continue;
-            }
-            Ok(Ok(request)) => daemon
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .handle(request),
-            Ok(Err(message)) => {
-                log(&format!("refused a control request: {message}"));
-                Response::Error { message }
-            }
-            Err(err) => Response::Error {
-                message: format!("{err:#}"),
-            },
-        };
-        if let Err(err) = control::write_response(&stream, &response) {
-            log(&format!("could not answer a control request: {err:#}"));
+        let peer =
+            access::peer(&stream).map_err(|err| format!("reading the client's credentials: {err}"));
+        if let Err(err) = control::set_server_timeouts(&stream) {
+            log(&format!("control socket: {err}"));
+            continue;
         }
+        answer(daemon, events, stream, |request| {
+            let allowed = groups.check(&peer.clone()?, request);
+            if let Err(message) = &allowed {
+                log(&format!("refused a control request: {message}"));
+            }
+            allowed
+        });
+    }
+}
+
+/// Reads one request from `stream` and answers it, if `allowed` (which logs any refusal)
+/// accepts it; otherwise answers with its message and serves nothing. Both transports, the
+/// control socket and the remote admin endpoint, come through here.
+pub fn answer(
+    daemon: &Mutex<Daemon>,
+    events: &EventService,
+    mut stream: impl Channel,
+    allowed: impl FnOnce(&Request) -> Result<(), String>,
+) {
+    let response = match control::read_request(&mut stream) {
+        Ok(request) => match allowed(&request) {
+            Ok(()) => match request {
+                Request::Events { follow } => {
+                    events.answer(stream, follow);
+                    return;
+                }
+                request => daemon
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .handle(request),
+            },
+            Err(message) => Response::Error { message },
+        },
+        Err(err) => Response::Error {
+            message: format!("{err:#}"),
+        },
+    };
+    if let Err(err) =
+        control::write_response(&mut stream, &response).and_then(|()| Ok(stream.finish()?))
+    {
+        log(&format!("could not answer a control request: {err:#}"));
     }
 }
 

@@ -1,17 +1,18 @@
 //! `enforcer edge grant | revoke | list | show`: the CLI side of edges with a life cycle.
 
-use std::{path::Path, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 
 use crate::{
     EdgeCommand, Output,
     control::{self, Request, Response},
+    endpoint::Endpoint,
     grants::GrantRequest,
     status::write_edge,
 };
 
-pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCode> {
+pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<ExitCode> {
     match command {
         EdgeCommand::Grant {
             from,
@@ -35,7 +36,7 @@ pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCo
                 id,
                 not_before,
             });
-            match control::call(socket, &request)? {
+            match control::call(endpoint, &request)? {
                 Response::Granted {
                     id,
                     expires,
@@ -58,7 +59,7 @@ pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCo
                 other => refused("grant", other),
             }
         }
-        EdgeCommand::Revoke { id } => match control::call(socket, &Request::Revoke { id })? {
+        EdgeCommand::Revoke { id } => match control::call(endpoint, &Request::Revoke { id })? {
             Response::Revoked {
                 id,
                 ended,
@@ -78,7 +79,7 @@ pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCo
             other => refused("revoke", other),
         },
         EdgeCommand::List { stale_after } => {
-            let edges = list(socket, stale_after)?;
+            let edges = list(endpoint, stale_after)?;
             match output {
                 Output::Text => {
                     let mut text = String::new();
@@ -98,7 +99,7 @@ pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCo
             Ok(ExitCode::SUCCESS)
         }
         EdgeCommand::Show { id, stale_after } => {
-            let edges = list(socket, stale_after)?;
+            let edges = list(endpoint, stale_after)?;
             let Some(edge) = edges.iter().find(|e| e.id == id) else {
                 bail!("no edge has id {id} (see `enforcer edge list`)");
             };
@@ -115,11 +116,14 @@ pub fn run(command: EdgeCommand, socket: &Path, output: Output) -> Result<ExitCo
     }
 }
 
-fn list(socket: &Path, stale_after: std::time::Duration) -> Result<Vec<crate::grants::EdgeView>> {
+fn list(
+    endpoint: &Endpoint,
+    stale_after: std::time::Duration,
+) -> Result<Vec<crate::grants::EdgeView>> {
     let request = Request::Edges {
         stale_after_ms: u64::try_from(stale_after.as_millis()).unwrap_or(u64::MAX),
     };
-    match control::call(socket, &request)? {
+    match control::call(endpoint, &request)? {
         Response::Edges { edges } => Ok(edges),
         other => {
             bail!("unexpected reply from the daemon: {other:?}")

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     io::Write as _,
-    os::{fd::AsFd as _, unix::net::UnixStream},
+    os::fd::AsFd as _,
     sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, Instant},
 };
@@ -23,6 +23,7 @@ use nix::{
 use crate::{
     cgroup_paths::CgroupPaths,
     clock::Clocks,
+    control::Channel,
     daemon::{Daemon, log},
     event_log::EventLog,
     event_record::{self, EventRecord},
@@ -43,11 +44,11 @@ const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The `enforcer events --follow` clients, each waiting for lines.
 #[derive(Clone, Default)]
-pub struct Followers(Arc<Mutex<Vec<UnixStream>>>);
+pub struct Followers(Arc<Mutex<Vec<Box<dyn Channel>>>>);
 
 impl Followers {
-    pub fn add(&self, stream: UnixStream) -> Result<()> {
-        stream.set_write_timeout(Some(FOLLOWER_TIMEOUT))?;
+    pub fn add(&self, stream: Box<dyn Channel>) -> Result<()> {
+        stream.set_timeouts(None, Some(FOLLOWER_TIMEOUT))?;
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -59,7 +60,12 @@ impl Followers {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain_mut(|stream| stream.write_all(text.as_bytes()).is_ok());
+            .retain_mut(|stream| {
+                let authenticated = stream
+                    .expires()
+                    .is_none_or(|expires| jiff::Timestamp::now() < expires);
+                authenticated && stream.write_all(text.as_bytes()).is_ok() && stream.flush().is_ok()
+            });
     }
 }
 

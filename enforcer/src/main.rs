@@ -15,6 +15,7 @@ mod control;
 mod daemon;
 mod edge;
 mod edges;
+mod endpoint;
 mod event_feed;
 mod event_log;
 mod event_record;
@@ -27,11 +28,13 @@ mod plan;
 #[cfg(test)]
 mod privileged_tests;
 mod registry;
+mod remote_admin;
 mod revocation;
 mod sockdiag;
 mod status;
 mod svid_check;
 mod tally;
+mod tcp_clients;
 mod teardown;
 mod trust;
 mod usage;
@@ -44,6 +47,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     control::{Request, Response},
+    endpoint::Endpoint,
     paths::{DEFAULT_PIN_DIR, DEFAULT_SOCKET, DEFAULT_STATE_DIR, PinDir, StateDir},
 };
 
@@ -87,16 +91,11 @@ enum Command {
         /// attested domain by proving they hold an X.509-SVID of it. Off by default.
         #[arg(long, value_name = "PATH")]
         attest_socket: Option<PathBuf>,
-        /// The daemon's own X.509-SVID (PEM, leaf first), shown to attestation clients instead
-        /// of a self-signed certificate so that `enforcer attest --bundle` can verify it.
-        #[arg(long, value_name = "CERT", requires = "tls_key")]
-        tls_cert: Option<PathBuf>,
-        /// The key of --tls-cert.
-        #[arg(long, value_name = "KEY", requires = "tls_cert")]
-        tls_key: Option<PathBuf>,
         /// How long before a trust bundle lapses `status` warns about it.
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration)]
         bundle_warn_before: std::time::Duration,
+        #[command(flatten)]
+        remote_admin: remote_admin::Args,
     },
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
     /// the SVID's (attested) trust domain until the SVID expires.
@@ -110,15 +109,15 @@ enum Command {
     Status {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Grant, revoke and list federation edges on the running daemon.
     Edge {
         #[command(subcommand)]
         command: EdgeCommand,
-        #[arg(long, global = true, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
         #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -133,8 +132,8 @@ enum Command {
         domain: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Explain how the kernel would judge a new flow: the source and destination domains
     /// and how each was found, every edge considered, the defaults, and the verdict.
@@ -172,15 +171,15 @@ enum PolicyCommand {
     /// Validate and atomically apply a policy to the running daemon; prints the new generation.
     Apply {
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
     },
     /// Show what applying a policy would change and which live connections it would end;
     /// applies nothing.
     Plan {
         file: PathBuf,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
-        socket: PathBuf,
+        #[command(flatten)]
+        endpoint: Endpoint,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
@@ -270,8 +269,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             read_group,
             attest_socket,
             bundle_warn_before,
-            tls_cert,
-            tls_key,
+            remote_admin,
         } => daemon::run(daemon::Options {
             policy,
             cgroup_root,
@@ -282,24 +280,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             groups: access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
             attest_socket,
             bundle_warn_before,
-            tls: tls_cert.zip(tls_key),
+            tls: remote_admin.tls(),
+            remote_admin: remote_admin::RemoteAdmin::from_args(remote_admin)?,
         })
         .map(|()| ExitCode::SUCCESS),
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => Ok(check(&files)),
         Command::Policy {
-            command: PolicyCommand::Apply { file, socket },
-        } => apply(&file, &socket),
+            command: PolicyCommand::Apply { file, endpoint },
+        } => apply(&file, &endpoint),
         Command::Policy {
             command:
                 PolicyCommand::Plan {
                     file,
-                    socket,
+                    endpoint,
                     output,
                 },
-        } => plan::run(&file, &socket, output),
-        Command::Status { output, socket } => match control::call(&socket, &Request::Status)? {
+        } => plan::run(&file, &endpoint, output),
+        Command::Status { output, endpoint } => match control::call(&endpoint, &Request::Status)? {
             Response::Status(status) => {
                 match output {
                     Output::Text => print!("{status}"),
@@ -311,15 +310,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Edge {
             command,
-            socket,
+            endpoint,
             output,
-        } => edge::run(command, &socket, output),
+        } => edge::run(command, &endpoint, output),
         Command::Events {
             follow,
             domain,
             output,
-            socket,
-        } => events(&socket, follow, domain.as_deref(), output),
+            endpoint,
+        } => events(&endpoint, follow, domain.as_deref(), output),
         Command::Why(args) => why::run(args),
         Command::Attest(args) => attestation::client::run(args),
         Command::Svid {
@@ -335,18 +334,18 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn events(
-    socket: &std::path::Path,
+    endpoint: &Endpoint,
     follow: bool,
     domain: Option<&str>,
     output: Output,
 ) -> Result<ExitCode> {
     let ready = || {
         if follow {
-            eprintln!("enforcer: following events from {}", socket.display());
+            eprintln!("enforcer: following events from {endpoint}");
         }
     };
     let mut stdout = std::io::stdout().lock();
-    control::events(socket, follow, ready, |event| {
+    control::events(endpoint, follow, ready, |event| {
         if domain.is_some_and(|d| event.from != d && event.to != d) {
             return Ok(());
         }
@@ -427,12 +426,12 @@ fn read_checked(file: &std::path::Path, refused: &str) -> Result<Option<(String,
     Ok(Some((name, text)))
 }
 
-fn apply(file: &std::path::Path, socket: &std::path::Path) -> Result<ExitCode> {
+fn apply(file: &std::path::Path, endpoint: &Endpoint) -> Result<ExitCode> {
     let Some((name, text)) = read_checked(file, "was not applied; nothing changed")? else {
         return Ok(ExitCode::FAILURE);
     };
     match control::call(
-        socket,
+        endpoint,
         &Request::Apply {
             file: name.clone(),
             text,

@@ -11,5 +11,9 @@ mod tls;
 
 pub use bundle::{Bundle, BundleError};
 pub use certificate::leaf;
-pub use svid::{Svid, Usage, verify};
-pub use tls::{Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider};
+pub use spiffe_id::SpiffeId;
+pub use svid::{Svid, Usage, own_id, verify};
+pub use tls::{
+    Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider,
+    reason as tls_reason,
+};

@@ -7,17 +7,17 @@
 use std::{
     io::{self, Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::{Arc, atomic::AtomicUsize},
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::daemon::log;
+use crate::{
+    daemon::log,
+    tcp_clients::{Slot, remaining},
+};
 
 /// The Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -50,7 +50,7 @@ where
                         continue;
                     }
                 };
-                let Some(slot) = Slot::take(&clients) else {
+                let Some(slot) = Slot::take(&clients, MAX_CLIENTS) else {
                     continue;
                 };
                 let render = Arc::clone(&render);
@@ -70,26 +70,6 @@ where
         })
         .context("starting the metrics thread")?;
     Ok(())
-}
-
-/// One of the [`MAX_CLIENTS`] connections being answered, given back when dropped.
-struct Slot(Arc<AtomicUsize>);
-
-impl Slot {
-    fn take(clients: &Arc<AtomicUsize>) -> Option<Self> {
-        clients
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_CLIENTS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| Self(Arc::clone(clients)))
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
 }
 
 fn answer(mut stream: TcpStream, render: &dyn Fn() -> Result<String>) {
@@ -227,15 +207,6 @@ fn write_by(stream: &mut TcpStream, mut bytes: &[u8], deadline: Instant) -> io::
         }
     }
     Ok(())
-}
-
-fn remaining(deadline: Instant) -> io::Result<Duration> {
-    let left = deadline.saturating_duration_since(Instant::now());
-    if left.is_zero() {
-        Err(io::ErrorKind::TimedOut.into())
-    } else {
-        Ok(left)
-    }
 }
 
 #[cfg(test)]

@@ -7,15 +7,16 @@ use anyhow::{Result, bail};
 use crate::{
     Output,
     control::{self, Request, Response},
+    endpoint::Endpoint,
 };
 
 /// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.
-pub fn run(file: &Path, socket: &Path, output: Output) -> Result<ExitCode> {
+pub fn run(file: &Path, endpoint: &Endpoint, output: Output) -> Result<ExitCode> {
     let Some((name, text)) = crate::read_checked(file, "is not valid; nothing changed")? else {
         return Ok(ExitCode::FAILURE);
     };
     match control::call(
-        socket,
+        endpoint,
         &Request::Plan {
             file: name.clone(),
             text,

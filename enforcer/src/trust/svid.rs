@@ -99,6 +99,23 @@ pub fn verify<'b>(
     })
 }
 
+/// The SPIFFE ID of an identity's own leaf SVID, checked by the leaf rules and its validity at
+/// `now` but without a bundle: a daemon or client presents its SVID to peers that hold its
+/// trust domain's bundle and may not hold that bundle itself. Peers must use [`verify`].
+pub fn own_id(leaf: &CertificateDer<'_>, now: Timestamp) -> Result<SpiffeId, SvidError> {
+    let (id, facts) = certificate::leaf(leaf).map_err(SvidError)?;
+    if now < facts.not_before {
+        return Err(SvidError(format!(
+            "{id} is not valid before {}",
+            facts.not_before
+        )));
+    }
+    if now > facts.not_after {
+        return Err(SvidError(format!("{id} expired at {}", facts.not_after)));
+    }
+    Ok(id)
+}
+
 #[cfg(test)]
 mod tests {
     use enforcer_tests::pki::{Eku, Issued, Ku, Spec};
@@ -286,5 +303,21 @@ mod tests {
         let ders = [CertificateDer::from(longer.der.as_slice())];
         let got = verify(&ders, |_| Some(&b), Usage::Client, Timestamp::now()).expect("valid");
         assert_eq!(got.expires, b.expires());
+    }
+
+    #[test]
+    fn an_own_svid_is_checked_by_the_leaf_rules_and_its_validity_alone() {
+        let ca = Issued::self_signed(&Spec::ca("prod.example.org"));
+        let der = |c: &Issued| CertificateDer::from(c.der.clone());
+        let id = own_id(&der(&ca.issue(&Spec::leaf(ID))), Timestamp::now()).expect("valid");
+        assert_eq!(id.to_string(), ID);
+        let expired = ca.issue(&Spec::leaf(ID).valid(-7200, -60));
+        let err = own_id(&der(&expired), Timestamp::now()).expect_err("expired");
+        assert!(err.to_string().contains("expired at"), "{err}");
+        let early = ca.issue(&Spec::leaf(ID).valid(600, 7200));
+        let err = own_id(&der(&early), Timestamp::now()).expect_err("not yet valid");
+        assert!(err.to_string().contains("not valid before"), "{err}");
+        let err = own_id(&der(&ca), Timestamp::now()).expect_err("a CA is no leaf");
+        assert!(err.to_string().contains("has no path"), "{err}");
     }
 }

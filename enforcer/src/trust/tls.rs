@@ -65,6 +65,16 @@ fn refused(err: svid::SvidError) -> TlsError {
     TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(err))))
 }
 
+/// What a failed handshake says, in the verifier's own words when it refused a certificate.
+pub fn reason(err: &TlsError) -> String {
+    match err {
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(why))) => {
+            format!("invalid certificate: {why}")
+        }
+        other => other.to_string(),
+    }
+}
+
 /// Accepts a client whose certificate is a valid X.509-SVID of a domain in `bundles`.
 pub struct SvidClientVerifier {
     bundles: Bundles,

@@ -1,6 +1,6 @@
 //! `enforcer why`: the CLI side. The daemon does the work, since it holds the maps.
 
-use std::{net::SocketAddr, path::PathBuf, process::ExitCode};
+use std::{net::SocketAddr, process::ExitCode};
 
 use anyhow::{Result, anyhow, bail};
 use clap::ArgGroup;
@@ -9,7 +9,7 @@ use super::{Transport, WhySource};
 use crate::{
     Output,
     control::{self, Request, Response},
-    paths::DEFAULT_SOCKET,
+    endpoint::Endpoint,
 };
 
 #[derive(clap::Args)]
@@ -29,8 +29,8 @@ pub struct Args {
     protocol: Transport,
     #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
     output: Output,
-    #[arg(long, default_value = DEFAULT_SOCKET)]
-    socket: PathBuf,
+    #[command(flatten)]
+    endpoint: Endpoint,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         to,
         protocol: args.protocol,
     };
-    match control::call(&args.socket, &request)? {
+    match control::call(&args.endpoint, &request)? {
         Response::Why(explanation) => {
             match args.output {
                 Output::Text => print!("{explanation}"),
