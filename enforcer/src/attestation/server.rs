@@ -131,7 +131,9 @@ impl Server {
                 return;
             }
         };
-        let who = |peer: &Peer| match peer.cgroup(|p| self.cgroups.id(p)) {
+        // Described before the handshake, while the client waits for it: a client refused in
+        // the handshake may have exited by the time the refusal is logged.
+        let who = match peer.cgroup(|p| self.cgroups.id(p)) {
             Ok((cgroup, _)) => format!("pid {} in cgroup {cgroup}", peer.pid),
             Err(_) => format!("pid {}", peer.pid),
         };
@@ -139,13 +141,13 @@ impl Server {
             .set_read_timeout(Some(TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
         {
-            log(&format!("attestation by {}: {err}", who(&peer)));
+            log(&format!("attestation by {}: {err}", who));
             return;
         }
         let mut tls = match ServerConnection::new(Arc::clone(&self.config)) {
             Ok(conn) => StreamOwned::new(conn, stream),
             Err(err) => {
-                log(&format!("attestation by {}: {err}", who(&peer)));
+                log(&format!("attestation by {}: {err}", who));
                 return;
             }
         };
@@ -154,7 +156,7 @@ impl Server {
                 // rustls has sent the client an alert saying why, if it had one.
                 log(&format!(
                     "attestation by {} refused: TLS handshake failed: {}",
-                    who(&peer),
+                    who,
                     handshake_failure(&err)
                 ));
                 return;
@@ -175,7 +177,7 @@ impl Server {
         if let Err(err) = sent {
             log(&format!(
                 "attestation by {}: could not send the answer: {err}",
-                who(&peer)
+                who
             ));
         }
     }
