@@ -136,11 +136,7 @@ impl Book {
 
     /// Writes the record atomically (a new file renamed over the old one).
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        let path = file(state);
-        let tmp = path.with_extension("json.new");
-        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, &path).with_context(|| format!("replacing {}", path.display()))
+        crate::paths::save_json(&file(state), self)
     }
 
     /// The book with `grant` added.

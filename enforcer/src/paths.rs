@@ -66,3 +66,13 @@ impl StateDir {
         self.0.join("events.jsonl")
     }
 }
+
+/// Writes `value` as JSON to `path` atomically (a new file renamed over the old one), so a
+/// crash leaves either the old record or the new one, never half of one.
+pub fn save_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let tmp = path.with_extension("json.new");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(value)?)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
+}

@@ -14,6 +14,6 @@ pub use certificate::leaf;
 pub use spiffe_id::SpiffeId;
 pub use svid::{Svid, Usage, own_id, verify};
 pub use tls::{
-    Bundles, Identity, SvidClientVerifier, SvidServerVerifier, crypto_provider,
+    Bundles, Identity, Signatures, SvidClientVerifier, SvidServerVerifier, crypto_provider,
     reason as tls_reason,
 };

@@ -14,7 +14,6 @@ use rustls::{
     ClientConfig, ClientConnection, DigitallySignedStruct, Error as TlsError, SignatureScheme,
     StreamOwned,
     client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier},
-    crypto::CryptoProvider,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -62,7 +61,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             };
             Arc::new(SvidServerVerifier::new(Bundle::read(path, &domain)?))
         }
-        None => Arc::new(TrustedByPath(trust::crypto_provider())),
+        None => Arc::new(TrustedByPath(trust::Signatures::default())),
     };
     let config = ClientConfig::builder_with_provider(trust::crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -131,7 +130,7 @@ fn explain(leaf: &CertificateDer<'_>) -> String {
 /// root can create the socket at its path. The TLS signatures are still checked, so the
 /// session is bound to the key of the certificate shown.
 #[derive(Debug)]
-struct TrustedByPath(Arc<CryptoProvider>);
+struct TrustedByPath(trust::Signatures);
 
 impl ServerCertVerifier for TrustedByPath {
     fn verify_server_cert(
@@ -151,12 +150,7 @@ impl ServerCertVerifier for TrustedByPath {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -165,15 +159,10 @@ impl ServerCertVerifier for TrustedByPath {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

@@ -32,6 +32,51 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// The handshake-signature checks every verifier here shares: rustls's own, with the
+/// provider's algorithms. Only the certificate checks differ between verifiers.
+#[derive(Debug)]
+pub struct Signatures(Arc<CryptoProvider>);
+
+impl Default for Signatures {
+    fn default() -> Self {
+        Self(crypto_provider())
+    }
+}
+
+impl Signatures {
+    pub fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, TlsError> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// An SVID with its private key, as a workload or the daemon presents it.
 pub struct Identity {
     pub chain: Vec<CertificateDer<'static>>,
@@ -78,14 +123,14 @@ pub fn reason(err: &TlsError) -> String {
 /// Accepts a client whose certificate is a valid X.509-SVID of a domain in `bundles`.
 pub struct SvidClientVerifier {
     bundles: Bundles,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl SvidClientVerifier {
     pub fn new(bundles: Bundles) -> Self {
         Self {
             bundles,
-            provider: crypto_provider(),
+            signatures: Signatures::default(),
         }
     }
 
@@ -129,12 +174,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -143,32 +183,25 @@ impl ClientCertVerifier for SvidClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
 
 /// Accepts a server whose certificate is a valid X.509-SVID of `bundle`'s trust domain.
 pub struct SvidServerVerifier {
     bundle: Bundle,
-    provider: Arc<CryptoProvider>,
+    signatures: Signatures,
 }
 
 impl SvidServerVerifier {
     pub fn new(bundle: Bundle) -> Self {
         Self {
             bundle,
-            provider: crypto_provider(),
+            signatures: Signatures::default(),
         }
     }
 }
@@ -208,12 +241,7 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -222,17 +250,10 @@ impl ServerCertVerifier for SvidServerVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, TlsError> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.signatures.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.signatures.schemes()
     }
 }
