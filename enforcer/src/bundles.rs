@@ -39,6 +39,8 @@ struct Entry {
 pub struct TrustState {
     entries: BTreeMap<TrustDomain, Entry>,
     shared: trust::Bundles,
+    /// Bundles whose coming expiry has been logged (cleared when they are renewed).
+    warned: BTreeMap<TrustDomain, Timestamp>,
 }
 
 /// How `status` shows one domain's bundle.
@@ -109,6 +111,7 @@ impl TrustState {
         Ok(Self {
             entries,
             shared: trust::Bundles::default(),
+            warned: BTreeMap::new(),
         })
     }
 
@@ -162,6 +165,32 @@ impl TrustState {
             self.publish();
         }
         changes
+    }
+
+    /// A line for each usable bundle that has come within `warn_before` of its expiry since
+    /// the last call: logged once per expiry, so the daemon's log warns before it lapses.
+    pub fn expiry_warnings(&mut self, now: Timestamp, warn_before: SignedDuration) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (domain, entry) in &self.entries {
+            let Ok(bundle) = &entry.loaded else {
+                continue;
+            };
+            let Ok(expires) = bundle.usable_at(now) else {
+                continue;
+            };
+            if expires.duration_since(now) > warn_before
+                || self.warned.get(domain) == Some(&expires)
+            {
+                continue;
+            }
+            self.warned.insert(domain.clone(), expires);
+            lines.push(format!(
+                "warning: the trust bundle of {domain} ({}) expires at {expires}; replace it \
+                 before then, or the edges that require it are suspended",
+                entry.path.display()
+            ));
+        }
+        lines
     }
 
     /// What `edge` may do at `now` as far as bundles go.
@@ -309,6 +338,17 @@ federation:
         assert!(
             trust.refresh().is_empty(),
             "an unchanged state is not reported again"
+        );
+        let warnings = trust.expiry_warnings(now, SignedDuration::from_hours(2));
+        assert_eq!(
+            warnings.len(),
+            1,
+            "only a.org lapses within 2 h: {warnings:?}"
+        );
+        assert!(
+            trust
+                .expiry_warnings(now, SignedDuration::from_hours(2))
+                .is_empty()
         );
         let view = trust.views(now, SignedDuration::from_hours(2));
         assert_eq!(view[0].state, "valid");

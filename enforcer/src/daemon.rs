@@ -705,6 +705,11 @@ impl Daemon {
             log(&change);
         }
         let now = Clocks::now().wall_now();
+        let warn_before = jiff::SignedDuration::try_from(self.bundle_warn_before)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        for warning in self.trust.expiry_warnings(now, warn_before) {
+            log(&warning);
+        }
         let changed: Vec<(String, Trust)> = self
             .live
             .iter()

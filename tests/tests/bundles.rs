@@ -105,6 +105,8 @@ fn bad_bundles_are_refused_at_the_line_that_names_them() {
         "{out:?}"
     );
     sb.start_daemon(&base);
+    // The CAs last a day, within the default --bundle-warn-before of 24h.
+    sb.wait_daemon_log("warning: the trust bundle of prod.example.org", NOTICED);
     let generation = sb.status().get("generation").and_then(Json::as_u64);
 
     let mut not_ca = Spec::ca(PROD);
