@@ -157,6 +157,11 @@ pub trait Rules {
     fn edges(&self, from: u32, to: u32) -> Option<&PortRules>;
     /// The `MODE_*` of `domain` where it differs from the policy's.
     fn mode(&self, domain: u32) -> Option<u32>;
+    /// How `rules` treat `port`: [`ports_allow`], unless the kernel side scans another way.
+    #[inline(always)]
+    fn ports(&self, rules: &PortRules, protocol: u32, port: u16, now: u64) -> PortMatch {
+        ports_allow(rules, protocol, port, now)
+    }
 }
 
 /// How a set of ranges treats one port at one time.
@@ -210,7 +215,7 @@ pub fn decide(
     let verdict = match (src, dst) {
         (Peer::Domain(from), Peer::Domain(to)) if from == to => Verdict::allow(Reason::SameDomain),
         (Peer::Domain(from), Peer::Domain(to)) => match rules.edges(from, to) {
-            Some(edges) => match ports_allow(edges, protocol, port, now) {
+            Some(edges) => match rules.ports(edges, protocol, port, now) {
                 PortMatch::Open { edge, until } => Verdict {
                     edge,
                     until,
