@@ -289,9 +289,8 @@ fn run_kernel(
         })?;
         if trial && session.boot.is_none() {
             say(&format!(
-                "the guest did not boot under KVM within {} s ({}): falling back to TCG for \
-                 this and every further kernel",
-                KVM_TRIAL_LIMIT.as_secs(),
+                "the guest did not boot under KVM ({}): falling back to TCG for this and \
+                 every further kernel",
                 report::ending(&session).unwrap_or_default()
             ));
             *accel = Accel::Tcg;

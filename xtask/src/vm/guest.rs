@@ -42,6 +42,9 @@ pub enum Work<'a> {
 
 /// Longest any one test executable may run in the guest before it is killed.
 const EXE_LIMIT_SECS: u64 = 1200;
+/// The daemon's probe loads every program once; under software emulation the verifier
+/// alone takes minutes.
+const REFUSAL_LIMIT_SECS: u64 = 900;
 const REFUSAL_PINS: &str = "/sys/fs/bpf/enforcer-vm";
 
 pub fn init_script(work: &Work) -> String {
@@ -79,7 +82,7 @@ mark ready "$(uname -r)"
             s += &format!(
                 "mkdir -p /sys/fs/cgroup/enforcer-vm\n\
                  mark begin refusal\n\
-                 timeout -k 5 60 {} daemon --policy {} --cgroup-root /enforcer-vm \
+                 timeout -k 5 {REFUSAL_LIMIT_SECS} {} daemon --policy {} --cgroup-root /enforcer-vm \
                  --pin-dir {REFUSAL_PINS} --socket /run/enforcer-vm.sock --state-dir /run/enforcer-vm >&3 2>&3\n\
                  code=$?\n\
                  if [ -e {REFUSAL_PINS} ]; then pins=present; else pins=absent; fi\n\

@@ -34,16 +34,18 @@ pub struct Kernel {
 
 pub const MATRIX: [Kernel; 3] = [
     Kernel {
-        version: "6.1",
-        suite: "bookworm",
-        about: "Debian 12, the minimum supported kernel",
+        version: "6.12",
+        suite: "trixie",
+        about: "Debian 13, the minimum supported kernel and the newest packaged Debian kernel \
+                (the host's own 6.18 has no image to boot)",
         expect: Expect::Pass,
     },
     Kernel {
-        version: "6.12",
-        suite: "trixie",
-        about: "Debian 13, the newest packaged Debian kernel (the host's own 6.18 has no image to boot)",
-        expect: Expect::Pass,
+        version: "6.1",
+        suite: "bookworm",
+        about: "Debian 12, below the minimum: its verifier gives up on cgroup_skb/ingress, and \
+                the daemon must refuse and say so",
+        expect: Expect::Refusal,
     },
     Kernel {
         version: "5.10",
@@ -268,6 +270,6 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("6.1, 6.12, 5.10"), "{err}");
+        assert!(err.contains("6.12, 6.1, 5.10"), "{err}");
     }
 }
