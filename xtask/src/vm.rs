@@ -8,6 +8,7 @@ mod report;
 
 use std::{
     fs,
+    io::{BufWriter, Write as _},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::Duration,
@@ -272,6 +273,12 @@ fn run_kernel(
         kernel.version,
         console_log.display()
     ));
+    let results_path = logs.join("results.log");
+    say(&format!(
+        "kernel {}: the guest's results go to {}",
+        kernel.version,
+        results_path.display()
+    ));
     let session = loop {
         let trial = options.accel == Accel::Auto && *accel == Accel::Kvm;
         say(&format!(
@@ -279,14 +286,26 @@ fn run_kernel(
             kernel.version,
             accel.name()
         ));
-        let session = guest::boot(&Boot {
-            accel: *accel,
-            vmlinuz: &fetched.vmlinuz,
-            initrd: &initrd,
-            console_log: &console_log,
-            boot_limit: if trial { KVM_TRIAL_LIMIT } else { BOOT_LIMIT },
-            run_limit: Duration::from_secs(options.timeout * 60),
-        })?;
+        let mut results = BufWriter::new(
+            fs::File::create(&results_path)
+                .with_context(|| format!("creating {}", results_path.display()))?,
+        );
+        let mut on_line = |line: &str| {
+            // The log is a record for the reader; a failed write must not stop the run.
+            let _ = writeln!(results, "{line}").and_then(|()| results.flush());
+            progress(kernel.version, &names, line);
+        };
+        let session = guest::boot(
+            &Boot {
+                accel: *accel,
+                vmlinuz: &fetched.vmlinuz,
+                initrd: &initrd,
+                console_log: &console_log,
+                boot_limit: if trial { KVM_TRIAL_LIMIT } else { BOOT_LIMIT },
+                run_limit: Duration::from_secs(options.timeout * 60),
+            },
+            &mut on_line,
+        )?;
         if trial && session.boot.is_none() {
             say(&format!(
                 "the guest did not boot under KVM ({}): falling back to TCG for this and \
@@ -298,7 +317,6 @@ fn run_kernel(
         }
         break session;
     };
-    fs::write(logs.join("results.log"), session.lines.join("\n"))?;
     let ending = report::ending(&session);
     let (summary, ok) = match kernel.expect {
         Expect::Pass => {
@@ -376,6 +394,29 @@ fn run_kernel(
         summary,
         ok,
     })
+}
+
+/// One line on stderr per step the guest reports, so a long run shows where it is.
+fn progress(version: &str, names: &[String], line: &str) {
+    let Some(rest) = line.strip_prefix(guest::MARK) else {
+        return;
+    };
+    let words: Vec<&str> = rest.split_whitespace().collect();
+    let name = |i: &str| {
+        i.parse::<usize>()
+            .ok()
+            .and_then(|i| names.get(i))
+            .map_or(i.to_string(), String::clone)
+    };
+    match words.as_slice() {
+        ["ready", release] => say(&format!("kernel {version}: booted {release}")),
+        ["begin", i] => say(&format!("kernel {version}: running {}", name(i))),
+        ["end", i, code] => say(&format!("kernel {version}: {} exited {code}", name(i))),
+        ["end", "refusal", code, pins] => say(&format!(
+            "kernel {version}: the daemon exited {code}, pins {pins}"
+        )),
+        _ => {}
+    }
 }
 
 fn print_table(outcomes: &[Outcome]) {

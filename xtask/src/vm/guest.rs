@@ -176,7 +176,8 @@ pub struct Session {
     pub lines: Vec<String>,
 }
 
-pub fn boot(b: &Boot) -> Result<Session> {
+/// Boots the guest and collects its results port; `on_line` sees each line as it arrives.
+pub fn boot(b: &Boot, on_line: &mut dyn FnMut(&str)) -> Result<Session> {
     let mut cmd = Command::new("qemu-system-x86_64");
     match b.accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
@@ -238,6 +239,7 @@ pub fn boot(b: &Boot) -> Result<Session> {
         let wait = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
             Ok(line) => {
+                on_line(&line);
                 if let Some(rest) = line.strip_prefix(MARK) {
                     if rest.starts_with("ready") {
                         ready = Some(Instant::now());
@@ -266,6 +268,7 @@ pub fn boot(b: &Boot) -> Result<Session> {
     if matches!(ended, Ended::Done) {
         let grace = Instant::now() + Duration::from_secs(30);
         while let Ok(line) = rx.recv_timeout(grace.saturating_duration_since(Instant::now())) {
+            on_line(&line);
             lines.push(line);
         }
     }
