@@ -52,6 +52,8 @@ pub fn init_script(work: &Work) -> String {
         r#"#!/bin/sh
 # PID 1 of the test guest, written by `cargo xtask vm-test`.
 export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 ENFORCER_REQUIRE_PRIVILEGED=1
+# The guest may be emulated (TCG): bulk work such as draining a full ring buffer is slower.
+export ENFORCER_TEST_PATIENCE=10
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
