@@ -30,6 +30,8 @@ pub struct Kernel {
     pub suite: &'static str,
     pub about: &'static str,
     pub expect: Expect,
+    /// Part of a run without `--kernel`.
+    pub default: bool,
 }
 
 pub const MATRIX: [Kernel; 3] = [
@@ -39,6 +41,7 @@ pub const MATRIX: [Kernel; 3] = [
         about: "Debian 13, the minimum supported kernel and the newest packaged Debian kernel \
                 (the host's own 6.18 has no image to boot)",
         expect: Expect::Pass,
+        default: true,
     },
     Kernel {
         version: "6.1",
@@ -46,12 +49,17 @@ pub const MATRIX: [Kernel; 3] = [
         about: "Debian 12, below the minimum: its verifier gives up on cgroup_skb/ingress, and \
                 the daemon must refuse and say so",
         expect: Expect::Refusal,
+        default: true,
     },
     Kernel {
         version: "5.10",
         suite: "bullseye",
         about: "Debian 11, below the minimum: the daemon must refuse and name what is missing",
         expect: Expect::Refusal,
+        // Under software emulation its verifier works on the ingress program for more than
+        // the refusal run's 15 minutes without answering, so only an explicit
+        // `--kernel 5.10` runs it.
+        default: false,
     },
 ];
 
