@@ -163,7 +163,7 @@ impl Display for Status {
         writeln!(f, "features:")?;
         for feature in &self.features {
             let state = if feature.enabled { "on" } else { "OFF" };
-            writeln!(f, "  {:<14} {state}: {}", feature.name, feature.detail)?;
+            writeln!(f, "  {:<16} {state}: {}", feature.name, feature.detail)?;
         }
         write!(f, "maps:        ")?;
         for m in &self.maps {
