@@ -59,6 +59,23 @@ pub fn tag_of(sk: *mut c_void) -> Option<SockTag> {
     }
 }
 
+/// The tag stored on `sk`, read in place: for a tag that may be absent and is read after
+/// other work. With a copied `Option<SockTag>`, LLVM may load the payload of a `None` from a
+/// stack slot nothing wrote and discard it; Linux 6.1's verifier rejects such reads of
+/// uninitialised stack ("invalid read from stack", seen in `cgroup_skb/ingress`), which
+/// later kernels allow for privileged loaders. A pointer that may be null is never read
+/// speculatively.
+#[inline(always)]
+pub fn tag_in_place(sk: *mut c_void) -> Option<&'static SockTag> {
+    // SAFETY: flags 0 never creates; a non-null result points at a SockTag that lives as long
+    // as the socket, which outlives this program run.
+    unsafe {
+        bpf_sk_storage_get(TAGS.as_ptr(), sk, core::ptr::null_mut(), 0)
+            .cast::<SockTag>()
+            .as_ref()
+    }
+}
+
 /// Stores `tag` on `sk` unless it already has one, and returns the tag in force.
 #[inline(always)]
 pub fn tag_if_untagged(sk: *mut c_void, tag: SockTag) -> SockTag {

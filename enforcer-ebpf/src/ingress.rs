@@ -13,12 +13,12 @@ use aya_ebpf::{
 use enforcer_common::{
     event::HOOK_INGRESS,
     maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP, SockTag},
-    verdict::Verdict,
+    verdict::{Peer, Verdict},
 };
 
 use crate::{
     conns, counters,
-    destination::{self, Target},
+    destination::Target,
     events::{self, Decision, Origin},
     flows, identity,
     maps::HOST,
@@ -67,12 +67,12 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         // be found hides its ports, so it is not let through to a judged socket.
         return DROP;
     };
-    let tag = identity::tag_of(sk.cast());
+    let tag = identity::tag_in_place(sk.cast());
     let sender = source::resolve(ctx, active.slot, proto, &packet, in_pod(tag));
     let Target::Peer(from) = sender.target else {
         return PASS;
     };
-    let to = destination::tagged(tag);
+    let to = tag.map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain));
     let port = u16::from_be(packet.dport);
     let now = policy::now();
     let verdict = active.decide(from, to, proto, port, now);
@@ -132,7 +132,7 @@ fn judge(ctx: &SkBuffContext) -> i32 {
 
 /// Whether a socket was created in a pod's network namespace rather than the host's.
 #[inline(always)]
-fn in_pod(tag: Option<SockTag>) -> bool {
+fn in_pod(tag: Option<&SockTag>) -> bool {
     let Some(host) = HOST.get(0) else {
         return false;
     };

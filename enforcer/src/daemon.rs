@@ -133,6 +133,7 @@ enum ApplyError {
 }
 
 pub fn run(options: Options) -> Result<()> {
+    kernel::features::check()?;
     let file = options.policy.display().to_string();
     let text =
         fs::read_to_string(&options.policy).with_context(|| format!("reading policy {file}"))?;
@@ -1135,6 +1136,7 @@ impl Daemon {
                     prog_id: p.prog_id,
                 })
                 .collect(),
+            features: kernel::features::optional(),
             maps: self
                 .maps
                 .fill()

@@ -22,6 +22,7 @@ use crate::{
     addresses,
     compile::{Compiled, CompiledRules},
     daemon::log,
+    kernel::features,
     sockdiag::{DiagSocket, SockDiag},
 };
 
@@ -203,7 +204,10 @@ impl Connections {
             for (socket, _, _) in refused(&sockets, judge) {
                 // A socket already gone was live when the snapshot saw it: the kernel's
                 // drop made its application close it, so it counts as ended all the same.
-                diag.destroy(socket)?;
+                // Without SOCK_DESTROY (see `status`) the kernel's drop is all there is.
+                if features::can_destroy_sockets() {
+                    diag.destroy(socket)?;
+                }
             }
             namespaces.push(sockets);
         }

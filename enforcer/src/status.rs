@@ -5,7 +5,7 @@ use std::fmt::{self, Display};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bundles::BundleStatus, edges::Source, grants::EdgeView};
+use crate::{bundles::BundleStatus, edges::Source, grants::EdgeView, kernel::features::Feature};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -26,6 +26,9 @@ pub struct Status {
     pub audit: AuditStatus,
     pub events: EventsStatus,
     pub programs: Vec<ProgramStatus>,
+    /// Optional kernel features: which are off here and what that changes.
+    #[serde(default)]
+    pub features: Vec<Feature>,
     pub maps: Vec<MapFill>,
 }
 
@@ -215,6 +218,11 @@ impl Display for Status {
                 "  {:<14} {:<20} link {} (id {}, prog id {})",
                 p.program, p.attach_point, p.link_pin, p.link_id, p.prog_id
             )?;
+        }
+        writeln!(f, "features:")?;
+        for feature in &self.features {
+            let state = if feature.enabled { "on" } else { "OFF" };
+            writeln!(f, "  {:<16} {state}: {}", feature.name, feature.detail)?;
         }
         write!(f, "maps:        ")?;
         for m in &self.maps {

@@ -24,6 +24,21 @@ pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.
 pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";
 
+/// A whole-number factor for the longest waits on bulk work, set by `cargo xtask vm-test`:
+/// its guests may run under software emulation, many times slower than the host.
+pub const PATIENCE_ENV: &str = "ENFORCER_TEST_PATIENCE";
+
+/// `limit` times [`PATIENCE_ENV`] (1 when unset or not a number). Only a limit on waiting for
+/// a signal, so a larger one costs nothing when the signal comes.
+pub fn patient(limit: std::time::Duration) -> std::time::Duration {
+    let factor = std::env::var(PATIENCE_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(1)
+        .max(1);
+    limit * factor
+}
+
 /// Whether privileged tests can run here. When they cannot, says so loudly, and panics if
 /// [`REQUIRE_ENV`] is set.
 pub fn privileged(test: &str) -> bool {

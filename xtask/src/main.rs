@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | vm-test | bench`.
 
 mod bench;
 mod setup;
+mod vm;
 
 use std::process::{Command, ExitCode};
 
@@ -28,6 +29,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Boot each kernel of the matrix in a virtual machine, run the privileged suite in it,
+    /// and print a pass/fail table per kernel.
+    VmTest(vm::Options),
     /// Run a benchmark and print each measurement as a ratio to its baseline.
     Bench {
         #[command(subcommand)]
@@ -69,6 +73,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cargo(&test)
         }
+        Task::VmTest(options) => vm::run(&options),
         Task::Bench { bench } => {
             build_release()?;
             bench::run(bench)

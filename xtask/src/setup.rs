@@ -3,11 +3,10 @@
 //! recipe in the project brief: the eBPF crate builds on the `nightly` toolchain (LLVM 22), so
 //! bpf-linker must be built against LLVM 22 as well.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::{Context as _, Result, bail};
 
-const LLVM_CONFIG: &str = "/usr/lib/llvm-22/bin/llvm-config";
 const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
@@ -30,20 +29,34 @@ fn rust_src() -> Result<()> {
     run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
 }
 
+/// `llvm-22-dev` brings `llvm-config`, which bpf-linker's build needs.
 fn llvm() -> Result<()> {
-    let dev_installed = APT_PACKAGES.iter().all(|p| {
-        output("dpkg-query", &["-W", "-f=${Status}", p])
-            .is_ok_and(|s| s.contains("install ok installed"))
-    });
-    if Path::new(LLVM_CONFIG).exists() && dev_installed {
+    apt_install(&APT_PACKAGES)
+}
+
+/// Installs those of `packages` that dpkg does not list as installed.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output("dpkg-query", &["-W", "-f=${Status}", p])
+                .is_ok_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
         return Ok(());
     }
-    step(&format!("installing {}", APT_PACKAGES.join(" ")));
+    step(&format!("installing {}", missing.join(" ")));
+    apt_get_install(&missing)
+}
+
+fn apt_get_install(packages: &[&str]) -> Result<()> {
     let install = || {
         let mut cmd = Command::new("apt-get");
         cmd.env("DEBIAN_FRONTEND", "noninteractive")
             .args(["install", "-y", "--no-install-recommends"])
-            .args(APT_PACKAGES);
+            .args(packages);
         run_cmd(&mut cmd)
     };
     if install().is_err() {
@@ -79,11 +92,11 @@ fn bpf_linker() -> Result<()> {
     )
 }
 
-fn step(what: &str) {
+pub fn step(what: &str) {
     eprintln!("xtask setup: {what}");
 }
 
-fn output(program: &str, args: &[&str]) -> Result<String> {
+pub fn output(program: &str, args: &[&str]) -> Result<String> {
     let out = Command::new(program)
         .args(args)
         .output()
@@ -94,7 +107,7 @@ fn output(program: &str, args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn run_cmd(cmd: &mut Command) -> Result<()> {
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
