@@ -391,20 +391,8 @@ impl Sandbox {
     /// (`--metrics-addr ...`).
     pub fn start_daemon_with(&mut self, policy: &Path, extra: &[&str]) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let mut child = Command::new(enforcer())
-            .arg("daemon")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--cgroup-root")
-            .arg(&self.root)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .arg("--state-dir")
-            .arg(&self.state_dir)
-            .args(extra)
-            .stderr(Stdio::piped())
+        let mut child = self
+            .daemon_command(policy, extra)
             .spawn()
             .expect("starting the daemon");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -425,6 +413,57 @@ impl Sandbox {
         }
         self.daemon = Some(child);
         self.daemon_log = Some(lines);
+    }
+}
+
+impl Sandbox {
+    /// `enforcer daemon` on this sandbox's root, pins, socket and state, with `extra` flags;
+    /// stderr piped.
+    fn daemon_command(&self, policy: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        let mut command = Command::new(enforcer());
+        command
+            .arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        command
+    }
+
+    /// Starts a daemon with `extra` flags that must make it exit with an error (within a
+    /// minute; it is killed and the test fails otherwise); returns its stderr.
+    pub fn daemon_must_fail(&self, policy: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> String {
+        let mut child = self
+            .daemon_command(policy, extra)
+            .spawn()
+            .expect("starting the daemon");
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("polling the daemon") {
+                break status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the daemon kept running; it had to fail");
+            }
+            thread::sleep(Duration::from_millis(20));
+        };
+        let out = child
+            .wait_with_output()
+            .expect("reading the daemon's stderr");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!status.success(), "the daemon had to fail: {stderr}");
+        stderr
     }
 }
 

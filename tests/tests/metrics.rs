@@ -5,12 +5,11 @@
 
 use std::{
     net::{SocketAddr, TcpListener},
-    process::{Command, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
-use enforcer_tests::{Exposition, Json, Outcome, Sandbox, enforcer, http_get, privileged};
+use enforcer_tests::{Exposition, Json, Outcome, Sandbox, http_get, privileged};
 
 const PROD: &str = "prod.example.org";
 const STAGING: &str = "staging.example.org";
@@ -390,40 +389,7 @@ fn an_unusable_metrics_address_stops_the_daemon_before_it_changes_anything() {
     sb.cgroup("staging");
     let policy = sb.policy("p.yaml", POLICY);
     let taken = TcpListener::bind("127.0.0.1:32401").expect("taking port 32401");
-    let mut child = Command::new(enforcer())
-        .arg("daemon")
-        .arg("--policy")
-        .arg(&policy)
-        .arg("--cgroup-root")
-        .arg(&sb.root)
-        .arg("--pin-dir")
-        .arg(&sb.pin_dir)
-        .arg("--socket")
-        .arg(&sb.socket)
-        .arg("--state-dir")
-        .arg(&sb.state_dir)
-        .args(["--metrics-addr", "127.0.0.1:32401"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the daemon");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polling the daemon") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the daemon started although its metrics port was taken");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let output = child
-        .wait_with_output()
-        .expect("reading the daemon's stderr");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!status.success(), "the daemon must fail: {stderr}");
+    let stderr = sb.daemon_must_fail(&policy, &["--metrics-addr", "127.0.0.1:32401"]);
     assert!(
         stderr.contains("--metrics-addr 127.0.0.1:32401")
             && stderr.contains("in use")

@@ -10,10 +10,9 @@ use std::{
     io::{Read as _, Write as _},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Output},
     sync::Arc,
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use enforcer_tests::{
@@ -426,42 +425,7 @@ fn a_bad_remote_admin_configuration_stops_the_daemon_before_it_changes_anything(
 
 /// Starts a daemon with `extra` flags that must make it exit with an error; returns stderr.
 fn start_fails(sb: &Sandbox, extra: &[String]) -> String {
-    let mut child = Command::new(enforcer())
-        .arg("daemon")
-        .arg("--policy")
-        .arg(sb.policy("policy.yaml", POLICY))
-        .arg("--cgroup-root")
-        .arg(&sb.root)
-        .arg("--pin-dir")
-        .arg(&sb.pin_dir)
-        .arg("--socket")
-        .arg(&sb.socket)
-        .arg("--state-dir")
-        .arg(&sb.state_dir)
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting the daemon");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("polling the daemon") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the daemon started with {extra:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let out = child.wait_with_output().expect("reading stderr");
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !status.success(),
-        "{extra:?}: the daemon must fail: {stderr}"
-    );
-    stderr
+    sb.daemon_must_fail(&sb.policy("policy.yaml", POLICY), extra)
 }
 
 /// A `status` request over TLS from a client that trusts any server, presenting

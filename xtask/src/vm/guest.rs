@@ -57,7 +57,8 @@ export ENFORCER_TEST_PATIENCE=10
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs tmpfs /tmp
+# /tmp is left as it is in the (writable) initramfs: the binaries sit at their host paths,
+# which may be under /tmp, as in a CI clone.
 mount -t tmpfs tmpfs /run
 # A distribution's init mounts these; the tests find cgroup2 through /proc/mounts.
 mount -t cgroup2 cgroup2 /sys/fs/cgroup
