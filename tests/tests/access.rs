@@ -172,20 +172,10 @@ fn an_unknown_group_stops_the_daemon_before_it_changes_anything() {
     }
     let sb = Sandbox::new("access-unknown");
     let file = sb.policy("policy.yaml", POLICY);
-    let out = Command::new(enforcer())
-        .args(["daemon", "--policy"])
-        .arg(&file)
-        .args(["--admin-group", "no-such-group-enforcer", "--pin-dir"])
-        .arg(&sb.pin_dir)
-        .arg("--socket")
-        .arg(&sb.socket)
-        .output()
-        .expect("running the daemon");
-    assert!(!out.status.success());
+    let err = sb.daemon_must_fail(&file, &["--admin-group", "no-such-group-enforcer"]);
     assert!(
-        stderr(&out).contains("--admin-group no-such-group-enforcer: no such group"),
-        "{}",
-        stderr(&out)
+        err.contains("--admin-group no-such-group-enforcer: no such group"),
+        "{err}"
     );
     assert!(!sb.pin_dir.exists(), "nothing was pinned");
     assert!(!sb.socket.exists(), "no socket was created");

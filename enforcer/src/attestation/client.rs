@@ -108,16 +108,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// Why the daemon most likely refused `leaf` during the handshake, as far as the workload
 /// can tell without the daemon's bundles (the daemon logs the exact reason).
 fn explain(leaf: &CertificateDer<'_>) -> String {
-    let now = Timestamp::now();
-    match trust::leaf(leaf) {
-        Err(why) => format!("it is not a valid X.509-SVID: {why}"),
-        Ok((id, facts)) if facts.not_after <= now => {
-            format!("the SVID {id} expired at {}", facts.not_after)
-        }
-        Ok((id, facts)) if now < facts.not_before => {
-            format!("the SVID {id} is not valid before {}", facts.not_before)
-        }
-        Ok((id, _)) => format!(
+    match trust::own_id(leaf, Timestamp::now()) {
+        Err(why) => format!("it is not a valid X.509-SVID now: {why}"),
+        Ok(id) => format!(
             "{id} is well-formed, so either its chain does not lead to the trust bundle the \
              daemon holds for {} (signed by another CA, an intermediate missing or expired), or \
              the daemon has no usable bundle for that domain; the daemon's log says which",
