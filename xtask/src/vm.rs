@@ -348,7 +348,14 @@ fn run_kernel(
             if !failing.is_empty() {
                 summary += &format!("; failing: {}", failing.join(", "));
             }
-            (summary, ending.is_none() && passed_exes == results.len())
+            // A filter after `--` that matches nothing must not read as a pass.
+            if passed == 0 {
+                summary += "; no test ran";
+            }
+            (
+                summary,
+                ending.is_none() && passed_exes == results.len() && passed > 0,
+            )
         }
         Expect::Refusal => match report::refusal(&session) {
             Some(r) => {

@@ -102,7 +102,9 @@ pub fn modules(cache: &Path, kernel: &Fetched) -> Result<PathBuf> {
     fs::create_dir_all(&target)?;
     for entry in fs::read_dir(&source)? {
         let path = entry?.path();
-        if path.is_file() {
+        // The module indexes; 7.x packages also keep the kernel image there, which the
+        // guest boots from outside and does not need twice.
+        if path.is_file() && path.file_name().is_some_and(|n| n != "vmlinuz") {
             fs::copy(&path, target.join(path.file_name().context("file name")?))?;
         }
     }

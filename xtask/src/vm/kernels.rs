@@ -34,12 +34,20 @@ pub struct Kernel {
     pub default: bool,
 }
 
-pub const MATRIX: [Kernel; 3] = [
+pub const MATRIX: [Kernel; 4] = [
+    Kernel {
+        version: "7.3",
+        suite: "trixie-backports",
+        about: "Debian 13 backports, newer than the development machines' 6.18 (which has no \
+                image to boot)",
+        expect: Expect::Pass,
+        // A third whole-suite run (about 25 minutes under emulation) only on demand.
+        default: false,
+    },
     Kernel {
         version: "6.12",
         suite: "trixie",
-        about: "Debian 13, the minimum supported kernel and the newest packaged Debian kernel \
-                (the host's own 6.18 has no image to boot)",
+        about: "Debian 13's kernel, between the minimum and the development machines' 6.18",
         expect: Expect::Pass,
         default: true,
     },
@@ -112,19 +120,41 @@ pub fn fetch(kernel: &Kernel, cache: &Path, refresh: bool) -> Result<Fetched> {
     ));
     apt.run(&["update", "-qq"])?;
     let package = apt.image_package()?;
-    say(&format!("downloading {package}"));
+    let parts = apt.parts(&package)?;
+    say(&format!("downloading {}", parts.join(" ")));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    apt.download(&package, &dir)?;
-    let deb = fs::read_dir(&dir)?
+    let root = dir.join("root");
+    for part in &parts {
+        apt.download(part, &dir)?;
+    }
+    let debs: Vec<PathBuf> = fs::read_dir(&dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt downloaded no .deb for {package}"))?;
-    let root = dir.join("root");
-    run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
-    fs::remove_file(&deb)?;
+        .filter(|p| p.extension().is_some_and(|e| e == "deb"))
+        .collect();
+    if debs.len() != parts.len() {
+        bail!(
+            "apt downloaded {} .deb files for {} packages ({})",
+            debs.len(),
+            parts.len(),
+            parts.join(" ")
+        );
+    }
+    for deb in debs {
+        run_cmd(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+        fs::remove_file(&deb)?;
+    }
     let fetched = unpacked(&root, &package)?;
+    if !release_is(&fetched.release, kernel.version) {
+        bail!(
+            "Debian {} now ships Linux {}, not {}: the matrix entry in xtask/src/vm/kernels.rs \
+             needs updating",
+            kernel.suite,
+            fetched.release,
+            kernel.version
+        );
+    }
     // The package ships no module index; its postinst would run depmod.
     let base = fetched
         .modules()
@@ -143,22 +173,23 @@ pub fn fetch(kernel: &Kernel, cache: &Path, refresh: bool) -> Result<Fetched> {
 }
 
 fn unpacked(root: &Path, package: &str) -> Result<Fetched> {
-    let boot = root.join("boot");
-    let vmlinuz = fs::read_dir(&boot)
-        .with_context(|| format!("reading {}", boot.display()))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
-        .with_context(|| format!("{package} has no /boot/vmlinuz-*"))?;
-    let release = vmlinuz
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_prefix("vmlinuz-"))
-        .context("vmlinuz name")?
+    let release = package
+        .strip_prefix("linux-image-")
+        .with_context(|| format!("{package} is not a linux-image package"))?
         .to_string();
+    // Up to Debian 13 the image is /boot/vmlinuz-RELEASE; 7.x packages put it beside the
+    // modules, as /usr/lib/modules/RELEASE/vmlinuz.
+    let vmlinuz = [
+        root.join("boot").join(format!("vmlinuz-{release}")),
+        modules_dir(root, &release).join("vmlinuz"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .with_context(|| {
+        format!(
+            "{package} has neither /boot/vmlinuz-{release} nor /usr/lib/modules/{release}/vmlinuz"
+        )
+    })?;
     Ok(Fetched {
         release,
         vmlinuz,
@@ -231,28 +262,53 @@ impl Apt {
         run_cmd(self.command("apt-get").args(args))
     }
 
-    /// `linux-image-amd64` is a metapackage; its first dependency is the versioned image.
+    /// `linux-image-amd64` is a metapackage; it depends on the versioned image.
     fn image_package(&self) -> Result<String> {
+        self.depends("linux-image-amd64")?
+            .into_iter()
+            .find(|d| d.starts_with("linux-image-"))
+            .context("linux-image-amd64 names no versioned image package")
+    }
+
+    /// The packages that make up a versioned image. Until Debian 13 the image package held
+    /// both the kernel and its modules; from 7.x on it is a metapackage whose dependencies
+    /// `linux-binary-RELEASE` and `linux-modules-RELEASE` hold them.
+    fn parts(&self, image: &str) -> Result<Vec<String>> {
+        let release = image
+            .strip_prefix("linux-image-")
+            .context("image package name")?;
+        let depends = self.depends(image)?;
+        let mut parts = vec![image.to_string()];
+        parts.extend(
+            ["linux-binary-", "linux-modules-"]
+                .map(|prefix| format!("{prefix}{release}"))
+                .into_iter()
+                .filter(|p| depends.iter().any(|d| d == p)),
+        );
+        Ok(parts)
+    }
+
+    fn depends(&self, package: &str) -> Result<Vec<String>> {
         let out = self
             .command("apt-cache")
-            .args(["show", "--no-all-versions", "linux-image-amd64"])
+            .args(["show", "--no-all-versions", package])
             .output()
             .context("running apt-cache")?;
         if !out.status.success() {
             bail!(
-                "apt-cache show linux-image-amd64 failed: {}",
+                "apt-cache show {package} failed: {}",
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
+        Ok(text
+            .lines()
             .find_map(|l| l.strip_prefix("Depends: "))
-            .and_then(|deps| {
-                deps.split([',', ' '])
-                    .find(|d| d.starts_with("linux-image-"))
-            })
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|d| d.split_whitespace().next())
             .map(str::to_string)
-            .context("linux-image-amd64 names no versioned image package")
+            .collect())
     }
 
     fn download(&self, package: &str, into: &Path) -> Result<()> {
@@ -260,6 +316,14 @@ impl Apt {
         cmd.args(["download", "-qq", package]).current_dir(into);
         run_cmd(&mut cmd)
     }
+}
+
+/// Whether a release string (`6.1.0-41-amd64`, `7.3.4+deb13-amd64`) is of the series
+/// `version` (`6.1`), and not of `6.12`.
+fn release_is(release: &str, version: &str) -> bool {
+    release
+        .strip_prefix(version)
+        .is_some_and(|rest| rest.starts_with(['.', '-', '+']))
 }
 
 /// The release string of a kernel image already fetched, for messages.
@@ -277,6 +341,14 @@ mod tests {
             .err()
             .map(|e| e.to_string())
             .unwrap_or_default();
-        assert!(err.contains("6.12, 6.1, 5.10"), "{err}");
+        assert!(err.contains("7.3, 6.12, 6.1, 5.10"), "{err}");
+    }
+
+    #[test]
+    fn a_release_belongs_to_its_own_series_only() {
+        assert!(release_is("6.1.0-41-amd64", "6.1"));
+        assert!(release_is("7.3.4+deb13-amd64", "7.3"));
+        assert!(!release_is("6.12.57+deb13-amd64", "6.1"));
+        assert!(!release_is("6.12.57+deb13-amd64", "7.3"));
     }
 }
