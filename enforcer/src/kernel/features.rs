@@ -128,8 +128,9 @@ fn required() -> Result<()> {
         let supported = is_helper_supported(ty, helper)
             .with_context(|| format!("probing helper {} for {name}", helper_name(helper)))?;
         if !supported {
+            let since = helper_since(helper).map_or(String::new(), |v| format!(" (Linux {v}+)"));
             return Err(lacks(format_args!(
-                "helper {} for {name} programs",
+                "helper {} for {name} programs{since}",
                 helper_name(helper)
             )));
         }
@@ -217,6 +218,20 @@ fn helper(id: i32) -> Option<BpfHelper> {
 fn helper_name(helper: BpfHelper) -> String {
     let debug = format!("{helper:?}");
     format!("bpf_{}", debug.strip_prefix("BPF_FUNC_").unwrap_or(&debug))
+}
+
+/// The release that added a helper to every program type (`bpf_base_func_proto`), for the
+/// helpers that set enforcer's minimum; others reached each program type in its own release.
+fn helper_since(helper: BpfHelper) -> Option<&'static str> {
+    match helper {
+        BpfHelper::BPF_FUNC_loop => Some("5.17"),
+        BpfHelper::BPF_FUNC_ringbuf_output
+        | BpfHelper::BPF_FUNC_ringbuf_reserve
+        | BpfHelper::BPF_FUNC_ringbuf_submit
+        | BpfHelper::BPF_FUNC_ringbuf_discard
+        | BpfHelper::BPF_FUNC_ktime_get_boot_ns => Some("5.8"),
+        _ => None,
+    }
 }
 
 fn map_type_name(map: MapType) -> String {
@@ -332,8 +347,10 @@ mod tests {
             "kernel lacks BPF_MAP_TYPE_RINGBUF (Linux 5.8+); enforcer needs Linux 6.1 or \
              later with it (nothing was changed)"
         );
-        let helper = helper(bpf_func_id::BPF_FUNC_sk_storage_get as i32).map(helper_name);
-        assert_eq!(helper.as_deref(), Some("bpf_sk_storage_get"));
+        let storage = helper(bpf_func_id::BPF_FUNC_sk_storage_get as i32).map(helper_name);
+        assert_eq!(storage.as_deref(), Some("bpf_sk_storage_get"));
+        let bpf_loop = helper(bpf_func_id::BPF_FUNC_loop as i32).and_then(helper_since);
+        assert_eq!(bpf_loop, Some("5.17"));
         assert!(super::helper(-1).is_none());
         assert!(super::helper(i32::MAX).is_none());
     }
