@@ -82,10 +82,12 @@ impl World {
         self.sb.start_daemon_with(&self.policy, &args);
     }
 
-    /// Writes `svid` (with `chain` after it) and its key; returns the two paths.
+    /// Writes `svid` (with `chain` after it) and its key; returns the two paths. The prefix
+    /// keeps an SVID named after a domain from overwriting that domain's bundle, which the
+    /// daemon would re-read as a broken bundle.
     fn files(&self, name: &str, svid: &Issued, chain: &[&Issued]) -> (String, String) {
-        let cert = self.sb.dir.join(format!("{name}.pem"));
-        let key = self.sb.dir.join(format!("{name}.key"));
+        let cert = self.sb.dir.join(format!("svid-{name}.pem"));
+        let key = self.sb.dir.join(format!("svid-{name}.key"));
         svid.write(chain, &cert, &key);
         (cert.display().to_string(), key.display().to_string())
     }
