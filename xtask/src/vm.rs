@@ -32,7 +32,7 @@ const KVM_TRIAL_LIMIT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// A kernel of the matrix to test (repeatable); 6.12 and 6.1 when left out.
+    /// A kernel of the matrix to test (repeatable); 6.12, 6.1 and 5.10 when left out.
     #[arg(long = "kernel", value_name = "VERSION")]
     kernels: Vec<String>,
     /// Longest a guest may run its tests before it is killed and reported as failed.
