@@ -41,7 +41,7 @@ pub const MATRIX: [Kernel; 4] = [
         about: "Debian 13 backports, newer than the development machines' 6.18 (which has no \
                 image to boot)",
         expect: Expect::Pass,
-        // A third whole-suite run (about 25 minutes under emulation) only on demand.
+        // A third whole-suite run (about 19 minutes under emulation) only on demand.
         default: false,
     },
     Kernel {
