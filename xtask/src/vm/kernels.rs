@@ -172,10 +172,7 @@ pub fn fetch(kernel: &Kernel, cache: &Path, refresh: bool) -> Result<Fetched> {
 }
 
 fn unpacked(root: &Path, package: &str) -> Result<Fetched> {
-    let release = package
-        .strip_prefix("linux-image-")
-        .with_context(|| format!("{package} is not a linux-image package"))?
-        .to_string();
+    let release = release_of(package)?.to_string();
     // Up to Debian 13 the image is /boot/vmlinuz-RELEASE; 7.x packages put it beside the
     // modules, as /usr/lib/modules/RELEASE/vmlinuz.
     let vmlinuz = [
@@ -273,9 +270,7 @@ impl Apt {
     /// both the kernel and its modules; from 7.x on it is a metapackage whose dependencies
     /// `linux-binary-RELEASE` and `linux-modules-RELEASE` hold them.
     fn parts(&self, image: &str) -> Result<Vec<String>> {
-        let release = image
-            .strip_prefix("linux-image-")
-            .context("image package name")?;
+        let release = release_of(image)?;
         let depends = self.depends(image)?;
         let mut parts = vec![image.to_string()];
         parts.extend(
@@ -315,6 +310,13 @@ impl Apt {
         cmd.args(["download", "-qq", package]).current_dir(into);
         run_cmd(&mut cmd)
     }
+}
+
+/// The kernel release a versioned image package is named after: `linux-image-RELEASE`.
+fn release_of(package: &str) -> Result<&str> {
+    package
+        .strip_prefix("linux-image-")
+        .with_context(|| format!("{package} is not a linux-image package"))
 }
 
 /// Whether a release string (`6.1.0-41-amd64`, `7.3.4+deb13-amd64`) is of the series
