@@ -20,6 +20,38 @@ pub const MAX_CGROUP_DEPTH: u32 = 32;
 /// policies and grants that need more.
 pub const MAX_PORT_RANGES: usize = 64;
 
+/// Port ranges per `ENF_EDGES` entry. A pair's ranges are spread over entries of this many
+/// (chunks 0, 1, ...), so a map entry costs the few ranges a typical pair has (one or two),
+/// not room for [`MAX_PORT_RANGES`]: at 100,000 pairs that is 136 bytes a value instead of
+/// 2 KiB.
+pub const RANGES_PER_CHUNK: usize = 4;
+
+/// Chunks one domain pair can need.
+pub const MAX_CHUNKS: usize = MAX_PORT_RANGES.div_ceil(RANGES_PER_CHUNK);
+
+/// How many entries the policy maps hold: the kernel's side of every capacity `policy check`
+/// enforces. Policy maps hold both slots, so a policy may use half of each (the slot in force
+/// and the one being written exist side by side); domain ids are never reused, so
+/// `ENF_DOMAINS` holds every domain any policy of these pins ever named. Every map here is
+/// allocated as it is written (`BPF_F_NO_PREALLOC`), so a limit costs nothing unused.
+pub mod capacity {
+    use super::SLOTS;
+
+    pub const MAX_DOMAINS: usize = 65_536;
+    pub const MAX_BINDINGS: usize = 65_536;
+    pub const MAX_ENDPOINTS: usize = 65_536;
+    /// 131,072 domain pairs of up to four ranges per slot.
+    pub const MAX_EDGE_CHUNKS: usize = 262_144;
+    pub const MAX_MODES: usize = 131_072;
+    /// Edges with usage counters (`ENF_EDGE_USE`), keyed by edge index.
+    pub const MAX_EDGES: usize = 262_144;
+
+    /// What one slot may hold of a map of `max` entries.
+    pub const fn per_slot(max: usize) -> usize {
+        max / SLOTS as usize
+    }
+}
+
 /// Longest trust-domain name stored in [`DomainName`] (the SPIFFE limit).
 pub const MAX_DOMAIN_NAME: usize = 255;
 
@@ -182,13 +214,16 @@ pub struct EndpointKey {
     pub _pad: [u8; 2],
 }
 
-/// `ENF_EDGES` key.
+/// `ENF_EDGES` key: chunk `chunk` of the ranges from `from` to `to` in `slot`. A pair with
+/// edges always has chunk 0; chunk `n` exists when the pair has more than
+/// `n * RANGES_PER_CHUNK` ranges.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EdgeKey {
     pub slot: u32,
     pub from: u32,
     pub to: u32,
+    pub chunk: u32,
 }
 
 /// An inclusive port range and the protocols one edge opens on it, while the edge is valid.
@@ -210,13 +245,46 @@ pub struct PortRange {
     pub not_after: u64,
 }
 
-/// `ENF_EDGES` value: the ranges of every edge from `from` to `to`.
+/// `ENF_EDGES` value: up to [`RANGES_PER_CHUNK`] of the ranges of every edge from `from` to
+/// `to`, in scan order (range `i` of the pair is range `i % RANGES_PER_CHUNK` of chunk
+/// `i / RANGES_PER_CHUNK`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PortRules {
+pub struct PortChunk {
+    /// Ranges of the whole pair (the same in every chunk of it), at most [`MAX_PORT_RANGES`].
     pub count: u32,
     pub _pad: u32,
-    pub ranges: [PortRange; MAX_PORT_RANGES],
+    pub ranges: [PortRange; RANGES_PER_CHUNK],
+}
+
+impl PortChunk {
+    /// The chunks that hold `ranges` (at most [`MAX_PORT_RANGES`] of them), numbered.
+    pub fn split(ranges: &[PortRange]) -> impl Iterator<Item = (u32, Self)> + '_ {
+        let ranges = &ranges[..ranges.len().min(MAX_PORT_RANGES)];
+        let count = ranges.len() as u32;
+        ranges
+            .chunks(RANGES_PER_CHUNK)
+            .enumerate()
+            .map(move |(n, part)| {
+                let mut chunk = Self {
+                    count,
+                    _pad: 0,
+                    ranges: [PortRange::default(); RANGES_PER_CHUNK],
+                };
+                chunk.ranges[..part.len()].copy_from_slice(part);
+                (n as u32, chunk)
+            })
+    }
+
+    /// This chunk's ranges, as chunk `n` of its pair.
+    pub fn own(&self, n: u32) -> &[PortRange] {
+        let before = n as usize * RANGES_PER_CHUNK;
+        let here = (self.count as usize)
+            .min(MAX_PORT_RANGES)
+            .saturating_sub(before)
+            .min(RANGES_PER_CHUNK);
+        &self.ranges[..here]
+    }
 }
 
 /// `ENF_POLICY` value, one per slot.
@@ -341,9 +409,9 @@ const _: () = {
     assert!(size_of::<NewNetns>() == 16);
     assert!(size_of::<BindingKey>() == 16);
     assert!(size_of::<EndpointKey>() == 20);
-    assert!(size_of::<EdgeKey>() == 12);
+    assert!(size_of::<EdgeKey>() == 16);
     assert!(size_of::<PortRange>() == 32);
-    assert!(size_of::<PortRules>() == 8 + 32 * MAX_PORT_RANGES);
+    assert!(size_of::<PortChunk>() == 8 + 32 * RANGES_PER_CHUNK);
     assert!(size_of::<PolicyConfig>() == 24);
     assert!(size_of::<DomainKey>() == 8);
     assert!(size_of::<ConnState>() == 32);
@@ -365,7 +433,7 @@ mod pod {
     unsafe impl aya::Pod for EndpointKey {}
     unsafe impl aya::Pod for EdgeKey {}
     unsafe impl aya::Pod for PortRange {}
-    unsafe impl aya::Pod for PortRules {}
+    unsafe impl aya::Pod for PortChunk {}
     unsafe impl aya::Pod for PolicyConfig {}
     unsafe impl aya::Pod for DomainName {}
     unsafe impl aya::Pod for AddrKey {}
@@ -380,4 +448,42 @@ mod pod {
     unsafe impl aya::Pod for PairKey {}
     unsafe impl aya::Pod for PairCounts {}
     unsafe impl aya::Pod for EdgeUse {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(first: u16) -> PortRange {
+        PortRange {
+            first,
+            last: first,
+            protocols: PROTO_TCP,
+            edge: 1,
+            _pad: 0,
+            not_before: 0,
+            not_after: NEVER,
+        }
+    }
+
+    #[test]
+    fn chunks_hold_a_pairs_ranges_in_scan_order() {
+        let ranges: std::vec::Vec<PortRange> = (1..=9).map(range).collect();
+        let chunks: std::vec::Vec<(u32, PortChunk)> = PortChunk::split(&ranges).collect();
+        assert_eq!(chunks.len(), 3);
+        let read: std::vec::Vec<PortRange> = chunks
+            .iter()
+            .flat_map(|(n, chunk)| chunk.own(*n).iter().copied())
+            .collect();
+        assert_eq!(read, ranges);
+        assert!(chunks.iter().all(|(_, c)| c.count == 9));
+    }
+
+    #[test]
+    fn a_pair_keeps_at_most_the_limit() {
+        let ranges: std::vec::Vec<PortRange> = (1..=70).map(range).collect();
+        let chunks: std::vec::Vec<(u32, PortChunk)> = PortChunk::split(&ranges).collect();
+        assert_eq!(chunks.len(), MAX_CHUNKS);
+        assert_eq!(chunks[0].1.count as usize, MAX_PORT_RANGES);
+    }
 }

@@ -3,7 +3,7 @@
 //! here lets the host test it and the daemon explain it with the same code the kernel runs.
 
 use crate::maps::{
-    ACTION_DENY, MAX_PORT_RANGES, MODE_AUDIT, NEVER, PolicyConfig, PortRules, UNLABELED,
+    ACTION_DENY, MAX_PORT_RANGES, MODE_AUDIT, NEVER, PolicyConfig, PortRange, UNLABELED,
 };
 
 /// One end of a flow as the hook classified it.
@@ -153,15 +153,12 @@ impl Verdict {
 
 /// What the policy holds beyond its defaults, looked up only as a decision needs it.
 pub trait Rules {
-    /// The ranges of every edge from `from` to `to`.
-    fn edges(&self, from: u32, to: u32) -> Option<&PortRules>;
+    /// How the ranges of every edge from `from` to `to` treat `port` for the protocol bit
+    /// `protocol` at boot-time nanosecond `now` (the first range that opens it decides, as in
+    /// [`ports_allow`]), or `None` when no edge joins the pair.
+    fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch>;
     /// The `MODE_*` of `domain` where it differs from the policy's.
     fn mode(&self, domain: u32) -> Option<u32>;
-    /// How `rules` treat `port`: [`ports_allow`], unless the kernel side scans another way.
-    #[inline(always)]
-    fn ports(&self, rules: &PortRules, protocol: u32, port: u16, now: u64) -> PortMatch {
-        ports_allow(rules, protocol, port, now)
-    }
 }
 
 /// How a set of ranges treats one port at one time.
@@ -177,23 +174,32 @@ pub enum PortMatch {
     Closed,
 }
 
-/// Whether `rules` open `port` for the protocol bit `protocol` at boot-time nanosecond `now`.
+/// How one range treats a port: the step every scan of a pair's ranges takes, in userspace
+/// and in the kernel's `bpf_loop` alike.
 #[inline(always)]
-pub fn ports_allow(rules: &PortRules, protocol: u32, port: u16, now: u64) -> PortMatch {
-    let mut found = PortMatch::Closed;
-    // A constant bound keeps the loop acceptable to the verifier.
-    for (i, range) in rules.ranges.iter().enumerate().take(MAX_PORT_RANGES) {
-        if i as u32 >= rules.count {
-            break;
+pub fn judge_range(range: &PortRange, protocol: u32, port: u16, now: u64) -> PortMatch {
+    if range.protocols & protocol == 0 || port < range.first || range.last < port {
+        PortMatch::Closed
+    } else if range.not_before <= now && now < range.not_after {
+        PortMatch::Open {
+            edge: range.edge,
+            until: range.not_after,
         }
-        if range.protocols & protocol != 0 && range.first <= port && port <= range.last {
-            if range.not_before <= now && now < range.not_after {
-                return PortMatch::Open {
-                    edge: range.edge,
-                    until: range.not_after,
-                };
-            }
-            found = PortMatch::OutsideWindow;
+    } else {
+        PortMatch::OutsideWindow
+    }
+}
+
+/// Whether `ranges` (at most [`MAX_PORT_RANGES`] are read) open `port` for the protocol bit
+/// `protocol` at boot-time nanosecond `now`: the first range that opens it decides.
+#[inline(always)]
+pub fn ports_allow(ranges: &[PortRange], protocol: u32, port: u16, now: u64) -> PortMatch {
+    let mut found = PortMatch::Closed;
+    for range in ranges.iter().take(MAX_PORT_RANGES) {
+        match judge_range(range, protocol, port, now) {
+            open @ PortMatch::Open { .. } => return open,
+            PortMatch::OutsideWindow => found = PortMatch::OutsideWindow,
+            PortMatch::Closed => {}
         }
     }
     found
@@ -214,18 +220,17 @@ pub fn decide(
 ) -> Verdict {
     let verdict = match (src, dst) {
         (Peer::Domain(from), Peer::Domain(to)) if from == to => Verdict::allow(Reason::SameDomain),
-        (Peer::Domain(from), Peer::Domain(to)) => match rules.edges(from, to) {
-            Some(edges) => match rules.ports(edges, protocol, port, now) {
-                PortMatch::Open { edge, until } => Verdict {
+        (Peer::Domain(from), Peer::Domain(to)) => {
+            match rules.ports(from, to, protocol, port, now) {
+                Some(PortMatch::Open { edge, until }) => Verdict {
                     edge,
                     until,
                     ..Verdict::allow(Reason::EdgeAllowed)
                 },
-                PortMatch::OutsideWindow => Verdict::refuse(Reason::EdgeExpired),
-                PortMatch::Closed => Verdict::refuse(Reason::NoEdge),
-            },
-            None => Verdict::refuse(Reason::NoEdge),
-        },
+                Some(PortMatch::OutsideWindow) => Verdict::refuse(Reason::EdgeExpired),
+                Some(PortMatch::Closed) | None => Verdict::refuse(Reason::NoEdge),
+            }
+        }
         (Peer::Domain(_), Peer::Unlabeled) | (Peer::Unlabeled, Peer::Domain(_)) => {
             Verdict::by_default(policy.unlabeled, Reason::UnlabeledDefault)
         }
@@ -271,26 +276,21 @@ mod tests {
     /// (first, last, protocols, edge, not_before, not_after)
     type Range = (u16, u16, u32, u32, u64, u64);
 
-    fn rules(ranges: &[Range]) -> PortRules {
-        let mut rules = PortRules {
-            count: ranges.len() as u32,
-            _pad: 0,
-            ranges: [PortRange::default(); MAX_PORT_RANGES],
-        };
-        for (slot, &(first, last, protocols, edge, not_before, not_after)) in
-            rules.ranges.iter_mut().zip(ranges)
-        {
-            *slot = PortRange {
-                first,
-                last,
-                protocols,
-                edge,
-                _pad: 0,
-                not_before,
-                not_after,
-            };
-        }
-        rules
+    fn rules(ranges: &[Range]) -> Vec<PortRange> {
+        ranges
+            .iter()
+            .map(
+                |&(first, last, protocols, edge, not_before, not_after)| PortRange {
+                    first,
+                    last,
+                    protocols,
+                    edge,
+                    _pad: 0,
+                    not_before,
+                    not_after,
+                },
+            )
+            .collect()
     }
 
     fn open(first: u16, last: u16, protocols: u32) -> Range {
@@ -309,13 +309,23 @@ mod tests {
 
     /// Edges from domain 1 to domain 2 only, and domains whose mode differs.
     struct Fixed {
-        one_to_two: Option<PortRules>,
+        one_to_two: Option<Vec<PortRange>>,
         modes: &'static [(u32, u32)],
     }
 
     impl Rules for Fixed {
-        fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
-            self.one_to_two.as_ref().filter(|_| (from, to) == (1, 2))
+        fn ports(
+            &self,
+            from: u32,
+            to: u32,
+            protocol: u32,
+            port: u16,
+            now: u64,
+        ) -> Option<PortMatch> {
+            self.one_to_two
+                .as_deref()
+                .filter(|_| (from, to) == (1, 2))
+                .map(|ranges| ports_allow(ranges, protocol, port, now))
         }
 
         fn mode(&self, domain: u32) -> Option<u32> {
@@ -496,11 +506,11 @@ mod tests {
     }
 
     #[test]
-    fn ranges_past_count_never_match() {
-        let mut r = rules(&[open(80, 80, PROTO_TCP), open(443, 443, PROTO_TCP)]);
-        r.count = 1;
+    fn ranges_past_the_limit_never_match() {
+        let mut r = rules(&[open(1, 1, PROTO_TCP)]).repeat(MAX_PORT_RANGES);
+        r.extend(rules(&[open(443, 443, PROTO_TCP)]));
         assert!(matches!(
-            ports_allow(&r, PROTO_TCP, 80, 0),
+            ports_allow(&r, PROTO_TCP, 1, 0),
             PortMatch::Open { .. }
         ));
         assert_eq!(ports_allow(&r, PROTO_TCP, 443, 0), PortMatch::Closed);

@@ -12,7 +12,10 @@ use enforcer_common::{
     maps::{
         AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey,
         EdgeUse, EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, NewNetns, PairCounts,
-        PairKey, PolicyConfig, PortRules, SLOTS, SockTag,
+        PairKey, PolicyConfig, PortChunk, SLOTS, SockTag,
+        capacity::{
+            MAX_BINDINGS, MAX_DOMAINS, MAX_EDGE_CHUNKS, MAX_EDGES, MAX_ENDPOINTS, MAX_MODES,
+        },
     },
 };
 
@@ -49,15 +52,13 @@ impl<V, const FLAGS: usize> Storage<V, FLAGS> {
     }
 }
 
-const MAX_BINDINGS: usize = 65_536;
-const MAX_ENDPOINTS: usize = 65_536;
-const MAX_EDGE_PAIRS: usize = 65_536;
-const MAX_DOMAINS: usize = 65_536;
 const MAX_ADDRS: usize = 65_536;
 const MAX_NETNS: usize = 16_384;
 /// UDP flows remembered for replies; the least recently used is forgotten first, after which
-/// a reply is judged as a new datagram in its own direction.
-const MAX_FLOWS: usize = 262_144;
+/// a reply is judged as a new datagram in its own direction. An LRU map is allocated whole
+/// when created (the kernel refuses `BPF_F_NO_PREALLOC` for it): 65,536 flows cost about
+/// 7 MB of kernel memory, where 262,144 cost 28 MB on every host, busy or not.
+const MAX_FLOWS: usize = 65_536;
 const NOTIFY_BYTES: usize = 64 * 1024;
 /// Connections accepted but not yet seen by their own socket; normally an entry lives for
 /// one round trip, so the least recently used is long gone when it is evicted.
@@ -65,10 +66,8 @@ const MAX_ACCEPTS: usize = 65_536;
 /// Connected UDP sockets the daemon can find to end; the oldest connect is forgotten first
 /// (its packets are still checked through its socket storage).
 const MAX_UDP_CONNS: usize = 65_536;
-const MAX_MODES: usize = 2 * 65_536;
 /// Domain pairs with refusal or audit counts; past this, new pairs go uncounted.
 const MAX_PAIRS: usize = 65_536;
-const MAX_EDGES: usize = 65_536;
 /// About 37,000 events of 112 bytes (record and header): several seconds of refusals at the
 /// highest rates the benchmarks reach, while the daemon drains it continuously.
 const EVENTS_BYTES: usize = 4 << 20;
@@ -112,7 +111,7 @@ pub static BINDINGS: HashMap<BindingKey, u32, MAX_BINDINGS, { BPF_F_NO_PREALLOC 
 pub static ENDPOINTS: LpmTrie<EndpointKey, u32, MAX_ENDPOINTS> = LpmTrie::new();
 
 #[btf_map(name = "ENF_EDGES")]
-pub static EDGES: HashMap<EdgeKey, PortRules, MAX_EDGE_PAIRS, { BPF_F_NO_PREALLOC as usize }> =
+pub static EDGES: HashMap<EdgeKey, PortChunk, MAX_EDGE_CHUNKS, { BPF_F_NO_PREALLOC as usize }> =
     HashMap::new();
 
 #[btf_map(name = "ENF_POLICY")]

@@ -6,7 +6,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop},
 };
 use enforcer_common::{
-    maps::{BindingKey, DomainKey, EdgeKey, MAX_PORT_RANGES, PolicyConfig, PortRules},
+    maps::{
+        BindingKey, DomainKey, EdgeKey, MAX_PORT_RANGES, PolicyConfig, PortChunk, RANGES_PER_CHUNK,
+    },
     verdict::{self, Peer, PortMatch, Rules, Verdict},
 };
 
@@ -36,16 +38,50 @@ impl Active {
 }
 
 impl Rules for Active {
+    /// The ranges are scanned with `bpf_loop` (Linux 5.17+), so the verifier checks one pass
+    /// of the scan, not one per range: an unrolled scan of up to `MAX_PORT_RANGES` ranges,
+    /// each way out of it explored on its own through the rest of the program, took the
+    /// ingress program past the million instructions the verifier of Linux 6.1 accepts.
     #[inline(always)]
-    fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
+    fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch> {
         let key = EdgeKey {
             slot: self.slot,
             from,
             to,
+            chunk: 0,
         };
         // SAFETY: values are only ever replaced whole by the daemon, for the slot no program
         // is reading; the reference does not outlive this program run.
-        unsafe { EDGES.get(&key) }
+        let head = unsafe { EDGES.get(&key) }?;
+        let mut scan = Scan {
+            key,
+            chunk: head,
+            now,
+            until: 0,
+            edge: 0,
+            port,
+            // A `PROTO_*` bit.
+            protocol: protocol as u8,
+            found: FOUND_CLOSED,
+        };
+        // SAFETY: the callback only reads map values and writes `scan`, which outlives the
+        // call.
+        unsafe {
+            bpf_loop(
+                MAX_PORT_RANGES as u32,
+                scan_range as *mut c_void,
+                (&mut scan as *mut Scan).cast(),
+                0,
+            );
+        }
+        Some(match scan.found {
+            FOUND_OPEN => PortMatch::Open {
+                edge: scan.edge,
+                until: scan.until,
+            },
+            FOUND_OUTSIDE => PortMatch::OutsideWindow,
+            _ => PortMatch::Closed,
+        })
     }
 
     #[inline(always)]
@@ -57,79 +93,62 @@ impl Rules for Active {
         // SAFETY: the value is a plain u32 copied out at once.
         unsafe { MODES.get(&key) }.copied()
     }
-
-    /// The ranges are scanned with `bpf_loop` (Linux 5.17+), so the verifier checks one pass
-    /// of the scan, not one per range: an unrolled scan of up to `MAX_PORT_RANGES` ranges,
-    /// each way out of it explored on its own through the rest of the program, took the
-    /// ingress program past the million instructions the verifier of Linux 6.1 accepts.
-    #[inline(always)]
-    fn ports(&self, rules: &PortRules, protocol: u32, port: u16, now: u64) -> PortMatch {
-        let mut scan = Scan {
-            rules,
-            protocol,
-            now,
-            port,
-            found: FOUND_CLOSED,
-            edge: 0,
-            until: 0,
-        };
-        // SAFETY: the callback only reads `rules` and writes `scan`, which outlive the call.
-        unsafe {
-            bpf_loop(
-                MAX_PORT_RANGES as u32,
-                scan_range as *mut c_void,
-                (&mut scan as *mut Scan).cast(),
-                0,
-            );
-        }
-        match scan.found {
-            FOUND_OPEN => PortMatch::Open {
-                edge: scan.edge,
-                until: scan.until,
-            },
-            FOUND_OUTSIDE => PortMatch::OutsideWindow,
-            _ => PortMatch::Closed,
-        }
-    }
 }
 
-const FOUND_CLOSED: u32 = 0;
-const FOUND_OUTSIDE: u32 = 1;
-const FOUND_OPEN: u32 = 2;
+const FOUND_CLOSED: u8 = 0;
+const FOUND_OUTSIDE: u8 = 1;
+const FOUND_OPEN: u8 = 2;
 
-/// The state of a port scan, shared with its `bpf_loop` callback.
+/// The state of a port scan, shared with its `bpf_loop` callback. Packed small: it lives on
+/// the stack of programs (ingress above all) that are close to the 512-byte limit.
 #[repr(C)]
 struct Scan<'a> {
-    rules: &'a PortRules,
-    protocol: u32,
-    port: u16,
+    /// The key of the chunk in `chunk`.
+    key: EdgeKey,
+    chunk: &'a PortChunk,
     now: u64,
-    found: u32,
-    edge: u32,
     until: u64,
+    edge: u32,
+    port: u16,
+    protocol: u8,
+    found: u8,
 }
 
-/// One step of the scan: range `index`; returns 1 to stop (the first open range decides, as
-/// in `ports_allow`), 0 to go on.
+/// One step of the scan: range `index` of the pair, in chunk `index / RANGES_PER_CHUNK`,
+/// which is looked up when the scan reaches it; returns 1 to stop (the first open range
+/// decides, as in `ports_allow`), 0 to go on.
 extern "C" fn scan_range(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` `ports` passed to `bpf_loop`, alive for the whole loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
-    let Some(range) = scan.rules.ranges.get(index as usize) else {
+    // Every chunk of a pair carries the pair's count.
+    if index >= u64::from(scan.chunk.count) {
+        return 1;
+    }
+    let within = (index % RANGES_PER_CHUNK as u64) as usize;
+    if within == 0 && index > 0 {
+        scan.key.chunk = (index / RANGES_PER_CHUNK as u64) as u32;
+        // SAFETY: as for the pair's first chunk in `ports`.
+        match unsafe { EDGES.get(&scan.key) } {
+            Some(chunk) => scan.chunk = chunk,
+            None => return 1,
+        }
+    }
+    let Some(range) = scan.chunk.ranges.get(within) else {
         return 1;
     };
-    if index >= u64::from(scan.rules.count) {
-        return 1;
-    }
-    if range.protocols & scan.protocol != 0 && range.first <= scan.port && scan.port <= range.last {
-        if range.not_before <= scan.now && scan.now < range.not_after {
+    match verdict::judge_range(range, u32::from(scan.protocol), scan.port, scan.now) {
+        PortMatch::Open { edge, until } => {
             scan.found = FOUND_OPEN;
-            scan.edge = range.edge;
-            scan.until = range.not_after;
-            return 1;
+            scan.edge = edge;
+            scan.until = until;
+            1
         }
-        scan.found = FOUND_OUTSIDE;
+        PortMatch::OutsideWindow => {
+            scan.found = FOUND_OUTSIDE;
+            0
+        }
+        PortMatch::Closed => 0,
     }
-    0
 }
 
 /// The clock edge validity windows are written in: `CLOCK_BOOTTIME`, which never jumps

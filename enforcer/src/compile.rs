@@ -6,9 +6,12 @@ use std::collections::BTreeMap;
 
 use enforcer_common::maps::{
     ACTION_ALLOW, ACTION_DENY, FAMILY_V4, FAMILY_V6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT,
-    MODE_ENFORCE, NEVER, PROTO_TCP, PROTO_UDP, PortRange, PortRules,
+    MODE_ENFORCE, NEVER, PROTO_TCP, PROTO_UDP, PortRange, RANGES_PER_CHUNK,
+    capacity::{
+        MAX_BINDINGS, MAX_DOMAINS, MAX_EDGE_CHUNKS, MAX_EDGES, MAX_ENDPOINTS, MAX_MODES, per_slot,
+    },
 };
-use enforcer_common::verdict::Rules;
+use enforcer_common::verdict::{PortMatch, Rules, ports_allow};
 use enforcer_policy::{Action, CgroupPath, Mode, Policy, Protocol};
 use ipnet::IpNet;
 
@@ -32,6 +35,14 @@ pub enum CompileError {
     CgroupTooDeep { path: String, depth: usize },
     #[error("no domain ids left")]
     OutOfDomainIds,
+    /// `trust domains` counts every domain the kernel maps have given an id since they were
+    /// created (ids are never reused), not only this policy's.
+    #[error("the policy needs {count} {what}; the kernel maps hold at most {max}")]
+    OverCapacity {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
 }
 
 /// A binding as compiled: the cgroup id is `None` when the cgroup does not exist (yet).
@@ -56,7 +67,7 @@ pub struct Compiled {
     pub external: u32,
     /// `MODE_*` of domains not in `modes`.
     pub mode: u32,
-    /// Domains whose mode differs from `mode`, with theirs.
+    /// Domains whose mode differs from `mode`, with theirs, by domain.
     pub modes: Vec<(u32, u32)>,
     pub bindings: Vec<Binding>,
     pub endpoints: Vec<(Prefix, u32)>,
@@ -67,54 +78,38 @@ pub struct Compiled {
     pub registry: Registry,
 }
 
-/// Compiles `policy` with the federation `edges` (the file's and the grants', as resolved
-/// by `edges::Book`); edge windows are converted to the kernel's clock with `clocks`.
-impl Compiled {
-    /// The edges as the kernel holds them, one `PortRules` per domain pair.
-    pub fn port_rules(&self) -> BTreeMap<(u32, u32), PortRules> {
-        self.edges
-            .iter()
-            .map(|(&pair, ranges)| {
-                let mut rules = PortRules {
-                    count: ranges.len().min(MAX_PORT_RANGES) as u32,
-                    _pad: 0,
-                    ranges: [PortRange::default(); MAX_PORT_RANGES],
-                };
-                for (dst, src) in rules.ranges.iter_mut().zip(ranges) {
-                    *dst = *src;
-                }
-                (pair, rules)
-            })
-            .collect()
-    }
-}
-
 /// The compiled policy as `verdict::decide` reads it, for judging in userspace exactly as the
 /// programs judge in the kernel.
 pub struct CompiledRules<'a> {
-    edges: BTreeMap<(u32, u32), PortRules>,
-    modes: &'a [(u32, u32)],
+    compiled: &'a Compiled,
 }
 
 impl<'a> CompiledRules<'a> {
     pub fn new(compiled: &'a Compiled) -> Self {
-        Self {
-            edges: compiled.port_rules(),
-            modes: &compiled.modes,
-        }
+        Self { compiled }
     }
 }
 
 impl Rules for CompiledRules<'_> {
-    fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
-        self.edges.get(&(from, to))
+    fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch> {
+        self.compiled
+            .edges
+            .get(&(from, to))
+            .map(|ranges| ports_allow(ranges, protocol, port, now))
     }
 
     fn mode(&self, domain: u32) -> Option<u32> {
-        self.modes.iter().find(|m| m.0 == domain).map(|m| m.1)
+        self.compiled
+            .modes
+            .binary_search_by_key(&domain, |m| m.0)
+            .ok()
+            .and_then(|at| self.compiled.modes.get(at))
+            .map(|m| m.1)
     }
 }
 
+/// Compiles `policy` with the federation `edges` (the file's and the grants', as resolved
+/// by `edges::Book`); edge windows are converted to the kernel's clock with `clocks`.
 pub fn compile(
     policy: &Policy,
     edges: &[LiveEdge],
@@ -199,6 +194,35 @@ pub fn compile(
                 to: name(pair.1),
                 count: ranges.len(),
             });
+        }
+    }
+    modes.sort_unstable();
+    let chunks = by_pair
+        .values()
+        .map(|ranges| ranges.len().div_ceil(RANGES_PER_CHUNK))
+        .sum();
+    for (what, count, max) in [
+        ("trust domains", registry.len(), MAX_DOMAINS),
+        ("cgroup bindings", bindings.len(), per_slot(MAX_BINDINGS)),
+        (
+            "endpoint prefixes",
+            endpoints.len(),
+            per_slot(MAX_ENDPOINTS),
+        ),
+        (
+            "edge entries (a domain pair takes one per four port ranges)",
+            chunks,
+            per_slot(MAX_EDGE_CHUNKS),
+        ),
+        (
+            "domains with their own mode",
+            modes.len(),
+            per_slot(MAX_MODES),
+        ),
+        ("edges", edges.len(), MAX_EDGES),
+    ] {
+        if count > max {
+            return Err(CompileError::OverCapacity { what, count, max });
         }
     }
     Ok(Compiled {

@@ -92,11 +92,14 @@ pub struct Daemon {
     programs: Vec<AttachedProgram>,
     policy: Policy,
     policy_file: String,
-    compiled: Compiled,
+    /// The policy in force as the maps hold it; shared with the maps' record of each slot.
+    compiled: Arc<Compiled>,
     generation: u64,
     /// The edge record as saved in the state dir, and the edges it resolves to.
     book: Book,
     live: Vec<LiveEdge>,
+    /// Where each edge index is in `live`, for naming the edges of kernel events.
+    live_at: std::collections::HashMap<u32, usize>,
     /// Boot-clock nanosecond up to which edge expiries have ended their connections.
     expiries_done: u64,
     /// Decisions seen in the kernel's event stream.
@@ -115,6 +118,22 @@ pub struct Daemon {
 struct Committed {
     generation: u64,
     ended: usize,
+    /// How long compiling took, and writing and swapping the maps.
+    compile: std::time::Duration,
+    maps: std::time::Duration,
+}
+
+impl Committed {
+    /// The kernel side of the change, for the log: what `cargo xtask bench apply` reads.
+    fn timing(&self) -> String {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "kernel side {:.1} ms (compile {:.1} ms, maps {:.1} ms)",
+            ms(self.compile + self.maps),
+            ms(self.compile),
+            ms(self.maps)
+        )
+    }
 }
 
 /// A policy ready to be put in force (see `Daemon::prepare`).
@@ -240,10 +259,11 @@ pub fn run(options: Options) -> Result<()> {
             federation: Vec::new(),
         },
         policy_file: String::new(),
-        compiled: Compiled::default(),
+        compiled: Arc::default(),
         generation,
         book,
         live: Vec::new(),
+        live_at: std::collections::HashMap::new(),
         expiries_done: Clocks::now().boot,
         tally: Tally::default(),
         commits: Commits::default(),
@@ -499,6 +519,7 @@ impl Daemon {
         trust: Option<TrustState>,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
+        let started = std::time::Instant::now();
         let Prepared {
             live,
             book,
@@ -510,20 +531,29 @@ impl Daemon {
             trust.as_ref().unwrap_or(&self.trust),
             origin,
         )?;
-        self.maps
+        let compile = started.elapsed();
+        let compiled = Arc::new(compiled);
+        let recorded = self
+            .maps
             .record_domains(&compiled.registry, &known)
             .map_err(ApplyError::Failed)?;
         // Saved before the swap: a grant must never be in force without being on disk,
         // or a restart would silently drop it.
-        book.save(&self.state).map_err(ApplyError::Failed)?;
+        if let Err(err) = book.save(&self.state) {
+            self.maps.forget_domains(&recorded);
+            return Err(ApplyError::Failed(err));
+        }
         let before = self.snapshot_connections();
         let generation = self.generation + 1;
+        let swapping = std::time::Instant::now();
         if let Err(err) = self.maps.swap_in(&compiled, generation) {
             if let Err(restore) = self.book.save(&self.state) {
                 log(&format!("could not restore the edge record: {restore:#}"));
             }
+            self.maps.forget_domains(&recorded);
             return Err(ApplyError::Failed(err));
         }
+        let maps = swapping.elapsed();
         self.generation = generation;
         if let Some(trust) = trust {
             self.trust.adopt(trust);
@@ -532,6 +562,12 @@ impl Daemon {
         self.compiled = compiled;
         self.book = book;
         self.live = live;
+        self.live_at = self
+            .live
+            .iter()
+            .enumerate()
+            .map(|(at, e)| (e.index, at))
+            .collect();
         let indexes: Vec<u32> = self.live.iter().map(|e| e.index).collect();
         if let Err(err) = self.usage.forget_edges(&indexes) {
             log(&format!(
@@ -539,7 +575,12 @@ impl Daemon {
             ));
         }
         let ended = self.end_refused_connections(before);
-        Ok(Committed { generation, ended })
+        Ok(Committed {
+            generation,
+            ended,
+            compile,
+            maps,
+        })
     }
 
     /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
@@ -896,10 +937,14 @@ impl Daemon {
     fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Apply { file, text } => match self.apply(&file, &text) {
-                Ok(Committed { generation, ended }) => {
+                Ok(committed) => {
+                    let Committed {
+                        generation, ended, ..
+                    } = committed;
                     log(&format!(
                         "policy generation {generation} active ({file}); ended {ended} \
-                         connection(s)"
+                         connection(s); {}",
+                        committed.timing()
                     ));
                     for warning in self.binding_warnings() {
                         log(&warning);
@@ -995,11 +1040,20 @@ impl Daemon {
         if compiled.bindings == self.compiled.bindings {
             return Ok(());
         }
-        let changed: Vec<&compile::Binding> = compiled
+        let before: BTreeSet<(&CgroupPath, u32, Option<u64>)> = self
+            .compiled
             .bindings
             .iter()
-            .filter(|b| !self.compiled.bindings.contains(b))
+            .map(|b| (&b.path, b.domain, b.cgroup_id))
             .collect();
+        let changed: Vec<compile::Binding> = compiled
+            .bindings
+            .iter()
+            .filter(|b| !before.contains(&(&b.path, b.domain, b.cgroup_id)))
+            .cloned()
+            .collect();
+        drop(before);
+        let compiled = Arc::new(compiled);
         self.maps.swap_in(&compiled, self.generation)?;
         let appeared: Vec<CgroupPath> = changed
             .iter()
@@ -1139,7 +1193,7 @@ impl Daemon {
             features: kernel::features::optional(),
             maps: self
                 .maps
-                .fill()
+                .fill(self.compiled.registry.len())
                 .into_iter()
                 .chain([(names::MAP_ADDRS, self.addresses.count())])
                 .map(|(map, entries)| status::MapFill {
@@ -1170,9 +1224,9 @@ impl event_record::Names for Daemon {
     }
 
     fn edge(&self, index: u32) -> Option<String> {
-        self.live
-            .iter()
-            .find(|e| e.index == index)
+        self.live_at
+            .get(&index)
+            .and_then(|&at| self.live.get(at))
             .map(|e| e.edge.id.to_string())
     }
 }

@@ -3,7 +3,13 @@
 //! and a creation time (what a `ttl` counts from). Both are kept in `--state-dir/edges.json`,
 //! so a restarted daemon gives every edge the same index and deadline, and grants survive it.
 
-use std::{collections::BTreeMap, fs, io::ErrorKind, path::PathBuf, str::FromStr as _};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::ErrorKind,
+    path::PathBuf,
+    str::FromStr as _,
+};
 
 use anyhow::{Context as _, Result, anyhow};
 use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, PortRange, Protocol, TrustDomain};
@@ -161,8 +167,13 @@ impl Book {
             known: BTreeMap::new(),
             grants: self.grants.clone(),
         };
-        let mut used: Vec<u32> = self.known.values().map(|k| k.index).collect();
-        let mut live = Vec::new();
+        let mut indexes = FreeIndexes::new(self.known.values().map(|k| k.index));
+        let created: BTreeMap<&str, Timestamp> = self
+            .grants
+            .iter()
+            .map(|g| (g.id.as_str(), g.created))
+            .collect();
+        let mut live = Vec::with_capacity(policy.federation.len() + self.grants.len());
         let file = policy.federation.iter().map(|e| (e.clone(), Source::File));
         let grants = self
             .grants
@@ -177,20 +188,12 @@ impl Book {
                      or rename the file's edge"
                 ));
             }
-            let known = self.known.get(&id).copied().unwrap_or_else(|| {
-                let index = (1..).find(|i| !used.contains(i)).unwrap_or(u32::MAX);
-                used.push(index);
-                Known {
-                    index,
-                    created: match source {
-                        Source::Grant => self
-                            .grants
-                            .iter()
-                            .find(|g| g.id == id)
-                            .map_or(now, |g| g.created),
-                        Source::File => now,
-                    },
-                }
+            let known = self.known.get(&id).copied().unwrap_or_else(|| Known {
+                index: indexes.take(),
+                created: match source {
+                    Source::Grant => created.get(id.as_str()).copied().unwrap_or(now),
+                    Source::File => now,
+                },
             });
             next.known.insert(id, known);
             let expires = match edge.end {
@@ -213,6 +216,34 @@ impl Book {
             });
         }
         Ok((live, next))
+    }
+}
+
+/// Edge indexes not held by any known edge, handed out lowest first. Known edges keep their
+/// index even when they leave, until this resolve forgets them, so an index is never reused
+/// while the kernel's usage counters may still be keyed by it.
+struct FreeIndexes {
+    used: BTreeSet<u32>,
+    /// Every index below this is used or handed out.
+    next: u32,
+}
+
+impl FreeIndexes {
+    fn new(used: impl IntoIterator<Item = u32>) -> Self {
+        Self {
+            used: used.into_iter().collect(),
+            next: 1,
+        }
+    }
+
+    /// The lowest free index; amortised O(log n), since `next` only moves forward.
+    fn take(&mut self) -> u32 {
+        while self.used.contains(&self.next) {
+            self.next = self.next.saturating_add(1);
+        }
+        let index = self.next;
+        self.used.insert(index);
+        index
     }
 }
 

@@ -9,13 +9,21 @@ use enforcer_common::{maps::UNLABELED, verdict::EXTERNAL_CODE};
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
     ids: BTreeMap<String, u32>,
+    names: BTreeMap<u32, String>,
 }
 
 impl Registry {
     pub fn from_entries(entries: impl IntoIterator<Item = (u32, String)>) -> Self {
+        let names: BTreeMap<u32, String> = entries.into_iter().collect();
         Self {
-            ids: entries.into_iter().map(|(id, name)| (name, id)).collect(),
+            ids: names.iter().map(|(&id, name)| (name.clone(), id)).collect(),
+            names,
         }
+    }
+
+    /// How many ids are in use.
+    pub fn len(&self) -> usize {
+        self.ids.len()
     }
 
     pub fn get(&self, name: &str) -> Option<u32> {
@@ -29,21 +37,18 @@ impl Registry {
             return Some(id);
         }
         let next = self
-            .ids
-            .values()
-            .max()
-            .copied()
-            .unwrap_or(UNLABELED)
+            .names
+            .last_key_value()
+            .map_or(UNLABELED, |(&id, _)| id)
             .checked_add(1)
             .filter(|&id| id != EXTERNAL_CODE)?;
         self.ids.insert(name.to_owned(), next);
+        self.names.insert(next, name.to_owned());
         Some(next)
     }
 
     pub fn name_of(&self, id: u32) -> Option<&str> {
-        self.ids
-            .iter()
-            .find_map(|(name, &known)| (known == id).then_some(name.as_str()))
+        self.names.get(&id).map(String::as_str)
     }
 
     /// Entries present here and not in `older`: what must be written to the kernel.

@@ -63,6 +63,7 @@ impl Usage {
     /// Drops the counters of edge indexes not in `live`, so an index given to a new edge
     /// later starts from zero.
     pub fn forget_edges(&mut self, live: &[u32]) -> Result<()> {
+        let live: std::collections::HashSet<u32> = live.iter().copied().collect();
         let gone: Vec<u32> = self
             .edges
             .keys()

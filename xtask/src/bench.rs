@@ -1,3 +1,4 @@
+//! `cargo xtask bench apply` measures the control plane at scale (see `bench/apply.rs`).
 //! `cargo xtask bench connect | udp-send | ingress`: rates over loopback (and, for ingress,
 //! over a veth pair) from and to bound cgroups, first with no programs attached (the
 //! baseline), then with enforcement and a policy of 1,000 domains and 10,000 edges. Rounds
@@ -20,6 +21,8 @@ use clap::{Args, Subcommand};
 
 use crate::workspace_root;
 
+mod apply;
+
 #[derive(Subcommand)]
 pub enum Bench {
     /// TCP connect + accept rate, baseline vs enforced.
@@ -29,6 +32,8 @@ pub enum Bench {
     /// UDP datagrams a bound socket receives from an unlabeled sender outside the enforced
     /// subtree (so only the ingress program runs per datagram), over loopback and over veth.
     Ingress(UdpRun),
+    /// Start-up, `policy apply` and memory at 1k to 10k domains and 10k to 100k edges.
+    Apply(apply::Sizes),
 }
 
 #[derive(Args, Clone, Copy)]
@@ -66,6 +71,7 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Connect(run) => connect(&env, run),
         Bench::UdpSend(udp) => udp_send(&env, udp),
         Bench::Ingress(udp) => ingress(&env, udp),
+        Bench::Apply(sizes) => apply::run(&env, &sizes),
     };
     env.cleanup();
     result

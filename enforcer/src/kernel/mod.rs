@@ -12,7 +12,7 @@ use enforcer_common::{
     maps::{
         AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey,
         EdgeUse, EndpointKey, FlowKey, FlowState, HostConfig, NetnsSeen, PairCounts, PairKey,
-        PolicyConfig, PortRules, SockTag,
+        PolicyConfig, PortChunk, SockTag,
     },
     names,
 };
@@ -40,7 +40,7 @@ const MAP_LAYOUTS: [(&str, usize, usize); 21] = [
     (
         names::MAP_EDGES,
         size_of::<EdgeKey>(),
-        size_of::<PortRules>(),
+        size_of::<PortChunk>(),
     ),
     (
         names::MAP_POLICY,

@@ -4,24 +4,33 @@
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
+
 use enforcer_common::{
     maps::{
         BindingKey, DomainKey, DomainName, ENDPOINT_KEY_HEADER_BITS, EdgeKey, EndpointKey,
-        FAMILY_V4, MAX_DOMAIN_NAME, PolicyConfig, PortRules, SLOTS,
+        FAMILY_V4, MAX_CHUNKS, MAX_DOMAIN_NAME, PolicyConfig, PortChunk, PortRange,
+        RANGES_PER_CHUNK, SLOTS,
     },
     names,
 };
 
-use crate::{compile::Compiled, registry::Registry};
+use crate::{compile::Compiled, daemon::log, registry::Registry};
 
 pub struct PolicyMaps {
     bindings: HashMap<MapData, BindingKey, u32>,
     endpoints: LpmTrie<MapData, EndpointKey, u32>,
-    edges: HashMap<MapData, EdgeKey, PortRules>,
+    edges: HashMap<MapData, EdgeKey, PortChunk>,
     modes: HashMap<MapData, DomainKey, u32>,
     policy: Array<MapData, PolicyConfig>,
     active: Array<MapData, u32>,
     domains: HashMap<MapData, u32, DomainName>,
+    /// What each slot holds, as far as this daemon knows: `None` until it has written the
+    /// slot, and after a write that failed half-way.
+    held: [Option<Arc<Compiled>>; SLOTS as usize],
 }
 
 /// What the programs currently enforce.
@@ -46,6 +55,7 @@ impl PolicyMaps {
             policy: Array::try_from(take(names::MAP_POLICY)?)?,
             active: Array::try_from(take(names::MAP_ACTIVE)?)?,
             domains: HashMap::try_from(take(names::MAP_DOMAINS)?)?,
+            held: Default::default(),
         })
     }
 
@@ -71,7 +81,10 @@ impl PolicyMaps {
 
     /// Records ids the kernel does not know yet. Ids are only ever added, so this is safe to
     /// do before the policy that uses them is active.
-    pub fn record_domains(&mut self, registry: &Registry, known: &Registry) -> Result<()> {
+    /// Returns the ids recorded, for [`Self::forget_domains`] should the policy that needs
+    /// them not be put in force; if recording fails, those recorded so far are taken back out.
+    pub fn record_domains(&mut self, registry: &Registry, known: &Registry) -> Result<Vec<u32>> {
+        let mut recorded = Vec::new();
         for (id, name) in registry.added_since(known) {
             let mut value = DomainName {
                 len: name.len() as u32,
@@ -79,71 +92,41 @@ impl PolicyMaps {
             };
             let len = name.len().min(MAX_DOMAIN_NAME);
             value.bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
-            self.domains
-                .insert(id, value, 0)
-                .with_context(|| format!("recording domain id {id} ({name}) in ENF_DOMAINS"))?;
+            if let Err(err) = self.domains.insert(id, value, 0) {
+                self.forget_domains(&recorded);
+                return Err(err)
+                    .with_context(|| format!("recording domain id {id} ({name}) in ENF_DOMAINS"));
+            }
+            recorded.push(id);
         }
-        Ok(())
+        Ok(recorded)
     }
 
-    /// Makes `compiled` the enforced policy with `generation`, atomically: everything is
-    /// written to the inactive slot first and becomes visible with one 4-byte update of
-    /// ENF_ACTIVE. On error the active policy is untouched and the inactive slot is cleared.
-    pub fn swap_in(&mut self, compiled: &Compiled, generation: u64) -> Result<u32> {
+    /// Takes ids back out of ENF_DOMAINS that [`Self::record_domains`] recorded for a policy
+    /// that was not put in force: no socket can carry them, and a refused change must leave
+    /// no trace.
+    pub fn forget_domains(&mut self, ids: &[u32]) {
+        for id in ids {
+            if let Err(err) = remove(&mut self.domains, id) {
+                log(&format!(
+                    "could not take domain id {id} back out of ENF_DOMAINS: {err}"
+                ));
+            }
+        }
+    }
+
+    /// Makes `compiled` the enforced policy with `generation`, atomically: the inactive slot
+    /// is brought up to `compiled` first, and it becomes visible with one 4-byte update of
+    /// ENF_ACTIVE. On error the active policy is untouched. Once no program can still be
+    /// reading the old slot, it is brought up to `compiled` too, so that both slots hold the
+    /// same policy between changes and the next change writes only what differs: a change
+    /// costs map writes in proportion to what it changes, not to the size of the policy.
+    pub fn swap_in(&mut self, compiled: &Arc<Compiled>, generation: u64) -> Result<u32> {
         let current = self.active()?;
         let next = (current.slot + 1) % SLOTS;
-        self.clear_slot(next)?;
-        if let Err(err) = self.write_slot(next, compiled, generation) {
-            self.clear_slot(next)
-                .context("clearing a half-written policy slot")?;
+        if let Err(err) = self.bring_up(next, compiled) {
+            self.restore(next, current.slot);
             return Err(err);
-        }
-        self.active
-            .set(0, next, 0)
-            .context("switching ENF_ACTIVE to the new policy")?;
-        if old_readers_finished() {
-            self.clear_slot(current.slot)?;
-        }
-        Ok(next)
-    }
-
-    fn write_slot(&mut self, slot: u32, compiled: &Compiled, generation: u64) -> Result<()> {
-        for binding in &compiled.bindings {
-            let Some(cgroup_id) = binding.cgroup_id else {
-                continue;
-            };
-            let key = BindingKey {
-                slot,
-                _pad: 0,
-                cgroup_id,
-            };
-            self.bindings
-                .insert(key, binding.domain, 0)
-                .with_context(|| format!("writing binding {} to ENF_BINDINGS", binding.path))?;
-        }
-        for (prefix, domain) in &compiled.endpoints {
-            let key = Key::new(
-                ENDPOINT_KEY_HEADER_BITS + u32::from(prefix.len),
-                EndpointKey {
-                    slot: slot as u8,
-                    family: prefix.family,
-                    addr: prefix.addr,
-                    _pad: [0; 2],
-                },
-            );
-            self.endpoints
-                .insert(&key, domain, 0)
-                .context("writing an endpoint prefix to ENF_ENDPOINTS")?;
-        }
-        for (&(from, to), rules) in &compiled.port_rules() {
-            self.edges
-                .insert(EdgeKey { slot, from, to }, rules, 0)
-                .with_context(|| format!("writing edge {from}->{to} to ENF_EDGES"))?;
-        }
-        for &(domain, mode) in &compiled.modes {
-            self.modes
-                .insert(DomainKey { slot, domain }, mode, 0)
-                .with_context(|| format!("writing the mode of domain {domain} to ENF_MODES"))?;
         }
         let config = PolicyConfig {
             generation,
@@ -153,11 +136,160 @@ impl PolicyMaps {
             _pad: 0,
         };
         self.policy
-            .set(slot, config, 0)
+            .set(next, config, 0)
             .context("writing ENF_POLICY")?;
+        self.active
+            .set(0, next, 0)
+            .context("switching ENF_ACTIVE to the new policy")?;
+        if old_readers_finished() {
+            // The swap has happened; a slot left behind is only more work for the next one.
+            if let Err(err) = self.bring_up(current.slot, compiled) {
+                log(&format!(
+                    "the previous policy slot could not be updated; the next change rewrites \
+                     it whole: {err:#}"
+                ));
+            }
+        }
+        Ok(next)
+    }
+
+    /// Writes what `slot` needs to hold `target`: the difference from what it holds, or, where
+    /// that is not known, everything after clearing it. Programs never read `slot` meanwhile.
+    fn bring_up(&mut self, slot: u32, target: &Arc<Compiled>) -> Result<()> {
+        let index = slot as usize % self.held.len();
+        let held = match self.held[index].take() {
+            Some(held) => held,
+            None => {
+                self.clear_slot(slot)?;
+                Arc::default()
+            }
+        };
+        // `held` stays `None` if the write fails half-way: what the slot holds is unknown.
+        self.write_difference(slot, &held, target)?;
+        self.held[index] = Some(Arc::clone(target));
         Ok(())
     }
 
+    /// After a failed write to `slot`, makes it hold what `active` holds again (or nothing,
+    /// when that is not known), so that a refused change leaves no trace in the maps.
+    fn restore(&mut self, slot: u32, active: u32) {
+        let restored = match self.held[active as usize % self.held.len()].clone() {
+            Some(active) => self.bring_up(slot, &active),
+            None => self.clear_slot(slot),
+        };
+        if let Err(err) = restored {
+            log(&format!(
+                "policy slot {slot} could not be restored after a failed write; no program reads \
+                 it, and the next change rewrites it whole: {err:#}"
+            ));
+        }
+    }
+
+    fn write_difference(&mut self, slot: u32, old: &Compiled, new: &Compiled) -> Result<()> {
+        let bound = |c: &Compiled| -> BTreeMap<u64, (u32, String)> {
+            c.bindings
+                .iter()
+                .filter_map(|b| Some((b.cgroup_id?, (b.domain, b.path.to_string()))))
+                .collect()
+        };
+        let (was, now) = (bound(old), bound(new));
+        for (&cgroup_id, (domain, path)) in &now {
+            if was.get(&cgroup_id).map(|w| w.0) != Some(*domain) {
+                let key = BindingKey {
+                    slot,
+                    _pad: 0,
+                    cgroup_id,
+                };
+                self.bindings
+                    .insert(key, domain, 0)
+                    .with_context(|| format!("writing binding {path} to ENF_BINDINGS"))?;
+            }
+        }
+        for cgroup_id in was.keys().filter(|id| !now.contains_key(id)) {
+            let key = BindingKey {
+                slot,
+                _pad: 0,
+                cgroup_id: *cgroup_id,
+            };
+            remove(&mut self.bindings, &key).context("removing a binding from ENF_BINDINGS")?;
+        }
+
+        let prefixes = |c: &Compiled| -> BTreeMap<(u8, [u8; 16], u8), u32> {
+            c.endpoints
+                .iter()
+                .map(|(p, domain)| ((p.family, p.addr, p.len), *domain))
+                .collect()
+        };
+        let (was, now) = (prefixes(old), prefixes(new));
+        let endpoint_key = |&(family, addr, len): &(u8, [u8; 16], u8)| {
+            Key::new(
+                ENDPOINT_KEY_HEADER_BITS + u32::from(len),
+                EndpointKey {
+                    slot: slot as u8,
+                    family,
+                    addr,
+                    _pad: [0; 2],
+                },
+            )
+        };
+        for (prefix, domain) in &now {
+            if was.get(prefix) != Some(domain) {
+                self.endpoints
+                    .insert(&endpoint_key(prefix), domain, 0)
+                    .context("writing an endpoint prefix to ENF_ENDPOINTS")?;
+            }
+        }
+        for prefix in was.keys().filter(|p| !now.contains_key(p)) {
+            match self.endpoints.remove(&endpoint_key(prefix)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("removing a prefix from ENF_ENDPOINTS"),
+            }
+        }
+
+        let empty = Vec::new();
+        let pairs: BTreeSet<&(u32, u32)> = old.edges.keys().chain(new.edges.keys()).collect();
+        for &(from, to) in pairs {
+            let was = old.edges.get(&(from, to)).unwrap_or(&empty);
+            let now = new.edges.get(&(from, to)).unwrap_or(&empty);
+            if was == now {
+                continue;
+            }
+            let key = |chunk| EdgeKey {
+                slot,
+                from,
+                to,
+                chunk,
+            };
+            let written = PortChunk::split(now).count();
+            for (chunk, value) in PortChunk::split(now) {
+                self.edges
+                    .insert(key(chunk), value, 0)
+                    .with_context(|| format!("writing edge {from}->{to} to ENF_EDGES"))?;
+            }
+            for chunk in written..PortChunk::split(was).count() {
+                remove(&mut self.edges, &key(chunk as u32))
+                    .with_context(|| format!("removing edge {from}->{to} from ENF_EDGES"))?;
+            }
+        }
+
+        for &(domain, mode) in &new.modes {
+            if old.modes.binary_search(&(domain, mode)).is_err() {
+                self.modes
+                    .insert(DomainKey { slot, domain }, mode, 0)
+                    .with_context(|| format!("writing the mode of domain {domain} to ENF_MODES"))?;
+            }
+        }
+        for &(domain, _) in &old.modes {
+            if new.modes.binary_search_by_key(&domain, |m| m.0).is_err() {
+                remove(&mut self.modes, &DomainKey { slot, domain })
+                    .context("removing a mode from ENF_MODES")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes every entry of `slot`, walking the maps' keys: for a slot whose content this
+    /// daemon does not know (it has not written it since it started, or a write failed).
     fn clear_slot(&mut self, slot: u32) -> Result<()> {
         let bindings: Vec<_> = self
             .bindings
@@ -166,9 +298,7 @@ impl PolicyMaps {
             .filter(|k| k.slot == slot)
             .collect();
         for key in bindings {
-            self.bindings
-                .remove(&key)
-                .context("clearing ENF_BINDINGS")?;
+            remove(&mut self.bindings, &key).context("clearing ENF_BINDINGS")?;
         }
         let endpoints: Vec<_> = self
             .endpoints
@@ -177,9 +307,10 @@ impl PolicyMaps {
             .filter(|k| u32::from(k.data().slot) == slot)
             .collect();
         for key in endpoints {
-            self.endpoints
-                .remove(&key)
-                .context("clearing ENF_ENDPOINTS")?;
+            match self.endpoints.remove(&key) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(err) => return Err(err).context("clearing ENF_ENDPOINTS"),
+            }
         }
         let edges: Vec<_> = self
             .edges
@@ -188,7 +319,7 @@ impl PolicyMaps {
             .filter(|k| k.slot == slot)
             .collect();
         for key in edges {
-            self.edges.remove(&key).context("clearing ENF_EDGES")?;
+            remove(&mut self.edges, &key).context("clearing ENF_EDGES")?;
         }
         let modes: Vec<_> = self
             .modes
@@ -197,7 +328,7 @@ impl PolicyMaps {
             .filter(|k| k.slot == slot)
             .collect();
         for key in modes {
-            self.modes.remove(&key).context("clearing ENF_MODES")?;
+            remove(&mut self.modes, &key).context("clearing ENF_MODES")?;
         }
         Ok(())
     }
@@ -212,9 +343,29 @@ impl PolicyMaps {
         absent_is_none(self.bindings.get(&key, 0)).context("reading ENF_BINDINGS")
     }
 
-    /// The port ranges of every edge from `from` to `to` in `slot` (ENF_EDGES).
-    pub fn edges(&self, slot: u32, from: u32, to: u32) -> Result<Option<PortRules>> {
-        absent_is_none(self.edges.get(&EdgeKey { slot, from, to }, 0)).context("reading ENF_EDGES")
+    /// The port ranges of every edge from `from` to `to` in `slot`, in the order the programs
+    /// scan them (ENF_EDGES, chunk by chunk).
+    pub fn edges(&self, slot: u32, from: u32, to: u32) -> Result<Option<Vec<PortRange>>> {
+        let mut ranges = Vec::new();
+        for chunk in 0..MAX_CHUNKS as u32 {
+            let key = EdgeKey {
+                slot,
+                from,
+                to,
+                chunk,
+            };
+            match absent_is_none(self.edges.get(&key, 0)).context("reading ENF_EDGES")? {
+                Some(value) => {
+                    ranges.extend_from_slice(value.own(chunk));
+                    if ranges.len() >= value.count as usize {
+                        break;
+                    }
+                }
+                None if chunk == 0 => return Ok(None),
+                None => break,
+            }
+        }
+        Ok(Some(ranges))
     }
 
     /// The mode of `domain` in `slot` where it differs from the policy's (ENF_MODES).
@@ -255,15 +406,66 @@ impl PolicyMaps {
         Ok(Some((domain, len as u8)))
     }
 
-    /// Number of entries per policy map, for status.
-    pub fn fill(&self) -> Vec<(&'static str, usize)> {
+    /// Number of entries per policy map, for status: counted from what this daemon wrote
+    /// to each slot, which is exact and costs no walk of a map of 100,000 pairs; a slot it
+    /// has not written (or whose write failed) is counted by walking the map.
+    pub fn fill(&self, domains: usize) -> Vec<(&'static str, usize)> {
+        let mut fill = [0usize; 4];
+        for (slot, held) in self.held.iter().enumerate() {
+            let counts = match held {
+                Some(c) => [
+                    c.bindings.iter().filter(|b| b.cgroup_id.is_some()).count(),
+                    c.endpoints.len(),
+                    c.edges
+                        .values()
+                        .map(|r| r.len().div_ceil(RANGES_PER_CHUNK))
+                        .sum(),
+                    c.modes.len(),
+                ],
+                None => {
+                    let slot = slot as u32;
+                    [
+                        self.bindings
+                            .keys()
+                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                            .count(),
+                        self.endpoints
+                            .keys()
+                            .filter(|k| k.as_ref().is_ok_and(|k| u32::from(k.data().slot) == slot))
+                            .count(),
+                        self.edges
+                            .keys()
+                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                            .count(),
+                        self.modes
+                            .keys()
+                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                            .count(),
+                    ]
+                }
+            };
+            for (total, count) in fill.iter_mut().zip(counts) {
+                *total += count;
+            }
+        }
         vec![
-            (names::MAP_BINDINGS, self.bindings.keys().count()),
-            (names::MAP_ENDPOINTS, self.endpoints.keys().count()),
-            (names::MAP_EDGES, self.edges.keys().count()),
-            (names::MAP_MODES, self.modes.keys().count()),
-            (names::MAP_DOMAINS, self.domains.keys().count()),
+            (names::MAP_BINDINGS, fill[0]),
+            (names::MAP_ENDPOINTS, fill[1]),
+            (names::MAP_EDGES, fill[2]),
+            (names::MAP_MODES, fill[3]),
+            (names::MAP_DOMAINS, domains),
         ]
+    }
+}
+
+/// Removes `key`; one that is already gone is not an error.
+fn remove<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+) -> Result<(), MapError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(err) => Err(err),
     }
 }
 

@@ -2,8 +2,8 @@
 
 use anyhow::Result;
 use enforcer_common::{
-    maps::{NEVER, PROTO_TCP, PROTO_UDP, PortRange, PortRules},
-    verdict::{Peer, Reason, Rules, Verdict},
+    maps::{NEVER, PROTO_TCP, PROTO_UDP, PortRange},
+    verdict::{Peer, PortMatch, Reason, Rules, Verdict, ports_allow},
 };
 use jiff::Timestamp;
 
@@ -15,7 +15,7 @@ use crate::{clock::Clocks, edges::LiveEdge, kernel::policy_maps::PolicyMaps};
 /// very entry the verdict was computed from.
 pub struct LiveRules {
     pair: Option<(u32, u32)>,
-    pub ranges: Option<PortRules>,
+    pub ranges: Option<Vec<PortRange>>,
     modes: Vec<(u32, u32)>,
 }
 
@@ -44,10 +44,11 @@ impl LiveRules {
 }
 
 impl Rules for LiveRules {
-    fn edges(&self, from: u32, to: u32) -> Option<&PortRules> {
+    fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch> {
         self.ranges
-            .as_ref()
+            .as_deref()
             .filter(|_| self.pair == Some((from, to)))
+            .map(|ranges| ports_allow(ranges, protocol, port, now))
     }
 
     fn mode(&self, domain: u32) -> Option<u32> {
@@ -57,15 +58,14 @@ impl Rules for LiveRules {
 
 pub fn range_views(
     live: &[LiveEdge],
-    rules: &PortRules,
+    ranges: &[PortRange],
     protocol: Transport,
     port: u16,
     clocks: &Clocks,
     verdict: Option<Verdict>,
 ) -> Vec<RangeView> {
-    let count = (rules.count as usize).min(rules.ranges.len());
     let mut decided = false;
-    rules.ranges[..count]
+    ranges
         .iter()
         .map(|range| {
             let edge = live.iter().find(|e| e.index == range.edge);
@@ -134,7 +134,7 @@ fn protocols(bits: u32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use enforcer_common::maps::{ACTION_ALLOW, MAX_PORT_RANGES, MODE_ENFORCE, PolicyConfig};
+    use enforcer_common::maps::{ACTION_ALLOW, MODE_ENFORCE, PolicyConfig};
 
     use super::*;
 
@@ -156,17 +156,12 @@ mod tests {
     /// marked as deciding is the one `decide` stopped at.
     #[test]
     fn ranges_show_what_decide_saw() {
-        let mut rules = PortRules {
-            count: 4,
-            _pad: 0,
-            ranges: [PortRange::default(); MAX_PORT_RANGES],
-        };
-        rules.ranges[..4].copy_from_slice(&[
+        let rules = vec![
             range(80, 80, PROTO_TCP, 1, (0, 50 * SEC)),
             range(80, 80, PROTO_UDP, 2, (0, NEVER)),
             range(1, 1000, PROTO_TCP | PROTO_UDP, 3, (0, 200 * SEC)),
             range(80, 90, PROTO_TCP, 4, (0, NEVER)),
-        ]);
+        ];
         let rules = LiveRules {
             pair: Some((1, 2)),
             ranges: Some(rules),
@@ -230,7 +225,7 @@ mod tests {
         );
         assert_eq!(shown[3].not_after, None, "no expiry");
         assert_eq!(
-            rules.edges(2, 1),
+            rules.ports(2, 1, PROTO_TCP, 80, clocks.boot),
             None,
             "only the flow's own pair is known, and decide asks for nothing else"
         );
