@@ -156,11 +156,18 @@ impl Channel for UnixStream {
 
 /// Sends one request to the daemon at `endpoint` and returns its response.
 pub fn call(endpoint: &Endpoint, request: &Request) -> Result<Response> {
+    let (stream, unsent) = send(endpoint, request)?;
     let mut reply = String::new();
-    BufReader::new(send(endpoint, request)?)
-        .read_line(&mut reply)
-        .context("reading the daemon's reply")?;
-    parse_reply(&reply)
+    let read = BufReader::new(stream).read_line(&mut reply);
+    match (read, unsent) {
+        (Ok(_), _) if !reply.is_empty() => parse_reply(&reply),
+        // No reply says more than why the request could not be sent.
+        (_, Some(err)) => Err(err).context("sending the request to the daemon"),
+        (read, None) => {
+            read.context("reading the daemon's reply")?;
+            parse_reply(&reply)
+        }
+    }
 }
 
 /// Asks for decision events, calls `ready` once the daemon has accepted the request (a
@@ -172,11 +179,15 @@ pub fn events(
     ready: impl FnOnce(),
     mut each: impl FnMut(EventRecord) -> Result<()>,
 ) -> Result<()> {
-    let stream = send(endpoint, &Request::Events { follow })?;
+    let (stream, unsent) = send(endpoint, &Request::Events { follow })?;
     // Events may be minutes apart.
     stream.set_timeouts(None, Some(TIMEOUT))?;
     let mut lines = BufReader::new(stream).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
+    let first = match (lines.next().transpose(), unsent) {
+        (Ok(Some(first)), _) => first,
+        (_, Some(err)) => return Err(err).context("sending the request to the daemon"),
+        (first, None) => first?.unwrap_or_default(),
+    };
     match parse_reply(&first)? {
         Response::Events => ready(),
         Response::Error { message } => bail!("{message}"),
@@ -189,16 +200,30 @@ pub fn events(
     Ok(())
 }
 
-fn send(endpoint: &Endpoint, request: &Request) -> Result<Box<dyn Channel>> {
+/// Connects and sends `request`. The daemon may refuse a request before reading all of it
+/// (too large, or a client it refuses outright) and close its end, so the send then fails
+/// with `EPIPE`; its reply, which says why, is still waiting to be read. Such a failure is
+/// returned beside the stream, for when there is no reply.
+fn send(endpoint: &Endpoint, request: &Request) -> Result<(Box<dyn Channel>, Option<io::Error>)> {
     let mut stream = endpoint.connect()?;
     stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream
+    match stream
         .write_all(line.as_bytes())
         .and_then(|()| stream.flush())
-        .context("sending the request to the daemon")?;
-    Ok(stream)
+    {
+        Ok(()) => Ok((stream, None)),
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok((stream, Some(err)))
+        }
+        Err(err) => Err(err).context("sending the request to the daemon"),
+    }
 }
 
 fn parse_reply(reply: &str) -> Result<Response> {
