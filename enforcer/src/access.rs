@@ -49,16 +49,30 @@ impl Groups {
         self.admin.is_some() || self.read.is_some()
     }
 
-    /// `Ok` if `peer` may make `request`, else the message to answer with.
-    pub fn check(&self, peer: &Peer, request: &Request) -> Result<(), String> {
+    /// What `peer` may do at all; `None` for a peer refused before its request is read.
+    pub fn rights(&self, peer: &Peer) -> Option<Rights> {
         let member = |gid: Option<u32>| gid.is_some_and(|g| peer.groups.contains(&g));
         if peer.uid == 0 || member(self.admin) {
-            return Ok(());
+            Some(Rights::Full)
+        } else if member(self.read) {
+            Some(Rights::Read)
+        } else {
+            None
         }
-        let changes = request.changes();
-        if member(self.read) && !changes {
-            return Ok(());
+    }
+
+    /// `Ok` if `peer` may make `request`, else the message to answer with.
+    pub fn check(&self, peer: &Peer, request: &Request) -> Result<(), String> {
+        match self.rights(peer) {
+            Some(Rights::Full) => Ok(()),
+            Some(Rights::Read) if !request.changes() => Ok(()),
+            rights => Err(self.refusal(peer, rights)),
         }
+    }
+
+    /// Why `peer`, with `rights`, is refused: a reader asked for a change, anyone else for
+    /// anything.
+    pub fn refusal(&self, peer: &Peer, rights: Option<Rights>) -> String {
         let who = format!("uid {} (pid {})", peer.uid, peer.pid);
         let allowed = match (self.admin, self.read) {
             (Some(a), Some(r)) => {
@@ -68,14 +82,33 @@ impl Groups {
             (None, Some(r)) => format!("root may change anything; group {r} may read"),
             (None, None) => "only root may use it".to_owned(),
         };
-        if member(self.read) {
-            Err(format!(
-                "permission denied: {who} may only read from this daemon ({allowed})"
-            ))
+        if rights.is_some() {
+            format!("permission denied: {who} may only read from this daemon ({allowed})")
         } else {
-            Err(format!(
-                "permission denied: {who} may not use this daemon's control socket ({allowed})"
-            ))
+            format!("permission denied: {who} may not use this daemon's control socket ({allowed})")
+        }
+    }
+}
+
+/// What a client may do, which also sets how much of the daemon it may hold (see
+/// `admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Rights {
+    /// Members of `--read-group`: status, edges, events, why, plan.
+    Read,
+    /// Root, members of `--admin-group`, and remote admins.
+    Full,
+}
+
+impl Rights {
+    /// The longest request this client may send. A reader's requests are short except
+    /// `plan`, which carries a policy file: 1 MiB holds a policy of several thousand edges,
+    /// and the 32 readers `admission` lets in at once then buffer at most 32 MiB in all.
+    /// Root and admins, who may replace the policy anyway, may send the largest policy.
+    pub fn max_request(self) -> usize {
+        match self {
+            Self::Read => 1 << 20,
+            Self::Full => 64 << 20,
         }
     }
 }
@@ -158,6 +191,21 @@ mod tests {
             .check(&peer(1000, &[100]), &status)
             .unwrap_err();
         assert!(refused.contains("only root may use it"), "{refused}");
+    }
+
+    #[test]
+    fn rights_set_the_request_limit_and_strangers_have_none() {
+        let groups = Groups {
+            admin: Some(100),
+            read: Some(200),
+        };
+        let rights = |uid, gids: &[u32]| groups.rights(&peer(uid, gids));
+        assert_eq!(rights(0, &[0]), Some(Rights::Full));
+        assert_eq!(rights(1000, &[100, 200]), Some(Rights::Full));
+        assert_eq!(rights(1000, &[200]), Some(Rights::Read));
+        assert_eq!(rights(1000, &[300]), None);
+        assert_eq!(Rights::Read.max_request(), 1 << 20);
+        assert_eq!(Rights::Full.max_request(), 64 << 20);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::{
     io::{self, BufRead as _, BufReader, Read, Write},
     net::SocketAddr,
     os::unix::net::UnixStream,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -18,13 +18,19 @@ use crate::{
     grants::{EdgeView, GrantRequest},
     plan::Plan,
     status::Status,
+    tcp_clients::remaining,
     why::{Explanation, Transport, WhySource},
 };
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.
 const TIMEOUT: Duration = Duration::from_secs(60);
-/// Far more than the largest policy; a client cannot make the daemon buffer without end.
-const MAX_REQUEST: usize = 64 << 20;
+/// How long after connecting a client's whole request must have arrived, however slowly its
+/// bytes trickle in. The CLI writes its request at once, and even a 64 MiB policy takes well
+/// under a second on one host; the rest is room for a loaded host or a remote admin's
+/// network. A client that says nothing gives its connection back this soon.
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// How much of a request is read at a time; a request is never buffered beyond its limit.
+const CHUNK: usize = 64 << 10;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "request", rename_all = "snake_case")]
@@ -150,11 +156,18 @@ impl Channel for UnixStream {
 
 /// Sends one request to the daemon at `endpoint` and returns its response.
 pub fn call(endpoint: &Endpoint, request: &Request) -> Result<Response> {
+    let (stream, unsent) = send(endpoint, request)?;
     let mut reply = String::new();
-    BufReader::new(send(endpoint, request)?)
-        .read_line(&mut reply)
-        .context("reading the daemon's reply")?;
-    parse_reply(&reply)
+    let read = BufReader::new(stream).read_line(&mut reply);
+    match (read, unsent) {
+        (Ok(_), _) if !reply.is_empty() => parse_reply(&reply),
+        // No reply says more than why the request could not be sent.
+        (_, Some(err)) => Err(err).context("sending the request to the daemon"),
+        (read, None) => {
+            read.context("reading the daemon's reply")?;
+            parse_reply(&reply)
+        }
+    }
 }
 
 /// Asks for decision events, calls `ready` once the daemon has accepted the request (a
@@ -166,11 +179,15 @@ pub fn events(
     ready: impl FnOnce(),
     mut each: impl FnMut(EventRecord) -> Result<()>,
 ) -> Result<()> {
-    let stream = send(endpoint, &Request::Events { follow })?;
+    let (stream, unsent) = send(endpoint, &Request::Events { follow })?;
     // Events may be minutes apart.
     stream.set_timeouts(None, Some(TIMEOUT))?;
     let mut lines = BufReader::new(stream).lines();
-    let first = lines.next().transpose()?.unwrap_or_default();
+    let first = match (lines.next().transpose(), unsent) {
+        (Ok(Some(first)), _) => first,
+        (_, Some(err)) => return Err(err).context("sending the request to the daemon"),
+        (first, None) => first?.unwrap_or_default(),
+    };
     match parse_reply(&first)? {
         Response::Events => ready(),
         Response::Error { message } => bail!("{message}"),
@@ -183,16 +200,30 @@ pub fn events(
     Ok(())
 }
 
-fn send(endpoint: &Endpoint, request: &Request) -> Result<Box<dyn Channel>> {
+/// Connects and sends `request`. The daemon may refuse a request before reading all of it
+/// (too large, or a client it refuses outright) and close its end, so the send then fails
+/// with `EPIPE`; its reply, which says why, is still waiting to be read. Such a failure is
+/// returned beside the stream, for when there is no reply.
+fn send(endpoint: &Endpoint, request: &Request) -> Result<(Box<dyn Channel>, Option<io::Error>)> {
     let mut stream = endpoint.connect()?;
     stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))?;
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
-    stream
+    match stream
         .write_all(line.as_bytes())
         .and_then(|()| stream.flush())
-        .context("sending the request to the daemon")?;
-    Ok(stream)
+    {
+        Ok(()) => Ok((stream, None)),
+        Err(err)
+            if matches!(
+                err.kind(),
+                io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Ok((stream, Some(err)))
+        }
+        Err(err) => Err(err).context("sending the request to the daemon"),
+    }
 }
 
 fn parse_reply(reply: &str) -> Result<Response> {
@@ -202,21 +233,57 @@ fn parse_reply(reply: &str) -> Result<Response> {
     serde_json::from_str(reply).context("the daemon's reply is not valid")
 }
 
-/// Sets the deadlines the daemon gives a client for each read and write of a request.
-pub fn set_server_timeouts(stream: &impl Channel) -> io::Result<()> {
-    stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))
+/// What the daemon waits for of one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest request, in bytes, without its final newline.
+    pub max: usize,
+    /// When the connection was accepted; the whole request must arrive within
+    /// [`REQUEST_DEADLINE`] of it.
+    pub accepted: Instant,
 }
 
-/// Reads one request from a connected client. A request longer than [`MAX_REQUEST`] is
-/// refused rather than buffered.
-pub fn read_request(stream: &mut impl Read) -> Result<Request> {
-    let mut line = String::new();
-    let limit = u64::try_from(MAX_REQUEST).unwrap_or(u64::MAX);
-    BufReader::new(stream.take(limit)).read_line(&mut line)?;
-    if line.len() >= MAX_REQUEST && !line.ends_with('\n') {
-        bail!("request longer than {MAX_REQUEST} bytes");
+/// Reads one request from a connected client: at most `limits.max` bytes, all of them before
+/// the deadline; a longer or later request is refused rather than waited for or buffered.
+pub fn read_request(stream: &mut impl Channel, limits: Limits) -> Result<Request> {
+    let deadline = limits.accepted + REQUEST_DEADLINE;
+    let late = || {
+        anyhow::anyhow!(
+            "the request did not arrive within {} s of connecting",
+            REQUEST_DEADLINE.as_secs()
+        )
+    };
+    let mut line = Vec::new();
+    let mut chunk = vec![0; CHUNK];
+    loop {
+        let left = remaining(deadline).map_err(|_| late())?;
+        stream.set_timeouts(Some(left), Some(TIMEOUT))?;
+        let read = match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(late());
+            }
+            Err(err) => return Err(err).context("reading the request"),
+        };
+        let got = chunk.get(..read).unwrap_or_default();
+        let end = got.iter().position(|&b| b == b'\n');
+        let part = got.get(..end.unwrap_or(read)).unwrap_or_default();
+        if line.len() + part.len() > limits.max {
+            bail!("request larger than {} bytes", limits.max);
+        }
+        line.extend_from_slice(part);
+        if end.is_some() {
+            break;
+        }
     }
-    serde_json::from_str(&line).context("malformed request")
+    serde_json::from_slice(&line).context("malformed request")
 }
 
 pub fn write_response(stream: &mut impl Write, response: &Response) -> Result<()> {
@@ -225,4 +292,57 @@ pub fn write_response(stream: &mut impl Write, response: &Response) -> Result<()
     stream.write_all(line.as_bytes())?;
     stream.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::thread;
+
+    use super::*;
+
+    fn limits(max: usize) -> Limits {
+        Limits {
+            max,
+            accepted: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn a_request_is_read_up_to_its_newline() {
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        client.write_all(b"{\"request\":\"status\"}\n").unwrap();
+        let request = read_request(&mut server, limits(20)).unwrap();
+        assert!(matches!(request, Request::Status), "{request:?}");
+    }
+
+    #[test]
+    fn a_request_over_the_limit_is_refused_without_waiting_for_the_rest() {
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        // More than the limit, and no newline yet: the reader must not wait for one.
+        client.write_all(&[b'x'; CHUNK]).unwrap();
+        let err = read_request(&mut server, limits(100)).unwrap_err();
+        assert_eq!(format!("{err:#}"), "request larger than 100 bytes");
+    }
+
+    #[test]
+    fn a_trickling_client_is_cut_off_at_the_whole_request_deadline() {
+        let (mut client, mut server) = UnixStream::pair().unwrap();
+        // Each byte comes well within a per-read timeout; only the deadline ends it.
+        let trickle = thread::spawn(move || {
+            while client.write_all(b" ").is_ok() {
+                thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let limits = Limits {
+            max: 1 << 20,
+            accepted: Instant::now() - REQUEST_DEADLINE + Duration::from_millis(300),
+        };
+        let err = read_request(&mut server, limits).unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "the request did not arrive within 10 s of connecting"
+        );
+        drop(server);
+        trickle.join().unwrap();
+    }
 }

@@ -13,7 +13,9 @@ use std::{
         net::{UnixListener, UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc},
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread,
+    time::{Duration, Instant},
 };
 
 mod attested;
@@ -26,13 +28,14 @@ use enforcer_policy::{Action, CgroupPath, Policy};
 use crate::{
     access,
     addresses::Addresses,
+    admission::{Admitted, Clients, Refusals},
     attestation, backfill, bpffs,
     bundles::{Trust, TrustState},
     cgroup_paths::CgroupPaths,
     cgroupfs::{CgroupFs, CgroupRoot},
     clock::Clocks,
     compile::{self, Compiled},
-    control::{self, Channel, Request, Response},
+    control::{self, Channel, Limits, Request, Response},
     edges::{Book, LiveEdge, Source},
     event_feed::{Feed, Followers},
     event_log::{self, EventLog},
@@ -350,7 +353,7 @@ pub fn run(options: Options) -> Result<()> {
         admin.spawn(Arc::clone(&daemon), events.clone())?;
     }
     log(&format!("control socket {}", options.socket.display()));
-    serve(&daemon, &listener, &events, &options.groups);
+    serve(&daemon, &listener, &events, options.groups);
     Ok(())
 }
 
@@ -395,49 +398,115 @@ impl EventService {
     }
 }
 
-/// Answers control requests on the Unix socket one at a time, each client as the kernel
-/// reports it. A request is read before the daemon is locked, so a slow client never holds up
+/// After a failed accept (out of file descriptors), so the loop does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Answers control requests on the Unix socket, each client as the kernel reports it and on
+/// a thread of its own, so a slow client holds up nobody else. A client with no rights, or
+/// with as many connections in progress as it may have, is refused before anything is read
+/// from it. A request is read before the daemon is locked, so a slow client never holds up
 /// the maintenance thread.
 fn serve(
-    daemon: &Mutex<Daemon>,
+    daemon: &Arc<Mutex<Daemon>>,
     listener: &UnixListener,
     events: &EventService,
-    groups: &access::Groups,
+    groups: access::Groups,
 ) {
+    let clients = Clients::default();
+    let refusals = Arc::new(Mutex::new(Refusals::default()));
     for stream in listener.incoming() {
         let stream = match stream {
             Ok(stream) => stream,
             Err(err) => {
                 log(&format!("control socket accept failed: {err}"));
+                thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
         };
-        let peer =
-            access::peer(&stream).map_err(|err| format!("reading the client's credentials: {err}"));
-        if let Err(err) = control::set_server_timeouts(&stream) {
-            log(&format!("control socket: {err}"));
-            continue;
-        }
-        answer(daemon, events, stream, |request| {
-            let allowed = groups.check(&peer.clone()?, request);
-            if let Err(message) = &allowed {
-                log(&format!("refused a control request: {message}"));
+        let accepted = Instant::now();
+        let peer = match access::peer(&stream) {
+            Ok(peer) => peer,
+            Err(err) => {
+                let message = format!("reading the client's credentials: {err}");
+                log(&format!("refused a control client: {message}"));
+                refuse(stream, &message);
+                continue;
             }
-            allowed
-        });
+        };
+        let admitted = groups
+            .rights(&peer)
+            .ok_or_else(|| groups.refusal(&peer, None))
+            .and_then(|rights| Ok((rights, clients.admit(peer.uid, rights)?)));
+        let (rights, slot) = match admitted {
+            Ok(admitted) => admitted,
+            Err(message) => {
+                note_refusal(&refusals, peer.uid, &message);
+                refuse(stream, &message);
+                continue;
+            }
+        };
+        let stream = Admitted::new(stream, slot);
+        let (daemon, events, refusals) =
+            (Arc::clone(daemon), events.clone(), Arc::clone(&refusals));
+        let limits = Limits {
+            max: rights.max_request(),
+            accepted,
+        };
+        let spawned = thread::Builder::new()
+            .name("control-client".into())
+            .spawn(move || {
+                answer(&daemon, &events, stream, limits, |request| {
+                    let allowed = groups.check(&peer, request);
+                    if let Err(message) = &allowed {
+                        note_refusal(&refusals, peer.uid, message);
+                    }
+                    allowed
+                });
+            });
+        if let Err(err) = spawned {
+            log(&format!(
+                "could not start a thread to answer a control client: {err}"
+            ));
+        }
     }
 }
 
-/// Reads one request from `stream` and answers it, if `allowed` (which logs any refusal)
-/// accepts it; otherwise answers with its message and serves nothing. Both transports, the
-/// control socket and the remote admin endpoint, come through here.
+/// Answers a client refused before its request is read, without waiting on it: its socket's
+/// buffer is empty, so the one short line fits at once, and a client that never reads cannot
+/// hold up the accept loop. A client that is gone needs no answer, and logging that it is gone
+/// would let it flood the log.
+fn refuse(mut stream: UnixStream, message: &str) {
+    if stream.set_nonblocking(true).is_ok() {
+        let response = Response::Error {
+            message: message.to_owned(),
+        };
+        let _gone = control::write_response(&mut stream, &response);
+    }
+}
+
+/// Logs a refusal unless `uid` was refused moments ago, in which case it is counted into the
+/// next line.
+fn note_refusal(refusals: &Mutex<Refusals>, uid: u32, message: &str) {
+    let line = refusals
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .note(uid, message, Instant::now());
+    if let Some(line) = line {
+        log(&format!("refused a control request: {line}"));
+    }
+}
+
+/// Reads one request from `stream` within `limits` and answers it, if `allowed` (which logs
+/// any refusal) accepts it; otherwise answers with its message and serves nothing. Both
+/// transports, the control socket and the remote admin endpoint, come through here.
 pub fn answer(
     daemon: &Mutex<Daemon>,
     events: &EventService,
     mut stream: impl Channel,
+    limits: Limits,
     allowed: impl FnOnce(&Request) -> Result<(), String>,
 ) {
-    let response = match control::read_request(&mut stream) {
+    let response = match control::read_request(&mut stream, limits) {
         Ok(request) => match allowed(&request) {
             Ok(()) => match request {
                 Request::Events { follow } => {
@@ -446,7 +515,7 @@ pub fn answer(
                 }
                 request => daemon
                     .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .unwrap_or_else(PoisonError::into_inner)
                     .handle(request),
             },
             Err(message) => Response::Error { message },

@@ -3,6 +3,7 @@
 
 mod access;
 mod addresses;
+mod admission;
 mod attestation;
 mod backfill;
 mod bpffs;

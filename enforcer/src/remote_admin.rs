@@ -10,6 +10,7 @@
 mod admins;
 
 use std::{
+    cell::Cell,
     collections::BTreeMap,
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
@@ -25,7 +26,8 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned, server::NoServerSessio
 
 pub use self::admins::{AdminId, Admins};
 use crate::{
-    control::{Channel, set_server_timeouts},
+    access::Rights,
+    control::{self, Channel, Limits, Response},
     daemon::{self, Daemon, EventService, log},
     tcp_clients::{Slot, remaining},
     trust::{self, Bundle, Bundles, Identity, SvidClientVerifier, Usage},
@@ -239,21 +241,28 @@ impl Server {
                 return;
             }
         };
-        let allowed = self.admins.check(&svid.id);
-        if let Err(message) = &allowed {
-            log(&format!("remote admin: refused {peer}: {message}"));
-        }
         let stream = AdminStream {
-            tls: StreamOwned::new(tls, tcp),
+            tls: StreamOwned::new(
+                tls,
+                Tcp {
+                    tcp,
+                    until: Cell::new(None),
+                },
+            ),
             expires: svid.expires,
         };
-        if let Err(err) = set_server_timeouts(&stream) {
-            log(&format!("remote admin: {peer}: {err}"));
+        // The request must arrive within the deadline after the handshake, which had its own.
+        let limits = Limits {
+            max: Rights::Full.max_request(),
+            accepted: Instant::now(),
+        };
+        if let Err(message) = self.admins.check(&svid.id) {
+            log(&format!("remote admin: refused {peer}: {message}"));
+            stream.refuse(message);
             return;
         }
         let id = svid.id;
-        daemon::answer(daemon, events, stream, |request| {
-            allowed.clone()?;
+        daemon::answer(daemon, events, stream, limits, |request| {
             log(&format!(
                 "remote admin: {id} from {peer}: {}",
                 request.kind()
@@ -314,9 +323,27 @@ fn linger(tcp: &mut TcpStream) {
 
 /// An authenticated admin's connection.
 struct AdminStream {
-    tls: StreamOwned<ServerConnection, TcpStream>,
+    tls: StreamOwned<ServerConnection, Tcp>,
     /// When the SVID that authenticated it stops proving anything.
     expires: Timestamp,
+}
+
+impl AdminStream {
+    /// Answers with `message` without reading the request, as the control socket refuses a
+    /// client with no rights, then closes gracefully so the answer is not lost to a reset.
+    fn refuse(mut self, message: String) {
+        let refused = self
+            .set_timeouts(None, Some(LINGER))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| control::write_response(&mut self, &Response::Error { message }))
+            .and_then(|()| Ok(self.finish()?));
+        match refused {
+            Ok(()) => linger(&mut self.tls.sock.tcp),
+            Err(err) => log(&format!(
+                "remote admin: could not answer a refusal: {err:#}"
+            )),
+        }
+    }
 }
 
 impl Read for AdminStream {
@@ -336,9 +363,15 @@ impl Write for AdminStream {
 }
 
 impl Channel for AdminStream {
+    /// A read deadline here holds for every socket read until the next call, not for each:
+    /// see [`Tcp`].
     fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.tls.sock.set_read_timeout(read)?;
-        self.tls.sock.set_write_timeout(write)
+        let until = read.and_then(|read| Instant::now().checked_add(read));
+        self.tls.sock.until.set(until);
+        if until.is_none() {
+            self.tls.sock.tcp.set_read_timeout(None)?;
+        }
+        self.tls.sock.tcp.set_write_timeout(write)
     }
 
     fn finish(&mut self) -> io::Result<()> {
@@ -348,5 +381,33 @@ impl Channel for AdminStream {
 
     fn expires(&self) -> Option<Timestamp> {
         Some(self.expires)
+    }
+}
+
+/// The TCP connection under an admin's TLS session. One TLS read may read the socket many
+/// times before a record is whole, so a timeout for each socket read would let a client that
+/// sends a byte at a time hold the connection for as long as it liked; each socket read gets
+/// only the time left until `until` instead.
+struct Tcp {
+    tcp: TcpStream,
+    until: Cell<Option<Instant>>,
+}
+
+impl Read for Tcp {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(until) = self.until.get() {
+            self.tcp.set_read_timeout(Some(remaining(until)?))?;
+        }
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Tcp {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
     }
 }

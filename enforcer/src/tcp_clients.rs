@@ -1,6 +1,6 @@
-//! What the daemon's TCP endpoints (metrics, remote admin) share so that no client can stall
-//! the daemon: a bounded number of clients answered at once, and deadlines that hold for a
-//! whole exchange rather than for each read.
+//! What the daemon's endpoints (metrics, remote admin, the control socket) share so that no
+//! client can stall the daemon: a bounded number of clients answered at once, and deadlines
+//! that hold for a whole exchange rather than for each read.
 
 use std::{
     io,

@@ -18,7 +18,7 @@ pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
 pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
-pub use sandbox::{Sandbox, cgroup_mount, enforcer};
+pub use sandbox::{Sandbox, cgroup_mount, client, enforcer};
 pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.

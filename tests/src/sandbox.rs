@@ -109,6 +109,11 @@ impl Sandbox {
         }
     }
 
+    /// The running daemon's process id.
+    pub fn daemon_pid(&self) -> u32 {
+        self.daemon.as_ref().expect("daemon running").id()
+    }
+
     /// Runs the `enforcer` CLI with this sandbox's socket or pin dir where the command takes it.
     pub fn enforcer(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(enforcer());
@@ -553,4 +558,9 @@ pub fn probe() -> PathBuf {
 
 pub fn flood() -> PathBuf {
     target_dir().join("enforcer-flood")
+}
+
+/// The raw control socket client (`tests/src/bin/enforcer-client.rs`).
+pub fn client() -> PathBuf {
+    target_dir().join("enforcer-client")
 }
