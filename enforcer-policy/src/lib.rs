@@ -6,6 +6,8 @@
 //! [`Diagnostic`].
 
 mod diagnostic;
+mod free_text;
+mod input;
 mod model;
 mod parse;
 mod ports;
@@ -14,6 +16,8 @@ mod trust_domain;
 mod validate;
 
 pub use diagnostic::Diagnostic;
+pub use free_text::{FreeTextError, free_text};
+pub use input::{MAX_POLICY_BYTES, decode, oversize};
 pub use model::{
     Action, BundleFile, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId,
     EdgeIdError, Mode, Policy, Protocol, port_set,

@@ -384,10 +384,15 @@ impl FromStr for CgroupPath {
         if relative.is_empty() {
             return Ok(CgroupPath(owned()));
         }
-        if relative.ends_with('/') && !relative.trim_end_matches('/').is_empty() {
-            return Err(CgroupPathError::TrailingSlash { path: owned() });
-        }
-        for component in relative.split('/') {
+        // The trailing-slash hint offers the path without its slashes, so that path's own
+        // components are checked first: the hint must never suggest a path that is refused.
+        let trimmed = relative.trim_end_matches('/');
+        let components = if trimmed.is_empty() {
+            relative
+        } else {
+            trimmed
+        };
+        for component in components.split('/') {
             match component {
                 "" => return Err(CgroupPathError::EmptyComponent { path: owned() }),
                 "." => {
@@ -404,6 +409,9 @@ impl FromStr for CgroupPath {
                 }
                 _ => {}
             }
+        }
+        if components.len() < relative.len() {
+            return Err(CgroupPathError::TrailingSlash { path: owned() });
         }
         Ok(CgroupPath(owned()))
     }
@@ -467,6 +475,14 @@ mod tests {
             (
                 "/a/..",
                 "cgroup path `/a/..` has a `..` component; cgroup paths are written without `.` or `..`",
+            ),
+            (
+                "/a/../",
+                "cgroup path `/a/../` has a `..` component; cgroup paths are written without `.` or `..`",
+            ),
+            (
+                "/a//b/",
+                "cgroup path `/a//b/` has an empty component (`//`)",
             ),
             ("/a\0b", "cgroup path `/a\\0b` contains a NUL byte"),
             ("/a\nb", "cgroup path `/a\\nb` contains a newline"),

@@ -12,6 +12,8 @@ use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
+use crate::free_text::{FreeTextError, free_text};
+use crate::input;
 use crate::model::{
     Action, BundleFile, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
 };
@@ -66,6 +68,10 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
 
 /// Returns `None` only after reporting why.
 fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
+    if let Some((at, message)) = input::check(text) {
+        diags.error(at, message);
+        return None;
+    }
     if is_blank(text) {
         diags.error(Pos::START, "policy is empty");
         return None;
@@ -654,21 +660,28 @@ fn read_keyword<T>(
     found
 }
 
-/// Free text such as `owner` and `reason`: any scalar, trimmed, but not empty.
+/// Free text such as `owner` and `reason`: any scalar that makes one line of printable
+/// text, trimmed.
 fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
     let text = match v.node {
-        Node::Scalar(scalar) if !is_null(scalar) => scalar.as_str().trim(),
+        Node::Scalar(scalar) if !is_null(scalar) => scalar.as_str(),
         Node::Scalar(_) => "",
         _ => {
             v.wrong_kind("a string", diags);
             return None;
         }
     };
-    if text.is_empty() {
-        diags.error(v.pos, format!("{} is empty: {why}", v.what));
-        return None;
+    match free_text(text) {
+        Ok(text) => Some(text.to_owned()),
+        Err(FreeTextError::Empty) => {
+            diags.error(v.pos, format!("{} is empty: {why}", v.what));
+            None
+        }
+        Err(err) => {
+            diags.error(v.pos, format!("{} {err}", v.what));
+            None
+        }
     }
-    Some(text.to_owned())
 }
 
 /// The daemon reads bundles itself, from wherever it runs, so a path relative to the policy

@@ -131,6 +131,58 @@ mod document {
         );
     }
 
+    /// The YAML parser takes a NUL for the end of the input: without a check, everything
+    /// after it went unread and unenforced while `check` said "ok".
+    #[test]
+    fn a_nul_byte_is_refused_where_it_is() {
+        assert_eq!(
+            errors(&["version: 1", "domains: []", "\0federation: [oops"]),
+            [
+                "p.yaml:3:1: policy contains a NUL byte; YAML allows no control characters other than tab and line breaks"
+            ]
+        );
+        assert_eq!(
+            errors(&["version: 1", "defaults: {unlabeled: deny\0}"]),
+            [
+                "p.yaml:2:27: policy contains a NUL byte; YAML allows no control characters other than tab and line breaks"
+            ]
+        );
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        assert_eq!(
+            errors(&["version: 1", "domains: [] \u{1b}[2J"]),
+            [
+                "p.yaml:2:13: policy contains the character U+001B; YAML allows no control characters other than tab and line breaks"
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported_at_its_line_and_column() {
+        let bytes = b"version: 1\ndomains:\n  - name: caf\xe9.org\n";
+        assert_eq!(
+            enforcer_policy::decode("p.yaml", bytes).map_err(|d| d.to_string()),
+            Err("p.yaml:3:14: policy is not valid UTF-8 (byte 0xe9)".to_owned())
+        );
+    }
+
+    #[test]
+    fn only_the_first_hundred_errors_are_listed_then_a_count() {
+        let mut lines = vec!["version: 1".to_owned()];
+        lines.extend((0..250).map(|i| format!("unknown{i}: x")));
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        let found = errors(&lines);
+        assert_eq!(found.len(), 101, "{found:?}");
+        assert!(found[0].starts_with("p.yaml:2:1: unknown key `unknown0`"));
+        assert!(found[99].starts_with("p.yaml:101:1: unknown key `unknown99`"));
+        assert_eq!(
+            found[100],
+            "p.yaml:102:1: ... and 150 more error(s), the first of them here (only the first 100 are listed)"
+        );
+    }
+
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
         let text = format!("version: 1\ndomains:\n{}x\n", "- ".repeat(50));
@@ -590,6 +642,28 @@ mod federation {
             [
                 "p.yaml:10:12: `owner` must be a string, found a list",
                 "p.yaml:11:13: `reason` is empty: every edge needs a reason explaining why the traffic is allowed",
+            ]
+        );
+    }
+
+    /// The same rule as `edge grant --owner/--reason`: the daemon logs them, and a line
+    /// break would forge a log line.
+    #[test]
+    fn owner_and_reason_are_one_line() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: \"dba\\nenforcer: revoked edge-1\"",
+                "    reason: |",
+                "      two",
+                "      lines",
+            ]),
+            [
+                "p.yaml:10:12: `owner` contains the control character U+000A; write it as one line without control characters",
+                "p.yaml:12:7: `reason` contains the control character U+000A; write it as one line without control characters",
             ]
         );
     }

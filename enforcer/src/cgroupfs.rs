@@ -2,12 +2,13 @@
 //! mount it at `/sys/fs/cgroup/unified`) and turning cgroup paths into ids.
 
 use std::{
-    fs,
+    ffi::CString,
+    fs, io,
     os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, anyhow, bail};
 use enforcer_policy::CgroupPath;
 
 #[derive(Debug, Clone)]
@@ -52,26 +53,55 @@ impl CgroupFs {
     }
 
     /// Resolves `--cgroup-root`: a directory inside the cgroup2 mount, or a cgroup path
-    /// relative to it (`/enforced`).
+    /// relative to it (`/enforced`). `..` and symlinks are resolved first: `MOUNT/X/a/..`
+    /// must be X itself, or the bindings under X would look outside the root and go
+    /// unenforced, and `../memory` must be seen to leave the mount before anything is pinned.
     pub fn root(&self, flag: Option<&Path>) -> Result<CgroupRoot> {
-        let dir = match flag {
+        let given = match flag {
             None => self.mount.clone(),
             Some(path) if path.starts_with(&self.mount) => path.to_path_buf(),
             Some(path) => self.dir(&path.to_string_lossy()),
         };
-        let id = id_of_dir(&dir).with_context(|| {
-            format!(
-                "--cgroup-root {} is not a cgroup directory under {}",
-                dir.display(),
+        let refuse = |why: String| {
+            anyhow!(
+                "--cgroup-root {}: {why}; it must be a cgroup directory under {}",
+                given.display(),
                 self.mount.display()
             )
-        })?;
-        let relative = dir
-            .strip_prefix(&self.mount)
-            .map(|p| format!("/{}", p.display()))
-            .unwrap_or_else(|_| "/".into());
+        };
+        let mount = fs::canonicalize(&self.mount)
+            .with_context(|| format!("resolving the cgroup2 mount {}", self.mount.display()))?;
+        let dir = fs::canonicalize(&given).map_err(|err| refuse(err.to_string()))?;
+        let Ok(inside) = dir.strip_prefix(&mount) else {
+            return Err(refuse(format!(
+                "it is {}, outside the mount",
+                dir.display()
+            )));
+        };
+        if !is_cgroup2(&dir).map_err(|err| refuse(format!("{err:#}")))? {
+            return Err(refuse(format!(
+                "{} is not on a cgroup v2 file system",
+                dir.display()
+            )));
+        }
+        let id = id_of_dir(&dir).map_err(|err| refuse(format!("{err:#}")))?;
+        let relative = format!("/{}", inside.display());
         Ok(CgroupRoot { dir, id, relative })
     }
+}
+
+/// Whether `dir` is on a cgroup v2 file system (a cgroup v1 hierarchy has `cgroup.procs`
+/// too, so the file alone does not tell).
+fn is_cgroup2(dir: &Path) -> Result<bool> {
+    let c_path = CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs is plain old data; an all-zero value is valid and is overwritten.
+    let mut stat: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid NUL-terminated path and an out-pointer to a live statfs.
+    if unsafe { libc::statfs(c_path.as_ptr(), &mut stat) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("statfs {}", dir.display()));
+    }
+    Ok(stat.f_type == libc::CGROUP2_SUPER_MAGIC)
 }
 
 /// Where the programs attach.
@@ -150,6 +180,14 @@ mod tests {
             unescape_mount_path("/mnt/with\\040space"),
             "/mnt/with space"
         );
+    }
+
+    #[test]
+    fn only_the_cgroup2_file_system_counts() {
+        assert!(!is_cgroup2(Path::new("/")).expect("statfs /"));
+        if let Ok(fs) = CgroupFs::discover() {
+            assert!(is_cgroup2(fs.mount()).expect("statfs of the mount"));
+        }
     }
 
     #[test]

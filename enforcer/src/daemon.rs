@@ -157,8 +157,8 @@ enum ApplyError {
 pub fn run(options: Options) -> Result<()> {
     kernel::features::check()?;
     let file = options.policy.display().to_string();
-    let text =
-        fs::read_to_string(&options.policy).with_context(|| format!("reading policy {file}"))?;
+    let text = crate::policy_file::read(&options.policy)
+        .map_err(|why| anyhow::anyhow!("{why}; nothing was changed"))?;
     // The whole policy is checked before anything on the host changes.
     let policy = match enforcer_policy::parse(&file, &text) {
         Ok(policy) => {
@@ -172,14 +172,15 @@ pub fn run(options: Options) -> Result<()> {
         }
         Err(diagnostics) => {
             for d in &diagnostics {
-                eprintln!("{d}");
+                eprintln!("{}", one_line(&d.to_string()));
             }
-            bail!(
-                "policy {file} has {} error(s); nothing was changed",
-                diagnostics.len()
-            );
+            bail!("policy {file} was refused; nothing was changed");
         }
     };
+    // A path that is taken is refused now, not when the socket is bound after pinning.
+    for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
+        vacant_socket(socket)?;
+    }
     // A bundle that cannot be used now suspends the edges that require it, but does not stop
     // the daemon: refusing to start would leave those edges in force in the kernel.
     let trust = TrustState::load(&policy, &file, false).unwrap_or_default();
@@ -288,7 +289,7 @@ pub fn run(options: Options) -> Result<()> {
         Ok(_) => {}
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
-                eprintln!("{e}");
+                eprintln!("{}", one_line(e));
             }
             bail!("policy {file} was refused; nothing was changed");
         }
@@ -918,7 +919,8 @@ impl Daemon {
         if edge.source == Source::File {
             return Response::Error {
                 message: format!(
-                    "edge {id} comes from the policy file {}; remove it there and run                      `enforcer policy apply`",
+                    "edge {id} comes from the policy file {}; remove it there and run \
+                     `enforcer policy apply`",
                     self.policy_file
                 ),
             };
@@ -1374,8 +1376,29 @@ fn refusal(origin: &str, err: ApplyError) -> Response {
     }
 }
 
+/// Writes one log line, whatever `message` holds: a file name, an owner or a reason comes
+/// from users, and a line break in it would forge a log line of its own.
 pub fn log(message: &str) {
-    eprintln!("enforcer: {message}");
+    eprintln!("enforcer: {}", one_line(message));
+}
+
+/// `text` with every control character (and the Unicode line and paragraph separators)
+/// escaped as Rust writes it (`\n`, `\u{1b}`), so it prints as one line.
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !text.contains(breaks) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| {
+            if breaks(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// Takes an exclusive `flock` on the state dir's lock file for the life of the process.
@@ -1402,11 +1425,39 @@ fn lock(state: &StateDir) -> Result<fs::File> {
     Ok(file)
 }
 
-/// Binds the control socket with mode 0600, replacing a stale socket file left by a daemon
-/// that was killed, but never one a live daemon still answers on.
+#[derive(Debug, PartialEq, Eq)]
+enum Vacancy {
+    Free,
+    /// A socket nothing answers on, left by a daemon that was killed.
+    Stale,
+}
+
+/// Whether a socket may be bound at `path`: nothing is there, or a stale socket. Anything
+/// else is refused and left as it is: a live daemon's socket, and whatever is not a socket
+/// (a regular file, a symlink, a directory), which is never ours to delete.
+fn vacant_socket(path: &Path) -> Result<Vacancy> {
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == ErrorKind::NotFound => return Ok(Vacancy::Free),
+        Err(err) => return Err(err).with_context(|| format!("checking {}", path.display())),
+    };
+    if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+        bail!(
+            "{} exists and is not a socket; refusing to replace it (remove it or choose another \
+             path); nothing was changed",
+            path.display()
+        );
+    }
+    if UnixStream::connect(path).is_ok() {
+        bail!("a daemon is already answering on {}", path.display());
+    }
+    Ok(Vacancy::Stale)
+}
+
 /// Binds the control socket at `path`: mode 0600 (root only), or 0666 when `shared` (other
 /// users may connect, and each request is then checked against the peer's credentials). A
-/// directory created for it is 0700, or 0711 when shared (others may pass, not list).
+/// directory created for it is 0700, or 0711 when shared (others may pass, not list). Only a
+/// stale socket at `path` is replaced.
 pub fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener> {
     let (dir_mode, socket_mode) = if shared {
         (0o711, 0o666)
@@ -1420,10 +1471,7 @@ pub fn bind_socket(path: &Path, shared: bool) -> Result<UnixListener> {
             .create(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            bail!("a daemon is already answering on {}", path.display());
-        }
+    if vacant_socket(path)? == Vacancy::Stale {
         fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
     }
     let listener = match UnixListener::bind(path) {

@@ -3,7 +3,7 @@
 
 use std::{str::FromStr as _, time::Duration};
 
-use enforcer_policy::{EdgeId, Policy, PortRange, TrustDomain};
+use enforcer_policy::{EdgeId, FreeTextError, Policy, PortRange, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -99,11 +99,20 @@ pub fn check(
             human(max)
         ));
     }
-    for (flag, text) in [("owner", &request.owner), ("reason", &request.reason)] {
-        if text.trim().is_empty() {
+    // The same rule as an edge's owner and reason in a policy file.
+    let mut text = |flag: &str, text: &str| match enforcer_policy::free_text(text) {
+        Ok(text) => Some(text.to_owned()),
+        Err(FreeTextError::Empty) => {
             errors.push(format!("--{flag} is required and must not be blank"));
+            None
         }
-    }
+        Err(err) => {
+            errors.push(format!("--{flag} {err}"));
+            None
+        }
+    };
+    let owner = text("owner", &request.owner);
+    let reason = text("reason", &request.reason);
     let id = match &request.id {
         Some(text) => match EdgeId::from_str(text) {
             Ok(id) => Some(id),
@@ -114,7 +123,9 @@ pub fn check(
         },
         None => None,
     };
-    let (Some(from), Some(to), Some(protocol)) = (from, to, protocol) else {
+    let (Some(from), Some(to), Some(protocol), Some(owner), Some(reason)) =
+        (from, to, protocol, owner, reason)
+    else {
         return Err(errors);
     };
     if !errors.is_empty() {
@@ -141,8 +152,8 @@ pub fn check(
         to: to.to_string(),
         protocol: protocol.to_string(),
         ports: ports.iter().map(ToString::to_string).collect(),
-        owner: request.owner.trim().to_owned(),
-        reason: request.reason.trim().to_owned(),
+        owner,
+        reason,
         created: now,
         not_before: request.not_before,
         expires,
@@ -301,6 +312,29 @@ domains: [{name: a.org}, {name: b.org}]
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
+    }
+
+    #[test]
+    fn owner_and_reason_are_one_line_as_in_a_policy_file() {
+        let forged = GrantRequest {
+            owner: "dba\renforcer: revoked edge-1".into(),
+            reason: "x\nenforcer: revoked edge-1".into(),
+            ..request()
+        };
+        let errors = check(&forged, &policy(), &[], now()).expect_err("refused");
+        assert_eq!(
+            errors,
+            [
+                "--owner contains the control character U+000D; write it as one line without control characters",
+                "--reason contains the control character U+000A; write it as one line without control characters",
+            ]
+        );
+        let padded = GrantRequest {
+            owner: "  dba ".into(),
+            ..request()
+        };
+        let grant = check(&padded, &policy(), &[], now()).expect("granted");
+        assert_eq!(grant.owner, "dba");
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod maintain;
 mod metrics;
 mod paths;
 mod plan;
+mod policy_file;
 #[cfg(test)]
 mod privileged_tests;
 mod registry;
@@ -41,7 +42,7 @@ mod trust;
 mod usage;
 mod why;
 
-use std::{fs, io::Write as _, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -129,7 +130,7 @@ enum Command {
         #[arg(short, long)]
         follow: bool,
         /// Only events with this domain (or `unlabeled`, `external`) on either side.
-        #[arg(long)]
+        #[arg(long, value_parser = event_domain)]
         domain: Option<String>,
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
@@ -231,6 +232,15 @@ enum EdgeCommand {
         #[arg(long, value_parser = parse_period, default_value = "7d")]
         stale_after: std::time::Duration,
     },
+}
+
+/// `events --domain` as events name it: a trust domain in either spelling the other flags
+/// take (`spiffe://x` is `x`). `unlabeled` and `external` pass as they are, being valid
+/// names too.
+fn event_domain(text: &str) -> Result<String, String> {
+    text.parse::<enforcer_policy::TrustDomain>()
+        .map(|domain| domain.to_string())
+        .map_err(|err| err.to_string())
 }
 
 /// A duration for `--stale-after`, where `0s` (everything unused right now) makes sense.
@@ -365,7 +375,7 @@ fn check(files: &[PathBuf]) -> ExitCode {
     let mut valid = true;
     for file in files {
         let name = file.display().to_string();
-        match fs::read_to_string(file) {
+        match policy_file::read(file) {
             Ok(text) => match enforcer_policy::parse(&name, &text) {
                 // Bundles are read from this host, as the daemon on it would read them.
                 Ok(policy) => match bundles::TrustState::load(&policy, &name, true) {
@@ -397,9 +407,9 @@ fn check(files: &[PathBuf]) -> ExitCode {
                     }
                 }
             },
-            Err(err) => {
+            Err(why) => {
                 valid = false;
-                eprintln!("{name}: cannot read: {err}");
+                eprintln!("{why}");
             }
         }
     }
@@ -415,8 +425,14 @@ fn check(files: &[PathBuf]) -> ExitCode {
 /// policy). On a mistake prints every error, then `NAME refused`, and returns `None`.
 fn read_checked(file: &std::path::Path, refused: &str) -> Result<Option<(String, String)>> {
     let name = file.display().to_string();
-    let text =
-        fs::read_to_string(file).map_err(|err| anyhow::anyhow!("{name}: cannot read: {err}"))?;
+    let text = match policy_file::read(file) {
+        Ok(text) => text,
+        Err(why) => {
+            eprintln!("{why}");
+            eprintln!("enforcer: {name} {refused}");
+            return Ok(None);
+        }
+    };
     if let Err(diagnostics) = enforcer_policy::parse(&name, &text) {
         for d in diagnostics {
             eprintln!("{d}");

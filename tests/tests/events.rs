@@ -212,6 +212,14 @@ fn each_refusal_and_crossing_is_reported_once_with_every_field() {
     assert_eq!(logged, seen, "`enforcer events -o json` replays the log");
     let about_other = sb.event_log(&["--domain", "unlabeled"]);
     assert_eq!(about_other.len(), 1, "--domain filters: {about_other:?}");
+    // Every flag takes a domain as `spiffe://NAME` too.
+    let about_staging = sb.event_log(&["--domain", STAGING]);
+    assert!(!about_staging.is_empty(), "--domain {STAGING} matches");
+    assert_eq!(
+        sb.event_log(&["--domain", &format!("spiffe://{STAGING}")]),
+        about_staging,
+        "--domain spiffe://{STAGING} matches what --domain {STAGING} matches"
+    );
 
     let status = sb.status();
     let lost = status
