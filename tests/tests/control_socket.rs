@@ -252,12 +252,12 @@ fn an_oversized_request_gets_the_daemons_reason_and_memory_stays_bounded() {
         return;
     }
     let setup = Setup::new("socket-oversized");
-    // A valid policy, so the CLI's own check passes and the request is sent: 48 MiB, under
-    // root's limit and far over a reader's.
+    // A valid policy, so the CLI's own check passes and the request is sent: 24 MiB, under
+    // the policy file limit and root's request limit, far over a reader's.
     let big = setup.sb.dir().join("big.yaml");
     let mut text = POLICY.replace("{root}", &setup.sb.root);
     text.push('#');
-    text.push_str(&"x".repeat(48 << 20));
+    text.push_str(&"x".repeat(24 << 20));
     text.push('\n');
     fs::write(&big, text).expect("writing a large policy");
     fs::set_permissions(&big, fs::Permissions::from_mode(0o644)).expect("chmod policy");
