@@ -48,8 +48,15 @@ impl CgroupFs {
     /// The cgroup id of a bound path, or `None` if the cgroup does not exist. A cgroup v2 id
     /// is its kernfs node id, which is also the inode number of its directory on 64-bit
     /// kernels; `bpf_get_current_ancestor_cgroup_id` returns the same number.
+    ///
+    /// Every directory of the cgroup2 mount is a cgroup, so one `stat` answers; this runs
+    /// for every binding whenever cgroups may have changed (10,000 of them at scale), so a
+    /// missing cgroup is a plain `None`, not an error with a captured backtrace.
     pub fn id(&self, path: &CgroupPath) -> Option<u64> {
-        id_of_dir(&self.dir(path.as_str())).ok()
+        fs::metadata(self.dir(path.as_str()))
+            .ok()
+            .filter(fs::Metadata::is_dir)
+            .map(|meta| meta.ino())
     }
 
     /// Resolves `--cgroup-root`: a directory inside the cgroup2 mount, or a cgroup path

@@ -76,6 +76,14 @@ impl Request {
         )
     }
 
+    /// The file name and text of the policy the request carries, if it carries one.
+    pub fn policy(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Apply { file, text } | Self::Plan { file, text } => Some((file, text)),
+            _ => None,
+        }
+    }
+
     /// The request's name, as the protocol spells it: what the audit log records.
     pub fn kind(&self) -> &'static str {
         match self {

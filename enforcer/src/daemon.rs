@@ -58,6 +58,9 @@ use crate::{
     why,
 };
 
+/// Bindings of each kind the log names one by one after an apply; the rest are counted.
+const BINDING_WARNINGS: usize = 5;
+
 /// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
 const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
@@ -353,6 +356,7 @@ pub fn run(options: Options) -> Result<()> {
     if let Some(admin) = admin_listener {
         admin.spawn(Arc::clone(&daemon), events.clone())?;
     }
+    release_freed_memory();
     log(&format!("control socket {}", options.socket.display()));
     serve(&daemon, &listener, &events, options.groups);
     Ok(())
@@ -993,28 +997,43 @@ impl Daemon {
         audit
     }
 
+    /// What the log should say about bindings that are not enforced yet. Each kind is listed
+    /// up to `BINDING_WARNINGS` paths, then counted: 10,000 pending bindings are one
+    /// line's worth of news, not 10,000 lines.
     fn binding_warnings(&self) -> Vec<String> {
-        self.compiled
+        let (outside, pending): (Vec<_>, Vec<_>) = self
+            .compiled
             .bindings
             .iter()
-            .filter_map(|b| {
-                if !self.root.covers(&b.path) {
-                    Some(format!(
-                        "warning: cgroup {} is outside --cgroup-root {}; it is not enforced",
-                        b.path, self.root.relative
-                    ))
-                } else if b.cgroup_id.is_none() {
-                    Some(format!(
-                        "cgroup {} does not exist yet; its binding is pending and takes effect \
-                         when it is created",
-                        b.path
-                    ))
-                } else {
-                    None
-                }
-            })
-            .chain(self.attestation.warning(&self.policy))
-            .collect()
+            .filter(|b| !self.root.covers(&b.path) || b.cgroup_id.is_none())
+            .partition(|b| !self.root.covers(&b.path));
+        let listed = |bindings: &[&compile::Binding], say: &dyn Fn(&str) -> String| {
+            let mut lines: Vec<String> = bindings
+                .iter()
+                .take(BINDING_WARNINGS)
+                .map(|b| say(b.path.as_str()))
+                .collect();
+            if bindings.len() > BINDING_WARNINGS {
+                lines.push(say(&format!(
+                    "... and {} more",
+                    bindings.len() - BINDING_WARNINGS
+                )));
+            }
+            lines
+        };
+        let root = &self.root.relative;
+        listed(&outside, &|path| {
+            format!("warning: cgroup {path} is outside --cgroup-root {root}; it is not enforced")
+        })
+        .into_iter()
+        .chain(listed(&pending, &|path| {
+            format!(
+                "cgroup {path} does not exist yet; its binding is pending and takes effect when \
+                 it is created"
+            )
+        }))
+        .chain(self.attestation.warning(&self.policy))
+        .collect()
     }
 
     /// Answers `request`; an apply or a plan comes with its policy already parsed.
@@ -1087,16 +1106,21 @@ impl Daemon {
     /// cgroup or one of its ancestors can appear or vanish.
     pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
         let mut dirs = BTreeSet::new();
+        dirs.insert(self.cgroups.dir("/"));
+        // Bound paths share their ancestors (a slice and its thousands of services): an
+        // ancestor already found to exist is not looked at again.
         for binding in &self.compiled.bindings {
             if !self.root.covers(&binding.path) {
                 continue;
             }
             let mut path = String::new();
-            dirs.insert(self.cgroups.dir("/"));
             for component in binding.path.as_str().split('/').filter(|c| !c.is_empty()) {
                 path.push('/');
                 path.push_str(component);
                 let dir = self.cgroups.dir(&path);
+                if dirs.contains(&dir) {
+                    continue;
+                }
                 if !dir.is_dir() {
                     break;
                 }
@@ -1197,6 +1221,10 @@ impl Daemon {
 
     /// Whether `enforcer teardown` removed the links behind this daemon's back; a daemon that
     /// went on answering would report enforcement that no longer exists.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn torn_down(&self) -> bool {
         attach::HOOKS
             .iter()

@@ -420,40 +420,63 @@ fn check(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-/// Reads a policy file for the daemon and checks it first, so mistakes are reported even
-/// when no daemon runs (the daemon checks again: it is the one that must never apply a bad
-/// policy). On a mistake prints every error, then `NAME refused`, and returns `None`.
-fn read_checked(file: &std::path::Path, refused: &str) -> Result<Option<(String, String)>> {
+/// Reads a policy file for the daemon. On a file that cannot be read prints why, then
+/// `NAME refused`, and returns `None`. The file is not parsed here: the daemon checks it (it
+/// is the one that must never apply a bad policy) and answers with every mistake, so a
+/// 100,000-edge file is parsed once per apply, not twice. See [`call_with_policy`].
+fn read_policy(file: &std::path::Path, refused: &str) -> Option<(String, String)> {
     let name = file.display().to_string();
-    let text = match policy_file::read(file) {
-        Ok(text) => text,
+    match policy_file::read(file) {
+        Ok(text) => Some((name, text)),
         Err(why) => {
             eprintln!("{why}");
             eprintln!("enforcer: {name} {refused}");
-            return Ok(None);
+            None
         }
-    };
-    if let Err(diagnostics) = enforcer_policy::parse(&name, &text) {
-        for d in diagnostics {
-            eprintln!("{d}");
-        }
-        eprintln!("enforcer: {name} {refused}");
-        return Ok(None);
     }
-    Ok(Some((name, text)))
+}
+
+/// Sends `request`, which carries a policy. When the daemon cannot be asked, the CLI checks
+/// the policy itself, so that mistakes are reported even when no daemon runs: a policy with
+/// mistakes prints them, then `NAME refused`, and gives `Ok(None)`; a valid one gives the
+/// error that kept the daemon from answering.
+fn call_with_policy(
+    endpoint: &Endpoint,
+    request: &Request,
+    refused: &str,
+) -> Result<Option<Response>> {
+    let err = match control::call(endpoint, request) {
+        Ok(response) => return Ok(Some(response)),
+        Err(err) => err,
+    };
+    let Some((name, text)) = request.policy() else {
+        return Err(err);
+    };
+    match enforcer_policy::parse(name, text) {
+        Ok(_) => Err(err),
+        Err(diagnostics) => {
+            for d in diagnostics {
+                eprintln!("{d}");
+            }
+            eprintln!("enforcer: {name} {refused}");
+            Ok(None)
+        }
+    }
 }
 
 fn apply(file: &std::path::Path, endpoint: &Endpoint) -> Result<ExitCode> {
-    let Some((name, text)) = read_checked(file, "was not applied; nothing changed")? else {
+    const REFUSED: &str = "was not applied; nothing changed";
+    let Some((name, text)) = read_policy(file, REFUSED) else {
         return Ok(ExitCode::FAILURE);
     };
-    match control::call(
-        endpoint,
-        &Request::Apply {
-            file: name.clone(),
-            text,
-        },
-    )? {
+    let request = Request::Apply {
+        file: name.clone(),
+        text,
+    };
+    let Some(response) = call_with_policy(endpoint, &request, REFUSED)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    match response {
         Response::Applied { generation, ended } => {
             println!("{generation}");
             eprintln!("enforcer: generation {generation} active; ended {ended} connection(s)");

@@ -27,6 +27,10 @@ use crate::daemon::{Daemon, log};
 const TICK: Duration = Duration::from_secs(1);
 /// How often every known workload namespace is re-listed without a new one being reported.
 const POD_RESCAN: Duration = Duration::from_secs(5);
+/// How often every bound cgroup is looked at again without inotify reporting a change (a
+/// safety net for an overflowed inotify queue): at 10,000 bindings a look is 10,000 `stat`s
+/// under the daemon lock, too many to repeat every tick for nothing.
+const CGROUP_RESCAN: Duration = Duration::from_secs(30);
 
 pub fn spawn(daemon: Arc<Mutex<Daemon>>, notify: RingBuf<MapData>) -> Result<()> {
     let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
@@ -40,9 +44,20 @@ pub fn spawn(daemon: Arc<Mutex<Daemon>>, notify: RingBuf<MapData>) -> Result<()>
 
 fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) {
     let mut last_pod_scan = Instant::now();
+    let mut last_cgroup_scan = Instant::now();
+    // Cgroups are looked at when inotify reports a change, when the bindings changed (a new
+    // generation), and every CGROUP_RESCAN.
+    let mut cgroups_changed = true;
+    let mut watched_generation = None;
     loop {
-        let dirs = lock(daemon).watched_dirs();
-        watch(inotify, &dirs);
+        let generation = lock(daemon).generation();
+        // New bindings may name cgroups created before their parents were watched.
+        let rewatched = cgroups_changed || watched_generation != Some(generation);
+        if rewatched {
+            let dirs = lock(daemon).watched_dirs();
+            watch(inotify, &dirs);
+            watched_generation = Some(generation);
+        }
         let mut fds = [
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(notify.as_fd(), PollFlags::POLLIN),
@@ -54,7 +69,11 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             log(&format!("maintenance poll failed: {err}"));
         }
         // The events only say that something changed; each duty re-reads the current state.
-        let _ = inotify.read_events();
+        cgroups_changed = inotify.read_events().is_ok_and(|events| !events.is_empty())
+            || last_cgroup_scan.elapsed() >= CGROUP_RESCAN;
+        if cgroups_changed {
+            last_cgroup_scan = Instant::now();
+        }
         let mut new_namespace = false;
         while notify.next().is_some() {
             new_namespace = true;
@@ -68,7 +87,9 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         d.refresh_bundles();
         d.expire_edges();
         d.expire_attested();
-        if let Err(err) = d.follow_cgroups() {
+        if (cgroups_changed || rewatched)
+            && let Err(err) = d.follow_cgroups()
+        {
             log(&format!(
                 "updating bindings after a cgroup change failed: {err:#}"
             ));

@@ -6,22 +6,24 @@ use anyhow::{Result, bail};
 
 use crate::{
     Output,
-    control::{self, Request, Response},
+    control::{Request, Response},
     endpoint::Endpoint,
 };
 
 /// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.
 pub fn run(file: &Path, endpoint: &Endpoint, output: Output) -> Result<ExitCode> {
-    let Some((name, text)) = crate::read_checked(file, "is not valid; nothing changed")? else {
+    const REFUSED: &str = "is not valid; nothing changed";
+    let Some((name, text)) = crate::read_policy(file, REFUSED) else {
         return Ok(ExitCode::FAILURE);
     };
-    match control::call(
-        endpoint,
-        &Request::Plan {
-            file: name.clone(),
-            text,
-        },
-    )? {
+    let request = Request::Plan {
+        file: name.clone(),
+        text,
+    };
+    let Some(response) = crate::call_with_policy(endpoint, &request, REFUSED)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    match response {
         Response::Plan(plan) => {
             match output {
                 Output::Text => print!("{plan}"),
