@@ -108,6 +108,17 @@ impl Rules for CompiledRules<'_> {
     }
 }
 
+/// Whether `policy` compiles on its own, as on a host whose maps are empty: what `policy
+/// check` and a starting daemon check before anything changes (the capacities of the kernel
+/// maps, cgroup depth, port ranges per pair). A running daemon checks again against the
+/// domain ids its maps already hold.
+pub fn check_alone(policy: &Policy) -> anyhow::Result<()> {
+    let clocks = Clocks::now();
+    let (edges, _) = crate::edges::Book::default().resolve(policy, clocks.wall_now())?;
+    compile(policy, &edges, &Registry::default(), &clocks, |_| None)?;
+    Ok(())
+}
+
 /// Compiles `policy` with the federation `edges` (the file's and the grants', as resolved
 /// by `edges::Book`); edge windows are converted to the kernel's clock with `clocks`.
 pub fn compile(

@@ -165,11 +165,7 @@ pub fn run(options: Options) -> Result<()> {
     // The whole policy is checked before anything on the host changes.
     let policy = match enforcer_policy::parse(&file, &text) {
         Ok(policy) => {
-            let clocks = Clocks::now();
-            let (edges, _) = Book::default()
-                .resolve(&policy, clocks.wall_now())
-                .with_context(|| format!("policy {file} was refused; nothing was changed"))?;
-            compile::compile(&policy, &edges, &Default::default(), &clocks, |_| None)
+            compile::check_alone(&policy)
                 .with_context(|| format!("policy {file} was refused; nothing was changed"))?;
             policy
         }
@@ -1320,6 +1316,7 @@ impl Daemon {
                     entries,
                 })
                 .collect(),
+            memory: kernel::memory::of_pins(&self.pins),
         }
     }
 

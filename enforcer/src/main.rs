@@ -378,28 +378,34 @@ fn check(files: &[PathBuf]) -> ExitCode {
         match policy_file::read(file) {
             Ok(text) => match enforcer_policy::parse(&name, &text) {
                 // Bundles are read from this host, as the daemon on it would read them.
-                Ok(policy) => match bundles::TrustState::load(&policy, &name, true) {
-                    Ok(trust) => {
-                        for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
-                            eprintln!(
-                                "{name}: warning: the trust bundle of {domain} cannot be used \
+                Ok(policy) => {
+                    match bundles::TrustState::load(&policy, &name, true).and_then(|trust| {
+                        compile::check_alone(&policy)
+                            .map(|()| trust)
+                            .map_err(|err| vec![format!("{name}: {err:#}")])
+                    }) {
+                        Ok(trust) => {
+                            for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
+                                eprintln!(
+                                    "{name}: warning: the trust bundle of {domain} cannot be used \
                                  now ({why}); edges that require it would be suspended"
+                                );
+                            }
+                            println!(
+                                "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
+                                policy.domains.len(),
+                                policy.federation.len(),
+                                policy.domains.iter().filter(|d| d.bundle.is_some()).count()
                             );
                         }
-                        println!(
-                            "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
-                            policy.domains.len(),
-                            policy.federation.len(),
-                            policy.domains.iter().filter(|d| d.bundle.is_some()).count()
-                        );
-                    }
-                    Err(errors) => {
-                        valid = false;
-                        for e in errors {
-                            eprintln!("{e}");
+                        Err(errors) => {
+                            valid = false;
+                            for e in errors {
+                                eprintln!("{e}");
+                            }
                         }
                     }
-                },
+                }
                 Err(diagnostics) => {
                     valid = false;
                     for d in diagnostics {

@@ -5,7 +5,12 @@ use std::fmt::{self, Display};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bundles::BundleStatus, edges::Source, grants::EdgeView, kernel::features::Feature};
+use crate::{
+    bundles::BundleStatus,
+    edges::Source,
+    grants::EdgeView,
+    kernel::{features::Feature, memory::MapMemory},
+};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
@@ -29,7 +34,11 @@ pub struct Status {
     /// Optional kernel features: which are off here and what that changes.
     #[serde(default)]
     pub features: Vec<Feature>,
+    /// Entries of the policy maps in the slot in force.
     pub maps: Vec<MapFill>,
+    /// What every pinned map costs the kernel.
+    #[serde(default)]
+    pub memory: Vec<MapMemory>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -227,6 +236,20 @@ impl Display for Status {
         write!(f, "maps:        ")?;
         for m in &self.maps {
             write!(f, " {} {}", m.map, m.entries)?;
+        }
+        writeln!(f)?;
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let total: u64 = self.memory.iter().map(|m| m.bytes).sum();
+        let mut largest: Vec<&MapMemory> = self.memory.iter().collect();
+        largest.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+        write!(
+            f,
+            "kernel memory: {:.1} MB in {} maps;",
+            mb(total),
+            self.memory.len()
+        )?;
+        for m in largest.iter().take(4) {
+            write!(f, " {} {:.1} MB", m.map, mb(m.bytes))?;
         }
         writeln!(f)
     }

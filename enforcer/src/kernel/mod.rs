@@ -4,6 +4,7 @@
 pub mod attach;
 pub mod bpf_sys;
 pub mod features;
+pub mod memory;
 pub mod policy_maps;
 
 use anyhow::{Context as _, Result, bail};

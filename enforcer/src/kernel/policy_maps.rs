@@ -406,53 +406,45 @@ impl PolicyMaps {
         Ok(Some((domain, len as u8)))
     }
 
-    /// Number of entries per policy map, for status: counted from what this daemon wrote
-    /// to each slot, which is exact and costs no walk of a map of 100,000 pairs; a slot it
-    /// has not written (or whose write failed) is counted by walking the map.
+    /// Entries per policy map in the slot in force, for status (the other slot holds the
+    /// same between changes): counted from what this daemon wrote there, which is exact and
+    /// costs no walk of a map of 100,000 pairs; a slot it has not written is walked.
     pub fn fill(&self, domains: usize) -> Vec<(&'static str, usize)> {
-        let mut fill = [0usize; 4];
-        for (slot, held) in self.held.iter().enumerate() {
-            let counts = match held {
-                Some(c) => [
-                    c.bindings.iter().filter(|b| b.cgroup_id.is_some()).count(),
-                    c.endpoints.len(),
-                    c.edges
-                        .values()
-                        .map(|r| r.len().div_ceil(RANGES_PER_CHUNK))
-                        .sum(),
-                    c.modes.len(),
-                ],
-                None => {
-                    let slot = slot as u32;
-                    [
-                        self.bindings
-                            .keys()
-                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
-                            .count(),
-                        self.endpoints
-                            .keys()
-                            .filter(|k| k.as_ref().is_ok_and(|k| u32::from(k.data().slot) == slot))
-                            .count(),
-                        self.edges
-                            .keys()
-                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
-                            .count(),
-                        self.modes
-                            .keys()
-                            .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
-                            .count(),
-                    ]
-                }
-            };
-            for (total, count) in fill.iter_mut().zip(counts) {
-                *total += count;
-            }
-        }
+        let slot = self.active().map_or(0, |a| a.slot);
+        let counts = match &self.held[slot as usize % self.held.len()] {
+            Some(c) => [
+                c.bindings.iter().filter(|b| b.cgroup_id.is_some()).count(),
+                c.endpoints.len(),
+                c.edges
+                    .values()
+                    .map(|r| r.len().div_ceil(RANGES_PER_CHUNK))
+                    .sum(),
+                c.modes.len(),
+            ],
+            None => [
+                self.bindings
+                    .keys()
+                    .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                    .count(),
+                self.endpoints
+                    .keys()
+                    .filter(|k| k.as_ref().is_ok_and(|k| u32::from(k.data().slot) == slot))
+                    .count(),
+                self.edges
+                    .keys()
+                    .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                    .count(),
+                self.modes
+                    .keys()
+                    .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                    .count(),
+            ],
+        };
         vec![
-            (names::MAP_BINDINGS, fill[0]),
-            (names::MAP_ENDPOINTS, fill[1]),
-            (names::MAP_EDGES, fill[2]),
-            (names::MAP_MODES, fill[3]),
+            (names::MAP_BINDINGS, counts[0]),
+            (names::MAP_ENDPOINTS, counts[1]),
+            (names::MAP_EDGES, counts[2]),
+            (names::MAP_MODES, counts[3]),
             (names::MAP_DOMAINS, domains),
         ]
     }
