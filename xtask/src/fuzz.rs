@@ -379,25 +379,41 @@ fn yaml_lines(text: &str) -> Vec<&str> {
     lines
 }
 
-/// The message with its specifics blanked: only plain words outside backquotes are kept, so
-/// that ``unknown key `a` `` and ``unknown key `b` `` count as one outcome, whatever the
-/// quoted text holds (backquotes included).
+/// The message with its specifics blanked, so that ``unknown key `a` `` and ``unknown key
+/// `b` `` count as one outcome: only the text before the first backquote and after the last is
+/// kept (quoted text may hold backquotes of its own, so pairing them up is unreliable), and of
+/// that only plain words, not numbers or names.
 fn template(message: &str) -> String {
-    let mut words: Vec<&str> = Vec::new();
-    let mut quoted = false;
-    for word in message.split_whitespace() {
-        let plain = !quoted
-            && word.chars().all(|c| {
+    let plain = |text: &str| {
+        let mut words: Vec<&str> = Vec::new();
+        for word in text.split_whitespace() {
+            let word = if word.chars().all(|c| {
                 c.is_ascii_alphabetic()
                     || matches!(c, ',' | ';' | ':' | '.' | '(' | ')' | '-' | '\'')
-            });
-        quoted ^= word.matches('`').count() % 2 == 1;
-        let word = if plain { word } else { "_" };
-        if word != "_" || words.last() != Some(&"_") {
-            words.push(word);
+            }) {
+                word
+            } else {
+                "_"
+            };
+            if word != "_" || words.last() != Some(&"_") {
+                words.push(word);
+            }
         }
+        words.join(" ")
+    };
+    match (message.find('`'), message.rfind('`')) {
+        (Some(first), Some(last)) => {
+            let before = plain(&message[..first]);
+            let after = plain(&message[last + 1..]);
+            [before.as_str(), "_", after.as_str()]
+                .iter()
+                .filter(|part| !part.is_empty())
+                .copied()
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        _ => plain(message),
     }
-    words.join(" ")
 }
 
 #[derive(Default)]
@@ -1051,12 +1067,20 @@ mod tests {
     fn templates_drop_quoted_text_and_numbers() {
         assert_eq!(
             template("unknown key `a` in policy; expected one of: version"),
-            template("unknown key `b c` in policy; expected one of: version")
+            "unknown key _ in policy; expected one of: version"
         );
-        // A backquote inside the quoted text must not leak the rest into the template.
         assert_eq!(
-            template("duplicate key `x`y` (first defined at line 3)"),
-            "duplicate key _"
+            template("unknown key `b c` in policy; expected one of: version"),
+            "unknown key _ in policy; expected one of: version"
+        );
+        // Backquotes inside the quoted text must not leak it into the template.
+        assert_eq!(
+            template("duplicate key `x` y z` (first defined at line 3)"),
+            "duplicate key _ (first defined at line _"
+        );
+        assert_eq!(
+            template("`a.org` must be `tcp` or `udp`, found a list"),
+            "_ , found a list"
         );
         assert_eq!(
             template("port 65536 is out of range; ports are 1-65535"),
