@@ -85,7 +85,8 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
         );
         return None;
     }
-    if let Some(at) = second_document(text) {
+    let second = second_document(text);
+    if let Some(at) = second {
         diags.error(
             at,
             "a policy file must hold exactly one YAML document, but a second one starts here",
@@ -102,6 +103,12 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
             return None;
         }
     };
+    if second.is_none()
+        && let Some((at, message)) = unread_rest(text, &root)
+    {
+        diags.error(at, message);
+        return None;
+    }
     let mut sites = Sites::default();
     let policy = read_policy(text, &root, &mut sites, diags);
     validate::check(&sites, diags);
@@ -178,6 +185,52 @@ fn second_document(text: &str) -> Option<Pos> {
         }
     }
     None
+}
+
+/// marked-yaml ends the document where the top-level mapping ends and ignores what follows
+/// without an error: after an indented first key, a line further left (` version: 1` then
+/// `defaults: ...`). (A NUL, which the YAML scanner takes for the end of the text, never
+/// gets here: `input::check` refuses it first.) Whatever is not blank after the mapping's end is reported, before it is silently dropped.
+fn unread_rest(text: &str, root: &Node) -> Option<(Pos, String)> {
+    let end = root.span().end()?.character();
+    let mut rest = text.chars().skip(end).peekable();
+    // A flow mapping's end is at its `}`.
+    let brace = rest.next_if_eq(&'}').is_some();
+    let rest: String = rest.collect();
+    if is_blank(&rest) {
+        return None;
+    }
+    let mut unread = end + usize::from(brace);
+    let mut in_comment = false;
+    let mut rest = rest.chars().peekable();
+    while let Some(c) = rest.next_if(|&c| in_comment || c.is_whitespace() || c == '#') {
+        in_comment = (in_comment || c == '#') && !matches!(c, '\n' | '\r');
+        unread += 1;
+    }
+    rest.next()?;
+    let message = format!(
+        "the policy's top-level mapping ends before this, so the YAML parser would ignore the rest \
+         of the file; every top-level key must start in the column of the first ({})",
+        node_pos(root).column
+    );
+    Some((pos_of_char(text, unread), message))
+}
+
+/// The position of the `index`th character, counting lines as the YAML parser does.
+fn pos_of_char(text: &str, index: usize) -> Pos {
+    let mut at = Pos::START;
+    let mut chars = text.chars().take(index).peekable();
+    while let Some(c) = chars.next() {
+        if c == '\n' || (c == '\r' && chars.peek() != Some(&'\n')) {
+            at = Pos {
+                line: at.line + 1,
+                column: 1,
+            };
+        } else if c != '\r' {
+            at.column += 1;
+        }
+    }
+    at
 }
 
 fn after_marker<'l>(line: &'l str, marker: &str) -> Option<&'l str> {

@@ -183,6 +183,39 @@ mod document {
         );
     }
 
+    /// Found by `cargo xtask fuzz policy`: the YAML parser ends the document where the
+    /// top-level mapping ends, and everything after it used to be dropped without an error,
+    /// so `defaults: {unlabeled: deny}` below went unenforced.
+    #[test]
+    fn content_after_the_top_level_mapping_is_refused() {
+        const MUST_ALIGN: &str = "the policy's top-level mapping ends before this, so the YAML parser would ignore the rest of the file; every top-level key must start in the column of the first";
+        assert_eq!(
+            errors(&[" version: 1", "defaults:", "  unlabeled: deny"]),
+            [format!("p.yaml:2:1: {MUST_ALIGN} (2)")]
+        );
+        assert_eq!(
+            errors(&["\tversion: 1", "# a comment", "", "version: 2"]),
+            [format!("p.yaml:4:1: {MUST_ALIGN} (2)")]
+        );
+        assert_eq!(
+            errors(&["{version: 1}  # a comment", "{domains: []}"]),
+            [format!("p.yaml:2:1: {MUST_ALIGN} (1)")]
+        );
+        assert_eq!(
+            errors_in("version: 1 # caf\u{e9}\0\ndefaults: {unlabeled: deny}\n"),
+            [
+                "p.yaml:1:18: policy contains a NUL byte; YAML allows no control characters other than tab and line breaks"
+            ]
+        );
+        for accepted in [
+            "  version: 1\n  domains: []\n  # a comment\n",
+            "{version: 1,\n domains: []\n}  # a comment\n\n",
+            "version: 1\r\ndomains: []\r\n...\r\n",
+        ] {
+            assert!(parse("p.yaml", accepted).is_ok(), "{accepted:?}");
+        }
+    }
+
     #[test]
     fn deep_nesting_is_refused_before_parsing() {
         let text = format!("version: 1\ndomains:\n{}x\n", "- ".repeat(50));

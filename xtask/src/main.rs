@@ -1,6 +1,7 @@
-//! Project tasks: `cargo xtask setup | demo | test | vm-test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | vm-test | bench | fuzz`.
 
 mod bench;
+mod fuzz;
 mod setup;
 mod vm;
 
@@ -36,6 +37,11 @@ enum Task {
     Bench {
         #[command(subcommand)]
         bench: bench::Bench,
+    },
+    /// Run a time-bounded fuzzer; exits 1 with a summary when it finds something.
+    Fuzz {
+        #[command(subcommand)]
+        fuzz: fuzz::Fuzz,
     },
 }
 
@@ -78,6 +84,7 @@ fn run(cli: Cli) -> Result<()> {
             build_release()?;
             bench::run(bench)
         }
+        Task::Fuzz { fuzz } => fuzz::run(fuzz),
     }
 }
 
