@@ -226,11 +226,17 @@ fn a_scrape_reports_refusals_edge_use_generations_applies_and_map_fill() {
         Some(1.0),
         "the start-up apply was timed"
     );
-    assert_eq!(entries(&e, "ENF_BINDINGS"), Some(2.0), "two bound cgroups");
+    // Between changes both policy slots hold the policy in force, and a map's fill counts
+    // every entry the kernel holds.
+    assert_eq!(
+        entries(&e, "ENF_BINDINGS"),
+        Some(4.0),
+        "two bound cgroups, in each of the two slots"
+    );
     assert_eq!(
         entries(&e, "ENF_EDGES"),
-        Some(1.0),
-        "one domain pair with edges"
+        Some(2.0),
+        "one domain pair with edges, in each of the two slots"
     );
     assert_eq!(entries(&e, "ENF_DOMAINS"), Some(2.0), "two domains");
     assert_eq!(
@@ -264,13 +270,13 @@ fn a_scrape_reports_refusals_edge_use_generations_applies_and_map_fill() {
     );
     assert_eq!(
         entries(&e, "ENF_BINDINGS"),
-        Some(3.0),
-        "three bound cgroups"
+        Some(6.0),
+        "three bound cgroups, in each slot"
     );
     assert_eq!(
         entries(&e, "ENF_EDGES"),
-        Some(2.0),
-        "two domain pairs with edges"
+        Some(4.0),
+        "two domain pairs with edges, in each slot"
     );
     let dev_db = edge("dev-db", DEV, "file");
     assert_eq!(
