@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -331,12 +332,12 @@ fn read_policy(
     // Edges are still read against the built-in defaults when `defaults` is broken, so that
     // their own mistakes are reported in the same run.
     let edge_defaults = defaults.clone().unwrap_or_default();
-    let federation: Vec<Edge> = top
+    let federation: Vec<Arc<Edge>> = top
         .get("federation")
         .and_then(|v| v.items("each `federation` entry", diags))
         .unwrap_or_default()
         .iter()
-        .filter_map(|v| read_edge(v, &edge_defaults, sites, diags))
+        .filter_map(|v| read_edge(v, &edge_defaults, sites, diags).map(Arc::new))
         .collect();
     Some(Policy {
         version: version?,

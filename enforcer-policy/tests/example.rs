@@ -45,7 +45,7 @@ fn example_parses_to_expected_model() {
                 attested: false,
             },
         ],
-        federation: vec![Edge {
+        federation: vec![std::sync::Arc::new(Edge {
             id: "edge-9e559ce96592".parse().expect("valid"),
             from: "staging.example.org".parse().expect("valid"),
             to: "prod.example.org".parse().expect("valid"),
@@ -65,7 +65,7 @@ fn example_parses_to_expected_model() {
             not_before: None,
             require_bundles: false,
             end: None,
-        }],
+        })],
     };
     assert_eq!(parse("example.yaml", EXAMPLE), Ok(want));
 }

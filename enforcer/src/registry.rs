@@ -47,6 +47,19 @@ impl Registry {
         Some(next)
     }
 
+    /// Records `id` for `name`, as the kernel's table now has it.
+    pub fn insert(&mut self, id: u32, name: &str) {
+        self.ids.insert(name.to_owned(), id);
+        self.names.insert(id, name.to_owned());
+    }
+
+    /// Forgets `id`, taken back out of the kernel's table.
+    pub fn remove(&mut self, id: u32) {
+        if let Some(name) = self.names.remove(&id) {
+            self.ids.remove(&name);
+        }
+    }
+
     pub fn name_of(&self, id: u32) -> Option<&str> {
         self.names.get(&id).map(String::as_str)
     }
@@ -78,5 +91,22 @@ mod tests {
             [(8, "c.org")]
         );
         assert_eq!(next.name_of(7), Some("z.org"));
+    }
+
+    #[test]
+    fn ids_taken_back_out_are_forgotten_both_ways() {
+        let mut r = Registry::from_entries([(1, "a.org".into())]);
+        r.insert(2, "b.org");
+        assert_eq!(
+            (r.get("b.org"), r.name_of(2), r.len()),
+            (Some(2), Some("b.org"), 2)
+        );
+        r.remove(2);
+        assert_eq!((r.get("b.org"), r.name_of(2), r.len()), (None, None, 1));
+        assert_eq!(
+            r.get_or_assign("c.org"),
+            Some(2),
+            "the highest id in use decides"
+        );
     }
 }

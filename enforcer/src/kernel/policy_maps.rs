@@ -4,10 +4,7 @@
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{Array, HashMap, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    sync::Arc,
-};
+use std::{collections::BTreeMap, sync::Arc};
 
 use enforcer_common::{
     maps::{
@@ -28,6 +25,8 @@ pub struct PolicyMaps {
     policy: Array<MapData, PolicyConfig>,
     active: Array<MapData, u32>,
     domains: HashMap<MapData, u32, DomainName>,
+    /// What ENF_DOMAINS holds.
+    known: Registry,
     /// What each slot holds, as far as this daemon knows: `None` until it has written the
     /// slot, and after a write that failed half-way.
     held: [Option<Arc<Compiled>>; SLOTS as usize],
@@ -47,6 +46,7 @@ impl PolicyMaps {
             ebpf.take_map(name)
                 .with_context(|| format!("the eBPF object has no map {name}"))
         };
+        let domains = HashMap::try_from(take(names::MAP_DOMAINS)?)?;
         Ok(Self {
             bindings: HashMap::try_from(take(names::MAP_BINDINGS)?)?,
             endpoints: LpmTrie::try_from(take(names::MAP_ENDPOINTS)?)?,
@@ -54,7 +54,8 @@ impl PolicyMaps {
             modes: HashMap::try_from(take(names::MAP_MODES)?)?,
             policy: Array::try_from(take(names::MAP_POLICY)?)?,
             active: Array::try_from(take(names::MAP_ACTIVE)?)?,
-            domains: HashMap::try_from(take(names::MAP_DOMAINS)?)?,
+            known: Self::read_registry(&domains)?,
+            domains,
             held: Default::default(),
         })
     }
@@ -68,9 +69,15 @@ impl PolicyMaps {
         Ok(ActivePolicy { slot, config })
     }
 
+    /// The domain ids ENF_DOMAINS holds: read once when the maps are taken, then kept by
+    /// [`Self::record_domains`] and [`Self::forget_domains`], the only code that writes it.
     pub fn registry(&self) -> Result<Registry> {
+        Ok(self.known.clone())
+    }
+
+    fn read_registry(domains: &HashMap<MapData, u32, DomainName>) -> Result<Registry> {
         let mut entries = Vec::new();
-        for entry in self.domains.iter() {
+        for entry in domains.iter() {
             let (id, name) = entry.context("reading ENF_DOMAINS")?;
             let len = (name.len as usize).min(MAX_DOMAIN_NAME);
             let text = String::from_utf8_lossy(&name.bytes[..len]).into_owned();
@@ -97,6 +104,7 @@ impl PolicyMaps {
                 return Err(err)
                     .with_context(|| format!("recording domain id {id} ({name}) in ENF_DOMAINS"));
             }
+            self.known.insert(id, name);
             recorded.push(id);
         }
         Ok(recorded)
@@ -107,10 +115,11 @@ impl PolicyMaps {
     /// no trace.
     pub fn forget_domains(&mut self, ids: &[u32]) {
         for id in ids {
-            if let Err(err) = remove(&mut self.domains, id) {
-                log(&format!(
+            match remove(&mut self.domains, id) {
+                Ok(()) => self.known.remove(*id),
+                Err(err) => log(&format!(
                     "could not take domain id {id} back out of ENF_DOMAINS: {err}"
-                ));
+                )),
             }
         }
     }
@@ -158,6 +167,10 @@ impl PolicyMaps {
     fn bring_up(&mut self, slot: u32, target: &Arc<Compiled>) -> Result<()> {
         let index = slot as usize % self.held.len();
         let held = match self.held[index].take() {
+            Some(held) if Arc::ptr_eq(&held, target) => {
+                self.held[index] = Some(held);
+                return Ok(());
+            }
             Some(held) => held,
             None => {
                 self.clear_slot(slot)?;
@@ -186,12 +199,6 @@ impl PolicyMaps {
     }
 
     fn write_difference(&mut self, slot: u32, old: &Compiled, new: &Compiled) -> Result<()> {
-        let bound = |c: &Compiled| -> BTreeMap<u64, (u32, String)> {
-            c.bindings
-                .iter()
-                .filter_map(|b| Some((b.cgroup_id?, (b.domain, b.path.to_string()))))
-                .collect()
-        };
         let (was, now) = (bound(old), bound(new));
         for (&cgroup_id, (domain, path)) in &now {
             if was.get(&cgroup_id).map(|w| w.0) != Some(*domain) {
@@ -247,13 +254,18 @@ impl PolicyMaps {
         }
 
         let empty = Vec::new();
-        let pairs: BTreeSet<&(u32, u32)> = old.edges.keys().chain(new.edges.keys()).collect();
-        for &(from, to) in pairs {
-            let was = old.edges.get(&(from, to)).unwrap_or(&empty);
-            let now = new.edges.get(&(from, to)).unwrap_or(&empty);
-            if was == now {
-                continue;
-            }
+        let changed = new
+            .edges
+            .iter()
+            .filter(|(pair, now)| old.edges.get(pair) != Some(now))
+            .map(|(pair, now)| (pair, now.as_slice()));
+        let removed = old
+            .edges
+            .keys()
+            .filter(|pair| !new.edges.contains_key(pair))
+            .map(|pair| (pair, empty.as_slice()));
+        for (&(from, to), now) in changed.chain(removed) {
+            let was = old.edges.get(&(from, to)).map_or(&[][..], Vec::as_slice);
             let key = |chunk| EdgeKey {
                 slot,
                 from,
@@ -448,6 +460,15 @@ impl PolicyMaps {
             (names::MAP_DOMAINS, domains),
         ]
     }
+}
+
+/// The bound cgroups of `compiled`: cgroup id -> (domain, path).
+fn bound(compiled: &Compiled) -> BTreeMap<u64, (u32, &str)> {
+    compiled
+        .bindings
+        .iter()
+        .filter_map(|b| Some((b.cgroup_id?, (b.domain, b.path.as_str()))))
+        .collect()
 }
 
 /// Removes `key`; one that is already gone is not an error.
