@@ -216,14 +216,16 @@ pub struct EndpointKey {
 
 /// `ENF_EDGES` key: chunk `chunk` of the ranges from `from` to `to` in `slot`. A pair with
 /// edges always has chunk 0; chunk `n` exists when the pair has more than
-/// `n * RANGES_PER_CHUNK` ranges.
+/// `n * RANGES_PER_CHUNK` ranges. Twelve bytes: slot and chunk share a word, because the key
+/// lives in the port scan's state on the stack of the ingress program, which has no byte to
+/// spare (see `enforcer-ebpf/src/policy.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct EdgeKey {
-    pub slot: u32,
     pub from: u32,
     pub to: u32,
-    pub chunk: u32,
+    pub slot: u16,
+    pub chunk: u16,
 }
 
 /// An inclusive port range and the protocols one edge opens on it, while the edge is valid.
@@ -259,7 +261,7 @@ pub struct PortChunk {
 
 impl PortChunk {
     /// The chunks that hold `ranges` (at most [`MAX_PORT_RANGES`] of them), numbered.
-    pub fn split(ranges: &[PortRange]) -> impl Iterator<Item = (u32, Self)> + '_ {
+    pub fn split(ranges: &[PortRange]) -> impl Iterator<Item = (u16, Self)> + '_ {
         let ranges = &ranges[..ranges.len().min(MAX_PORT_RANGES)];
         let count = ranges.len() as u32;
         ranges
@@ -272,12 +274,12 @@ impl PortChunk {
                     ranges: [PortRange::default(); RANGES_PER_CHUNK],
                 };
                 chunk.ranges[..part.len()].copy_from_slice(part);
-                (n as u32, chunk)
+                (n as u16, chunk)
             })
     }
 
     /// This chunk's ranges, as chunk `n` of its pair.
-    pub fn own(&self, n: u32) -> &[PortRange] {
+    pub fn own(&self, n: u16) -> &[PortRange] {
         let before = n as usize * RANGES_PER_CHUNK;
         let here = (self.count as usize)
             .min(MAX_PORT_RANGES)
@@ -409,7 +411,7 @@ const _: () = {
     assert!(size_of::<NewNetns>() == 16);
     assert!(size_of::<BindingKey>() == 16);
     assert!(size_of::<EndpointKey>() == 20);
-    assert!(size_of::<EdgeKey>() == 16);
+    assert!(size_of::<EdgeKey>() == 12);
     assert!(size_of::<PortRange>() == 32);
     assert!(size_of::<PortChunk>() == 8 + 32 * RANGES_PER_CHUNK);
     assert!(size_of::<PolicyConfig>() == 24);
@@ -469,7 +471,7 @@ mod tests {
     #[test]
     fn chunks_hold_a_pairs_ranges_in_scan_order() {
         let ranges: std::vec::Vec<PortRange> = (1..=9).map(range).collect();
-        let chunks: std::vec::Vec<(u32, PortChunk)> = PortChunk::split(&ranges).collect();
+        let chunks: std::vec::Vec<(u16, PortChunk)> = PortChunk::split(&ranges).collect();
         assert_eq!(chunks.len(), 3);
         let read: std::vec::Vec<PortRange> = chunks
             .iter()
@@ -482,7 +484,7 @@ mod tests {
     #[test]
     fn a_pair_keeps_at_most_the_limit() {
         let ranges: std::vec::Vec<PortRange> = (1..=70).map(range).collect();
-        let chunks: std::vec::Vec<(u32, PortChunk)> = PortChunk::split(&ranges).collect();
+        let chunks: std::vec::Vec<(u16, PortChunk)> = PortChunk::split(&ranges).collect();
         assert_eq!(chunks.len(), MAX_CHUNKS);
         assert_eq!(chunks[0].1.count as usize, MAX_PORT_RANGES);
     }

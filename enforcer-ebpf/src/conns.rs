@@ -25,7 +25,7 @@ use enforcer_common::{
 
 use crate::{
     counters,
-    events::{self, Decision, Origin},
+    events::{self, Decision},
     maps::{ACCEPTS, CONNS, UDP_CONNS},
     packet,
     policy::{self, Active},
@@ -155,7 +155,7 @@ pub fn check(ctx: &SkBuffContext, sk: *mut c_void, protocol: u32, outgoing: bool
                 generation: active.config.generation,
                 now,
             };
-            events::emit(&decision, &ends, Origin::Packet(ctx.skb.skb.cast()));
+            events::emit_packet(&decision, &ends, ctx.skb.skb.cast());
         }
     }
     *state = judged(&verdict, from, to, protocol, state.port, &active);

@@ -19,7 +19,7 @@ use enforcer_common::{
 use crate::{
     conns, counters,
     destination::Target,
-    events::{self, Decision, Origin},
+    events::{self, Decision},
     flows, identity,
     maps::HOST,
     packet, policy,
@@ -86,7 +86,7 @@ fn judge(ctx: &SkBuffContext) -> i32 {
             generation: active.config.generation,
             now,
         };
-        events::emit(&decision, &packet, Origin::Packet(skb.cast()));
+        events::emit_packet(&decision, &packet, skb.cast());
     };
     if proto == PROTO_UDP {
         // SAFETY: the context is the program's own.

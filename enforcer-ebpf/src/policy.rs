@@ -44,25 +44,23 @@ impl Rules for Active {
     /// ingress program past the million instructions the verifier of Linux 6.1 accepts.
     #[inline(always)]
     fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch> {
-        let key = EdgeKey {
-            slot: self.slot,
-            from,
-            to,
-            chunk: 0,
-        };
-        // SAFETY: values are only ever replaced whole by the daemon, for the slot no program
-        // is reading; the reference does not outlive this program run.
-        let head = unsafe { EDGES.get(&key) }?;
+        // The pair's first chunk is looked up by the scan itself, like every later one.
         let mut scan = Scan {
-            key,
-            chunk: head,
-            now,
-            until: 0,
-            edge: 0,
+            key: EdgeKey {
+                from,
+                to,
+                // SLOTS is 2.
+                slot: self.slot as u16,
+                chunk: 0,
+            },
             port,
             // A `PROTO_*` bit.
             protocol: protocol as u8,
-            found: FOUND_CLOSED,
+            found: FOUND_NO_EDGE,
+            chunk: None,
+            now,
+            until: 0,
+            edge: 0,
         };
         // SAFETY: the callback only reads map values and writes `scan`, which outlives the
         // call.
@@ -74,14 +72,15 @@ impl Rules for Active {
                 0,
             );
         }
-        Some(match scan.found {
-            FOUND_OPEN => PortMatch::Open {
+        match scan.found {
+            FOUND_NO_EDGE => None,
+            FOUND_CLOSED => Some(PortMatch::Closed),
+            FOUND_OUTSIDE => Some(PortMatch::OutsideWindow),
+            _ => Some(PortMatch::Open {
                 edge: scan.edge,
                 until: scan.until,
-            },
-            FOUND_OUTSIDE => PortMatch::OutsideWindow,
-            _ => PortMatch::Closed,
-        })
+            }),
+        }
     }
 
     #[inline(always)]
@@ -95,23 +94,28 @@ impl Rules for Active {
     }
 }
 
-const FOUND_CLOSED: u8 = 0;
-const FOUND_OUTSIDE: u8 = 1;
-const FOUND_OPEN: u8 = 2;
+/// No chunk 0: no edge joins the pair.
+const FOUND_NO_EDGE: u8 = 0;
+const FOUND_CLOSED: u8 = 1;
+const FOUND_OUTSIDE: u8 = 2;
+/// A range opens the flow: `Scan::edge` until `Scan::until`.
+const FOUND_OPEN: u8 = 3;
 
-/// The state of a port scan, shared with its `bpf_loop` callback. Packed small: it lives on
-/// the stack of programs (ingress above all) that are close to the 512-byte limit.
+/// The state of a port scan, shared with its `bpf_loop` callback, on the stack of the
+/// program that judges. Linux 6.1 counts that program's frame and the callback's together
+/// against the 512-byte limit (see `events::emit`).
 #[repr(C)]
 struct Scan<'a> {
     /// The key of the chunk in `chunk`.
     key: EdgeKey,
-    chunk: &'a PortChunk,
+    port: u16,
+    protocol: u8,
+    /// `FOUND_*`.
+    found: u8,
+    chunk: Option<&'a PortChunk>,
     now: u64,
     until: u64,
     edge: u32,
-    port: u16,
-    protocol: u8,
-    found: u8,
 }
 
 /// One step of the scan: range `index` of the pair, in chunk `index / RANGES_PER_CHUNK`,
@@ -120,20 +124,27 @@ struct Scan<'a> {
 extern "C" fn scan_range(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Scan` `ports` passed to `bpf_loop`, alive for the whole loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
-    // Every chunk of a pair carries the pair's count.
-    if index >= u64::from(scan.chunk.count) {
-        return 1;
-    }
     let within = (index % RANGES_PER_CHUNK as u64) as usize;
-    if within == 0 && index > 0 {
-        scan.key.chunk = (index / RANGES_PER_CHUNK as u64) as u32;
-        // SAFETY: as for the pair's first chunk in `ports`.
+    if within == 0 {
+        scan.key.chunk = (index / RANGES_PER_CHUNK as u64) as u16;
+        // SAFETY: values are only ever replaced whole by the daemon, for the slot no program
+        // is reading; the reference does not outlive this program run.
         match unsafe { EDGES.get(&scan.key) } {
-            Some(chunk) => scan.chunk = chunk,
+            Some(chunk) => scan.chunk = Some(chunk),
             None => return 1,
         }
+        if index == 0 {
+            scan.found = FOUND_CLOSED;
+        }
     }
-    let Some(range) = scan.chunk.ranges.get(within) else {
+    let Some(chunk) = scan.chunk else {
+        return 1;
+    };
+    // Every chunk of a pair carries the pair's count.
+    if index >= u64::from(chunk.count) {
+        return 1;
+    }
+    let Some(range) = chunk.ranges.get(within) else {
         return 1;
     };
     match verdict::judge_range(range, u32::from(scan.protocol), scan.port, scan.now) {

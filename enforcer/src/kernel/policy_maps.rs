@@ -267,9 +267,9 @@ impl PolicyMaps {
         for (&(from, to), now) in changed.chain(removed) {
             let was = old.edges.get(&(from, to)).map_or(&[][..], Vec::as_slice);
             let key = |chunk| EdgeKey {
-                slot,
                 from,
                 to,
+                slot: slot as u16,
                 chunk,
             };
             let written = PortChunk::split(now).count();
@@ -279,7 +279,7 @@ impl PolicyMaps {
                     .with_context(|| format!("writing edge {from}->{to} to ENF_EDGES"))?;
             }
             for chunk in written..PortChunk::split(was).count() {
-                remove(&mut self.edges, &key(chunk as u32))
+                remove(&mut self.edges, &key(chunk as u16))
                     .with_context(|| format!("removing edge {from}->{to} from ENF_EDGES"))?;
             }
         }
@@ -328,7 +328,7 @@ impl PolicyMaps {
             .edges
             .keys()
             .filter_map(Result::ok)
-            .filter(|k| k.slot == slot)
+            .filter(|k| u32::from(k.slot) == slot)
             .collect();
         for key in edges {
             remove(&mut self.edges, &key).context("clearing ENF_EDGES")?;
@@ -359,11 +359,11 @@ impl PolicyMaps {
     /// scan them (ENF_EDGES, chunk by chunk).
     pub fn edges(&self, slot: u32, from: u32, to: u32) -> Result<Option<Vec<PortRange>>> {
         let mut ranges = Vec::new();
-        for chunk in 0..MAX_CHUNKS as u32 {
+        for chunk in 0..MAX_CHUNKS as u16 {
             let key = EdgeKey {
-                slot,
                 from,
                 to,
+                slot: slot as u16,
                 chunk,
             };
             match absent_is_none(self.edges.get(&key, 0)).context("reading ENF_EDGES")? {
@@ -444,7 +444,7 @@ impl PolicyMaps {
                     .count(),
                 self.edges
                     .keys()
-                    .filter(|k| k.as_ref().is_ok_and(|k| k.slot == slot))
+                    .filter(|k| k.as_ref().is_ok_and(|k| u32::from(k.slot) == slot))
                     .count(),
                 self.modes
                     .keys()
