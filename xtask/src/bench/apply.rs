@@ -51,7 +51,7 @@ struct Row {
     rss_apply_mb: f64,
     slowest_status: Duration,
     statuses: usize,
-    maps: Vec<(String, u64, u64)>,
+    maps: Vec<(String, Option<u64>, u64)>,
 }
 
 pub fn run(env: &BenchEnv, sizes: &Sizes) -> Result<()> {
@@ -281,27 +281,33 @@ fn rss_mb(pid: u32) -> Result<f64> {
     Ok(kb / 1024.0)
 }
 
-/// (map, entries, bytes) of every map `status -o json` reports.
-fn map_memory(socket: &PathBuf) -> Result<Vec<(String, u64, u64)>> {
+/// (map, entries in the slot in force where `status` counts them, kernel bytes) of every
+/// pinned map, from `status -o json`.
+fn map_memory(socket: &PathBuf) -> Result<Vec<(String, Option<u64>, u64)>> {
     let out = Command::new(bin("enforcer"))
         .args(["status", "-o", "json", "--socket"])
         .arg(socket)
         .output()?;
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).context("status json")?;
-    Ok(status["maps"]
+    let entries = |map: &str| {
+        status["maps"]
+            .as_array()?
+            .iter()
+            .find(|m| m["map"] == map)?["entries"]
+            .as_u64()
+    };
+    let mut maps: Vec<(String, Option<u64>, u64)> = status["memory"]
         .as_array()
-        .map(|maps| {
-            maps.iter()
-                .map(|m| {
-                    (
-                        m["map"].as_str().unwrap_or_default().to_owned(),
-                        m["entries"].as_u64().unwrap_or_default(),
-                        m["bytes"].as_u64().unwrap_or_default(),
-                    )
-                })
-                .collect()
+        .context("status -o json has no memory")?
+        .iter()
+        .map(|m| {
+            let map = m["map"].as_str().unwrap_or_default().to_owned();
+            let bytes = m["bytes"].as_u64().unwrap_or_default();
+            (map.clone(), entries(&map), bytes)
         })
-        .unwrap_or_default())
+        .collect();
+    maps.sort_by_key(|m| std::cmp::Reverse(m.2));
+    Ok(maps)
 }
 
 fn print(rows: &[Row]) {
@@ -334,12 +340,17 @@ fn print(rows: &[Row]) {
         );
     }
     if let Some(last) = rows.last() {
+        let total: u64 = last.maps.iter().map(|m| m.2).sum();
         println!(
-            "\nkernel maps at {} domains / {} edges (entries, MB):\n",
-            last.size.domains, last.size.edges
+            "\nkernel memory of every pinned map at {} domains / {} edges, after the apply: \
+             {:.1} MB (entries: the slot in force, for the policy maps)\n",
+            last.size.domains,
+            last.size.edges,
+            total as f64 / 1e6
         );
         println!("| map | entries | MB |\n|---|---|---|");
         for (map, entries, bytes) in &last.maps {
+            let entries = entries.map_or_else(String::new, |n| n.to_string());
             println!("| {map} | {entries} | {:.2} |", *bytes as f64 / 1e6);
         }
     }
