@@ -356,6 +356,24 @@ impl BenchEnv {
         })
     }
 
+    /// `enforcer daemon` on the bench's subtree and pins, its log piped.
+    fn daemon_command(&self, policy: &Path, socket: &Path, state: &Path) -> Command {
+        let mut cmd = Command::new(bin("enforcer"));
+        cmd.arg("daemon")
+            .arg("--policy")
+            .arg(policy)
+            .arg("--cgroup-root")
+            .arg(&self.root)
+            .arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--state-dir")
+            .arg(state)
+            .stderr(Stdio::piped());
+        cmd
+    }
+
     fn cgroup_dir(&self, sub: &str) -> PathBuf {
         self.cgroup_mount.join(&self.root[1..]).join(sub)
     }
@@ -398,19 +416,12 @@ struct Daemon<'a> {
 impl<'a> Daemon<'a> {
     /// Starts the daemon and returns once it serves its control socket (programs attached).
     fn start(env: &'a BenchEnv, policy: &Path) -> Result<Self> {
-        let mut child = Command::new(bin("enforcer"))
-            .arg("daemon")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--cgroup-root")
-            .arg(&env.root)
-            .arg("--pin-dir")
-            .arg(&env.pin_dir)
-            .arg("--socket")
-            .arg(env.dir.join("control.sock"))
-            .arg("--state-dir")
-            .arg(env.dir.join("state"))
-            .stderr(Stdio::piped())
+        let mut child = env
+            .daemon_command(
+                policy,
+                &env.dir.join("control.sock"),
+                &env.dir.join("state"),
+            )
             .spawn()
             .context("starting the daemon")?;
         let stderr = child.stderr.take().context("piped stderr")?;

@@ -17,7 +17,7 @@ use std::{
     fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -202,19 +202,8 @@ struct Started {
 impl Started {
     /// Starts the daemon and returns once it serves its control socket.
     fn spawn(env: &BenchEnv, policy: &Path, state: &Path, socket: &Path) -> Result<Self> {
-        let mut child = Command::new(bin("enforcer"))
-            .arg("daemon")
-            .arg("--policy")
-            .arg(policy)
-            .arg("--cgroup-root")
-            .arg(&env.root)
-            .arg("--pin-dir")
-            .arg(&env.pin_dir)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--state-dir")
-            .arg(state)
-            .stderr(Stdio::piped())
+        let mut child = env
+            .daemon_command(policy, socket, state)
             .spawn()
             .context("starting the daemon")?;
         let pid = child.id();
