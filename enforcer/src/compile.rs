@@ -286,6 +286,11 @@ fn prefix(net: &IpNet) -> Prefix {
 /// linearly, so fewer entries means fewer comparisons and more room under
 /// `MAX_PORT_RANGES`.
 fn merge_ranges(spans: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
+    // Most edges open one range: nothing to merge, and no allocations beyond the result for
+    // 100,000 of them.
+    if let [only] = spans {
+        return vec![*only];
+    }
     let mut per_protocol = Vec::new();
     for bit in [PROTO_TCP, PROTO_UDP] {
         let mut own: Vec<(u16, u16)> = spans
