@@ -622,18 +622,21 @@ impl Daemon {
         // Saved before the swap: a grant must never be in force without being on disk,
         // or a restart would silently drop it.
         if let Err(err) = book.save(&self.state) {
-            self.maps.forget_domains(&recorded);
+            self.forget_domains(&recorded);
             return Err(ApplyError::Failed(err));
         }
         let before = self.snapshot_connections();
         let generation = self.generation + 1;
         let swapping = std::time::Instant::now();
-        if let Err(err) = self.maps.swap_in(&compiled, generation) {
-            if let Err(restore) = self.book.save(&self.state) {
-                log(&format!("could not restore the edge record: {restore:#}"));
+        match self.maps.swap_in(&compiled, generation) {
+            Ok(warning) => warning.iter().for_each(|w| log(w)),
+            Err(err) => {
+                if let Err(restore) = self.book.save(&self.state) {
+                    log(&format!("could not restore the edge record: {restore:#}"));
+                }
+                self.forget_domains(&recorded);
+                return Err(ApplyError::Failed(err));
             }
-            self.maps.forget_domains(&recorded);
-            return Err(ApplyError::Failed(err));
         }
         let maps = swapping.elapsed();
         self.generation = generation;
@@ -663,6 +666,13 @@ impl Daemon {
             compile,
             maps,
         })
+    }
+
+    /// Takes back the domain ids recorded for a change that did not happen.
+    fn forget_domains(&mut self, ids: &[u32]) {
+        if let Err(err) = self.maps.forget_domains(ids) {
+            log(&format!("{err:#}"));
+        }
     }
 
     /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
@@ -1165,7 +1175,9 @@ impl Daemon {
             .collect();
         drop(before);
         let compiled = Arc::new(compiled);
-        self.maps.swap_in(&compiled, self.generation)?;
+        if let Some(warning) = self.maps.swap_in(&compiled, self.generation)? {
+            log(&warning);
+        }
         let appeared: Vec<CgroupPath> = changed
             .iter()
             .filter(|b| b.cgroup_id.is_some())

@@ -15,7 +15,7 @@ use enforcer_common::{
     names,
 };
 
-use crate::{compile::Compiled, daemon::log, registry::Registry};
+use crate::{compile::Compiled, registry::Registry};
 
 pub struct PolicyMaps {
     bindings: HashMap<MapData, BindingKey, u32>,
@@ -100,9 +100,12 @@ impl PolicyMaps {
             let len = name.len().min(MAX_DOMAIN_NAME);
             value.bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
             if let Err(err) = self.domains.insert(id, value, 0) {
-                self.forget_domains(&recorded);
-                return Err(err)
-                    .with_context(|| format!("recording domain id {id} ({name}) in ENF_DOMAINS"));
+                let err = anyhow::Error::from(err)
+                    .context(format!("recording domain id {id} ({name}) in ENF_DOMAINS"));
+                return Err(match self.forget_domains(&recorded) {
+                    Ok(()) => err,
+                    Err(undo) => anyhow::anyhow!("{err:#}; {undo:#}"),
+                });
             }
             self.known.insert(id, name);
             recorded.push(id);
@@ -113,14 +116,22 @@ impl PolicyMaps {
     /// Takes ids back out of ENF_DOMAINS that [`Self::record_domains`] recorded for a policy
     /// that was not put in force: no socket can carry them, and a refused change must leave
     /// no trace.
-    pub fn forget_domains(&mut self, ids: &[u32]) {
+    /// Every id is tried; the error names those that stay.
+    pub fn forget_domains(&mut self, ids: &[u32]) -> Result<()> {
+        let mut stuck = Vec::new();
         for id in ids {
             match remove(&mut self.domains, id) {
                 Ok(()) => self.known.remove(*id),
-                Err(err) => log(&format!(
-                    "could not take domain id {id} back out of ENF_DOMAINS: {err}"
-                )),
+                Err(err) => stuck.push(format!("{id} ({err})")),
             }
+        }
+        if stuck.is_empty() {
+            Ok(())
+        } else {
+            bail!(
+                "could not take domain id(s) {} back out of ENF_DOMAINS",
+                stuck.join(", ")
+            )
         }
     }
 
@@ -130,12 +141,20 @@ impl PolicyMaps {
     /// reading the old slot, it is brought up to `compiled` too, so that both slots hold the
     /// same policy between changes and the next change writes only what differs: a change
     /// costs map writes in proportion to what it changes, not to the size of the policy.
-    pub fn swap_in(&mut self, compiled: &Arc<Compiled>, generation: u64) -> Result<u32> {
+    ///
+    /// Returns a warning for the log when the old slot could not be brought up (the swap
+    /// itself happened; the next change rewrites that slot whole).
+    pub fn swap_in(&mut self, compiled: &Arc<Compiled>, generation: u64) -> Result<Option<String>> {
         let current = self.active()?;
         let next = (current.slot + 1) % SLOTS;
         if let Err(err) = self.bring_up(next, compiled) {
-            self.restore(next, current.slot);
-            return Err(err);
+            return Err(match self.restore(next, current.slot) {
+                Ok(()) => err,
+                Err(undo) => anyhow::anyhow!(
+                    "{err:#}; policy slot {next} could not be restored either ({undo:#}): no \
+                     program reads it, and the next change rewrites it whole"
+                ),
+            });
         }
         let config = PolicyConfig {
             generation,
@@ -150,16 +169,16 @@ impl PolicyMaps {
         self.active
             .set(0, next, 0)
             .context("switching ENF_ACTIVE to the new policy")?;
-        if old_readers_finished() {
-            // The swap has happened; a slot left behind is only more work for the next one.
-            if let Err(err) = self.bring_up(current.slot, compiled) {
-                log(&format!(
-                    "the previous policy slot could not be updated; the next change rewrites \
-                     it whole: {err:#}"
-                ));
-            }
+        // The swap has happened; a slot left behind is only more work for the next one.
+        if old_readers_finished()
+            && let Err(err) = self.bring_up(current.slot, compiled)
+        {
+            return Ok(Some(format!(
+                "the previous policy slot could not be updated; the next change rewrites it \
+                 whole: {err:#}"
+            )));
         }
-        Ok(next)
+        Ok(None)
     }
 
     /// Writes what `slot` needs to hold `target`: the difference from what it holds, or, where
@@ -185,16 +204,10 @@ impl PolicyMaps {
 
     /// After a failed write to `slot`, makes it hold what `active` holds again (or nothing,
     /// when that is not known), so that a refused change leaves no trace in the maps.
-    fn restore(&mut self, slot: u32, active: u32) {
-        let restored = match self.held[active as usize % self.held.len()].clone() {
+    fn restore(&mut self, slot: u32, active: u32) -> Result<()> {
+        match self.held[active as usize % self.held.len()].clone() {
             Some(active) => self.bring_up(slot, &active),
             None => self.clear_slot(slot),
-        };
-        if let Err(err) = restored {
-            log(&format!(
-                "policy slot {slot} could not be restored after a failed write; no program reads \
-                 it, and the next change rewrites it whole: {err:#}"
-            ));
         }
     }
 
