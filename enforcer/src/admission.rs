@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{access::Rights, control::Channel};
+use crate::access::Rights;
 
 /// Enough for a person or a script running a few commands side by side, and for a handful of
 /// `events --follow` streams.
@@ -118,6 +118,14 @@ impl<C> Admitted<C> {
             _slot: slot,
         }
     }
+
+    pub fn stream(&self) -> &C {
+        &self.stream
+    }
+
+    pub fn stream_mut(&mut self) -> &mut C {
+        &mut self.stream
+    }
 }
 
 impl<C: Read> Read for Admitted<C> {
@@ -133,20 +141,6 @@ impl<C: Write> Write for Admitted<C> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.stream.flush()
-    }
-}
-
-impl<C: Channel> Channel for Admitted<C> {
-    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
-        self.stream.set_timeouts(read, write)
-    }
-
-    fn finish(&mut self) -> io::Result<()> {
-        self.stream.finish()
-    }
-
-    fn expires(&self) -> Option<jiff::Timestamp> {
-        self.stream.expires()
     }
 }
 

@@ -13,6 +13,7 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
+    admission::Admitted,
     endpoint::Endpoint,
     event_record::EventRecord,
     grants::{EdgeView, GrantRequest},
@@ -152,6 +153,21 @@ pub trait Channel: Read + Write + Send + 'static {
     /// gets no event after it.
     fn expires(&self) -> Option<jiff::Timestamp> {
         None
+    }
+}
+
+/// An admitted connection carries the protocol of the connection it wraps.
+impl<C: Channel> Channel for Admitted<C> {
+    fn set_timeouts(&self, read: Option<Duration>, write: Option<Duration>) -> io::Result<()> {
+        self.stream().set_timeouts(read, write)
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        self.stream_mut().finish()
+    }
+
+    fn expires(&self) -> Option<jiff::Timestamp> {
+        self.stream().expires()
     }
 }
 

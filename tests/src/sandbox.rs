@@ -425,13 +425,23 @@ impl Sandbox {
     /// `enforcer daemon` on this sandbox's root, pins, socket and state, with `extra` flags;
     /// stderr piped.
     fn daemon_command(&self, policy: &Path, extra: &[impl AsRef<std::ffi::OsStr>]) -> Command {
+        self.daemon_command_at(policy, Path::new(&self.root), extra)
+    }
+
+    /// [`Self::daemon_command`] attached at `cgroup_root` instead of the sandbox's root.
+    pub fn daemon_command_at(
+        &self,
+        policy: &Path,
+        cgroup_root: &Path,
+        extra: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Command {
         let mut command = Command::new(enforcer());
         command
             .arg("daemon")
             .arg("--policy")
             .arg(policy)
             .arg("--cgroup-root")
-            .arg(&self.root)
+            .arg(cgroup_root)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--socket")

@@ -247,26 +247,6 @@ fn a_socket_path_taken_by_a_regular_file_is_left_alone() {
     assert!(!sb.state_dir.exists(), "no state dir was made");
 }
 
-/// `enforcer daemon` on the sandbox's pins, socket and state, but at `cgroup_root`.
-fn daemon_at(sb: &Sandbox, policy: &Path, cgroup_root: &Path) -> Command {
-    let mut command = Command::new(enforcer());
-    command
-        .arg("daemon")
-        .arg("--policy")
-        .arg(policy)
-        .arg("--cgroup-root")
-        .arg(cgroup_root)
-        .arg("--pin-dir")
-        .arg(&sb.pin_dir)
-        .arg("--socket")
-        .arg(&sb.socket)
-        .arg("--state-dir")
-        .arg(&sb.state_dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    command
-}
-
 #[test]
 fn a_cgroup_root_outside_the_cgroup2_mount_is_refused_before_anything_is_pinned() {
     if !privileged("a_cgroup_root_outside_the_cgroup2_mount_is_refused_before_anything_is_pinned") {
@@ -281,7 +261,8 @@ fn a_cgroup_root_outside_the_cgroup2_mount_is_refused_before_anything_is_pinned(
         roots.push(PathBuf::from("../memory"));
     }
     for root in roots {
-        let out = daemon_at(&sb, &policy, &root)
+        let out = sb
+            .daemon_command_at(&policy, &root, &[] as &[&str])
             .output()
             .expect("running the daemon");
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -320,7 +301,8 @@ fn a_cgroup_root_with_dotdot_is_the_directory_it_names() {
     sb.cgroup("a");
     let policy = sb.policy("p.yaml", DOMAINS);
     let root = cgroup_mount().join(&sb.root[1..]).join("a/..");
-    let mut child = daemon_at(&sb, &policy, &root)
+    let mut child = sb
+        .daemon_command_at(&policy, &root, &[] as &[&str])
         .spawn()
         .expect("starting the daemon");
     let stderr = child.stderr.take().expect("piped stderr");
