@@ -11,6 +11,7 @@ mod input;
 mod model;
 mod parse;
 mod ports;
+mod shared_names;
 mod time;
 mod trust_domain;
 mod validate;

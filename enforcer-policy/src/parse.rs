@@ -19,6 +19,7 @@ use crate::model::{
     Action, BundleFile, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
 };
 use crate::ports::PortRange;
+use crate::shared_names;
 use crate::time::{parse_duration, parse_timestamp};
 use crate::trust_domain::TrustDomain;
 use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
@@ -62,7 +63,10 @@ const MAX_NESTING_COLUMNS: usize = 80;
 pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
     let mut diags = Diagnostics::new(file);
     match read(text, &mut diags) {
-        Some(policy) if diags.is_empty() => Ok(policy),
+        Some(mut policy) if diags.is_empty() => {
+            shared_names::share(&mut policy);
+            Ok(policy)
+        }
         _ => Err(diags.into_sorted()),
     }
 }
@@ -566,8 +570,8 @@ fn read_edge(
         to: to?.value,
         protocol: protocol?,
         ports: ports?,
-        owner: owner?,
-        reason: reason?,
+        owner: owner?.into(),
+        reason: reason?.into(),
         not_before: not_before?.map(|t| t.value),
         end: end?.map(|end| end.value),
         require_bundles: require_bundles.value,

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -17,10 +18,11 @@ const SCHEME: &str = "spiffe://";
 
 const WHAT_IT_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
 
-/// A validated, normalised SPIFFE trust domain name such as `prod.example.org`.
+/// A validated, normalised SPIFFE trust domain name such as `prod.example.org`. Shared, not
+/// copied: 100,000 edges name the same few thousand domains.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(transparent)]
-pub struct TrustDomain(String);
+pub struct TrustDomain(Arc<str>);
 
 impl TrustDomain {
     pub fn as_str(&self) -> &str {
@@ -142,7 +144,7 @@ fn from_name(input: &str, name: &str) -> Result<TrustDomain, TrustDomainError> {
     if name.len() > MAX_LEN {
         return Err(TrustDomainError::TooLong { len: name.len() });
     }
-    Ok(TrustDomain(name.to_owned()))
+    Ok(TrustDomain(name.into()))
 }
 
 fn is_trust_domain_char(c: char) -> bool {
@@ -178,9 +180,9 @@ mod tests {
     #[test]
     fn longest_allowed_name_is_255_bytes() {
         let name = "a".repeat(255);
-        assert_eq!(name.parse::<TrustDomain>().map(|t| t.0), Ok(name.clone()));
+        assert_eq!(name.parse::<TrustDomain>().map(|t| t.0.to_string()), Ok(name.clone()));
         let uri = format!("spiffe://{name}");
-        assert_eq!(uri.parse::<TrustDomain>().map(|t| t.0), Ok(name));
+        assert_eq!(uri.parse::<TrustDomain>().map(|t| t.0.to_string()), Ok(name));
     }
 
     #[test]

@@ -173,8 +173,8 @@ fn flexible_spellings_are_normalised() {
         edge.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>(),
         ["53", "1-1024"]
     );
-    assert_eq!(edge.owner, "dns-team");
-    assert_eq!(edge.reason, "resolvers live in a.org");
+    assert_eq!(&*edge.owner, "dns-team");
+    assert_eq!(&*edge.reason, "resolvers live in a.org");
 }
 
 #[test]

@@ -15,7 +15,13 @@ use enforcer_common::verdict::{PortMatch, Rules, ports_allow};
 use enforcer_policy::{Action, CgroupPath, Mode, Policy, Protocol};
 use ipnet::IpNet;
 
-use crate::{bundles::Trust, clock::Clocks, edges::LiveEdge, registry::Registry};
+use crate::{
+    bundles::Trust,
+    clock::Clocks,
+    edges::LiveEdge,
+    pair_table::{Pair, PairTable},
+    registry::Registry,
+};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -73,7 +79,7 @@ pub struct Compiled {
     pub endpoints: Vec<(Prefix, u32)>,
     /// (from, to) -> the ranges of every edge between them, each edge's merged, with the
     /// edge's index and window; at most `MAX_PORT_RANGES` per pair.
-    pub edges: BTreeMap<(u32, u32), Vec<PortRange>>,
+    pub edges: PairTable,
     /// The registry with ids for any domain this policy names for the first time.
     pub registry: Registry,
 }
@@ -94,7 +100,7 @@ impl Rules for CompiledRules<'_> {
     fn ports(&self, from: u32, to: u32, protocol: u32, port: u16, now: u64) -> Option<PortMatch> {
         self.compiled
             .edges
-            .get(&(from, to))
+            .get((from, to))
             .map(|ranges| ports_allow(ranges, protocol, port, now))
     }
 
@@ -160,7 +166,7 @@ pub fn compile(
         }
         endpoints.extend(domain.endpoints.iter().map(|net| (prefix(net), id)));
     }
-    let mut by_pair: BTreeMap<(u32, u32), Vec<PortRange>> = BTreeMap::new();
+    let mut entries: Vec<(Pair, PortRange)> = Vec::with_capacity(edges.len());
     // A suspended edge is left out: the kernel then refuses its traffic as if it were revoked.
     for live in edges
         .iter()
@@ -173,31 +179,36 @@ pub fn compile(
             Protocol::Udp => PROTO_UDP,
             Protocol::Any => PROTO_TCP | PROTO_UDP,
         };
-        let spans: Vec<(u16, u16, u32)> = edge
-            .ports
-            .iter()
-            .map(|p| (p.first, p.last, protocols))
-            .collect();
         let not_before = edge.not_before.map_or(0, |t| clocks.boot_ns(t));
         let not_after = live.ends().map_or(NEVER, |t| clocks.boot_ns(t));
-        by_pair
-            .entry(pair)
-            .or_default()
-            .extend(
-                merge_ranges(&spans)
-                    .into_iter()
-                    .map(|(first, last, protocols)| PortRange {
-                        first,
-                        last,
-                        protocols,
-                        edge: live.index,
-                        _pad: 0,
-                        not_before,
-                        not_after,
-                    }),
-            );
+        let range = |(first, last, protocols)| {
+            (
+                pair,
+                PortRange {
+                    first,
+                    last,
+                    protocols,
+                    edge: live.index,
+                    _pad: 0,
+                    not_before,
+                    not_after,
+                },
+            )
+        };
+        // Most edges open one range: nothing to merge, and no allocation for 100,000 of them.
+        if let [only] = edge.ports.as_slice() {
+            entries.push(range((only.first, only.last, protocols)));
+        } else {
+            let spans: Vec<(u16, u16, u32)> = edge
+                .ports
+                .iter()
+                .map(|p| (p.first, p.last, protocols))
+                .collect();
+            entries.extend(merge_ranges(&spans).into_iter().map(range));
+        }
     }
-    for (pair, ranges) in &by_pair {
+    let table = PairTable::from_entries(entries);
+    for (pair, ranges) in table.iter() {
         if ranges.len() > MAX_PORT_RANGES {
             let name = |id| registry.name_of(id).unwrap_or_default().to_owned();
             return Err(CompileError::TooManyPortRanges {
@@ -208,9 +219,9 @@ pub fn compile(
         }
     }
     modes.sort_unstable();
-    let chunks = by_pair
-        .values()
-        .map(|ranges| ranges.len().div_ceil(RANGES_PER_CHUNK))
+    let chunks = table
+        .iter()
+        .map(|(_, ranges)| ranges.len().div_ceil(RANGES_PER_CHUNK))
         .sum();
     for (what, count, max) in [
         ("trust domains", registry.len(), MAX_DOMAINS),
@@ -243,7 +254,7 @@ pub fn compile(
         modes,
         bindings,
         endpoints,
-        edges: by_pair,
+        edges: table,
         registry,
     })
 }
@@ -286,11 +297,6 @@ fn prefix(net: &IpNet) -> Prefix {
 /// linearly, so fewer entries means fewer comparisons and more room under
 /// `MAX_PORT_RANGES`.
 fn merge_ranges(spans: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
-    // Most edges open one range: nothing to merge, and no allocations beyond the result for
-    // 100,000 of them.
-    if let [only] = spans {
-        return vec![*only];
-    }
     let mut per_protocol = Vec::new();
     for bit in [PROTO_TCP, PROTO_UDP] {
         let mut own: Vec<(u16, u16)> = spans
@@ -398,7 +404,7 @@ federation:
         assert_eq!(&c.endpoints[0].0.addr[..4], &[10, 10, 0, 0]);
         assert_eq!(c.endpoints[1].0.family, FAMILY_V6);
         assert_eq!(
-            c.edges[&(2, 1)],
+            c.edges.get((2, 1)).expect("the pair has ranges"),
             [
                 range(5432, 5432, PROTO_TCP, 1, NEVER),
                 range(8000, 8100, PROTO_TCP, 1, NEVER),
@@ -406,7 +412,7 @@ federation:
             ],
             "each edge keeps its own ranges, index and deadline"
         );
-        assert!(!c.edges.contains_key(&(1, 2)), "edges are directed");
+        assert_eq!(c.edges.get((1, 2)), None, "edges are directed");
     }
 
     #[test]
@@ -418,7 +424,7 @@ federation:
   - {from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, not_before: '2026-11-23T10:00:10Z', expires: '2026-11-23T11:00:20+01:00'}
 ";
         let c = compile_text(text, &Registry::default()).expect("compiles");
-        let r = c.edges[&(1, 2)][0];
+        let r = c.edges.get((1, 2)).expect("the pair has ranges")[0];
         assert_eq!((r.not_before, r.not_after), (1010 * SEC, 1020 * SEC));
     }
 

@@ -24,6 +24,7 @@ mod grants;
 mod kernel;
 mod maintain;
 mod metrics;
+mod pair_table;
 mod paths;
 mod plan;
 mod policy_file;

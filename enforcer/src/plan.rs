@@ -326,8 +326,8 @@ fn spec(live: &LiveEdge) -> EdgeSpec {
         to: e.to.to_string(),
         protocol: e.protocol.to_string(),
         ports: e.ports.iter().map(ToString::to_string).collect(),
-        owner: e.owner.clone(),
-        reason: e.reason.clone(),
+        owner: e.owner.to_string(),
+        reason: e.reason.to_string(),
         not_before: e.not_before,
         expires: live.expires,
     }

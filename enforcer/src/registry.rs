@@ -2,21 +2,32 @@
 //! its meaning for as long as any socket may carry it: ids are never reused or renumbered, and
 //! the table lives in a pinned map (`ENF_DOMAINS`) beside the tags, with the same lifetime.
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use enforcer_common::{maps::UNLABELED, verdict::EXTERNAL_CODE};
 
+/// Copied for every compile and looked up twice per edge, so names are shared between the
+/// two directions and between copies, and found by hash.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Registry {
-    ids: BTreeMap<String, u32>,
-    names: BTreeMap<u32, String>,
+    ids: HashMap<Arc<str>, u32>,
+    names: BTreeMap<u32, Arc<str>>,
 }
 
 impl Registry {
     pub fn from_entries(entries: impl IntoIterator<Item = (u32, String)>) -> Self {
-        let names: BTreeMap<u32, String> = entries.into_iter().collect();
+        let names: BTreeMap<u32, Arc<str>> = entries
+            .into_iter()
+            .map(|(id, name)| (id, name.into()))
+            .collect();
         Self {
-            ids: names.iter().map(|(&id, name)| (name.clone(), id)).collect(),
+            ids: names
+                .iter()
+                .map(|(&id, name)| (Arc::clone(name), id))
+                .collect(),
             names,
         }
     }
@@ -42,15 +53,15 @@ impl Registry {
             .map_or(UNLABELED, |(&id, _)| id)
             .checked_add(1)
             .filter(|&id| id != EXTERNAL_CODE)?;
-        self.ids.insert(name.to_owned(), next);
-        self.names.insert(next, name.to_owned());
+        self.insert(next, name);
         Some(next)
     }
 
     /// Records `id` for `name`, as the kernel's table now has it.
     pub fn insert(&mut self, id: u32, name: &str) {
-        self.ids.insert(name.to_owned(), id);
-        self.names.insert(id, name.to_owned());
+        let name: Arc<str> = name.into();
+        self.ids.insert(Arc::clone(&name), id);
+        self.names.insert(id, name);
     }
 
     /// Forgets `id`, taken back out of the kernel's table.
@@ -61,7 +72,7 @@ impl Registry {
     }
 
     pub fn name_of(&self, id: u32) -> Option<&str> {
-        self.names.get(&id).map(String::as_str)
+        self.names.get(&id).map(AsRef::as_ref)
     }
 
     /// Entries present here and not in `older`: what must be written to the kernel.
@@ -69,7 +80,7 @@ impl Registry {
         self.ids
             .iter()
             .filter(|(name, _)| older.get(name).is_none())
-            .map(|(name, &id)| (id, name.as_str()))
+            .map(|(name, &id)| (id, name.as_ref()))
     }
 }
 

@@ -266,19 +266,7 @@ impl PolicyMaps {
             }
         }
 
-        let empty = Vec::new();
-        let changed = new
-            .edges
-            .iter()
-            .filter(|(pair, now)| old.edges.get(pair) != Some(now))
-            .map(|(pair, now)| (pair, now.as_slice()));
-        let removed = old
-            .edges
-            .keys()
-            .filter(|pair| !new.edges.contains_key(pair))
-            .map(|pair| (pair, empty.as_slice()));
-        for (&(from, to), now) in changed.chain(removed) {
-            let was = old.edges.get(&(from, to)).map_or(&[][..], Vec::as_slice);
+        for ((from, to), was, now) in old.edges.changes(&new.edges) {
             let key = |chunk| EdgeKey {
                 from,
                 to,
@@ -441,8 +429,8 @@ impl PolicyMaps {
                 c.bindings.iter().filter(|b| b.cgroup_id.is_some()).count(),
                 c.endpoints.len(),
                 c.edges
-                    .values()
-                    .map(|r| r.len().div_ceil(RANGES_PER_CHUNK))
+                    .iter()
+                    .map(|(_, r)| r.len().div_ceil(RANGES_PER_CHUNK))
                     .sum(),
                 c.modes.len(),
             ],
