@@ -180,9 +180,15 @@ mod tests {
     #[test]
     fn longest_allowed_name_is_255_bytes() {
         let name = "a".repeat(255);
-        assert_eq!(name.parse::<TrustDomain>().map(|t| t.0.to_string()), Ok(name.clone()));
+        assert_eq!(
+            name.parse::<TrustDomain>().map(|t| t.0.to_string()),
+            Ok(name.clone())
+        );
         let uri = format!("spiffe://{name}");
-        assert_eq!(uri.parse::<TrustDomain>().map(|t| t.0.to_string()), Ok(name));
+        assert_eq!(
+            uri.parse::<TrustDomain>().map(|t| t.0.to_string()),
+            Ok(name)
+        );
     }
 
     #[test]

@@ -121,7 +121,7 @@ impl Rules for CompiledRules<'_> {
 pub fn check_alone(policy: &Policy) -> anyhow::Result<()> {
     let clocks = Clocks::now();
     let (edges, _) = crate::edges::Book::default().resolve(policy, clocks.wall_now())?;
-    compile(policy, &edges, &Registry::default(), &clocks, |_| None)?;
+    compile(policy, &edges, Registry::default(), &clocks, |_| None)?;
     Ok(())
 }
 
@@ -130,11 +130,10 @@ pub fn check_alone(policy: &Policy) -> anyhow::Result<()> {
 pub fn compile(
     policy: &Policy,
     edges: &[LiveEdge],
-    registry: &Registry,
+    mut registry: Registry,
     clocks: &Clocks,
     resolve_cgroup: impl Fn(&CgroupPath) -> Option<u64>,
 ) -> Result<Compiled, CompileError> {
-    let mut registry = registry.clone();
     let mut id_of = |name: &str| {
         registry
             .get_or_assign(name)
@@ -354,7 +353,7 @@ mod tests {
         let (edges, _) = Book::default()
             .resolve(&policy, clocks().wall_now())
             .expect("edges resolve");
-        compile(&policy, &edges, registry, &clocks(), resolve)
+        compile(&policy, &edges, registry.clone(), &clocks(), resolve)
     }
 
     const TWO_DOMAINS: &str = "

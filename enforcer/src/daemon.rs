@@ -146,8 +146,6 @@ impl Committed {
 struct Prepared {
     live: Vec<LiveEdge>,
     book: Book,
-    /// The domain registry in the kernel when it was prepared.
-    known: crate::registry::Registry,
     compiled: Compiled,
 }
 
@@ -609,7 +607,6 @@ impl Daemon {
         let Prepared {
             live,
             book,
-            known,
             compiled,
         } = self.prepare(
             &policy,
@@ -621,7 +618,7 @@ impl Daemon {
         let compiled = Arc::new(compiled);
         let recorded = self
             .maps
-            .record_domains(&compiled.registry, &known)
+            .record_domains(&compiled.registry)
             .map_err(ApplyError::Failed)?;
         // Saved before the swap: a grant must never be in force without being on disk,
         // or a restart would silently drop it.
@@ -701,12 +698,11 @@ impl Daemon {
         let known = self.maps.registry().map_err(ApplyError::Failed)?;
         let policy = self.attestation.store.augment(policy);
         let compiled =
-            compile::compile(&policy, &live, &known, &clocks, |path| self.cgroup_id(path))
+            compile::compile(&policy, &live, known, &clocks, |path| self.cgroup_id(path))
                 .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
         Ok(Prepared {
             live,
             book,
-            known,
             compiled,
         })
     }
@@ -1158,7 +1154,7 @@ impl Daemon {
         }
         let known = self.maps.registry()?;
         let policy = self.attestation.store.augment(&self.policy);
-        let mut compiled = compile::compile(&policy, &self.live, &known, &Clocks::now(), |path| {
+        let mut compiled = compile::compile(&policy, &self.live, known, &Clocks::now(), |path| {
             self.cgroup_id(path)
         })?;
         // The edges are the same; keeping their compiled deadlines exactly as they are keeps

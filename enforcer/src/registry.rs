@@ -76,11 +76,12 @@ impl Registry {
     }
 
     /// Entries present here and not in `older`: what must be written to the kernel.
-    pub fn added_since<'a>(&'a self, older: &'a Self) -> impl Iterator<Item = (u32, &'a str)> {
+    pub fn added_since(&self, older: &Self) -> Vec<(u32, &str)> {
         self.ids
             .iter()
             .filter(|(name, _)| older.get(name).is_none())
             .map(|(name, &id)| (id, name.as_ref()))
+            .collect()
     }
 }
 
@@ -97,10 +98,7 @@ mod tests {
         let reloaded = Registry::from_entries([(1, "a.org".into()), (7, "z.org".into())]);
         let mut next = reloaded.clone();
         assert_eq!(next.get_or_assign("c.org"), Some(8));
-        assert_eq!(
-            next.added_since(&reloaded).collect::<Vec<_>>(),
-            [(8, "c.org")]
-        );
+        assert_eq!(next.added_since(&reloaded), [(8, "c.org")]);
         assert_eq!(next.name_of(7), Some("z.org"));
     }
 

@@ -336,7 +336,7 @@ mod tests {
         let (edges, _) = crate::edges::Book::default()
             .resolve(&policy, clocks.wall_now())
             .expect("edges resolve");
-        crate::compile::compile(&policy, &edges, &Default::default(), &clocks, |_| None)
+        crate::compile::compile(&policy, &edges, Default::default(), &clocks, |_| None)
             .expect("compiles")
     }
 

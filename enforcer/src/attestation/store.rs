@@ -2,7 +2,7 @@
 //! restart keeps every one of them: a binding dropped by a restart would relabel its workload
 //! as unlabeled while its SVID is still valid.
 
-use std::{fs, io::ErrorKind, str::FromStr};
+use std::{borrow::Cow, fs, io::ErrorKind, str::FromStr};
 
 use anyhow::{Context as _, Result};
 use enforcer_policy::{CgroupPath, Policy, TrustDomain};
@@ -130,8 +130,12 @@ impl Store {
     }
 
     /// `policy` with every attested binding it allows added to the cgroups of its domain, as
-    /// the compiler takes them.
-    pub fn augment(&self, policy: &Policy) -> Policy {
+    /// the compiler takes them; `policy` itself, not a copy of its 10,000 domains, when no
+    /// cgroup is attested.
+    pub fn augment<'p>(&self, policy: &'p Policy) -> Cow<'p, Policy> {
+        if self.bindings.is_empty() {
+            return Cow::Borrowed(policy);
+        }
         let mut augmented = policy.clone();
         for binding in &self.bindings {
             if Self::conflict(policy, binding).is_some() {
@@ -145,7 +149,7 @@ impl Store {
                 domain.cgroups.push(binding.cgroup.clone());
             }
         }
-        augmented
+        Cow::Owned(augmented)
     }
 
     /// The id the compiler should bind for `path`, the cgroup there now being `current`: an

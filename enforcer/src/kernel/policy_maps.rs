@@ -86,13 +86,13 @@ impl PolicyMaps {
         Ok(Registry::from_entries(entries))
     }
 
-    /// Records ids the kernel does not know yet. Ids are only ever added, so this is safe to
+    /// Records the ids of `registry` the kernel does not know yet. Ids are only ever added, so this is safe to
     /// do before the policy that uses them is active.
     /// Returns the ids recorded, for [`Self::forget_domains`] should the policy that needs
     /// them not be put in force; if recording fails, those recorded so far are taken back out.
-    pub fn record_domains(&mut self, registry: &Registry, known: &Registry) -> Result<Vec<u32>> {
+    pub fn record_domains(&mut self, registry: &Registry) -> Result<Vec<u32>> {
         let mut recorded = Vec::new();
-        for (id, name) in registry.added_since(known) {
+        for (id, name) in registry.added_since(&self.known) {
             let mut value = DomainName {
                 len: name.len() as u32,
                 bytes: [0; MAX_DOMAIN_NAME + 1],
