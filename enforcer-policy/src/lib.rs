@@ -15,6 +15,7 @@ mod shared_names;
 mod time;
 mod trust_domain;
 mod validate;
+mod yaml_tree;
 
 pub use diagnostic::Diagnostic;
 pub use free_text::{FreeTextError, free_text};

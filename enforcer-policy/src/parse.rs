@@ -9,8 +9,6 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use jiff::Timestamp;
-use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
-use marked_yaml::{LoadError, LoaderOptions, Node, Span};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::free_text::{FreeTextError, free_text};
@@ -23,6 +21,7 @@ use crate::shared_names;
 use crate::time::{parse_duration, parse_timestamp};
 use crate::trust_domain::TrustDomain;
 use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
+use crate::yaml_tree::{self, LoadError, Mapping, Node, Scalar, Tree};
 
 const SUPPORTED_VERSION: u32 = 1;
 
@@ -49,8 +48,8 @@ const EDGE_KEYS: &[&str] = &[
     "require_bundles",
 ];
 
-/// marked-yaml builds and drops nested nodes recursively, so a few
-/// kilobytes of `- - - - …` would overflow the stack. Every level or two of
+/// The YAML parser loads nested nodes recursively, so a few kilobytes of
+/// `- - - - …` would overflow the stack. Every level or two of
 /// block nesting costs a column of indentation or of `- `, `? ` and `: `
 /// indicators, and a policy needs only a handful of levels, so lines whose
 /// content starts further right are refused before the YAML parser runs.
@@ -97,25 +96,21 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
             "a policy file must hold exactly one YAML document, but a second one starts here",
         );
     }
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        // Keeps quoted scalars distinguishable, so `version: "1"` is a string.
-        .prevent_coercion(true);
-    let root = match marked_yaml::parse_yaml_with_options(0, text, options) {
-        Ok(root) => root,
+    let tree = match yaml_tree::load(text) {
+        Ok(tree) => tree,
         Err(error) => {
-            report_load_error(text, &error, diags);
+            report_load_error(text, error, diags);
             return None;
         }
     };
     if second.is_none()
-        && let Some((at, message)) = unread_rest(text, &root)
+        && let Some((at, message)) = unread_rest(text, &tree)
     {
         diags.error(at, message);
         return None;
     }
     let mut sites = Sites::default();
-    let policy = read_policy(text, &root, &mut sites, diags);
+    let policy = read_policy(text, tree.root(), &mut sites, diags);
     validate::check(&sites, diags);
     policy
 }
@@ -163,7 +158,7 @@ fn too_deep(text: &str) -> Option<Pos> {
     })
 }
 
-/// marked-yaml reads the first document and silently ignores the rest, which
+/// The YAML loader reads the first document and ignores the rest, which
 /// would let half a policy go unenforced. A document marker at the start of
 /// a line cannot occur inside a scalar, so scanning lines is enough.
 fn second_document(text: &str) -> Option<Pos> {
@@ -192,12 +187,12 @@ fn second_document(text: &str) -> Option<Pos> {
     None
 }
 
-/// marked-yaml ends the document where the top-level mapping ends and ignores what follows
+/// The YAML parser ends the document where the top-level mapping ends and ignores what follows
 /// without an error: after an indented first key, a line further left (` version: 1` then
 /// `defaults: ...`). (A NUL, which the YAML scanner takes for the end of the text, never
 /// gets here: `input::check` refuses it first.) Whatever is not blank after the mapping's end is reported, before it is silently dropped.
-fn unread_rest(text: &str, root: &Node) -> Option<(Pos, String)> {
-    let end = root.span().end()?.character();
+fn unread_rest(text: &str, tree: &Tree) -> Option<(Pos, String)> {
+    let end = tree.end();
     let mut rest = text.chars().skip(end).peekable();
     // A flow mapping's end is at its `}`.
     let brace = rest.next_if_eq(&'}').is_some();
@@ -216,7 +211,7 @@ fn unread_rest(text: &str, root: &Node) -> Option<(Pos, String)> {
     let message = format!(
         "the policy's top-level mapping ends before this, so the YAML parser would ignore the rest \
          of the file; every top-level key must start in the column of the first ({})",
-        node_pos(root).column
+        mapping_pos(&tree.root()).column
     );
     Some((pos_of_char(text, unread), message))
 }
@@ -243,43 +238,41 @@ fn after_marker<'l>(line: &'l str, marker: &str) -> Option<&'l str> {
         .filter(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
-fn report_load_error(text: &str, error: &LoadError, diags: &mut Diagnostics) {
+fn report_load_error(text: &str, error: LoadError, diags: &mut Diagnostics) {
     let (at, message) = match error {
-        LoadError::TopLevelMustBeMapping(at) | LoadError::TopLevelMustBeSequence(at) => (
-            *at,
+        LoadError::TopLevelMustBeMapping(at) => (
+            at,
             format!(
                 "a policy must be a YAML mapping with the keys {}",
                 POLICY_KEYS.join(", ")
             ),
         ),
         LoadError::UnexpectedAnchor(at) => (
-            *at,
+            at,
             "YAML anchors and aliases are not supported in policy files".to_owned(),
         ),
         LoadError::MappingKeyMustBeScalar(at) => (
-            *at,
+            at,
             "mapping keys must be plain names, not lists or mappings".to_owned(),
         ),
-        LoadError::UnexpectedTag(at) => (
-            *at,
-            "YAML tags are not supported in policy files".to_owned(),
-        ),
-        LoadError::ScanError(at, scan) => (*at, scan.info().to_owned()),
-        LoadError::DuplicateKey(duplicate) => {
+        LoadError::UnexpectedTag(at) => {
+            (at, "YAML tags are not supported in policy files".to_owned())
+        }
+        LoadError::Scan(at, info) => (at, info),
+        LoadError::DuplicateKey {
+            key,
+            pos,
+            first_line,
+        } => {
             diags.error(
-                span_pos(duplicate.key.span()),
+                pos,
                 format!(
-                    "duplicate key `{}` (first defined at line {})",
-                    duplicate.key.as_str().escape_debug(),
-                    span_pos(duplicate.prev_key.span()).line
+                    "duplicate key `{}` (first defined at line {first_line})",
+                    key.escape_debug(),
                 ),
             );
             return;
         }
-    };
-    let at = Pos {
-        line: at.line(),
-        column: at.column(),
     };
     diags.error(within(text, at), message);
 }
@@ -303,13 +296,13 @@ fn within(text: &str, at: Pos) -> Pos {
 
 fn read_policy(
     text: &str,
-    root: &Node,
+    root: Mapping,
     sites: &mut Sites,
     diags: &mut Diagnostics,
 ) -> Option<Policy> {
     let root = Value {
-        node: root,
-        pos: node_pos(root),
+        node: Node::Mapping(root),
+        pos: mapping_pos(&root),
         what: "the policy".to_owned(),
         text,
     };
@@ -356,7 +349,7 @@ fn read_version(v: &Value, diags: &mut Diagnostics) -> Option<u32> {
     let text = scalar.as_str();
     let unsigned = text.strip_prefix(['-', '+']).unwrap_or(text);
     let is_integer = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
-    if !scalar.may_coerce() || !is_integer {
+    if !scalar.is_plain() || !is_integer {
         v.wrong_kind("an integer", diags);
         return None;
     }
@@ -722,7 +715,7 @@ fn read_keyword<T>(
 /// text, trimmed.
 fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
     let text = match v.node {
-        Node::Scalar(scalar) if !is_null(scalar) => scalar.as_str(),
+        Node::Scalar(scalar) if !is_null(&scalar) => scalar.as_str(),
         Node::Scalar(_) => "",
         _ => {
             v.wrong_kind("a string", diags);
@@ -795,7 +788,7 @@ fn parse_endpoint(text: &str) -> Result<IpNet, String> {
 /// A YAML node together with where to report problems with it and how to
 /// name it in messages (e.g. "`ports`" or "each `cgroups` entry").
 struct Value<'n> {
-    node: &'n Node,
+    node: Node<'n>,
     pos: Pos,
     what: String,
     /// The whole policy text, for the positions the parser does not give.
@@ -805,7 +798,7 @@ struct Value<'n> {
 impl<'n> Value<'n> {
     fn wrong_kind(&self, expected: &str, diags: &mut Diagnostics) {
         let hint = match self.node {
-            Node::Scalar(s) if is_null(s) && expected == "a list" => {
+            Node::Scalar(s) if is_null(&s) && expected == "a list" => {
                 " (write `[]` for an empty list)"
             }
             _ => "",
@@ -815,12 +808,12 @@ impl<'n> Value<'n> {
             format!(
                 "{} must be {expected}, found {}{hint}",
                 self.what,
-                describe(self.node)
+                describe(&self.node)
             ),
         );
     }
 
-    fn mapping(&self, diags: &mut Diagnostics) -> Option<&'n MarkedMappingNode> {
+    fn mapping(&self, diags: &mut Diagnostics) -> Option<Mapping<'n>> {
         let mapping = self.node.as_mapping();
         if mapping.is_none() {
             self.wrong_kind("a mapping", diags);
@@ -829,9 +822,9 @@ impl<'n> Value<'n> {
     }
 
     /// A scalar other than null or empty.
-    fn scalar(&self, expected: &str, diags: &mut Diagnostics) -> Option<&'n MarkedScalarNode> {
+    fn scalar(&self, expected: &str, diags: &mut Diagnostics) -> Option<Scalar<'n>> {
         match self.node {
-            Node::Scalar(scalar) if !is_null(scalar) => Some(scalar),
+            Node::Scalar(scalar) if !is_null(&scalar) => Some(scalar),
             _ => {
                 self.wrong_kind(expected, diags);
                 None
@@ -849,10 +842,10 @@ impl<'n> Value<'n> {
             .map(|node| Value {
                 node,
                 pos: match node {
-                    Node::Scalar(scalar) if is_empty(scalar) => {
-                        empty_item_pos(self.text, node_pos(node))
+                    Node::Scalar(scalar) if is_empty(&scalar) => {
+                        empty_item_pos(self.text, scalar.pos())
                     }
-                    _ => node_pos(node),
+                    _ => node_pos(&node),
                 },
                 what: item_what.to_owned(),
                 text: self.text,
@@ -864,7 +857,7 @@ impl<'n> Value<'n> {
 
 /// The entries of one mapping, with unknown keys already reported.
 struct Fields<'n> {
-    mapping: &'n MarkedMappingNode,
+    mapping: Mapping<'n>,
     text: &'n str,
 }
 
@@ -880,7 +873,7 @@ impl<'n> Fields<'n> {
         for key in mapping.keys() {
             if !known.contains(&key.as_str()) {
                 diags.error(
-                    span_pos(key.span()),
+                    key.pos(),
                     format!(
                         "unknown key `{}` in {context}; expected one of: {}",
                         key.as_str().escape_debug(),
@@ -896,12 +889,12 @@ impl<'n> Fields<'n> {
     }
 
     fn get(&self, key: &str) -> Option<Value<'n>> {
-        let (key_node, node) = self.mapping.get_key_value(key)?;
+        let (key_node, node) = self.mapping.get(key)?;
         // An empty value has no text of its own; the parser places it at the
         // next token, often on a later line, so the key is the better spot.
         let pos = match node {
-            Node::Scalar(scalar) if is_empty(scalar) => span_pos(key_node.span()),
-            _ => node_pos(node),
+            Node::Scalar(scalar) if is_empty(&scalar) => key_node.pos(),
+            _ => node_pos(&node),
         };
         Some(Value {
             node,
@@ -922,7 +915,7 @@ impl<'n> Fields<'n> {
         let value = self.get(key);
         if value.is_none() {
             diags.error(
-                mapping_pos(self.mapping),
+                mapping_pos(&self.mapping),
                 format!("{subject} is missing required key `{key}`: {why}"),
             );
         }
@@ -930,13 +923,13 @@ impl<'n> Fields<'n> {
     }
 }
 
-fn is_null(scalar: &MarkedScalarNode) -> bool {
-    scalar.may_coerce() && matches!(scalar.as_str(), "" | "~" | "null" | "Null" | "NULL")
+fn is_null(scalar: &Scalar) -> bool {
+    scalar.is_plain() && matches!(scalar.as_str(), "" | "~" | "null" | "Null" | "NULL")
 }
 
 /// The value of `key:` or `-` with nothing after it.
-fn is_empty(scalar: &MarkedScalarNode) -> bool {
-    scalar.may_coerce() && scalar.is_empty()
+fn is_empty(scalar: &Scalar) -> bool {
+    scalar.is_plain() && scalar.as_str().is_empty()
 }
 
 /// The parser places an empty list item (a `-` with nothing after it) at
@@ -995,7 +988,7 @@ fn describe(node: &Node) -> String {
                 shown.push('…');
             }
             let shown = shown.escape_debug();
-            if s.may_coerce() {
+            if s.is_plain() {
                 format!("`{shown}`")
             } else {
                 format!("the string `{shown}`")
@@ -1004,28 +997,22 @@ fn describe(node: &Node) -> String {
     }
 }
 
-fn span_pos(span: &Span) -> Pos {
-    span.start().map_or(Pos::START, |m| Pos {
-        line: m.line(),
-        column: m.column(),
-    })
-}
-
 fn node_pos(node: &Node) -> Pos {
     match node {
         Node::Mapping(mapping) => mapping_pos(mapping),
-        _ => span_pos(node.span()),
+        Node::Sequence(sequence) => sequence.pos(),
+        Node::Scalar(scalar) => scalar.pos(),
     }
 }
 
-/// A block mapping's span starts at its first `:`, not its first key, so
-/// the first key is used when it comes earlier.
-fn mapping_pos(mapping: &MarkedMappingNode) -> Pos {
-    let start = span_pos(mapping.span());
+/// A block mapping starts at its first `:`, not its first key, so the
+/// first key is used when it comes earlier.
+fn mapping_pos(mapping: &Mapping) -> Pos {
+    let start = mapping.pos();
     mapping
         .keys()
         .next()
-        .map_or(start, |key| start.min(span_pos(key.span())))
+        .map_or(start, |key| start.min(key.pos()))
 }
 
 #[cfg(test)]
@@ -1141,17 +1128,9 @@ mod tests {
     #[test]
     fn found_values_are_described_briefly() {
         let describe_value = |yaml: &str| -> String {
-            let root = marked_yaml::parse_yaml_with_options(
-                0,
-                format!("k: {yaml}"),
-                LoaderOptions::default().prevent_coercion(true),
-            )
-            .expect("valid YAML");
-            let value = root
-                .as_mapping()
-                .and_then(|m| m.get_node("k"))
-                .expect("has k");
-            describe(value)
+            let tree = yaml_tree::load(&format!("k: {yaml}")).expect("valid YAML");
+            let (_, value) = tree.root().get("k").expect("has k");
+            describe(&value)
         };
         assert_eq!(describe_value("{a: 1}"), "a mapping");
         assert_eq!(describe_value("[1]"), "a list");
