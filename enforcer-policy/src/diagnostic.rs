@@ -63,6 +63,28 @@ impl<'f> Diagnostics<'f> {
         });
     }
 
+    /// An empty collection for the same file, for mistakes that may yet be thrown away.
+    pub fn for_same_file(&self) -> Self {
+        Self::new(self.file)
+    }
+
+    /// Takes over the mistakes in `later` as though they had been found here, after those
+    /// found so far. Both keep the earliest by position, so the result is the same.
+    pub fn append(&mut self, later: Diagnostics) {
+        for d in later.found {
+            let at = Pos {
+                line: d.line,
+                column: d.column,
+            };
+            self.error(at, d.message);
+        }
+        self.dropped += later.dropped;
+        self.first_dropped = match (self.first_dropped, later.first_dropped) {
+            (Some(first), Some(other)) => Some(first.min(other)),
+            (first, other) => first.or(other),
+        };
+    }
+
     pub fn is_empty(&self) -> bool {
         self.found.is_empty()
     }

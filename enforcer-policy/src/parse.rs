@@ -2,6 +2,7 @@
 //! position and reading carries on, so one run lists every mistake; checks
 //! that relate one part of the file to another are left to `validate`.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -96,7 +97,15 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
             "a policy file must hold exactly one YAML document, but a second one starts here",
         );
     }
-    let tree = match yaml_tree::load(text) {
+    let mut sites = Sites::default();
+    let mut federation = Federation::new(diags.for_same_file());
+    let loaded = yaml_tree::load(text, "federation", |entry| {
+        federation.read(
+            &Value::item(entry, What::Entry("federation"), text),
+            &mut sites,
+        );
+    });
+    let tree = match loaded {
         Ok(tree) => tree,
         Err(error) => {
             report_load_error(text, error, diags);
@@ -109,8 +118,7 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
         diags.error(at, message);
         return None;
     }
-    let mut sites = Sites::default();
-    let policy = read_policy(text, tree.root(), &mut sites, diags);
+    let policy = read_policy(text, tree.root(), federation, &mut sites, diags);
     validate::check(&sites, diags);
     policy
 }
@@ -297,13 +305,14 @@ fn within(text: &str, at: Pos) -> Pos {
 fn read_policy(
     text: &str,
     root: Mapping,
+    federation: Federation,
     sites: &mut Sites,
     diags: &mut Diagnostics,
 ) -> Option<Policy> {
     let root = Value {
         node: Node::Mapping(root),
         pos: mapping_pos(&root),
-        what: "the policy".to_owned(),
+        what: What::Policy,
         text,
     };
     let top = Fields::new(&root, "policy", POLICY_KEYS, diags)?;
@@ -321,21 +330,22 @@ fn read_policy(
     };
     let domains: Vec<Domain> = top
         .get("domains")
-        .and_then(|v| v.items("each `domains` entry", diags))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| read_domain(v, sites, diags))
+        .and_then(|v| v.items(What::Entry("domains"), diags))
+        .into_iter()
+        .flatten()
+        .filter_map(|v| read_domain(&v, sites, diags))
         .collect();
+    // The loader handed `federation`'s entries to `federation` as it reached them; only a
+    // `federation` that is not a list is left to report.
+    if let Some(v) = top.get("federation")
+        && v.node.as_sequence().is_none()
+    {
+        v.wrong_kind("a list", diags);
+    }
     // Edges are still read against the built-in defaults when `defaults` is broken, so that
     // their own mistakes are reported in the same run.
     let edge_defaults = defaults.clone().unwrap_or_default();
-    let federation: Vec<Arc<Edge>> = top
-        .get("federation")
-        .and_then(|v| v.items("each `federation` entry", diags))
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|v| read_edge(v, &edge_defaults, sites, diags).map(Arc::new))
-        .collect();
+    let federation = federation.finish(edge_defaults.require_bundles, sites, diags);
     Some(Policy {
         version: version?,
         defaults: defaults?,
@@ -367,7 +377,7 @@ fn read_version(v: &Value, diags: &mut Diagnostics) -> Option<u32> {
 
 fn read_defaults(v: &Value, diags: &mut Diagnostics) -> Option<Defaults> {
     let fields = Fields::new(v, "defaults", DEFAULTS_KEYS, diags)?;
-    let action = |key: &str, diags: &mut Diagnostics| match fields.get(key) {
+    let action = |key: &'static str, diags: &mut Diagnostics| match fields.get(key) {
         Some(v) => read_keyword(&v, "`allow` or `deny`", diags, |text| match text {
             "allow" => Some(Action::Allow),
             "deny" => Some(Action::Deny),
@@ -475,100 +485,151 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
     })
 }
 
-fn read_edge(
-    v: &Value,
-    defaults: &Defaults,
-    sites: &mut Sites,
-    diags: &mut Diagnostics,
-) -> Option<Edge> {
-    let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
-    let id = optional(&fields, "id", diags, |v, diags| {
-        read_parsed::<EdgeId>(v, "an edge id", diags)
-    });
-    let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
-        fields.required(key, "edge", why, diags)
-    };
-    let from = required(
-        "from",
-        "every edge needs the trust domain that starts the traffic",
-        diags,
-    )
-    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
-    let to = required(
-        "to",
-        "every edge needs the trust domain that receives the traffic",
-        diags,
-    )
-    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
-    let protocol = required(
-        "protocol",
-        "every edge needs a protocol: tcp, udp or any",
-        diags,
-    )
-    .and_then(|v| {
-        read_keyword(&v, "`tcp`, `udp` or `any`", diags, |text| match text {
-            "tcp" => Some(Protocol::Tcp),
-            "udp" => Some(Protocol::Udp),
-            "any" => Some(Protocol::Any),
-            _ => None,
-        })
-    });
-    let ports = required(
-        "ports",
-        "every edge needs the destination ports it allows",
-        diags,
-    )
-    .and_then(|v| read_ports(&v, diags));
-    let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
-        required(key, why, diags).and_then(|v| read_text(&v, why, diags))
-    };
-    let owner = text("owner", "every edge needs an accountable owner", diags);
-    let reason = text(
-        "reason",
-        "every edge needs a reason explaining why the traffic is allowed",
-        diags,
-    );
-    let not_before = optional(&fields, "not_before", diags, read_timestamp);
-    let end = read_edge_end(&fields, diags);
-    let require_bundles = optional(&fields, "require_bundles", diags, read_bool)?.map_or(
-        At {
-            value: defaults.require_bundles,
-            pos: v.pos,
-        },
-        |r| r,
-    );
-    if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
-        check_window(not_before, end, diags);
+/// The policy's edges, read one at a time as the loader reaches them, so that a `federation`
+/// list of 100,000 edges is never held as YAML all at once.
+struct Federation<'f> {
+    edges: Vec<Arc<Edge>>,
+    /// The mistakes in the edges, reported after those in the rest of the policy (as when
+    /// edges were read last), and only if the whole file loads.
+    diags: Diagnostics<'f>,
+    /// `defaults` may come after `federation`, so the edges without their own
+    /// `require_bundles` take its value only once the whole file is read: these are the
+    /// indexes of those edges, and of their `Sites::edges`, each with where the edge starts.
+    defaulted_edges: Vec<usize>,
+    defaulted_sites: Vec<(usize, Pos)>,
+}
+
+impl<'f> Federation<'f> {
+    fn new(diags: Diagnostics<'f>) -> Self {
+        Self {
+            edges: Vec::new(),
+            diags,
+            defaulted_edges: Vec::new(),
+            defaulted_sites: Vec::new(),
+        }
     }
-    sites.edges.push(EdgeEnds {
-        from: from.clone(),
-        to: to.clone(),
-        require_bundles: require_bundles.value.then_some(require_bundles.pos),
-    });
-    let id = match (id?, &from, &to, protocol, &ports) {
-        (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
-        (None, Some(from), Some(to), Some(protocol), Some(ports)) => Some(EdgeIdSite {
-            id: At {
-                value: EdgeId::derived(&from.value, &to.value, protocol, ports),
-                pos: v.pos,
-            },
-            explicit: false,
-        }),
-        _ => None,
-    }?;
-    sites.edge_ids.push(id.clone());
-    Some(Edge {
-        id: id.id.value,
-        from: from?.value,
-        to: to?.value,
-        protocol: protocol?,
-        ports: ports?,
-        owner: owner?.into(),
-        reason: reason?.into(),
-        not_before: not_before?.map(|t| t.value),
-        end: end?.map(|end| end.value),
-        require_bundles: require_bundles.value,
-    })
+
+    /// Reads one `federation` entry; `None` when it is not a usable edge, which is reported.
+    fn read(&mut self, v: &Value, sites: &mut Sites) -> Option<()> {
+        let diags = &mut self.diags;
+        let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
+        let id = optional(&fields, "id", diags, |v, diags| {
+            read_parsed::<EdgeId>(v, "an edge id", diags)
+        });
+        let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+            fields.required(key, "edge", why, diags)
+        };
+        let from = required(
+            "from",
+            "every edge needs the trust domain that starts the traffic",
+            diags,
+        )
+        .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+        let to = required(
+            "to",
+            "every edge needs the trust domain that receives the traffic",
+            diags,
+        )
+        .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+        let protocol = required(
+            "protocol",
+            "every edge needs a protocol: tcp, udp or any",
+            diags,
+        )
+        .and_then(|v| {
+            read_keyword(&v, "`tcp`, `udp` or `any`", diags, |text| match text {
+                "tcp" => Some(Protocol::Tcp),
+                "udp" => Some(Protocol::Udp),
+                "any" => Some(Protocol::Any),
+                _ => None,
+            })
+        });
+        let ports = required(
+            "ports",
+            "every edge needs the destination ports it allows",
+            diags,
+        )
+        .and_then(|v| read_ports(&v, diags));
+        let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+            required(key, why, diags).and_then(|v| read_text(&v, why, diags))
+        };
+        let owner = text("owner", "every edge needs an accountable owner", diags);
+        let reason = text(
+            "reason",
+            "every edge needs a reason explaining why the traffic is allowed",
+            diags,
+        );
+        let not_before = optional(&fields, "not_before", diags, read_timestamp);
+        let end = read_edge_end(&fields, diags);
+        // `None` leaves it to `defaults`, which `finish` applies.
+        let require_bundles = optional(&fields, "require_bundles", diags, read_bool)?;
+        if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
+            check_window(not_before, end, diags);
+        }
+        if require_bundles.is_none() {
+            self.defaulted_sites.push((sites.edges.len(), v.pos));
+        }
+        sites.edges.push(EdgeEnds {
+            from: from.clone(),
+            to: to.clone(),
+            require_bundles: require_bundles
+                .as_ref()
+                .and_then(|r| r.value.then_some(r.pos)),
+        });
+        let id = match (id?, &from, &to, protocol, &ports) {
+            (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
+            (None, Some(from), Some(to), Some(protocol), Some(ports)) => Some(EdgeIdSite {
+                id: At {
+                    value: EdgeId::derived(&from.value, &to.value, protocol, ports),
+                    pos: v.pos,
+                },
+                explicit: false,
+            }),
+            _ => None,
+        }?;
+        sites.edge_ids.push(id.clone());
+        let edge = Edge {
+            id: id.id.value,
+            from: from?.value,
+            to: to?.value,
+            protocol: protocol?,
+            ports: ports?,
+            owner: owner?.into(),
+            reason: reason?.into(),
+            not_before: not_before?.map(|t| t.value),
+            end: end?.map(|end| end.value),
+            require_bundles: require_bundles.as_ref().is_some_and(|r| r.value),
+        };
+        if require_bundles.is_none() {
+            self.defaulted_edges.push(self.edges.len());
+        }
+        self.edges.push(Arc::new(edge));
+        Some(())
+    }
+
+    /// The edges, with `require_bundles` the default for those that do not say.
+    fn finish(
+        mut self,
+        require_bundles: bool,
+        sites: &mut Sites,
+        diags: &mut Diagnostics,
+    ) -> Vec<Arc<Edge>> {
+        diags.append(self.diags);
+        if require_bundles {
+            for index in self.defaulted_edges {
+                // Nothing else holds the edges yet.
+                if let Some(edge) = self.edges.get_mut(index).and_then(Arc::get_mut) {
+                    edge.require_bundles = true;
+                }
+            }
+            for (index, pos) in self.defaulted_sites {
+                if let Some(site) = sites.edges.get_mut(index) {
+                    site.require_bundles = Some(pos);
+                }
+            }
+        }
+        self.edges
+    }
 }
 
 /// `expires` and `ttl` are two ways of ending the same edge, so at most one
@@ -611,7 +672,7 @@ fn check_window(not_before: &At<Timestamp>, end: &At<EdgeEnd>, diags: &mut Diagn
 /// unusable.
 fn optional<T>(
     fields: &Fields,
-    key: &str,
+    key: &'static str,
     diags: &mut Diagnostics,
     read: impl FnOnce(&Value, &mut Diagnostics) -> Option<T>,
 ) -> Option<Option<T>> {
@@ -635,9 +696,8 @@ fn read_ports(v: &Value, diags: &mut Diagnostics) -> Option<Vec<PortRange>> {
         return None;
     }
     let ports = v
-        .items("each `ports` entry", diags)?
-        .iter()
-        .filter_map(|item| read_parsed::<PortRange>(item, "a port or port range", diags))
+        .items(What::Entry("ports"), diags)?
+        .filter_map(|item| read_parsed::<PortRange>(&item, "a port or port range", diags))
         .map(|port| port.value)
         .collect();
     Some(ports)
@@ -646,19 +706,18 @@ fn read_ports(v: &Value, diags: &mut Diagnostics) -> Option<Vec<PortRange>> {
 /// Reads an optional list of scalars, keeping the items that parse.
 fn read_list<T>(
     fields: &Fields,
-    key: &str,
+    key: &'static str,
     expected: &str,
     diags: &mut Diagnostics,
     parse: impl Fn(&str) -> Result<T, String>,
 ) -> Vec<At<T>> {
     let Some(items) = fields
         .get(key)
-        .and_then(|v| v.items(&format!("each `{key}` entry"), diags))
+        .and_then(|v| v.items(What::Entry(key), diags))
     else {
         return Vec::new();
     };
     items
-        .iter()
         .filter_map(|item| {
             let text = item.scalar(expected, diags)?.as_str();
             parse(text)
@@ -790,7 +849,7 @@ fn parse_endpoint(text: &str) -> Result<IpNet, String> {
 struct Value<'n> {
     node: Node<'n>,
     pos: Pos,
-    what: String,
+    what: What,
     /// The whole policy text, for the positions the parser does not give.
     text: &'n str,
 }
@@ -832,26 +891,55 @@ impl<'n> Value<'n> {
         }
     }
 
-    fn items(&self, item_what: &str, diags: &mut Diagnostics) -> Option<Vec<Value<'n>>> {
+    fn items(
+        &self,
+        item_what: What,
+        diags: &mut Diagnostics,
+    ) -> Option<impl Iterator<Item = Value<'n>> + use<'n>> {
         let Some(sequence) = self.node.as_sequence() else {
             self.wrong_kind("a list", diags);
             return None;
         };
-        let items = sequence
-            .iter()
-            .map(|node| Value {
-                node,
-                pos: match node {
-                    Node::Scalar(scalar) if is_empty(&scalar) => {
-                        empty_item_pos(self.text, scalar.pos())
-                    }
-                    _ => node_pos(&node),
-                },
-                what: item_what.to_owned(),
-                text: self.text,
-            })
-            .collect();
-        Some(items)
+        let text = self.text;
+        Some(
+            sequence
+                .iter()
+                .map(move |node| Value::item(node, item_what, text)),
+        )
+    }
+
+    /// An item of a list.
+    fn item(node: Node<'n>, what: What, text: &'n str) -> Self {
+        let pos = match node {
+            Node::Scalar(scalar) if is_empty(&scalar) => empty_item_pos(text, scalar.pos()),
+            _ => node_pos(&node),
+        };
+        Value {
+            node,
+            pos,
+            what,
+            text,
+        }
+    }
+}
+
+/// How a value is named in messages.
+#[derive(Clone, Copy)]
+enum What {
+    Policy,
+    /// The value of a key: "`ports`".
+    Key(&'static str),
+    /// An item of the list under a key: "each `ports` entry".
+    Entry(&'static str),
+}
+
+impl fmt::Display for What {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            What::Policy => f.write_str("the policy"),
+            What::Key(key) => write!(f, "`{key}`"),
+            What::Entry(key) => write!(f, "each `{key}` entry"),
+        }
     }
 }
 
@@ -888,7 +976,7 @@ impl<'n> Fields<'n> {
         })
     }
 
-    fn get(&self, key: &str) -> Option<Value<'n>> {
+    fn get(&self, key: &'static str) -> Option<Value<'n>> {
         let (key_node, node) = self.mapping.get(key)?;
         // An empty value has no text of its own; the parser places it at the
         // next token, often on a later line, so the key is the better spot.
@@ -899,7 +987,7 @@ impl<'n> Fields<'n> {
         Some(Value {
             node,
             pos,
-            what: format!("`{key}`"),
+            what: What::Key(key),
             text: self.text,
         })
     }
@@ -907,7 +995,7 @@ impl<'n> Fields<'n> {
     /// Reports a missing key at the start of the mapping that lacks it.
     fn required(
         &self,
-        key: &str,
+        key: &'static str,
         subject: &str,
         why: &str,
         diags: &mut Diagnostics,
@@ -1128,7 +1216,8 @@ mod tests {
     #[test]
     fn found_values_are_described_briefly() {
         let describe_value = |yaml: &str| -> String {
-            let tree = yaml_tree::load(&format!("k: {yaml}")).expect("valid YAML");
+            let tree =
+                yaml_tree::load(&format!("k: {yaml}"), "federation", |_| {}).expect("valid YAML");
             let (_, value) = tree.root().get("k").expect("has k");
             describe(&value)
         };

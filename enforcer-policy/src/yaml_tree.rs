@@ -5,7 +5,10 @@
 //! mapping, hashed every key and dropped it all recursively: for a policy of 100,000 edges
 //! that was most of a second and over 400 MB. Here a mapping is its entries in document order
 //! (policy mappings have a dozen keys at most, so a linear search beats hashing) and the
-//! tree is a handful of vectors, built without recursion and freed without it.
+//! tree is a handful of vectors, built without recursion and freed without it. The entries
+//! of one long top-level list (the policy's edges) are not kept at all: each is handed over
+//! as soon as it is complete and its nodes are then reused, so memory follows the longest
+//! entry rather than the file.
 //!
 //! The loader accepts and refuses exactly what marked-yaml did with `error_on_duplicate_keys`
 //! and `prevent_coercion`, at the same positions: policies and their diagnostics do not change.
@@ -39,8 +42,25 @@ pub(crate) enum LoadError {
 
 /// Reads the first YAML document of `text`, which must be a mapping, as marked-yaml did:
 /// what follows the first document is not read.
-pub(crate) fn load(text: &str) -> Result<Tree, LoadError> {
-    let mut builder = Builder::default();
+///
+/// When the top-level key `streamed` holds a list, its items are not kept in the tree (the
+/// list there is empty): each is handed to `on_item`, in order, as soon as it is complete.
+/// Some may have been handed over by the time loading fails.
+pub(crate) fn load(
+    text: &str,
+    streamed: &str,
+    on_item: impl FnMut(Node<'_>),
+) -> Result<Tree, LoadError> {
+    let mut builder = Builder {
+        arena: Arena::default(),
+        open: Vec::new(),
+        entries: Vec::new(),
+        items: Vec::new(),
+        root: None,
+        error: None,
+        streamed,
+        on_item,
+    };
     Parser::new_from_str(text)
         .load(&mut builder, false)
         .map_err(|error| {
@@ -51,6 +71,27 @@ pub(crate) fn load(text: &str) -> Result<Tree, LoadError> {
 
 /// A loaded document; its top level is always a mapping.
 pub(crate) struct Tree {
+    arena: Arena,
+    root: u32,
+    /// The character (not byte) index at which the top-level mapping ends.
+    end: usize,
+}
+
+impl Tree {
+    pub fn root(&self) -> Mapping<'_> {
+        self.arena.mapping(self.root)
+    }
+
+    /// The character index at which the top-level mapping ends: a flow mapping's at its `}`,
+    /// a block mapping's where the next token starts.
+    pub fn end(&self) -> usize {
+        self.end
+    }
+}
+
+/// The nodes of a tree, or of the part of it built so far.
+#[derive(Default)]
+struct Arena {
     /// Every scalar's text, one after the other.
     text: String,
     scalars: Vec<ScalarData>,
@@ -59,22 +100,9 @@ pub(crate) struct Tree {
     entries: Vec<Entry>,
     /// The items of each sequence, one sequence's after the other.
     items: Vec<NodeId>,
-    root: u32,
-    /// The character (not byte) index at which the top-level mapping ends.
-    end: usize,
 }
 
-impl Tree {
-    pub fn root(&self) -> Mapping<'_> {
-        self.mapping(self.root)
-    }
-
-    /// The character index at which the top-level mapping ends: a flow mapping's at its `}`,
-    /// a block mapping's where the next token starts.
-    pub fn end(&self) -> usize {
-        self.end
-    }
-
+impl Arena {
     fn node(&self, id: NodeId) -> Node<'_> {
         match id {
             NodeId::Scalar(index) => Node::Scalar(self.scalar(index)),
@@ -86,16 +114,20 @@ impl Tree {
     fn scalar(&self, index: u32) -> Scalar<'_> {
         let data = &self.scalars[index as usize];
         Scalar {
-            text: &self.text[data.start as usize..data.end as usize],
+            text: self.text_of(data),
             plain: data.plain,
             pos: data.mark.pos(),
         }
     }
 
+    fn text_of(&self, scalar: &ScalarData) -> &str {
+        &self.text[scalar.start as usize..scalar.end as usize]
+    }
+
     fn mapping(&self, index: u32) -> Mapping<'_> {
         let data = &self.containers[index as usize];
         Mapping {
-            tree: self,
+            arena: self,
             entries: &self.entries[data.children()],
             pos: data.mark.pos(),
         }
@@ -104,11 +136,53 @@ impl Tree {
     fn sequence(&self, index: u32) -> Sequence<'_> {
         let data = &self.containers[index as usize];
         Sequence {
-            tree: self,
+            arena: self,
             items: &self.items[data.children()],
             pos: data.mark.pos(),
         }
     }
+
+    fn key_text(&self, key: u32) -> &str {
+        self.text_of(&self.scalars[key as usize])
+    }
+
+    fn container(&mut self, mark: Mark, first: usize, len: usize) -> u32 {
+        self.containers.push(ContainerData {
+            first: to_u32(first),
+            len: to_u32(len),
+            mark,
+        });
+        to_u32(self.containers.len() - 1)
+    }
+
+    fn checkpoint(&self) -> Checkpoint {
+        Checkpoint {
+            text: self.text.len(),
+            scalars: self.scalars.len(),
+            containers: self.containers.len(),
+            entries: self.entries.len(),
+            items: self.items.len(),
+        }
+    }
+
+    /// Forgets every node built since `checkpoint`.
+    fn truncate(&mut self, checkpoint: Checkpoint) {
+        self.text.truncate(checkpoint.text);
+        self.scalars.truncate(checkpoint.scalars);
+        self.containers.truncate(checkpoint.containers);
+        self.entries.truncate(checkpoint.entries);
+        self.items.truncate(checkpoint.items);
+    }
+}
+
+/// The sizes of an [`Arena`]'s parts at one moment.
+#[derive(Clone, Copy)]
+struct Checkpoint {
+    text: usize,
+    scalars: usize,
+    containers: usize,
+    entries: usize,
+    items: usize,
 }
 
 /// A node of a [`Tree`].
@@ -161,26 +235,26 @@ impl<'t> Scalar<'t> {
 
 #[derive(Clone, Copy)]
 pub(crate) struct Mapping<'t> {
-    tree: &'t Tree,
+    arena: &'t Arena,
     entries: &'t [Entry],
     pos: Pos,
 }
 
 impl<'t> Mapping<'t> {
-    /// The keys and their values, in document order.
-    pub fn entries(&self) -> impl Iterator<Item = (Scalar<'t>, Node<'t>)> + use<'t> {
-        let tree = self.tree;
+    /// The keys, in document order.
+    pub fn keys(&self) -> impl Iterator<Item = Scalar<'t>> + use<'t> {
+        let arena = self.arena;
         self.entries
             .iter()
-            .map(move |entry| (tree.scalar(entry.key), tree.node(entry.value)))
-    }
-
-    pub fn keys(&self) -> impl Iterator<Item = Scalar<'t>> + use<'t> {
-        self.entries().map(|(key, _)| key)
+            .map(move |entry| arena.scalar(entry.key))
     }
 
     pub fn get(&self, key: &str) -> Option<(Scalar<'t>, Node<'t>)> {
-        self.entries().find(|(k, _)| k.as_str() == key)
+        let entry = self
+            .entries
+            .iter()
+            .find(|entry| self.arena.key_text(entry.key) == key)?;
+        Some((self.arena.scalar(entry.key), self.arena.node(entry.value)))
     }
 
     /// Where the mapping starts: a flow mapping's `{`, but a block mapping's first `:`.
@@ -191,15 +265,15 @@ impl<'t> Mapping<'t> {
 
 #[derive(Clone, Copy)]
 pub(crate) struct Sequence<'t> {
-    tree: &'t Tree,
+    arena: &'t Arena,
     items: &'t [NodeId],
     pos: Pos,
 }
 
 impl<'t> Sequence<'t> {
     pub fn iter(&self) -> impl Iterator<Item = Node<'t>> + use<'t> {
-        let tree = self.tree;
-        self.items.iter().map(move |&item| tree.node(item))
+        let arena = self.arena;
+        self.items.iter().map(move |&item| arena.node(item))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -211,7 +285,7 @@ impl<'t> Sequence<'t> {
     }
 }
 
-/// Indexes into the tree's vectors are `u32`, which halves the tree's size. A policy is at
+/// Indexes into the arena's vectors are `u32`, which halves the tree's size. A policy is at
 /// most 32 MiB and every node takes at least a character of it, and the scalars' text at most
 /// one and a half times the input (`\L` becomes three bytes), so none can overflow.
 fn to_u32(index: usize) -> u32 {
@@ -251,7 +325,7 @@ enum NodeId {
 }
 
 struct ScalarData {
-    /// The byte range of its text in `Tree::text`.
+    /// The byte range of its text in `Arena::text`.
     start: u32,
     end: u32,
     mark: Mark,
@@ -297,14 +371,17 @@ enum OpenKind {
         /// Each key's first scalar, once the mapping has more than `LINEAR_KEYS` keys.
         index: Option<HashMap<String, u32>>,
     },
-    Sequence,
+    Sequence {
+        /// For the streamed list, the arena as it was before its first item: each item is
+        /// handed over and then forgotten.
+        streamed: Option<Checkpoint>,
+    },
 }
 
 /// Builds a [`Tree`] from the parser's events with an explicit stack, so nesting costs no
 /// recursion here.
-#[derive(Default)]
-struct Builder {
-    tree: TreeParts,
+struct Builder<'s, F> {
+    arena: Arena,
     open: Vec<Open>,
     /// The finished entries of the open mappings, innermost last.
     entries: Vec<Entry>,
@@ -313,35 +390,11 @@ struct Builder {
     root: Option<(u32, usize)>,
     /// The first problem; every later event is ignored, as marked-yaml did.
     error: Option<LoadError>,
+    streamed: &'s str,
+    on_item: F,
 }
 
-/// A [`Tree`] under construction.
-#[derive(Default)]
-struct TreeParts {
-    text: String,
-    scalars: Vec<ScalarData>,
-    containers: Vec<ContainerData>,
-    entries: Vec<Entry>,
-    items: Vec<NodeId>,
-}
-
-impl TreeParts {
-    fn key_text(&self, key: u32) -> &str {
-        let data = &self.scalars[key as usize];
-        &self.text[data.start as usize..data.end as usize]
-    }
-
-    fn container(&mut self, mark: Mark, first: usize, len: usize) -> u32 {
-        self.containers.push(ContainerData {
-            first: to_u32(first),
-            len: to_u32(len),
-            mark,
-        });
-        to_u32(self.containers.len() - 1)
-    }
-}
-
-impl MarkedEventReceiver for Builder {
+impl<F: FnMut(Node<'_>)> MarkedEventReceiver for Builder<'_, F> {
     fn on_event(&mut self, event: Event, marker: Marker) {
         if self.error.is_none()
             && let Err(error) = self.event(event, marker)
@@ -351,29 +404,19 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
-impl Builder {
+impl<F: FnMut(Node<'_>)> Builder<'_, F> {
     fn event(&mut self, event: Event, marker: Marker) -> Result<(), LoadError> {
         let mark = Mark::from(marker);
         match event {
             Event::MappingStart(anchor, tag) => {
                 refuse_tag(tag.as_ref(), mark)?;
                 refuse_anchor(anchor, mark)?;
-                let first = self.entries.len();
-                self.start(
-                    mark,
-                    first,
-                    OpenKind::Mapping {
-                        key: None,
-                        index: None,
-                    },
-                    true,
-                )
+                self.start(mark, true)
             }
             Event::SequenceStart(anchor, tag) => {
                 refuse_tag(tag.as_ref(), mark)?;
                 refuse_anchor(anchor, mark)?;
-                let first = self.items.len();
-                self.start(mark, first, OpenKind::Sequence, false)
+                self.start(mark, false)
             }
             Event::Scalar(value, style, anchor, tag) => {
                 refuse_anchor(anchor, mark)?;
@@ -385,7 +428,7 @@ impl Builder {
             Event::Alias(_) => Err(LoadError::UnexpectedAnchor(mark.pos())),
             Event::StreamEnd if self.root.is_none() && self.open.is_empty() => {
                 // No document at all: an empty mapping, there.
-                let empty = self.tree.container(mark, 0, 0);
+                let empty = self.arena.container(mark, 0, 0);
                 self.root = Some((empty, marker.index()));
                 Ok(())
             }
@@ -397,35 +440,48 @@ impl Builder {
         }
     }
 
-    fn start(
-        &mut self,
-        mark: Mark,
-        first: usize,
-        kind: OpenKind,
-        is_mapping: bool,
-    ) -> Result<(), LoadError> {
-        match self.open.last() {
-            None if !is_mapping => return Err(LoadError::TopLevelMustBeMapping(mark.pos())),
-            Some(Open {
-                kind: OpenKind::Mapping { key: None, .. },
-                ..
-            }) => return Err(LoadError::MappingKeyMustBeScalar(mark.pos())),
-            _ => {}
-        }
+    fn start(&mut self, mark: Mark, is_mapping: bool) -> Result<(), LoadError> {
+        let kind = match self.open.as_slice() {
+            [] if !is_mapping => return Err(LoadError::TopLevelMustBeMapping(mark.pos())),
+            [
+                ..,
+                Open {
+                    kind: OpenKind::Mapping { key: None, .. },
+                    ..
+                },
+            ] => return Err(LoadError::MappingKeyMustBeScalar(mark.pos())),
+            _ if is_mapping => OpenKind::Mapping {
+                key: None,
+                index: None,
+            },
+            [
+                Open {
+                    kind: OpenKind::Mapping { key: Some(key), .. },
+                    ..
+                },
+            ] if self.arena.key_text(*key) == self.streamed => OpenKind::Sequence {
+                streamed: Some(self.arena.checkpoint()),
+            },
+            _ => OpenKind::Sequence { streamed: None },
+        };
+        let first = match kind {
+            OpenKind::Mapping { .. } => self.entries.len(),
+            OpenKind::Sequence { .. } => self.items.len(),
+        };
         self.open.push(Open { mark, first, kind });
         Ok(())
     }
 
     fn scalar(&mut self, value: &str, style: TScalarStyle, mark: Mark) -> Result<(), LoadError> {
-        let start = to_u32(self.tree.text.len());
-        self.tree.text.push_str(value);
-        self.tree.scalars.push(ScalarData {
+        let start = to_u32(self.arena.text.len());
+        self.arena.text.push_str(value);
+        self.arena.scalars.push(ScalarData {
             start,
-            end: to_u32(self.tree.text.len()),
+            end: to_u32(self.arena.text.len()),
             mark,
             plain: matches!(style, TScalarStyle::Plain),
         });
-        let scalar = to_u32(self.tree.scalars.len() - 1);
+        let scalar = to_u32(self.arena.scalars.len() - 1);
         match self.open.last_mut() {
             None => Err(LoadError::TopLevelMustBeMapping(mark.pos())),
             Some(Open {
@@ -445,24 +501,17 @@ impl Builder {
         let Some(open) = self.open.pop() else {
             return Ok(());
         };
+        let arena = &mut self.arena;
         let node = match open.kind {
             OpenKind::Mapping { .. } => {
-                let first = self.tree.entries.len();
-                self.tree.entries.extend(self.entries.drain(open.first..));
-                NodeId::Mapping(self.tree.container(
-                    open.mark,
-                    first,
-                    self.tree.entries.len() - first,
-                ))
+                let first = arena.entries.len();
+                arena.entries.extend(self.entries.drain(open.first..));
+                NodeId::Mapping(arena.container(open.mark, first, arena.entries.len() - first))
             }
-            OpenKind::Sequence => {
-                let first = self.tree.items.len();
-                self.tree.items.extend(self.items.drain(open.first..));
-                NodeId::Sequence(self.tree.container(
-                    open.mark,
-                    first,
-                    self.tree.items.len() - first,
-                ))
+            OpenKind::Sequence { .. } => {
+                let first = arena.items.len();
+                arena.items.extend(self.items.drain(open.first..));
+                NodeId::Sequence(arena.container(open.mark, first, arena.items.len() - first))
             }
         };
         self.finished(node, marker.index())
@@ -477,7 +526,13 @@ impl Builder {
             return Ok(());
         };
         match &mut open.kind {
-            OpenKind::Sequence => self.items.push(node),
+            OpenKind::Sequence {
+                streamed: Some(checkpoint),
+            } => {
+                (self.on_item)(self.arena.node(node));
+                self.arena.truncate(*checkpoint);
+            }
+            OpenKind::Sequence { streamed: None } => self.items.push(node),
             OpenKind::Mapping { key, index } => {
                 // A key is always waiting: a scalar where one is due becomes the key, and a
                 // mapping or sequence there is refused in `start`.
@@ -485,19 +540,19 @@ impl Builder {
                     return Ok(());
                 };
                 let earlier = &self.entries[open.first..];
-                let text = self.tree.key_text(key);
+                let text = self.arena.key_text(key);
                 let first = match index {
                     Some(index) => index.get(text).copied(),
                     None => earlier
                         .iter()
                         .map(|entry| entry.key)
-                        .find(|&earlier| self.tree.key_text(earlier) == text),
+                        .find(|&earlier| self.arena.key_text(earlier) == text),
                 };
                 if let Some(first) = first {
                     return Err(LoadError::DuplicateKey {
                         key: text.to_owned(),
-                        pos: self.tree.scalars[key as usize].mark.pos(),
-                        first_line: self.tree.scalars[first as usize].mark.pos().line,
+                        pos: self.arena.scalars[key as usize].mark.pos(),
+                        first_line: self.arena.scalars[first as usize].mark.pos().line,
                     });
                 }
                 match index {
@@ -507,7 +562,7 @@ impl Builder {
                     None if earlier.len() + 1 > LINEAR_KEYS => {
                         let keys = earlier.iter().map(|entry| entry.key).chain([key]);
                         *index = Some(
-                            keys.map(|key| (self.tree.key_text(key).to_owned(), key))
+                            keys.map(|key| (self.arena.key_text(key).to_owned(), key))
                                 .collect(),
                         );
                     }
@@ -523,32 +578,14 @@ impl Builder {
         if let Some(error) = self.error {
             return Err(error);
         }
-        let TreeParts {
-            text,
-            scalars,
-            mut containers,
-            entries,
-            items,
-        } = self.tree;
+        let mut arena = self.arena;
         // The parser reports success only after a whole document or an empty stream, both
         // of which set the root; an empty mapping stands in for it regardless.
         let (root, end) = self.root.unwrap_or_else(|| {
-            containers.push(ContainerData {
-                first: 0,
-                len: 0,
-                mark: Mark { line: 1, column: 1 },
-            });
-            (to_u32(containers.len() - 1), 0)
+            let empty = arena.container(Mark { line: 1, column: 1 }, 0, 0);
+            (empty, 0)
         });
-        Ok(Tree {
-            text,
-            scalars,
-            containers,
-            entries,
-            items,
-            root,
-            end,
-        })
+        Ok(Tree { arena, root, end })
     }
 }
 
