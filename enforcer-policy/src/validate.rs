@@ -70,9 +70,10 @@ pub(crate) fn check(sites: &Sites, diags: &mut Diagnostics) {
         "an address can belong to only one trust domain",
         diags,
     );
+    let bundled: HashSet<&TrustDomain> = sites.bundled.iter().collect();
     for edge in &sites.edges {
         edge_ends(edge, &declared, diags);
-        bundles_named(edge, &sites.bundled, diags);
+        bundles_named(edge, &bundled, diags);
     }
     edge_ids_unique(&sites.edge_ids, diags);
 }
@@ -81,7 +82,7 @@ fn declared_once<'s>(
     domains: &'s [At<TrustDomain>],
     diags: &mut Diagnostics,
 ) -> HashSet<&'s TrustDomain> {
-    let mut first_line: HashMap<&TrustDomain, usize> = HashMap::new();
+    let mut first_line: HashMap<&TrustDomain, usize> = HashMap::with_capacity(domains.len());
     for domain in domains {
         match first_line.get(&domain.value) {
             Some(line) => diags.error(
@@ -105,7 +106,7 @@ fn claimed_once<T: Eq + Hash + Display>(
     rule: &str,
     diags: &mut Diagnostics,
 ) {
-    let mut first: HashMap<&T, &Claim<T>> = HashMap::new();
+    let mut first: HashMap<&T, &Claim<T>> = HashMap::with_capacity(claims.len());
     for claim in claims {
         let Some(earlier) = first.get(&claim.item.value) else {
             first.insert(&claim.item.value, claim);
@@ -147,7 +148,7 @@ fn edge_ends(edge: &EdgeEnds, declared: &HashSet<&TrustDomain>, diags: &mut Diag
 /// Grants, revocations and events name edges by id, so one id must not
 /// stand for two edges.
 /// An edge that requires bundles of a domain that names none could never allow anything.
-fn bundles_named(edge: &EdgeEnds, bundled: &[TrustDomain], diags: &mut Diagnostics) {
+fn bundles_named(edge: &EdgeEnds, bundled: &HashSet<&TrustDomain>, diags: &mut Diagnostics) {
     let Some(pos) = edge.require_bundles else {
         return;
     };
@@ -165,7 +166,7 @@ fn bundles_named(edge: &EdgeEnds, bundled: &[TrustDomain], diags: &mut Diagnosti
 }
 
 fn edge_ids_unique(sites: &[EdgeIdSite], diags: &mut Diagnostics) {
-    let mut first: HashMap<&EdgeId, &EdgeIdSite> = HashMap::new();
+    let mut first: HashMap<&EdgeId, &EdgeIdSite> = HashMap::with_capacity(sites.len());
     for site in sites {
         let Some(earlier) = first.get(&site.id.value) else {
             first.insert(&site.id.value, site);
