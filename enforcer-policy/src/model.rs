@@ -3,7 +3,7 @@
 //! `CgroupPath` and `TrustDomain` cannot hold an invalid value however they
 //! are built.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -209,18 +209,29 @@ impl EdgeId {
         protocol: Protocol,
         ports: &[PortRange],
     ) -> EdgeId {
-        let ports: Vec<String> = port_set(ports)
-            .iter()
-            .map(|range| format!("{}-{}", range.first, range.last))
-            .collect();
-        let canonical = format!("v1|{from}|{to}|{protocol}|{}", ports.join(","));
-        EdgeId(format!("edge-{}", short_hash(&canonical)).into())
+        // Written straight into one string: a policy derives an id for each of up to
+        // 100,000 edges, and one range, the usual case, is already a set.
+        let merged;
+        let set = match ports {
+            [_] => ports,
+            _ => {
+                merged = port_set(ports);
+                &merged
+            }
+        };
+        let mut canonical = format!("v1|{from}|{to}|{protocol}|");
+        for (index, range) in set.iter().enumerate() {
+            let separator = if index == 0 { "" } else { "," };
+            // Writing to a String cannot fail.
+            let _ = write!(canonical, "{separator}{}-{}", range.first, range.last);
+        }
+        EdgeId(short_hash("edge-", &canonical).into())
     }
 
     /// The id of an edge granted from the command line: `grant-` and a hash
     /// of `seed`, which the daemon makes unique per grant.
     pub fn grant(seed: &str) -> EdgeId {
-        EdgeId(format!("grant-{}", short_hash(seed)).into())
+        EdgeId(short_hash("grant-", seed).into())
     }
 }
 
@@ -241,13 +252,18 @@ pub fn port_set(ports: &[PortRange]) -> Vec<PortRange> {
     merged
 }
 
-fn short_hash(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .flat_map(|byte| [byte >> 4, byte & 0xf])
-        .take(HASH_HEX_DIGITS)
-        .filter_map(|nibble| char::from_digit(u32::from(nibble), 16))
-        .collect()
+/// `prefix` followed by the first hex digits of the SHA-256 of `text`.
+fn short_hash(prefix: &str, text: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + HASH_HEX_DIGITS);
+    id.push_str(prefix);
+    id.extend(
+        Sha256::digest(text.as_bytes())
+            .iter()
+            .flat_map(|byte| [byte >> 4, byte & 0xf])
+            .take(HASH_HEX_DIGITS)
+            .filter_map(|nibble| char::from_digit(u32::from(nibble), 16)),
+    );
+    id
 }
 
 /// Read back from the daemon's own records, checked as in a policy.
