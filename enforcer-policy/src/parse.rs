@@ -22,7 +22,7 @@ use crate::shared_names;
 use crate::time::{parse_duration, parse_timestamp};
 use crate::trust_domain::TrustDomain;
 use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
-use crate::yaml_tree::{self, LoadError, Mapping, Node, Scalar, Tree};
+use crate::yaml_tree::{self, Items, LoadError, Mapping, Node, Scalar, Tree};
 
 const SUPPORTED_VERSION: u32 = 1;
 
@@ -97,14 +97,7 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
             "a policy file must hold exactly one YAML document, but a second one starts here",
         );
     }
-    let mut sites = Sites::default();
-    let mut federation = Federation::new(diags.for_same_file());
-    let loaded = yaml_tree::load(text, "federation", |entry| {
-        federation.read(
-            &Value::item(entry, What::Entry("federation"), text),
-            &mut sites,
-        );
-    });
+    let (loaded, federation, mut sites) = load(text, diags);
     let tree = match loaded {
         Ok(tree) => tree,
         Err(error) => {
@@ -121,6 +114,19 @@ fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
     let policy = read_policy(text, tree.root(), federation, &mut sites, diags);
     validate::check(&sites, diags);
     policy
+}
+
+/// Loads `text`, reading the `federation` entries as the loader hands them over.
+fn load<'f>(
+    text: &str,
+    diags: &Diagnostics<'f>,
+) -> (Result<Tree, LoadError>, Federation<'f>, Sites) {
+    let mut federation = Federation::new(diags.for_same_file());
+    let mut sites = Sites::default();
+    let loaded = yaml_tree::load(text, "federation", |entries| {
+        federation.read_all(&entries, text, &mut sites);
+    });
+    (loaded, federation, sites)
 }
 
 /// Lines as the YAML parser counts them: `\n`, `\r\n` and a lone `\r`
@@ -506,6 +512,12 @@ impl<'f> Federation<'f> {
             diags,
             defaulted_edges: Vec::new(),
             defaulted_sites: Vec::new(),
+        }
+    }
+
+    fn read_all(&mut self, entries: &Items, text: &str, sites: &mut Sites) {
+        for entry in entries.iter() {
+            self.read(&Value::item(entry, What::Entry("federation"), text), sites);
         }
     }
 
@@ -1217,7 +1229,7 @@ mod tests {
     fn found_values_are_described_briefly() {
         let describe_value = |yaml: &str| -> String {
             let tree =
-                yaml_tree::load(&format!("k: {yaml}"), "federation", |_| {}).expect("valid YAML");
+                yaml_tree::load(&format!("k: {yaml}"), "federation", drop).expect("valid YAML");
             let (_, value) = tree.root().get("k").expect("has k");
             describe(&value)
         };

@@ -6,9 +6,9 @@
 //! that was most of a second and over 400 MB. Here a mapping is its entries in document order
 //! (policy mappings have a dozen keys at most, so a linear search beats hashing) and the
 //! tree is a handful of vectors, built without recursion and freed without it. The entries
-//! of one long top-level list (the policy's edges) are not kept at all: each is handed over
-//! as soon as it is complete and its nodes are then reused, so memory follows the longest
-//! entry rather than the file.
+//! of one long top-level list (the policy's edges) are not kept at all: they are handed over
+//! a batch at a time as soon as they are complete, so memory follows the batch rather than
+//! the file, and the batches can be read on another thread while loading goes on.
 //!
 //! The loader accepts and refuses exactly what marked-yaml did with `error_on_duplicate_keys`
 //! and `prevent_coercion`, at the same positions: policies and their diagnostics do not change.
@@ -44,12 +44,12 @@ pub(crate) enum LoadError {
 /// what follows the first document is not read.
 ///
 /// When the top-level key `streamed` holds a list, its items are not kept in the tree (the
-/// list there is empty): each is handed to `on_item`, in order, as soon as it is complete.
-/// Some may have been handed over by the time loading fails.
+/// list there is empty): they are handed to `on_items`, in order, in batches, as soon as they
+/// are complete. Some may have been handed over by the time loading fails.
 pub(crate) fn load(
     text: &str,
     streamed: &str,
-    on_item: impl FnMut(Node<'_>),
+    on_items: impl FnMut(Items),
 ) -> Result<Tree, LoadError> {
     let mut builder = Builder {
         arena: Arena::default(),
@@ -59,7 +59,9 @@ pub(crate) fn load(
         root: None,
         error: None,
         streamed,
-        on_item,
+        batch: Vec::new(),
+        rest: None,
+        on_items,
     };
     Parser::new_from_str(text)
         .load(&mut builder, false)
@@ -86,6 +88,18 @@ impl Tree {
     /// a block mapping's where the next token starts.
     pub fn end(&self) -> usize {
         self.end
+    }
+}
+
+/// Consecutive items of the streamed list, and the nodes they are made of.
+pub(crate) struct Items {
+    arena: Arena,
+    items: Vec<NodeId>,
+}
+
+impl Items {
+    pub fn iter(&self) -> impl Iterator<Item = Node<'_>> {
+        self.items.iter().map(|&item| self.arena.node(item))
     }
 }
 
@@ -142,6 +156,16 @@ impl Arena {
         }
     }
 
+    fn with_same_capacity(&self) -> Self {
+        Self {
+            text: String::with_capacity(self.text.capacity()),
+            scalars: Vec::with_capacity(self.scalars.capacity()),
+            containers: Vec::with_capacity(self.containers.capacity()),
+            entries: Vec::with_capacity(self.entries.capacity()),
+            items: Vec::with_capacity(self.items.capacity()),
+        }
+    }
+
     fn key_text(&self, key: u32) -> &str {
         self.text_of(&self.scalars[key as usize])
     }
@@ -154,35 +178,6 @@ impl Arena {
         });
         to_u32(self.containers.len() - 1)
     }
-
-    fn checkpoint(&self) -> Checkpoint {
-        Checkpoint {
-            text: self.text.len(),
-            scalars: self.scalars.len(),
-            containers: self.containers.len(),
-            entries: self.entries.len(),
-            items: self.items.len(),
-        }
-    }
-
-    /// Forgets every node built since `checkpoint`.
-    fn truncate(&mut self, checkpoint: Checkpoint) {
-        self.text.truncate(checkpoint.text);
-        self.scalars.truncate(checkpoint.scalars);
-        self.containers.truncate(checkpoint.containers);
-        self.entries.truncate(checkpoint.entries);
-        self.items.truncate(checkpoint.items);
-    }
-}
-
-/// The sizes of an [`Arena`]'s parts at one moment.
-#[derive(Clone, Copy)]
-struct Checkpoint {
-    text: usize,
-    scalars: usize,
-    containers: usize,
-    entries: usize,
-    items: usize,
 }
 
 /// A node of a [`Tree`].
@@ -352,6 +347,10 @@ struct Entry {
     value: NodeId,
 }
 
+/// A batch of streamed items is handed over once it holds this many scalars (some 600
+/// edges): enough that handing over costs little, few enough that a batch stays in the cache.
+const BATCH_SCALARS: usize = 8192;
+
 /// Up to this many keys, a new key is compared with the earlier ones; a longer mapping (only
 /// a malformed policy has one) indexes them, so that loading stays linear in the input.
 const LINEAR_KEYS: usize = 16;
@@ -372,9 +371,8 @@ enum OpenKind {
         index: Option<HashMap<String, u32>>,
     },
     Sequence {
-        /// For the streamed list, the arena as it was before its first item: each item is
-        /// handed over and then forgotten.
-        streamed: Option<Checkpoint>,
+        /// The streamed list, whose items are built in an arena of their own and handed over.
+        streamed: bool,
     },
 }
 
@@ -391,10 +389,14 @@ struct Builder<'s, F> {
     /// The first problem; every later event is ignored, as marked-yaml did.
     error: Option<LoadError>,
     streamed: &'s str,
-    on_item: F,
+    /// The streamed items built so far in `arena`, which is then theirs alone.
+    batch: Vec<NodeId>,
+    /// The tree's own arena, set aside while the streamed list is being read.
+    rest: Option<Arena>,
+    on_items: F,
 }
 
-impl<F: FnMut(Node<'_>)> MarkedEventReceiver for Builder<'_, F> {
+impl<F: FnMut(Items)> MarkedEventReceiver for Builder<'_, F> {
     fn on_event(&mut self, event: Event, marker: Marker) {
         if self.error.is_none()
             && let Err(error) = self.event(event, marker)
@@ -404,7 +406,7 @@ impl<F: FnMut(Node<'_>)> MarkedEventReceiver for Builder<'_, F> {
     }
 }
 
-impl<F: FnMut(Node<'_>)> Builder<'_, F> {
+impl<F: FnMut(Items)> Builder<'_, F> {
     fn event(&mut self, event: Event, marker: Marker) -> Result<(), LoadError> {
         let mark = Mark::from(marker);
         match event {
@@ -459,10 +461,11 @@ impl<F: FnMut(Node<'_>)> Builder<'_, F> {
                     kind: OpenKind::Mapping { key: Some(key), .. },
                     ..
                 },
-            ] if self.arena.key_text(*key) == self.streamed => OpenKind::Sequence {
-                streamed: Some(self.arena.checkpoint()),
-            },
-            _ => OpenKind::Sequence { streamed: None },
+            ] if self.arena.key_text(*key) == self.streamed => {
+                self.rest = Some(std::mem::take(&mut self.arena));
+                OpenKind::Sequence { streamed: true }
+            }
+            _ => OpenKind::Sequence { streamed: false },
         };
         let first = match kind {
             OpenKind::Mapping { .. } => self.entries.len(),
@@ -508,7 +511,14 @@ impl<F: FnMut(Node<'_>)> Builder<'_, F> {
                 arena.entries.extend(self.entries.drain(open.first..));
                 NodeId::Mapping(arena.container(open.mark, first, arena.entries.len() - first))
             }
-            OpenKind::Sequence { .. } => {
+            OpenKind::Sequence { streamed: true } => {
+                self.hand_over();
+                if let Some(rest) = self.rest.take() {
+                    self.arena = rest;
+                }
+                NodeId::Sequence(self.arena.container(open.mark, 0, 0))
+            }
+            OpenKind::Sequence { streamed: false } => {
                 let first = arena.items.len();
                 arena.items.extend(self.items.drain(open.first..));
                 NodeId::Sequence(arena.container(open.mark, first, arena.items.len() - first))
@@ -526,13 +536,13 @@ impl<F: FnMut(Node<'_>)> Builder<'_, F> {
             return Ok(());
         };
         match &mut open.kind {
-            OpenKind::Sequence {
-                streamed: Some(checkpoint),
-            } => {
-                (self.on_item)(self.arena.node(node));
-                self.arena.truncate(*checkpoint);
+            OpenKind::Sequence { streamed: true } => {
+                self.batch.push(node);
+                if self.arena.scalars.len() >= BATCH_SCALARS {
+                    self.hand_over();
+                }
             }
-            OpenKind::Sequence { streamed: None } => self.items.push(node),
+            OpenKind::Sequence { streamed: false } => self.items.push(node),
             OpenKind::Mapping { key, index } => {
                 // A key is always waiting: a scalar where one is due becomes the key, and a
                 // mapping or sequence there is refused in `start`.
@@ -572,6 +582,18 @@ impl<F: FnMut(Node<'_>)> Builder<'_, F> {
             }
         }
         Ok(())
+    }
+
+    /// Hands the streamed items built so far over, with their arena.
+    fn hand_over(&mut self) {
+        if !self.batch.is_empty() {
+            // The next batch will be about as large: sized up front, it grows no more.
+            let next = self.arena.with_same_capacity();
+            (self.on_items)(Items {
+                arena: std::mem::replace(&mut self.arena, next),
+                items: std::mem::take(&mut self.batch),
+            });
+        }
     }
 
     fn finish(self) -> Result<Tree, LoadError> {
