@@ -562,106 +562,12 @@ impl<'f> Federation<'f> {
 
     fn read_all(&mut self, entries: &Items, text: &str, sites: &mut Sites) {
         for entry in entries.iter() {
-            self.read(&Value::item(entry, What::Entry("federation"), text), sites);
+            read_edge(
+                &Value::item(entry, What::Entry("federation"), text),
+                self,
+                sites,
+            );
         }
-    }
-
-    /// Reads one `federation` entry; `None` when it is not a usable edge, which is reported.
-    fn read(&mut self, v: &Value, sites: &mut Sites) -> Option<()> {
-        let diags = &mut self.diags;
-        let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
-        let id = optional(&fields, "id", diags, |v, diags| {
-            read_parsed::<EdgeId>(v, "an edge id", diags)
-        });
-        let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
-            fields.required(key, "edge", why, diags)
-        };
-        let from = required(
-            "from",
-            "every edge needs the trust domain that starts the traffic",
-            diags,
-        )
-        .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
-        let to = required(
-            "to",
-            "every edge needs the trust domain that receives the traffic",
-            diags,
-        )
-        .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
-        let protocol = required(
-            "protocol",
-            "every edge needs a protocol: tcp, udp or any",
-            diags,
-        )
-        .and_then(|v| {
-            read_keyword(&v, "`tcp`, `udp` or `any`", diags, |text| match text {
-                "tcp" => Some(Protocol::Tcp),
-                "udp" => Some(Protocol::Udp),
-                "any" => Some(Protocol::Any),
-                _ => None,
-            })
-        });
-        let ports = required(
-            "ports",
-            "every edge needs the destination ports it allows",
-            diags,
-        )
-        .and_then(|v| read_ports(&v, diags));
-        let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
-            required(key, why, diags).and_then(|v| read_text(&v, why, diags))
-        };
-        let owner = text("owner", "every edge needs an accountable owner", diags);
-        let reason = text(
-            "reason",
-            "every edge needs a reason explaining why the traffic is allowed",
-            diags,
-        );
-        let not_before = optional(&fields, "not_before", diags, read_timestamp);
-        let end = read_edge_end(&fields, diags);
-        // `None` leaves it to `defaults`, which `finish` applies.
-        let require_bundles = optional(&fields, "require_bundles", diags, read_bool)?;
-        if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
-            check_window(not_before, end, diags);
-        }
-        if require_bundles.is_none() {
-            self.defaulted_sites.push((sites.edges.len(), v.pos));
-        }
-        sites.edges.push(EdgeEnds {
-            from: from.clone(),
-            to: to.clone(),
-            require_bundles: require_bundles
-                .as_ref()
-                .and_then(|r| r.value.then_some(r.pos)),
-        });
-        let id = match (id?, &from, &to, protocol, &ports) {
-            (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
-            (None, Some(from), Some(to), Some(protocol), Some(ports)) => Some(EdgeIdSite {
-                id: At {
-                    value: EdgeId::derived(&from.value, &to.value, protocol, ports),
-                    pos: v.pos,
-                },
-                explicit: false,
-            }),
-            _ => None,
-        }?;
-        sites.edge_ids.push(id.clone());
-        let edge = Edge {
-            id: id.id.value,
-            from: from?.value,
-            to: to?.value,
-            protocol: protocol?,
-            ports: ports?,
-            owner: owner?.into(),
-            reason: reason?.into(),
-            not_before: not_before?.map(|t| t.value),
-            end: end?.map(|end| end.value),
-            require_bundles: require_bundles.as_ref().is_some_and(|r| r.value),
-        };
-        if require_bundles.is_none() {
-            self.defaulted_edges.push(self.edges.len());
-        }
-        self.edges.push(Arc::new(edge));
-        Some(())
     }
 
     /// The edges, with `require_bundles` the default for those that do not say.
@@ -687,6 +593,105 @@ impl<'f> Federation<'f> {
         }
         self.edges
     }
+}
+
+/// Reads one `federation` entry into `federation`; `None` when it is not a usable edge, which
+/// is reported.
+fn read_edge(v: &Value, federation: &mut Federation, sites: &mut Sites) -> Option<()> {
+    let diags = &mut federation.diags;
+    let fields = Fields::new(v, "edge", EDGE_KEYS, diags)?;
+    let id = optional(&fields, "id", diags, |v, diags| {
+        read_parsed::<EdgeId>(v, "an edge id", diags)
+    });
+    let required = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+        fields.required(key, "edge", why, diags)
+    };
+    let from = required(
+        "from",
+        "every edge needs the trust domain that starts the traffic",
+        diags,
+    )
+    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let to = required(
+        "to",
+        "every edge needs the trust domain that receives the traffic",
+        diags,
+    )
+    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    let protocol = required(
+        "protocol",
+        "every edge needs a protocol: tcp, udp or any",
+        diags,
+    )
+    .and_then(|v| {
+        read_keyword(&v, "`tcp`, `udp` or `any`", diags, |text| match text {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            "any" => Some(Protocol::Any),
+            _ => None,
+        })
+    });
+    let ports = required(
+        "ports",
+        "every edge needs the destination ports it allows",
+        diags,
+    )
+    .and_then(|v| read_ports(&v, diags));
+    let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+        required(key, why, diags).and_then(|v| read_text(&v, why, diags))
+    };
+    let owner = text("owner", "every edge needs an accountable owner", diags);
+    let reason = text(
+        "reason",
+        "every edge needs a reason explaining why the traffic is allowed",
+        diags,
+    );
+    let not_before = optional(&fields, "not_before", diags, read_timestamp);
+    let end = read_edge_end(&fields, diags);
+    // `None` leaves it to `defaults`, which `Federation::finish` applies.
+    let require_bundles = optional(&fields, "require_bundles", diags, read_bool)?;
+    if let (Some(Some(not_before)), Some(Some(end))) = (&not_before, &end) {
+        check_window(not_before, end, diags);
+    }
+    if require_bundles.is_none() {
+        federation.defaulted_sites.push((sites.edges.len(), v.pos));
+    }
+    sites.edges.push(EdgeEnds {
+        from: from.clone(),
+        to: to.clone(),
+        require_bundles: require_bundles
+            .as_ref()
+            .and_then(|r| r.value.then_some(r.pos)),
+    });
+    let id = match (id?, &from, &to, protocol, &ports) {
+        (Some(id), ..) => Some(EdgeIdSite { id, explicit: true }),
+        (None, Some(from), Some(to), Some(protocol), Some(ports)) => Some(EdgeIdSite {
+            id: At {
+                value: EdgeId::derived(&from.value, &to.value, protocol, ports),
+                pos: v.pos,
+            },
+            explicit: false,
+        }),
+        _ => None,
+    }?;
+    sites.edge_ids.push(id.clone());
+    let edge = Edge {
+        id: id.id.value,
+        from: from?.value,
+        to: to?.value,
+        protocol: protocol?,
+        ports: ports?,
+        owner: owner?.into(),
+        reason: reason?.into(),
+        not_before: not_before?.map(|t| t.value),
+        end: end?.map(|end| end.value),
+        require_bundles: require_bundles.as_ref().is_some_and(|r| r.value),
+    };
+    if require_bundles.is_none() {
+        federation.defaulted_edges.push(federation.edges.len());
+    }
+    federation.edges.push(Arc::new(edge));
+    Some(())
 }
 
 /// `expires` and `ttl` are two ways of ending the same edge, so at most one

@@ -385,6 +385,7 @@ struct Builder<'s, F> {
     entries: Vec<Entry>,
     /// The finished items of the open sequences, innermost last.
     items: Vec<NodeId>,
+    /// The top-level mapping once it is complete, with the character index where it ends.
     root: Option<(u32, usize)>,
     /// The first problem; every later event is ignored, as marked-yaml did.
     error: Option<LoadError>,
@@ -409,6 +410,8 @@ impl<F: FnMut(Items)> MarkedEventReceiver for Builder<'_, F> {
 impl<F: FnMut(Items)> Builder<'_, F> {
     fn event(&mut self, event: Event, marker: Marker) -> Result<(), LoadError> {
         let mark = Mark::from(marker);
+        // Tags and anchors are checked in marked-yaml's order, which decides the message when
+        // a node has both.
         match event {
             Event::MappingStart(anchor, tag) => {
                 refuse_tag(tag.as_ref(), mark)?;
