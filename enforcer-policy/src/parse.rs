@@ -2,6 +2,7 @@
 //! position and reading carries on, so one run lists every mistake; checks
 //! that relate one part of the file to another are left to `validate`.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -21,7 +22,7 @@ use crate::model::{
 use crate::ports::PortRange;
 use crate::shared_names;
 use crate::time::{parse_duration, parse_timestamp};
-use crate::trust_domain::TrustDomain;
+use crate::trust_domain::{TrustDomain, TrustDomainError};
 use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
 use crate::yaml_tree::{self, Items, LoadError, Mapping, Node, Scalar, Tree};
 
@@ -548,6 +549,12 @@ struct Federation<'f> {
     /// indexes of those edges, and of their `Sites::edges`, each with where the edge starts.
     defaulted_edges: Vec<usize>,
     defaulted_sites: Vec<(usize, Pos)>,
+    /// One copy of each trust domain name (by how it is written) and of each free text read:
+    /// 100,000 edges name the same few thousand domains, and owners and reasons repeat, so
+    /// sharing them saves a parse and an allocation per value and leaves `shared_names`
+    /// nothing to free.
+    domains: HashMap<Box<str>, TrustDomain>,
+    texts: HashSet<Arc<str>>,
 }
 
 impl<'f> Federation<'f> {
@@ -557,6 +564,8 @@ impl<'f> Federation<'f> {
             diags,
             defaulted_edges: Vec::new(),
             defaulted_sites: Vec::new(),
+            domains: HashMap::new(),
+            texts: HashSet::new(),
         }
     }
 
@@ -611,13 +620,13 @@ fn read_edge(v: &Value, federation: &mut Federation, sites: &mut Sites) -> Optio
         "every edge needs the trust domain that starts the traffic",
         diags,
     )
-    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    .and_then(|v| read_trust_domain(&v, &mut federation.domains, diags));
     let to = required(
         "to",
         "every edge needs the trust domain that receives the traffic",
         diags,
     )
-    .and_then(|v| read_parsed::<TrustDomain>(&v, "a trust domain name", diags));
+    .and_then(|v| read_trust_domain(&v, &mut federation.domains, diags));
     let protocol = required(
         "protocol",
         "every edge needs a protocol: tcp, udp or any",
@@ -637,8 +646,8 @@ fn read_edge(v: &Value, federation: &mut Federation, sites: &mut Sites) -> Optio
         diags,
     )
     .and_then(|v| read_ports(&v, diags));
-    let text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
-        required(key, why, diags).and_then(|v| read_text(&v, why, diags))
+    let mut text = |key: &'static str, why: &str, diags: &mut Diagnostics| {
+        required(key, why, diags).and_then(|v| read_text(&v, why, &mut federation.texts, diags))
     };
     let owner = text("owner", "every edge needs an accountable owner", diags);
     let reason = text(
@@ -681,8 +690,8 @@ fn read_edge(v: &Value, federation: &mut Federation, sites: &mut Sites) -> Optio
         to: to?.value,
         protocol: protocol?,
         ports: ports?,
-        owner: owner?.into(),
-        reason: reason?.into(),
+        owner: owner?,
+        reason: reason?,
         not_before: not_before?.map(|t| t.value),
         end: end?.map(|end| end.value),
         require_bundles: require_bundles.as_ref().is_some_and(|r| r.value),
@@ -832,9 +841,30 @@ fn read_keyword<T>(
     found
 }
 
+/// A trust domain name, parsed once for every edge that writes it the same way (`names`).
+fn read_trust_domain(
+    v: &Value,
+    names: &mut HashMap<Box<str>, TrustDomain>,
+    diags: &mut Diagnostics,
+) -> Option<At<TrustDomain>> {
+    read_with(v, "a trust domain name", diags, |text| {
+        if let Some(name) = names.get(text) {
+            return Ok(name.clone());
+        }
+        let name: TrustDomain = text.parse().map_err(|e: TrustDomainError| e.to_string())?;
+        names.insert(text.into(), name.clone());
+        Ok(name)
+    })
+}
+
 /// Free text such as `owner` and `reason`: any scalar that makes one line of printable
-/// text, trimmed.
-fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
+/// text, trimmed; the copy in `texts` when there is one.
+fn read_text(
+    v: &Value,
+    why: &str,
+    texts: &mut HashSet<Arc<str>>,
+    diags: &mut Diagnostics,
+) -> Option<Arc<str>> {
     let text = match v.node {
         Node::Scalar(scalar) if !is_null(&scalar) => scalar.as_str(),
         Node::Scalar(_) => "",
@@ -844,7 +874,14 @@ fn read_text(v: &Value, why: &str, diags: &mut Diagnostics) -> Option<String> {
         }
     };
     match free_text(text) {
-        Ok(text) => Some(text.to_owned()),
+        Ok(text) => Some(match texts.get(text) {
+            Some(shared) => Arc::clone(shared),
+            None => {
+                let text: Arc<str> = text.into();
+                texts.insert(Arc::clone(&text));
+                text
+            }
+        }),
         Err(FreeTextError::Empty) => {
             diags.error(v.pos, format!("{} is empty: {why}", v.what));
             None
