@@ -4,7 +4,7 @@
 //! they are. Only `enforcer teardown` removes them.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashMap},
     fs,
     io::ErrorKind,
     net::SocketAddr,
@@ -697,9 +697,25 @@ impl Daemon {
         }
         let known = self.maps.registry().map_err(ApplyError::Failed)?;
         let policy = self.attestation.store.augment(policy);
-        let compiled =
-            compile::compile(&policy, &live, known, &clocks, |path| self.cgroup_id(path))
-                .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        // A cgroup the policy in force binds already is taken at the id it is bound to:
+        // `follow_cgroups` keeps those current (on inotify events, on a rescan, and after every
+        // new generation, this one's included), and 10,000 `stat`s would otherwise be most of
+        // an apply. Attested cgroups are looked up afresh, as their ids depend on the
+        // attestation as well.
+        let bound: HashMap<&CgroupPath, Option<u64>> = self
+            .compiled
+            .bindings
+            .iter()
+            .filter(|b| self.attestation.store.get(&b.path).is_none())
+            .map(|b| (&b.path, b.cgroup_id))
+            .collect();
+        let compiled = compile::compile(&policy, &live, known, &clocks, |path| {
+            bound
+                .get(path)
+                .copied()
+                .unwrap_or_else(|| self.cgroup_id(path))
+        })
+        .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
         Ok(Prepared {
             live,
             book,
