@@ -157,6 +157,9 @@ enum ApplyError {
 
 pub fn run(options: Options) -> Result<()> {
     kernel::features::check()?;
+    // Every program goes through the verifier, against the pinned maps, before anything on
+    // the host changes: a program this kernel refuses stops the daemon here.
+    let loaded = kernel::load(&options.pin_dir)?;
     let file = options.policy.display().to_string();
     let text = crate::policy_file::read(&options.policy)
         .map_err(|why| anyhow::anyhow!("{why}; nothing was changed"))?;
@@ -216,10 +219,11 @@ pub fn run(options: Options) -> Result<()> {
         .map(attestation::server::bind)
         .transpose()?;
 
-    let mut ebpf = kernel::open(&options.pin_dir)?;
+    // Every program passed the verifier before the maps it created are pinned, and before
+    // any hook or policy changes.
+    loaded.pin_created(&options.pin_dir)?;
+    let mut ebpf = loaded.ebpf;
     let adopting = options.pin_dir.links().exists();
-    // Every program passes the verifier before any hook or policy changes.
-    attach::load_all(&mut ebpf)?;
     let maps = PolicyMaps::take(&mut ebpf)?;
     let mut addresses = Addresses::take(&mut ebpf)?;
     addresses.refresh_host()?;

@@ -2,7 +2,9 @@
 //! Nothing is guessed from version numbers: each program type, map type and helper the
 //! embedded object uses is tried with a tiny program or map of its own, and cgroup BPF links
 //! with a link request the kernel must refuse for its target. A missing one stops the daemon
-//! with its name. Optional features are probed the same way and reported by `status`.
+//! with its name. Optional features are probed the same way and reported by `status`. The
+//! verifier is not probed: the daemon's own load of its programs is its test (see
+//! [`refused_by_verifier`]), so each program is verified once per start.
 
 use std::{
     collections::{BTreeSet, HashSet},
@@ -135,20 +137,14 @@ fn required() -> Result<()> {
             )));
         }
     }
-    verifier()
+    Ok(())
 }
 
-/// The last word on what a kernel supports is its verifier: every program is loaded once
-/// against maps of its own (unpinned, freed at once), so that a program this kernel's
-/// verifier refuses (older verifiers explore more paths before giving up) stops the daemon
-/// before the pinned maps are even created.
-fn verifier() -> Result<()> {
-    let mut trial = aya::EbpfLoader::new()
-        .load(OBJECT)
-        .context("creating trial maps for the verifier probe")?;
-    let Err(err) = super::attach::load_all(&mut trial) else {
-        return Ok(());
-    };
+/// The last word on what a kernel supports is its verifier, and it speaks when the daemon
+/// loads its programs (`kernel::load`, before anything on the host changes): an error from
+/// that load becomes a refusal naming the program and the verifier's reason (older verifiers
+/// explore more paths before giving up), like the refusals of the probes above.
+pub fn refused_by_verifier(err: anyhow::Error) -> anyhow::Error {
     let text = format!("{err:#}");
     let what = text
         .lines()
@@ -171,9 +167,9 @@ fn verifier() -> Result<()> {
                 && !l.starts_with("stack depth")
         })
         .unwrap_or_default();
-    Err(lacks(format_args!(
+    lacks(format_args!(
         "a verifier that accepts {what} (it answered: {why})"
-    )))
+    ))
 }
 
 /// The program types enforcer attaches, ordered for stable probing.

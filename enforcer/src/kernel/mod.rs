@@ -1,11 +1,13 @@
-//! Everything that talks to the kernel's BPF subsystem: loading the embedded object with its
-//! maps pinned, the attach table, and the policy maps.
+//! Everything that talks to the kernel's BPF subsystem: loading the embedded object and
+//! pinning its maps, the attach table, and the policy maps.
 
 pub mod attach;
 pub mod bpf_sys;
 pub mod features;
 pub mod memory;
 pub mod policy_maps;
+
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 use aya::{Ebpf, EbpfLoader};
@@ -96,26 +98,52 @@ const MAP_LAYOUTS: [(&str, usize, usize); 21] = [
     ),
 ];
 
-/// Loads the object. Maps already pinned under `pins` are reused (their contents, and so the
-/// enforced policy and every socket's tag, carry over); missing ones are created and pinned.
-/// Programs are not loaded or attached here.
-pub fn open(pins: &PinDir) -> Result<Ebpf> {
+/// The embedded object with its maps and every program loaded into the kernel, pinning
+/// nothing new yet: see [`load`] and [`Loaded::pin_created`].
+pub struct Loaded {
+    pub ebpf: Ebpf,
+    /// Maps this run created because no pin existed for them; they are pinned only by
+    /// [`Loaded::pin_created`].
+    created: Vec<&'static str>,
+}
+
+/// Loads the object and every program, changing nothing on the host: maps already pinned
+/// under `pins` are opened (their contents, and so the enforced policy and every socket's
+/// tag, carry over), missing ones are created without a pin, and then every program goes
+/// through the verifier against those maps. So a program this kernel refuses, or a pinned map
+/// of another layout, stops the daemon with existing pins and enforcement exactly as they
+/// were (a map or program no fd or pin holds is freed by the kernel when this process exits).
+/// Programs are not attached here.
+pub fn load(pins: &PinDir) -> Result<Loaded> {
     if OBJECT.is_empty() {
         bail!(
             "this enforcer binary was built with AYA_BUILD_SKIP and contains no kernel \
              programs; build it normally (`cargo xtask setup` installs what that needs)"
         );
     }
-    std::fs::create_dir_all(pins.maps())
-        .with_context(|| format!("creating {}", pins.maps().display()))?;
     let mut loader = EbpfLoader::new();
+    let mut created = Vec::new();
     let map_pins: Vec<_> = names::ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
     for (name, path) in &map_pins {
-        loader.map_pin_path(name, path.as_path());
+        // aya pins a map it had to create when it was given a pin path, so the path is
+        // given only for pins that exist. A pin removed between this check and the load
+        // (a concurrent teardown) would be created and pinned by aya at once.
+        if path.exists() {
+            loader.map_pin_path(name, path.as_path());
+        } else {
+            created.push(*name);
+        }
     }
-    let ebpf = loader
+    let mut ebpf = loader
         .load(OBJECT)
         .context("creating or opening the pinned maps")?;
+    check_layouts(&ebpf, pins)?;
+    attach::load_all(&mut ebpf).map_err(features::refused_by_verifier)?;
+    Ok(Loaded { ebpf, created })
+}
+
+/// Refuses pinned maps laid out by another build: programs would read garbage from them.
+fn check_layouts(ebpf: &Ebpf, pins: &PinDir) -> Result<()> {
     for (name, key_size, value_size) in MAP_LAYOUTS {
         let map = ebpf
             .map(name)
@@ -142,7 +170,57 @@ pub fn open(pins: &PinDir) -> Result<Ebpf> {
             );
         }
     }
-    Ok(ebpf)
+    Ok(())
+}
+
+impl Loaded {
+    /// Pins the maps [`load`] created, under `pins` (on bpffs: see `bpffs::ensure_pin_dir`).
+    /// Called once every program has loaded and the policy was accepted, before anything
+    /// reads the pins. If one cannot be pinned (its path was taken meanwhile, say by another
+    /// daemon's pin), the pins made here are removed again, so the pin directory holds what
+    /// it held before.
+    pub fn pin_created(&self, pins: &PinDir) -> Result<()> {
+        if self.created.is_empty() {
+            return Ok(());
+        }
+        let dir = pins.maps();
+        let made_dir = !dir.exists();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let mut pinned: Vec<PathBuf> = Vec::new();
+        for name in &self.created {
+            let path = pins.map(name);
+            let result = self
+                .ebpf
+                .map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+                .and_then(|map| {
+                    map.pin(&path)
+                        .with_context(|| format!("pinning map {name} at {}", path.display()))
+                });
+            if let Err(err) = result {
+                // Unlinking a pin only drops the file's reference: the map lives on while
+                // this process holds it, and is freed when it exits.
+                let mut left = Vec::new();
+                for path in &pinned {
+                    if let Err(why) = std::fs::remove_file(path) {
+                        left.push(format!("{} ({why})", path.display()));
+                    }
+                }
+                if made_dir && let Err(why) = std::fs::remove_dir(&dir) {
+                    left.push(format!("{} ({why})", dir.display()));
+                }
+                if left.is_empty() {
+                    return Err(err);
+                }
+                return Err(err.context(format!(
+                    "and what this start pinned could not all be removed: {}",
+                    left.join(", ")
+                )));
+            }
+            pinned.push(path);
+        }
+        Ok(())
+    }
 }
 
 /// Removes the map pins and the pin directory. Maps are freed once no program or file
