@@ -2,12 +2,12 @@
 //! program: a fresh attach pinned as a link, an atomic in-place replacement of an existing
 //! pinned link (restart or upgrade: the hook is never empty), or a forced detach (teardown).
 
-use std::{fs::File, path::PathBuf};
+use std::{collections::HashMap, fs::File, path::PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::programs::{
-    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, ProgramFd,
-    links::FdLink,
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr, Program,
+    ProgramFd, links::FdLink,
 };
 use enforcer_common::names;
 use serde::Serialize;
@@ -80,25 +80,48 @@ pub struct AttachedProgram {
 }
 
 /// Loads every program into the kernel (verifier) before any hook changes, so a program the
-/// kernel refuses leaves existing enforcement exactly as it was.
+/// kernel refuses leaves existing enforcement exactly as it was. The programs are loaded side
+/// by side, one thread each, so that loading takes about as long as the slowest program's
+/// verification (enf_ingress, most of the total) rather than the sum: `bpf_check()` takes
+/// the global `bpf_verifier_lock` only for loaders without CAP_BPF/CAP_SYS_ADMIN (since Linux
+/// 5.2, kernel/bpf/verifier.c), and the daemon runs as root, so its loads are verified in
+/// parallel. If several are refused, the first in [`HOOKS`] order is the error, as when they
+/// were loaded one after another.
 pub fn load_all(ebpf: &mut aya::Ebpf) -> Result<()> {
-    for hook in &HOOKS {
-        let program = ebpf
-            .program_mut(hook.program)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {}", hook.program))?;
-        let loaded = match hook.kind {
-            Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
-            Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
-            Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
-        };
-        loaded.with_context(|| {
-            format!(
-                "loading program {} ({}) into the kernel",
-                hook.program, hook.attach_point
-            )
-        })?;
-    }
-    Ok(())
+    let mut programs: HashMap<&str, &mut Program> = ebpf.programs_mut().collect();
+    let loads = HOOKS
+        .iter()
+        .map(|hook| {
+            programs
+                .remove(hook.program)
+                .map(|program| (hook, program))
+                .ok_or_else(|| anyhow!("the eBPF object has no program {}", hook.program))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let loading: Vec<_> = loads
+            .into_iter()
+            .map(|(hook, program)| scope.spawn(move || load_one(hook, program)))
+            .collect();
+        loading.into_iter().try_for_each(|load| {
+            load.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    })
+}
+
+fn load_one(hook: &Hook, program: &mut Program) -> Result<()> {
+    let loaded = match hook.kind {
+        Kind::Sock => <&mut CgroupSock>::try_from(program)?.load(),
+        Kind::SockAddr => <&mut CgroupSockAddr>::try_from(program)?.load(),
+        Kind::Skb(_) => <&mut CgroupSkb>::try_from(program)?.load(),
+    };
+    loaded.with_context(|| {
+        format!(
+            "loading program {} ({}) into the kernel",
+            hook.program, hook.attach_point
+        )
+    })
 }
 
 /// Puts every loaded program on its hook at `root`, pinning new links under `pins`.
