@@ -156,6 +156,7 @@ enum ApplyError {
 }
 
 pub fn run(options: Options) -> Result<()> {
+    let started = Instant::now();
     let file = options.policy.display().to_string();
     // The kernel side (probing the kernel, opening or creating the maps, verifying every
     // program) and reading the policy need nothing from each other and take about a second
@@ -165,18 +166,21 @@ pub fn run(options: Options) -> Result<()> {
         let kernel = thread::Builder::new()
             .name("kernel-load".into())
             .spawn_scoped(scope, || {
+                let started = Instant::now();
                 kernel::features::check()?;
-                kernel::load(&options.pin_dir)
+                let loaded = kernel::load(&options.pin_dir)?;
+                anyhow::Ok((loaded, started.elapsed()))
             })
             .context("starting the thread that loads the programs")?;
-        let read = read_policy(&options.policy, &file);
+        let started = Instant::now();
+        let read = read_policy(&options.policy, &file).map(|read| (read, started.elapsed()));
         let loaded = kernel
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         anyhow::Ok((loaded, read))
     })?;
-    let loaded = loaded?;
-    let (text, policy) = read.map_err(|(diagnostics, err)| {
+    let (loaded, load_time) = loaded?;
+    let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
         for d in &diagnostics {
             eprintln!("{}", one_line(d));
         }
@@ -291,12 +295,14 @@ pub fn run(options: Options) -> Result<()> {
              require it are suspended"
         ));
     }
+    let applying = Instant::now();
     let applied = daemon.apply_parsed(policy, trust, &file, &text);
+    let apply_time = applying.elapsed();
     // The daemon runs inside this function: the text would otherwise stay for its lifetime.
     drop(text);
     release_freed_memory();
-    match applied {
-        Ok(_) => {}
+    let applied = match applied {
+        Ok(committed) => committed,
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
                 eprintln!("{}", one_line(e));
@@ -304,12 +310,14 @@ pub fn run(options: Options) -> Result<()> {
             bail!("policy {file} was refused; nothing was changed");
         }
         Err(ApplyError::Failed(err)) => return Err(err),
-    }
+    };
+    let attaching = Instant::now();
     // Sockets that already exist get their creators' domains before the checks that read
     // tags are attached, and once more afterwards for sockets created in between.
     let tagged = daemon.tag_existing()?;
     daemon.programs = attach::attach_all(&mut daemon.ebpf, &daemon.root, &daemon.pins)?;
     let tagged = tagged + daemon.tag_existing()?;
+    let attach_time = attaching.elapsed();
     for p in &daemon.programs {
         log(&format!(
             "{} {} at {} (cgroup id {}), link pinned at {}",
@@ -364,6 +372,18 @@ pub fn run(options: Options) -> Result<()> {
         admin.spawn(Arc::clone(&daemon), events.clone())?;
     }
     release_freed_memory();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    log(&format!(
+        "started in {:.0} ms (policy read {:.0} ms alongside programs loaded {:.0} ms; policy \
+         applied {:.0} ms: compile {:.0} ms, maps {:.0} ms; programs attached {:.0} ms)",
+        ms(started.elapsed()),
+        ms(parse_time),
+        ms(load_time),
+        ms(apply_time),
+        ms(applied.compile),
+        ms(applied.maps),
+        ms(attach_time)
+    ));
     log(&format!("control socket {}", options.socket.display()));
     serve(&daemon, &listener, &events, options.groups);
     Ok(())
