@@ -3,7 +3,9 @@
 //! `enforcer_common::maps`.
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::{Array, HashMap, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie,
+};
 use std::{collections::BTreeMap, sync::Arc};
 
 use enforcer_common::{
@@ -15,6 +17,7 @@ use enforcer_common::{
     names,
 };
 
+use super::bpf_sys;
 use crate::{compile::Compiled, registry::Registry};
 
 pub struct PolicyMaps {
@@ -266,6 +269,8 @@ impl PolicyMaps {
             }
         }
 
+        // Edges are most of a policy's entries (100,000 and more), written in one batch.
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
         for ((from, to), was, now) in old.edges.changes(&new.edges) {
             let key = |chunk| EdgeKey {
                 from,
@@ -275,15 +280,23 @@ impl PolicyMaps {
             };
             let written = PortChunk::split(now).count();
             for (chunk, value) in PortChunk::split(now) {
-                self.edges
-                    .insert(key(chunk), value, 0)
-                    .with_context(|| format!("writing edge {from}->{to} to ENF_EDGES"))?;
+                keys.push(key(chunk));
+                values.push(value);
             }
+            // The chunks a pair no longer needs are other keys than those written above, so
+            // removing them before the batch comes to the same.
             for chunk in written..PortChunk::split(was).count() {
                 remove(&mut self.edges, &key(chunk as u16))
                     .with_context(|| format!("removing edge {from}->{to} from ENF_EDGES"))?;
             }
         }
+        bpf_sys::map_update_batch(self.edges.map().fd(), &keys, &values).map_err(
+            |(written, err)| match keys.get(written) {
+                Some(k) => anyhow::Error::from(err)
+                    .context(format!("writing edge {}->{} to ENF_EDGES", k.from, k.to)),
+                None => anyhow::Error::from(err).context("writing edges to ENF_EDGES"),
+            },
+        )?;
 
         for &(domain, mode) in &new.modes {
             if old.modes.binary_search(&(domain, mode)).is_err() {
