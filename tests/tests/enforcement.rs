@@ -2,7 +2,7 @@
 //! real processes, real sockets over IPv4 and IPv6, asserting what the applications see.
 //! Every test uses its own ports, so the tests can run in parallel.
 
-use enforcer_tests::{Outcome, RemoteHost, Sandbox, privileged};
+use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, privileged};
 
 const TWO_DOMAINS: &str = "
 version: 1
@@ -300,6 +300,100 @@ fn teardown_removes_programs_links_and_pins() {
         Outcome::greeted(),
         "no enforcement"
     );
+}
+
+/// Every pin under `dir` with its inode: a pin removed and made again has another inode.
+fn pins(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut found = Vec::new();
+    for sub in ["maps", "links"] {
+        for entry in std::fs::read_dir(dir.join(sub)).expect("reading the pin dir") {
+            let entry = entry.expect("a pin");
+            let inode = entry.metadata().expect("a pin's metadata").ino();
+            found.push((entry.path(), inode));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The daemon loads its programs while it parses the policy; a policy the parser refuses must
+/// still change nothing: on a fresh host nothing is pinned, and over the pins a killed daemon
+/// left every pin stays the one it left, with its enforcement.
+#[test]
+fn a_start_refused_by_its_policy_leaves_pins_and_enforcement_as_they_were() {
+    if !privileged("a_start_refused_by_its_policy_leaves_pins_and_enforcement_as_they_were") {
+        return;
+    }
+    let mut sb = Sandbox::new("refusedstart");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let good = sb.policy("good.yaml", &with_edge("[29100]", "tcp"));
+    let bad = sb.policy(
+        "bad.yaml",
+        &with_edge("[29100]", "tcp").replace("owner: platform-team", "owner: ''"),
+    );
+    let refused = format!("policy {} was refused; nothing was changed", bad.display());
+    let stderr = sb.daemon_must_fail(&bad, &[] as &[&str]);
+    assert!(stderr.contains(&refused), "{stderr}");
+    assert!(!sb.pin_dir.exists(), "nothing was pinned");
+
+    sb.start_daemon(&good);
+    let _open = sb.listen(&prod, "127.0.0.1", 29100);
+    let _closed = sb.listen(&prod, "127.0.0.1", 29101);
+    sb.kill_daemon();
+    let left = pins(&sb.pin_dir);
+    assert_eq!(left.len(), 21 + 7, "every map and link pinned: {left:?}");
+    let stderr = sb.daemon_must_fail(&bad, &[] as &[&str]);
+    assert!(stderr.contains(&refused), "{stderr}");
+    assert_eq!(pins(&sb.pin_dir), left, "the pins are the ones left");
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 29100),
+        Outcome::greeted(),
+        "the edge"
+    );
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 29101),
+        Outcome::EPERM,
+        "enforcement"
+    );
+    sb.start_daemon(&good);
+    assert_eq!(
+        sb.status().get("generation").and_then(Json::as_u64),
+        Some(2),
+        "the refused start applied nothing"
+    );
+}
+
+/// A map missing from the pins a daemon left (a newer version added it, or it was removed)
+/// is created at restart and pinned once the programs that use it have loaded; the other
+/// pins are kept, and the hooks keep their links.
+#[test]
+fn a_map_missing_at_restart_is_created_and_pinned() {
+    if !privileged("a_map_missing_at_restart_is_created_and_pinned") {
+        return;
+    }
+    let mut sb = Sandbox::new("missingmap");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let policy = sb.policy("p.yaml", &with_edge("[29200]", "tcp"));
+    sb.start_daemon(&policy);
+    let _open = sb.listen(&prod, "127.0.0.1", 29200);
+    let _closed = sb.listen(&prod, "127.0.0.1", 29201);
+    sb.kill_daemon();
+    let lost = sb.pin_dir.join("maps/ENF_REFUSALS");
+    std::fs::remove_file(&lost).expect("removing a map pin");
+    let left = pins(&sb.pin_dir);
+    sb.start_daemon(&policy);
+    assert!(lost.exists(), "the missing map is pinned again");
+    let now = pins(&sb.pin_dir);
+    assert_eq!(
+        now.iter().filter(|p| p.0 != lost).collect::<Vec<_>>(),
+        left.iter().collect::<Vec<_>>(),
+        "every other pin is the one left"
+    );
+    assert_eq!(sb.connect(&staging, "127.0.0.1", 29200), Outcome::greeted());
+    assert_eq!(sb.connect(&staging, "127.0.0.1", 29201), Outcome::EPERM);
 }
 
 #[test]
