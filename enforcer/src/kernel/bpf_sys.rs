@@ -1,7 +1,7 @@
 //! The few `bpf(2)` commands aya 0.14 does not expose publicly: opening a pinned link by path,
 //! replacing a link's program in place, force-detaching a link, reading which cgroup a
-//! link is attached to, walking the keys of a map of any type, and writing many entries with
-//! one call. Attribute offsets follow
+//! link is attached to, walking the keys of a map of any type, and reading, writing and
+//! deleting many entries of a hash map with one call. Attribute offsets follow
 //! `union bpf_attr` and `struct bpf_link_info` in `include/uapi/linux/bpf.h`.
 
 use std::{
@@ -18,7 +18,9 @@ const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 const BPF_LINK_DETACH: libc::c_long = 34;
 
 /// `union bpf_attr` (and, reused, `struct bpf_link_info`) as a zeroed, 8-byte aligned
@@ -187,6 +189,73 @@ pub fn map_update_batch<K: aya::Pod, V: aya::Pod>(
         .map_err(|err| (attr.get_u32(32) as usize, err))
 }
 
+/// Entries a [`hash_map_keys`] round asks for: enough that a round is never refused for a
+/// bucket holding more entries than fit (`ENOSPC`), few enough to keep the buffers small.
+const LOOKUP_ROUND: usize = 16_384;
+
+/// Every key of the (not per-CPU) hash map `map`, whose values are `V`s, read with `BPF_MAP_LOOKUP_BATCH`
+/// (hash maps since Linux 5.6, `htab_map_lookup_batch`) in rounds of [`LOOKUP_ROUND`]
+/// entries instead of a `BPF_MAP_GET_NEXT_KEY` call per key: at 200,000 keys about a quarter
+/// of the time. The command has no keys-only form, so values are read too, and dropped. The
+/// batch cursor is a bucket index (u32) the kernel writes to `out_batch`; the round that
+/// reaches the end fails with `ENOENT` after filling in what it found. Like a key walk, this
+/// is a consistent view only of a map nothing else writes meanwhile.
+pub fn hash_map_keys<K: aya::Pod, V: aya::Pod>(map: impl AsFd) -> io::Result<Vec<K>> {
+    let (key_size, value_size) = (size_of::<K>(), size_of::<V>());
+    let mut keys_buf = vec![0u8; LOOKUP_ROUND * key_size];
+    let mut values_buf = vec![0u8; LOOKUP_ROUND * value_size];
+    let (mut cursor, mut next) = (0u32, 0u32);
+    let mut keys = Vec::new();
+    for round in 0.. {
+        // union bpf_attr, batch commands: see map_update_batch. No in_batch starts at the
+        // first bucket.
+        let mut attr = Attr::new();
+        if round > 0 {
+            attr.put_u64(0, (&raw const cursor) as u64);
+        }
+        attr.put_u64(8, (&raw mut next) as u64);
+        attr.put_u64(16, keys_buf.as_mut_ptr() as u64);
+        attr.put_u64(24, values_buf.as_mut_ptr() as u64);
+        attr.put_u32(32, LOOKUP_ROUND as u32);
+        attr.put_u32(36, raw(&map));
+        let result = attr.call(BPF_MAP_LOOKUP_BATCH);
+        let found = (attr.get_u32(32) as usize).min(LOOKUP_ROUND);
+        keys.extend(keys_buf.chunks_exact(key_size).take(found).map(|bytes| {
+            // SAFETY: `bytes` holds size_of::<K>() bytes the kernel wrote, and K is Pod: every
+            // byte pattern is a valid K. read_unaligned: the buffer is only byte-aligned.
+            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<K>()) }
+        }));
+        match result {
+            Ok(_) => cursor = next,
+            Err(err) if err.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(keys)
+}
+
+/// Deletes every key in `keys` from `map` with one `BPF_MAP_DELETE_BATCH` (hash maps since
+/// Linux 5.6, `generic_map_delete_batch`), which deletes in order and stops at the first key
+/// it cannot delete (`ENOENT` for one not there). On error, the first number is how many
+/// were deleted before it, as [`map_update_batch`] reports.
+pub fn map_delete_batch<K: aya::Pod>(map: impl AsFd, keys: &[K]) -> Result<(), (usize, io::Error)> {
+    let count = match u32::try_from(keys.len()) {
+        Ok(0) => return Ok(()),
+        Ok(count) => count,
+        Err(_) => {
+            let why = "a batch holds at most u32::MAX keys";
+            return Err((0, io::Error::new(io::ErrorKind::InvalidInput, why)));
+        }
+    };
+    let mut attr = Attr::new();
+    attr.put_u64(16, keys.as_ptr() as u64);
+    attr.put_u32(32, count);
+    attr.put_u32(36, raw(&map));
+    attr.call(BPF_MAP_DELETE_BATCH)
+        .map(drop)
+        .map_err(|err| (attr.get_u32(32) as usize, err))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +311,41 @@ mod tests {
         let (written, err) =
             map_update_batch(&map, &[6u32], &[] as &[u64]).expect_err("keys without values");
         assert_eq!((written, err.kind()), (0, io::ErrorKind::InvalidInput));
+    }
+
+    #[test]
+    fn every_key_is_read_across_rounds_and_a_batch_delete_stops_at_a_missing_key() {
+        if !crate::privileged_tests::privileged(
+            "every_key_is_read_across_rounds_and_a_batch_delete_stops_at_a_missing_key",
+            "BPF_MAP_LOOKUP_BATCH and BPF_MAP_DELETE_BATCH",
+        ) {
+            return;
+        }
+        let count = 2 * LOOKUP_ROUND as u32 + 7;
+        let map = hash_map(count);
+        assert!(
+            hash_map_keys::<u32, u64>(&map)
+                .expect("an empty map")
+                .is_empty()
+        );
+        let keys: Vec<u32> = (0..count).collect();
+        let values: Vec<u64> = keys.iter().map(|k| u64::from(*k) * 3).collect();
+        map_update_batch(&map, &keys, &values).expect("filling the map");
+        let mut read = hash_map_keys::<u32, u64>(&map).expect("reading the keys");
+        read.sort_unstable();
+        assert_eq!(read, keys, "every key, once, over three rounds");
+
+        // Key 5 is deleted twice: the second batch stops there, having deleted 4 and 6 not.
+        map_delete_batch(&map, &[5u32]).expect("deleting key 5");
+        let (deleted, err) = map_delete_batch(&map, &[4u32, 5, 6]).expect_err("key 5 is gone");
+        assert_eq!(deleted, 1, "{err}");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        assert_eq!([4, 5, 6].map(|k| lookup(&map, k)), [None, None, Some(18)]);
+        assert_eq!(
+            hash_map_keys::<u32, u64>(&map)
+                .expect("reading the keys")
+                .len(),
+            count as usize - 2
+        );
     }
 }

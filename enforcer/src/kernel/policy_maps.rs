@@ -314,18 +314,12 @@ impl PolicyMaps {
         Ok(())
     }
 
-    /// Removes every entry of `slot`, walking the maps' keys: for a slot whose content this
-    /// daemon does not know (it has not written it since it started, or a write failed).
+    /// Removes every entry of `slot`, reading the maps' keys: for a slot whose content this
+    /// daemon does not know (it has not written it since it started, or a write failed). At
+    /// a restart over 100,000 edges that is both slots, so the hash maps are read and cleared
+    /// in batches (see [`clear_hash`]).
     fn clear_slot(&mut self, slot: u32) -> Result<()> {
-        let bindings: Vec<_> = self
-            .bindings
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.slot == slot)
-            .collect();
-        for key in bindings {
-            remove(&mut self.bindings, &key).context("clearing ENF_BINDINGS")?;
-        }
+        clear_hash(&self.bindings, |k| k.slot == slot).context("clearing ENF_BINDINGS")?;
         let endpoints: Vec<_> = self
             .endpoints
             .keys()
@@ -338,24 +332,8 @@ impl PolicyMaps {
                 Err(err) => return Err(err).context("clearing ENF_ENDPOINTS"),
             }
         }
-        let edges: Vec<_> = self
-            .edges
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| u32::from(k.slot) == slot)
-            .collect();
-        for key in edges {
-            remove(&mut self.edges, &key).context("clearing ENF_EDGES")?;
-        }
-        let modes: Vec<_> = self
-            .modes
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.slot == slot)
-            .collect();
-        for key in modes {
-            remove(&mut self.modes, &key).context("clearing ENF_MODES")?;
-        }
+        clear_hash(&self.edges, |k| u32::from(k.slot) == slot).context("clearing ENF_EDGES")?;
+        clear_hash(&self.modes, |k| k.slot == slot).context("clearing ENF_MODES")?;
         Ok(())
     }
 
@@ -483,6 +461,26 @@ fn bound(compiled: &Compiled) -> BTreeMap<u64, (u32, &str)> {
         .iter()
         .filter_map(|b| Some((b.cgroup_id?, (b.domain, b.path.as_str()))))
         .collect()
+}
+
+/// Deletes the keys of `map` that `doomed` picks: read with `BPF_MAP_LOOKUP_BATCH` and deleted
+/// with `BPF_MAP_DELETE_BATCH` (Linux 5.6), not one system call per key. A key already gone
+/// is not an error: the batch stops at it, and goes on after it.
+fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    map: &HashMap<MapData, K, V>,
+    doomed: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let fd = map.map().fd();
+    let mut keys = bpf_sys::hash_map_keys::<K, V>(fd).context("reading the keys")?;
+    keys.retain(doomed);
+    let mut left = keys.as_slice();
+    while let Err((deleted, err)) = bpf_sys::map_delete_batch(fd, left) {
+        if err.raw_os_error() != Some(libc::ENOENT) {
+            return Err(err.into());
+        }
+        left = left.get(deleted + 1..).unwrap_or_default();
+    }
+    Ok(())
 }
 
 /// Removes `key`; one that is already gone is not an error.
