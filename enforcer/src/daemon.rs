@@ -1306,6 +1306,13 @@ impl Daemon {
 
     fn status(&self) -> Status {
         let registry = &self.compiled.registry;
+        // Looked up once per binding: a search of the list for each was 10,000 x 10,000
+        // comparisons at scale, under the daemon's lock.
+        let mut bound: HashMap<&CgroupPath, Option<u64>> =
+            HashMap::with_capacity(self.compiled.bindings.len());
+        for b in &self.compiled.bindings {
+            bound.entry(&b.path).or_insert(b.cgroup_id);
+        }
         let domains = self
             .policy
             .domains
@@ -1318,12 +1325,7 @@ impl Daemon {
                     .cgroups
                     .iter()
                     .map(|path| {
-                        let cgroup_id = self
-                            .compiled
-                            .bindings
-                            .iter()
-                            .find(|b| &b.path == path)
-                            .and_then(|b| b.cgroup_id);
+                        let cgroup_id = bound.get(path).copied().flatten();
                         let state = if !self.root.covers(path) {
                             "outside-root"
                         } else if cgroup_id.is_some() {
