@@ -172,9 +172,9 @@ fn adopt(sk: *mut c_void, key: Option<AcceptKey>) -> *mut c_void {
     };
     if let Some(key) = key {
         // SAFETY: the state is copied out at once.
-        if let Some(found) = unsafe { ACCEPTS.get(&key) }.copied() {
+        if let Some(found) = unsafe { ACCEPTS.get(key) }.copied() {
             init = found;
-            let _ = ACCEPTS.remove(&key);
+            let _ = ACCEPTS.remove(key);
         }
     }
     // SAFETY: F_CREATE initialises the storage from `init`.

@@ -90,7 +90,7 @@ impl Rules for Active {
             domain,
         };
         // SAFETY: the value is a plain u32 copied out at once.
-        unsafe { MODES.get(&key) }.copied()
+        unsafe { MODES.get(key) }.copied()
     }
 }
 
@@ -129,7 +129,7 @@ extern "C" fn scan_range(index: u64, ctx: *mut c_void) -> i64 {
         scan.key.chunk = (index / RANGES_PER_CHUNK as u64) as u16;
         // SAFETY: values are only ever replaced whole by the daemon, for the slot no program
         // is reading; the reference does not outlive this program run.
-        match unsafe { EDGES.get(&scan.key) } {
+        match unsafe { EDGES.get(scan.key) } {
             Some(chunk) => scan.chunk = Some(chunk),
             None => return 1,
         }
@@ -179,5 +179,5 @@ pub fn binding(slot: u32, cgroup_id: u64) -> Option<u32> {
         cgroup_id,
     };
     // SAFETY: the value is a plain u32 copied out at once.
-    unsafe { BINDINGS.get(&key) }.copied()
+    unsafe { BINDINGS.get(key) }.copied()
 }

@@ -1,7 +1,8 @@
-//! Project tasks: `cargo xtask setup | demo | test | vm-test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz`.
 
 mod bench;
 mod fuzz;
+mod lint;
 mod setup;
 mod vm;
 
@@ -30,6 +31,9 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check formatting, and run clippy with warnings denied on the host crates and on the
+    /// eBPF crate.
+    Lint,
     /// Boot each kernel of the matrix in a virtual machine, run the privileged suite in it,
     /// and print a pass/fail table per kernel.
     VmTest(vm::Options),
@@ -79,6 +83,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             cargo(&test)
         }
+        Task::Lint => lint::run(),
         Task::VmTest(options) => vm::run(&options),
         Task::Bench { bench } => {
             build_release()?;

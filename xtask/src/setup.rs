@@ -11,22 +11,25 @@ const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
-    rust_src()?;
+    component("nightly", "rust-src")?;
     llvm()?;
     bpf_linker()
 }
 
-fn rust_src() -> Result<()> {
+/// Installs the rustup `component` for `toolchain` unless it is there.
+pub fn component(toolchain: &str, component: &str) -> Result<()> {
     let installed = output(
         "rustup",
-        &["component", "list", "--toolchain", "nightly", "--installed"],
+        &["component", "list", "--toolchain", toolchain, "--installed"],
     )
-    .context("rustup is needed to build the eBPF programs with the nightly toolchain")?;
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
+    .with_context(|| format!("rustup is needed for the {toolchain} toolchain's {component}"))?;
+    if installed.lines().any(|l| l.starts_with(component)) {
         return Ok(());
     }
-    step("installing rust-src for the nightly toolchain");
-    run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+    step(&format!(
+        "installing {component} for the {toolchain} toolchain"
+    ));
+    run_cmd(Command::new("rustup").args(["component", "add", component, "--toolchain", toolchain]))
 }
 
 /// `llvm-22-dev` brings `llvm-config`, which bpf-linker's build needs.
