@@ -84,6 +84,18 @@ pub struct Compiled {
     pub registry: Registry,
 }
 
+impl Compiled {
+    /// The cgroup id each bound path compiled to (its first binding's, should it have two),
+    /// by path: looked up for 10,000 bindings at scale, never by searching the list.
+    pub fn cgroup_ids(&self) -> HashMap<&CgroupPath, Option<u64>> {
+        let mut ids = HashMap::with_capacity(self.bindings.len());
+        for b in &self.bindings {
+            ids.entry(&b.path).or_insert(b.cgroup_id);
+        }
+        ids
+    }
+}
+
 /// The compiled policy as `verdict::decide` reads it, for judging in userspace exactly as the
 /// programs judge in the kernel.
 pub struct CompiledRules<'a> {

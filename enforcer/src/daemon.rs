@@ -4,7 +4,7 @@
 //! they are. Only `enforcer teardown` removes them.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::BTreeSet,
     fs,
     io::ErrorKind,
     net::SocketAddr,
@@ -749,17 +749,12 @@ impl Daemon {
         // new generation, this one's included), and 10,000 `stat`s would otherwise be most of
         // an apply. Attested cgroups are looked up afresh, as their ids depend on the
         // attestation as well.
-        let bound: HashMap<&CgroupPath, Option<u64>> = self
-            .compiled
-            .bindings
-            .iter()
-            .filter(|b| self.attestation.store.get(&b.path).is_none())
-            .map(|b| (&b.path, b.cgroup_id))
-            .collect();
+        let bound = self.compiled.cgroup_ids();
         let compiled = compile::compile(&policy, &live, known, &clocks, |path| {
             bound
                 .get(path)
                 .copied()
+                .filter(|_| self.attestation.store.get(path).is_none())
                 .unwrap_or_else(|| self.cgroup_id(path))
         })
         .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
@@ -1306,13 +1301,7 @@ impl Daemon {
 
     fn status(&self) -> Status {
         let registry = &self.compiled.registry;
-        // Looked up once per binding: a search of the list for each was 10,000 x 10,000
-        // comparisons at scale, under the daemon's lock.
-        let mut bound: HashMap<&CgroupPath, Option<u64>> =
-            HashMap::with_capacity(self.compiled.bindings.len());
-        for b in &self.compiled.bindings {
-            bound.entry(&b.path).or_insert(b.cgroup_id);
-        }
+        let bound = self.compiled.cgroup_ids();
         let domains = self
             .policy
             .domains

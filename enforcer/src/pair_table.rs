@@ -66,19 +66,21 @@ impl PairTable {
         let (mut old, mut new) = (self.iter().peekable(), newer.iter().peekable());
         std::iter::from_fn(move || {
             loop {
-                let next = match (old.peek(), new.peek()) {
+                // A side that has run out sorts after every pair of the other.
+                let order = match (old.peek(), new.peek()) {
                     (None, None) => return None,
-                    (Some(_), None) => old.next().map(|(pair, was)| (pair, was, &[][..])),
-                    (None, Some(_)) => new.next().map(|(pair, now)| (pair, &[][..], now)),
-                    (Some((o, _)), Some((n, _))) => match o.cmp(n) {
-                        Ordering::Less => old.next().map(|(pair, was)| (pair, was, &[][..])),
-                        Ordering::Greater => new.next().map(|(pair, now)| (pair, &[][..], now)),
-                        Ordering::Equal => {
-                            let (pair, was) = old.next()?;
-                            let (_, now) = new.next()?;
-                            Some((pair, was, now))
-                        }
-                    },
+                    (Some(_), None) => Ordering::Less,
+                    (None, Some(_)) => Ordering::Greater,
+                    (Some((o, _)), Some((n, _))) => o.cmp(n),
+                };
+                let next = match order {
+                    Ordering::Less => old.next().map(|(pair, was)| (pair, was, &[][..])),
+                    Ordering::Greater => new.next().map(|(pair, now)| (pair, &[][..], now)),
+                    Ordering::Equal => {
+                        let (pair, was) = old.next()?;
+                        let (_, now) = new.next()?;
+                        Some((pair, was, now))
+                    }
                 };
                 match next {
                     Some((_, was, now)) if was == now => {}
