@@ -18,7 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod access;
+pub mod admission;
 mod attested;
+mod maintain;
+pub mod remote_admin;
+pub mod tcp_clients;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -26,35 +31,37 @@ use enforcer_common::{names, verdict::Peer};
 use enforcer_policy::{Action, CgroupPath, Policy};
 
 use crate::{
-    access,
-    addresses::Addresses,
-    admission::{Admitted, Clients, Refusals},
-    attestation, backfill, bpffs,
-    bundles::{Trust, TrustState},
-    cgroup_paths::CgroupPaths,
-    cgroupfs::{CgroupFs, CgroupRoot},
-    clock::Clocks,
-    compile::{self, Compiled},
-    control::{self, Channel, Limits, Request, Response},
-    edges::{Book, LiveEdge, Source},
-    event_feed::{Feed, Followers},
-    event_log::{self, EventLog},
-    event_record::{self, EventRecord},
-    grants::{self, EdgeView, GrantRequest, Used},
+    api::control::{self, Channel, Limits, Request, Response},
+    api::edge::{EdgeView, GrantRequest, Source},
+    api::plan::Plan,
+    api::status::{self, Status},
+    daemon::admission::{Admitted, Clients, Refusals},
+    daemon::remote_admin::RemoteAdmin,
+    kernel::addresses::Addresses,
+    kernel::backfill,
+    kernel::bpffs,
+    kernel::cgroup_paths::CgroupPaths,
+    kernel::cgroupfs::{CgroupFs, CgroupRoot},
+    kernel::revocation::{Connections, Judge, Snapshot},
+    kernel::usage::Usage,
     kernel::{
         self,
         attach::{self, AttachedProgram},
         policy_maps::PolicyMaps,
     },
-    maintain,
-    metrics::{self, Commits, Outcome},
+    observe::event_feed::{Feed, Followers},
+    observe::event_log::{self, EventLog},
+    observe::event_record::{self, EventRecord},
+    observe::metrics::{self, Commits, Outcome},
+    observe::tally::Tally,
     paths::{PinDir, StateDir},
-    plan::{self, Plan},
-    remote_admin::RemoteAdmin,
-    revocation::{Connections, Judge, Snapshot},
-    status::{self, Status},
-    tally::Tally,
-    usage::Usage,
+    pipeline::clock::Clocks,
+    pipeline::compile::{self, Compiled},
+    pipeline::edges::{Book, LiveEdge},
+    pipeline::grants::{self, Used},
+    pipeline::plan,
+    trust::attestation,
+    trust::bundles::{Trust, TrustState},
     why,
 };
 
@@ -393,7 +400,7 @@ pub fn run(options: Options) -> Result<()> {
 /// on the host changes; refused: the lines to print (one per diagnostic) and the error.
 fn read_policy(path: &Path, file: &str) -> Result<(String, Policy), (Vec<String>, anyhow::Error)> {
     let refused = format!("policy {file} was refused; nothing was changed");
-    let text = crate::policy_file::read(path)
+    let text = crate::pipeline::policy_file::read(path)
         .map_err(|why| (Vec::new(), anyhow::anyhow!("{why}; nothing was changed")))?;
     match enforcer_policy::parse(file, &text) {
         Ok(policy) => match compile::check_alone(&policy) {
@@ -1147,7 +1154,12 @@ impl Daemon {
         }
     }
 
-    fn why(&self, from: &why::WhySource, to: SocketAddr, protocol: why::Transport) -> Response {
+    fn why(
+        &self,
+        from: &crate::api::why::WhySource,
+        to: SocketAddr,
+        protocol: crate::api::why::Transport,
+    ) -> Response {
         let live = why::Live {
             ebpf: &self.ebpf,
             maps: &self.maps,

@@ -3,7 +3,9 @@
 //! peers. The rules are the SPIFFE X509-SVID and Trust Domain and Bundle standards; where the
 //! standards only say SHOULD, this module is no stricter than go-spiffe unless noted.
 
+pub mod attestation;
 mod bundle;
+pub mod bundles;
 mod certificate;
 mod spiffe_id;
 mod svid;

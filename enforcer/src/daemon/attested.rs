@@ -8,9 +8,9 @@ use enforcer_policy::{CgroupPath, Policy};
 
 use super::{ApplyError, Daemon, log};
 use crate::{
-    attestation::{self, Attested, Claim, Store},
-    clock::Clocks,
-    status,
+    api::status,
+    pipeline::clock::Clocks,
+    trust::attestation::{self, Attested, Claim, Store},
 };
 
 /// What the daemon keeps for attestation.
@@ -191,7 +191,7 @@ impl Daemon {
 /// cgroup went away while no daemon ran.
 pub fn load(
     state: &crate::paths::StateDir,
-    cgroups: &crate::cgroupfs::CgroupFs,
+    cgroups: &crate::kernel::cgroupfs::CgroupFs,
 ) -> anyhow::Result<Store> {
     let now = Clocks::now().wall_now();
     let saved = Store::load(state)?;

@@ -13,7 +13,7 @@ use enforcer_common::names;
 use serde::Serialize;
 
 use super::bpf_sys;
-use crate::{cgroupfs::CgroupRoot, paths::PinDir};
+use crate::{kernel::cgroupfs::CgroupRoot, paths::PinDir};
 
 #[derive(Debug, Clone, Copy)]
 enum Kind {

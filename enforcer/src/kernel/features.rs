@@ -6,6 +6,7 @@
 //! verifier is not probed: the daemon's own load of its programs is its test (see
 //! [`refused_by_verifier`]), so each program is verified once per start.
 
+use crate::api::status::Feature;
 use std::{
     collections::{BTreeSet, HashSet},
     fs::File,
@@ -24,23 +25,13 @@ use aya_obj::{
     Object, ProgramSection,
     generated::{BPF_CALL, BPF_JMP, bpf_func_id, bpf_map_type},
 };
-use serde::{Deserialize, Serialize};
 
 use super::{OBJECT, bpf_sys::Attr};
-use crate::sockdiag::{DiagSocket, SockDiag};
+use crate::kernel::sockdiag::{DiagSocket, SockDiag};
 
 /// The oldest kernel the whole suite passes on (Debian 13's, in `cargo xtask vm-test`); named
 /// in every refusal so the reader knows what to upgrade to.
 pub const MINIMUM: &str = "Linux 6.1";
-
-/// An optional feature: whether this kernel has it and what is different without it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Feature {
-    pub name: String,
-    pub enabled: bool,
-    /// Without it: what the daemon does instead, and the probe's finding.
-    pub detail: String,
-}
 
 static OPTIONAL: OnceLock<Vec<Feature>> = OnceLock::new();
 

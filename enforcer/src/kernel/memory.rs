@@ -5,6 +5,7 @@
 //! `BPF_F_NO_PREALLOC` grows with its entries while a preallocated one (an LRU hash, an
 //! array) costs its whole size from the start.
 
+use crate::api::status::MapMemory;
 use std::{
     fs,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -12,17 +13,8 @@ use std::{
 
 use aya::maps::MapData;
 use enforcer_common::names;
-use serde::{Deserialize, Serialize};
 
 use crate::paths::PinDir;
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct MapMemory {
-    pub map: String,
-    /// Kernel memory charged for the map now.
-    pub bytes: u64,
-    pub max_entries: u32,
-}
 
 /// Every pinned map that can be opened, with its cost; a map that cannot be read is left out.
 pub fn of_pins(pins: &PinDir) -> Vec<MapMemory> {

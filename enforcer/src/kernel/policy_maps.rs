@@ -18,7 +18,7 @@ use enforcer_common::{
 };
 
 use super::bpf_sys;
-use crate::{compile::Compiled, registry::Registry};
+use crate::{pipeline::compile::Compiled, pipeline::registry::Registry};
 
 pub struct PolicyMaps {
     bindings: HashMap<MapData, BindingKey, u32>,

@@ -31,8 +31,8 @@ use enforcer_common::{maps::SockTag, names};
 
 use super::Transport;
 use crate::{
-    backfill,
-    sockdiag::{DiagSocket, SockDiag},
+    kernel::backfill,
+    kernel::sockdiag::{DiagSocket, SockDiag},
 };
 
 /// include/net/tcp_states.h: TCP_LISTEN, and TCP_CLOSE, the state inet_diag reports for a

@@ -9,7 +9,9 @@ use enforcer_common::maps::MAX_CGROUP_DEPTH;
 use enforcer_policy::CgroupPath;
 
 use super::{Live, WhySource};
-use crate::{addresses, backfill, cgroupfs::CgroupFs, sockdiag::SockDiag};
+use crate::{
+    kernel::addresses, kernel::backfill, kernel::cgroupfs::CgroupFs, kernel::sockdiag::SockDiag,
+};
 
 pub struct Origin {
     pub cgroup: CgroupPath,

@@ -17,9 +17,9 @@ use super::{
     rules::wall_time,
 };
 use crate::{
-    clock::Clocks,
     kernel::policy_maps::{ActivePolicy, PolicyMaps},
-    registry::Registry,
+    pipeline::clock::Clocks,
+    pipeline::registry::Registry,
 };
 
 /// Domain names (from the live ENF_DOMAINS) and modes (ENF_MODES, else the policy's).

@@ -1,0 +1,171 @@
+//! What `enforcer status` shows, built by the daemon from its live state and printed by the
+//! CLI as text or JSON (`-o json`, a stable schema scripts may rely on).
+
+use serde::{Deserialize, Serialize};
+
+use jiff::Timestamp;
+
+use crate::api::edge::EdgeView;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub daemon_pid: u32,
+    pub generation: u64,
+    pub policy_file: String,
+    pub pin_dir: String,
+    pub cgroup_mount: String,
+    pub cgroup_root: String,
+    pub defaults: Defaults,
+    /// The mode of domains that do not set their own: "enforce" or "audit".
+    pub mode: String,
+    pub domains: Vec<DomainStatus>,
+    pub attestation: AttestationStatus,
+    /// The trust bundles the policy names.
+    pub bundles: Vec<BundleStatus>,
+    pub edges: Vec<EdgeView>,
+    pub audit: AuditStatus,
+    pub events: EventsStatus,
+    pub programs: Vec<ProgramStatus>,
+    /// Optional kernel features: which are off here and what that changes.
+    #[serde(default)]
+    pub features: Vec<Feature>,
+    /// Entries of the policy maps in the slot in force.
+    pub maps: Vec<MapFill>,
+    /// What every pinned map costs the kernel.
+    #[serde(default)]
+    pub memory: Vec<MapMemory>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Defaults {
+    pub unlabeled: String,
+    pub external: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DomainStatus {
+    pub name: String,
+    pub id: u32,
+    /// "enforce" or "audit", the domain's own or the default.
+    pub mode: String,
+    pub bindings: Vec<BindingStatus>,
+    pub endpoints: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BindingStatus {
+    pub cgroup: String,
+    /// `None` when the cgroup does not exist.
+    pub cgroup_id: Option<u64>,
+    /// "bound", "missing" (no such cgroup) or "outside-root" (not under --cgroup-root, so
+    /// never enforced by this daemon).
+    pub state: String,
+}
+
+/// The attestation socket and the cgroups bound by SVID.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestationStatus {
+    /// `None` when the daemon has no `--attest-socket`.
+    pub socket: Option<String>,
+    /// Set when the policy has attested domains that nothing can bind.
+    pub warning: Option<String>,
+    pub bindings: Vec<AttestedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AttestedStatus {
+    pub cgroup: String,
+    pub cgroup_id: u64,
+    pub domain: String,
+    pub spiffe_id: String,
+    pub expires: jiff::Timestamp,
+    /// The process that attested.
+    pub pid: u32,
+}
+
+/// What the programs counted since enforcement started (the counters live in pinned maps, so
+/// they survive daemon restarts; teardown resets them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AuditStatus {
+    /// Flows audit mode let through that the policy refuses, once per flow.
+    pub would_deny: u64,
+    /// Refused calls, handshakes and datagrams, and live connections ended in the kernel.
+    pub denied: u64,
+    pub pairs: Vec<PairStatus>,
+}
+
+/// Counts for one ordered pair of peers: a domain name, "unlabeled" or "external".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PairStatus {
+    pub from: String,
+    pub to: String,
+    pub would_deny: u64,
+    pub denied: u64,
+}
+
+/// Where decision events go, and how many never got there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventsStatus {
+    pub log: String,
+    /// Events the programs dropped because the ring buffer was full, since enforcement
+    /// started.
+    pub lost: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub program: String,
+    pub attach_point: String,
+    pub link_pin: String,
+    pub link_id: u32,
+    pub prog_id: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MapFill {
+    pub map: String,
+    pub entries: usize,
+}
+
+/// How `status` shows one domain's bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleStatus {
+    pub domain: String,
+    pub path: String,
+    /// "valid", "expired", "not-yet-valid" or "unusable" (unreadable or failing the checks).
+    pub state: String,
+    /// Why it is not valid.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The earliest end of an authority's validity.
+    pub expires: Option<Timestamp>,
+    /// Set when a valid bundle lapses within the warning period.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    pub authorities: Vec<AuthorityStatus>,
+}
+
+/// An optional feature: whether this kernel has it and what is different without it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Feature {
+    pub name: String,
+    pub enabled: bool,
+    /// Without it: what the daemon does instead, and the probe's finding.
+    pub detail: String,
+}
+
+/// What one pinned map costs the kernel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MapMemory {
+    pub map: String,
+    /// Kernel memory charged for the map now.
+    pub bytes: u64,
+    pub max_entries: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuthorityStatus {
+    pub sha256: String,
+    pub subject: String,
+    pub not_after: Timestamp,
+}

@@ -1,0 +1,167 @@
+//! `enforcer status` as a person reads it (`-o json` prints the wire type as it is).
+
+use crate::api::status::MapMemory;
+use std::fmt::{self, Display};
+
+use crate::api::{
+    edge::{EdgeView, Source},
+    status::Status,
+};
+
+impl Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "generation:   {}", self.generation)?;
+        writeln!(f, "policy:       {}", self.policy_file)?;
+        writeln!(f, "daemon pid:   {}", self.daemon_pid)?;
+        writeln!(f, "pin dir:      {}", self.pin_dir)?;
+        writeln!(
+            f,
+            "cgroup root:  {} (cgroup2 at {})",
+            self.cgroup_root, self.cgroup_mount
+        )?;
+        writeln!(
+            f,
+            "defaults:     unlabeled {}, external {}, mode {}",
+            self.defaults.unlabeled, self.defaults.external, self.mode
+        )?;
+        writeln!(f, "domains:")?;
+        for domain in &self.domains {
+            writeln!(f, "  {} (id {}, {})", domain.name, domain.id, domain.mode)?;
+            for b in &domain.bindings {
+                match b.cgroup_id {
+                    Some(id) => writeln!(f, "    cgroup   {} (id {id}, {})", b.cgroup, b.state)?,
+                    None => writeln!(f, "    cgroup   {} ({})", b.cgroup, b.state)?,
+                }
+            }
+            for e in &domain.endpoints {
+                writeln!(f, "    endpoint {e}")?;
+            }
+        }
+        let a = &self.attestation;
+        match (&a.socket, &a.warning) {
+            (_, Some(warning)) => writeln!(f, "attestation:  {warning}")?,
+            (Some(socket), None) => writeln!(f, "attestation:  {socket}")?,
+            (None, None) => writeln!(f, "attestation:  off")?,
+        }
+        for b in &a.bindings {
+            writeln!(
+                f,
+                "  {} (id {}) -> {} as {} until {} (pid {})",
+                b.cgroup, b.cgroup_id, b.domain, b.spiffe_id, b.expires, b.pid
+            )?;
+        }
+        if !self.bundles.is_empty() {
+            writeln!(f, "bundles:")?;
+        }
+        for b in &self.bundles {
+            let expires = b
+                .expires
+                .map_or_else(String::new, |t| format!(", expires {t}"));
+            writeln!(f, "  {} {} ({}{expires})", b.domain, b.path, b.state)?;
+            if let Some(error) = &b.error {
+                writeln!(f, "    error: {error}")?;
+            }
+            if let Some(warning) = &b.warning {
+                writeln!(f, "    warning: {warning}")?;
+            }
+            for a in &b.authorities {
+                writeln!(
+                    f,
+                    "    ca sha256:{} {} (until {})",
+                    a.sha256, a.subject, a.not_after
+                )?;
+            }
+        }
+        writeln!(f, "edges:")?;
+        if self.edges.is_empty() {
+            writeln!(f, "  (none: every cross-domain flow is refused)")?;
+        }
+        for e in &self.edges {
+            write_edge(f, e)?;
+        }
+        writeln!(
+            f,
+            "audit:        {} would-deny, {} denied",
+            self.audit.would_deny, self.audit.denied
+        )?;
+        for p in &self.audit.pairs {
+            writeln!(
+                f,
+                "  {} -> {}: {} would-deny, {} denied",
+                p.from, p.to, p.would_deny, p.denied
+            )?;
+        }
+        writeln!(
+            f,
+            "events:       {} ({} lost: ring buffer full)",
+            self.events.log, self.events.lost
+        )?;
+        writeln!(f, "programs:")?;
+        for p in &self.programs {
+            writeln!(
+                f,
+                "  {:<14} {:<20} link {} (id {}, prog id {})",
+                p.program, p.attach_point, p.link_pin, p.link_id, p.prog_id
+            )?;
+        }
+        writeln!(f, "features:")?;
+        for feature in &self.features {
+            let state = if feature.enabled { "on" } else { "OFF" };
+            writeln!(f, "  {:<16} {state}: {}", feature.name, feature.detail)?;
+        }
+        write!(f, "maps:        ")?;
+        for m in &self.maps {
+            write!(f, " {} {}", m.map, m.entries)?;
+        }
+        writeln!(f)?;
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let total: u64 = self.memory.iter().map(|m| m.bytes).sum();
+        let mut largest: Vec<&MapMemory> = self.memory.iter().collect();
+        largest.sort_by_key(|m| std::cmp::Reverse(m.bytes));
+        write!(
+            f,
+            "kernel memory: {:.1} MB in {} maps;",
+            mb(total),
+            self.memory.len()
+        )?;
+        for m in largest.iter().take(4) {
+            write!(f, " {} {:.1} MB", m.map, mb(m.bytes))?;
+        }
+        writeln!(f)
+    }
+}
+
+/// One edge on one line, then its deadline and use; shared by `status` and `edge list`.
+pub fn write_edge(f: &mut impl fmt::Write, e: &EdgeView) -> fmt::Result {
+    let source = match e.source {
+        Source::File => "file",
+        Source::Grant => "grant",
+    };
+    writeln!(
+        f,
+        "  {} [{source}, {}{}] {} -> {} {} {} (owner {}: {})",
+        e.id,
+        e.state,
+        if e.stale { ", stale" } else { "" },
+        e.from,
+        e.to,
+        e.protocol,
+        e.ports.join(","),
+        e.owner,
+        e.reason
+    )?;
+    if let Some(trust) = &e.trust {
+        writeln!(f, "      {trust}")?;
+    }
+    let expires = e
+        .expires
+        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+    let last = e
+        .last_used
+        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+    writeln!(
+        f,
+        "      created {}, expires {expires}, {} connection(s), last used {last}",
+        e.created, e.connections
+    )
+}

@@ -1,0 +1,33 @@
+//! The enforcer's userspace: a daemon that puts trust-domain boundaries in force in the kernel,
+//! and the command line that drives it. One wing per kind of code; imports run downwards in
+//! this list, never back up:
+//!
+//! - [`cli`]: the command-line verbs, one file each. They run here or ask the daemon.
+//! - [`daemon`]: the running daemon. Its core is a state machine (`daemon::core`): every
+//!   change (apply, grant, revoke, expiry, bundle and cgroup changes) is computed as a value,
+//!   then carried out by the one kernel side. Around it: start-up, the control socket, remote
+//!   administration and the background duties.
+//! - [`why`]: `enforcer why`, the kernel's decision for one flow, reproduced from the live maps
+//!   with the kernel's own classification and verdict code (`enforcer_common`).
+//! - [`observe`]: what the daemon tells people: decision events, metrics, logs.
+//! - [`trust`]: SPIFFE identity: bundles, SVIDs, TLS, attestation.
+//! - [`kernel`]: everything that touches the kernel: programs, maps, cgroups, sockets,
+//!   netlink.
+//! - [`pipeline`]: the pure policy pipeline. A parsed policy (`enforcer_policy`) and the
+//!   grants become map entries in `pipeline::compile`.
+//! - [`api`]: the control API's wire types, which the daemon computes and the CLI renders.
+//!
+//! Where a connection's verdict is made: `enforcer_common::verdict::decide`, called by the
+//! programs in `enforcer-ebpf/src/programs/`.
+
+mod api;
+pub mod cli;
+mod daemon;
+mod kernel;
+mod observe;
+mod paths;
+mod pipeline;
+#[cfg(test)]
+mod privileged_tests;
+mod trust;
+mod why;

@@ -1,0 +1,8 @@
+//! What the daemon tells people: the kernel's decision events (read, named, logged and
+//! streamed), the decisions counted from them, and the Prometheus metrics.
+
+pub mod event_feed;
+pub mod event_log;
+pub mod event_record;
+pub mod metrics;
+pub mod tally;

@@ -1,0 +1,226 @@
+//! The daemon's reader of the kernel's decision events: it drains the ring buffer as records
+//! arrive, names them, counts them, appends them to the event log and passes them to every
+//! `enforcer events --follow` client. It runs on its own thread so that a burst of events
+//! never delays cgroup following or expiries, and it holds the daemon lock only to name a
+//! batch.
+
+use std::{
+    collections::HashMap,
+    io::Write as _,
+    os::fd::AsFd as _,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
+use enforcer_common::{event::HOOK_ESTABLISHED, names};
+use nix::{
+    errno::Errno,
+    poll::{PollFd, PollFlags, PollTimeout, poll},
+};
+
+use crate::{
+    api::control::Channel,
+    daemon::{Daemon, log},
+    kernel::cgroup_paths::CgroupPaths,
+    observe::event_log::EventLog,
+    observe::event_record::{self, EventRecord},
+    pipeline::clock::Clocks,
+};
+
+/// How often the ring buffer is read without being woken: the programs wake the feed only
+/// for refusals, so this is how late an allowed crossing can be reported.
+const IDLE: Duration = Duration::from_millis(200);
+/// Records named per daemon lock, so that a flood never holds the lock for long.
+const BATCH: usize = 4096;
+/// Both ends of a local connection report its end when a policy change refuses it, and the
+/// daemon reports the connections it ends; a second report of one connection within this
+/// long is the same end.
+const SAME_END: Duration = Duration::from_secs(5);
+/// A follower that cannot take a line within this long is dropped rather than allowed to
+/// stall the feed.
+const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The `enforcer events --follow` clients, each waiting for lines.
+#[derive(Clone, Default)]
+pub struct Followers(Arc<Mutex<Vec<Box<dyn Channel>>>>);
+
+impl Followers {
+    pub fn add(&self, stream: Box<dyn Channel>) -> Result<()> {
+        stream.set_timeouts(None, Some(FOLLOWER_TIMEOUT))?;
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(stream);
+        Ok(())
+    }
+
+    fn send(&self, text: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain_mut(|stream| {
+                let authenticated = stream
+                    .expires()
+                    .is_none_or(|expires| jiff::Timestamp::now() < expires);
+                authenticated && stream.write_all(text.as_bytes()).is_ok() && stream.flush().is_ok()
+            });
+    }
+}
+
+pub struct Feed {
+    ring: RingBuf<MapData>,
+    lost: PerCpuArray<MapData, u64>,
+    log: EventLog,
+    cgroups: CgroupPaths,
+    followers: Followers,
+    /// Connections the daemon ended.
+    ended_by_daemon: mpsc::Receiver<EventRecord>,
+    /// Connections whose end was reported, with when.
+    ended: HashMap<(String, std::net::SocketAddr, std::net::SocketAddr), Instant>,
+    lost_reported: u64,
+}
+
+impl Feed {
+    pub fn new(
+        ebpf: &mut aya::Ebpf,
+        log: EventLog,
+        cgroups: CgroupPaths,
+        followers: Followers,
+        ended_by_daemon: mpsc::Receiver<EventRecord>,
+    ) -> Result<Self> {
+        let mut take = |name: &str| {
+            ebpf.take_map(name)
+                .with_context(|| format!("the eBPF object has no map {name}"))
+        };
+        Ok(Self {
+            ring: RingBuf::try_from(take(names::MAP_EVENTS)?)?,
+            lost: PerCpuArray::try_from(take(names::MAP_EVENTS_LOST)?)?,
+            log,
+            cgroups,
+            followers,
+            ended_by_daemon,
+            ended: HashMap::new(),
+            lost_reported: 0,
+        })
+    }
+
+    pub fn spawn(mut self, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
+        std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                loop {
+                    self.wait();
+                    self.drain(&daemon);
+                }
+            })
+            .context("starting the event thread")?;
+        Ok(())
+    }
+
+    fn wait(&self) {
+        let mut fds = [PollFd::new(self.ring.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(IDLE).unwrap_or(PollTimeout::NONE);
+        if let Err(err) = poll(&mut fds, timeout)
+            && err != Errno::EINTR
+        {
+            log(&format!("event poll failed: {err}"));
+            std::thread::sleep(IDLE);
+        }
+    }
+
+    fn drain(&mut self, daemon: &Mutex<Daemon>) {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < BATCH {
+                let Some(item) = self.ring.next() else { break };
+                match event_record::decode(&item) {
+                    Some(event) => batch.push(event),
+                    None => log(&format!(
+                        "skipped a decision event of {} bytes (not this build's layout)",
+                        item.len()
+                    )),
+                }
+            }
+            let lost = self.lost_total();
+            let full = batch.len() == BATCH;
+            let mut records = Vec::with_capacity(batch.len());
+            {
+                let mut d = daemon.lock().unwrap_or_else(PoisonError::into_inner);
+                let clocks = Clocks::now();
+                d.set_events_lost(lost);
+                // Reported before the kernel's batch: the daemon ended these connections
+                // before the feed woke, usually before the kernel's events in the batch.
+                while let Ok(record) = self.ended_by_daemon.try_recv() {
+                    if self.first_end(&record) {
+                        d.count_event(&record);
+                        records.push(record);
+                    }
+                }
+                for event in &batch {
+                    let Some(record) = EventRecord::describe(event, &*d, &clocks) else {
+                        log("skipped a decision event with codes this build does not know");
+                        continue;
+                    };
+                    if event.hook == HOOK_ESTABLISHED && !self.first_end(&record) {
+                        continue;
+                    }
+                    d.count_event(&record);
+                    records.push(record);
+                }
+            }
+            self.publish(records);
+            if !full {
+                // Reported once the buffer is drained, so everything that did arrive is
+                // already logged when the loss is.
+                if lost > self.lost_reported {
+                    log(&format!(
+                        "{} decision event(s) lost: the ring buffer was full ({lost} in all)",
+                        lost - self.lost_reported
+                    ));
+                    self.lost_reported = lost;
+                }
+                return;
+            }
+        }
+    }
+
+    /// Whether `record` is the first report of its connection's end.
+    fn first_end(&mut self, record: &EventRecord) -> bool {
+        let now = Instant::now();
+        self.ended
+            .retain(|_, at| now.duration_since(*at) < SAME_END);
+        let (protocol, a, b) = record.connection();
+        self.ended
+            .insert((protocol.to_owned(), a, b), now)
+            .is_none()
+    }
+
+    fn publish(&mut self, mut records: Vec<EventRecord>) {
+        if records.is_empty() {
+            return;
+        }
+        let mut lines = Vec::with_capacity(records.len());
+        for record in &mut records {
+            record.cgroup = self.cgroups.path(record.cgroup_id);
+            match serde_json::to_string(record) {
+                Ok(line) => lines.push(line),
+                Err(err) => log(&format!("could not write a decision event: {err}")),
+            }
+        }
+        if let Err(err) = self.log.append(&lines) {
+            log(&format!("could not append to the event log: {err}"));
+        }
+        let mut text = lines.join("\n");
+        text.push('\n');
+        self.followers.send(&text);
+    }
+
+    fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}

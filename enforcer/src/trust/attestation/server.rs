@@ -1,0 +1,235 @@
+//! The attestation socket: a Unix socket any local process may connect to (the proof is the
+//! SVID, not who connects), speaking TLS 1.3 with mandatory client certificates that must be
+//! valid X.509-SVIDs of a domain whose bundle the daemon holds. Each connection gets one
+//! line back: `bound CGROUP to DOMAIN as SPIFFE-ID until TIME` or `refused: REASON`.
+
+use std::{
+    io::Write as _,
+    os::unix::net::{UnixListener, UnixStream},
+    path::Path,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::{Claim, peer::Peer};
+use crate::{
+    daemon::{self, Daemon, log},
+    kernel::cgroupfs::CgroupFs,
+    trust::{self, Bundles, Identity, SvidClientVerifier},
+};
+
+/// A client that stalls is cut off after this long, so it cannot hold a thread.
+const TIMEOUT: Duration = Duration::from_secs(10);
+/// Attestations handled at once; more connections are closed unanswered until one ends.
+const MAX_CLIENTS: usize = 32;
+
+/// Binds the attestation socket: mode 0666 in a directory created 0711, replacing a stale
+/// socket file but never one a live daemon answers on.
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    daemon::bind_socket(path, true).context("binding the attestation socket")
+}
+
+/// The certificate the daemon shows clients: its own SVID when it has one, otherwise a
+/// self-signed certificate made at start. Clients of the latter trust the daemon by the
+/// socket's path (its directory is root's), not by the certificate.
+pub fn identity(own: Option<Identity>) -> Result<Identity> {
+    if let Some(own) = own {
+        return Ok(own);
+    }
+    let made = rcgen::generate_simple_self_signed(vec!["enforcer-attestation".to_owned()])
+        .context("making the attestation socket's certificate")?;
+    Ok(Identity {
+        chain: vec![CertificateDer::from(made.cert.der().to_vec())],
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
+    })
+}
+
+pub struct Server {
+    listener: UnixListener,
+    config: Arc<ServerConfig>,
+    verifier: Arc<SvidClientVerifier>,
+    cgroups: CgroupFs,
+}
+
+impl Server {
+    pub fn new(
+        listener: UnixListener,
+        identity: Identity,
+        bundles: Bundles,
+        cgroups: CgroupFs,
+    ) -> Result<Self> {
+        let verifier = Arc::new(SvidClientVerifier::new(bundles));
+        let config = ServerConfig::builder_with_provider(trust::crypto_provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .context("configuring TLS 1.3")?
+            .with_client_cert_verifier(verifier.clone())
+            .with_single_cert(identity.chain, identity.key)
+            .context("the attestation socket's certificate and key do not match")?;
+        Ok(Self {
+            listener,
+            config: Arc::new(config),
+            verifier,
+            cgroups,
+        })
+    }
+
+    /// Answers the socket on a thread of its own, each client on a thread of its own.
+    pub fn spawn(self, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
+        std::thread::Builder::new()
+            .name("attestation".into())
+            .spawn(move || self.run(&daemon))
+            .context("starting the attestation thread")?;
+        Ok(())
+    }
+
+    fn run(self, daemon: &Arc<Mutex<Daemon>>) {
+        let server = Arc::new(self);
+        let busy = Arc::new(AtomicUsize::new(0));
+        for stream in server.listener.incoming() {
+            let stream = match stream {
+                Ok(stream) => stream,
+                Err(err) => {
+                    log(&format!("attestation socket accept failed: {err}"));
+                    continue;
+                }
+            };
+            if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                log("attestation refused: too many clients at once");
+                continue;
+            }
+            let (server, daemon, done) =
+                (Arc::clone(&server), Arc::clone(daemon), Arc::clone(&busy));
+            let spawned = std::thread::Builder::new()
+                .name("attest-client".into())
+                .spawn(move || {
+                    server.answer(stream, &daemon);
+                    done.fetch_sub(1, Ordering::SeqCst);
+                });
+            if let Err(err) = spawned {
+                busy.fetch_sub(1, Ordering::SeqCst);
+                log(&format!("could not answer an attestation: {err}"));
+            }
+        }
+    }
+
+    fn answer(&self, stream: UnixStream, daemon: &Mutex<Daemon>) {
+        // Taken first: the kernel recorded the client when it connected.
+        let peer = match Peer::of(&stream) {
+            Ok(peer) => peer,
+            Err(err) => {
+                log(&format!(
+                    "attestation refused: cannot tell who connected: {err:#}"
+                ));
+                return;
+            }
+        };
+        // Described before the handshake, while the client waits for it: a client refused in
+        // the handshake may have exited by the time the refusal is logged.
+        let who = match peer.cgroup(|p| self.cgroups.id(p)) {
+            Ok((cgroup, _)) => format!("pid {} in cgroup {cgroup}", peer.pid),
+            Err(_) => format!("pid {}", peer.pid),
+        };
+        if let Err(err) = stream
+            .set_read_timeout(Some(TIMEOUT))
+            .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
+        {
+            log(&format!("attestation by {}: {err}", who));
+            return;
+        }
+        let mut tls = match ServerConnection::new(Arc::clone(&self.config)) {
+            Ok(conn) => StreamOwned::new(conn, stream),
+            Err(err) => {
+                log(&format!("attestation by {}: {err}", who));
+                return;
+            }
+        };
+        while tls.conn.is_handshaking() {
+            if let Err(err) = tls.conn.complete_io(&mut tls.sock) {
+                // rustls has sent the client an alert saying why, if it had one.
+                log(&format!(
+                    "attestation by {} refused: TLS handshake failed: {}",
+                    who,
+                    handshake_failure(&err)
+                ));
+                return;
+            }
+        }
+        let reply = self.judge(&tls, &peer, daemon);
+        let line = match &reply {
+            Ok(bound) => format!("{bound}\n"),
+            Err(why) => format!("refused: {why}\n"),
+        };
+        let sent = tls
+            .write_all(line.as_bytes())
+            .and_then(|()| {
+                tls.conn.send_close_notify();
+                tls.flush()
+            })
+            .and_then(|()| tls.conn.complete_io(&mut tls.sock).map(drop));
+        if let Err(err) = sent {
+            log(&format!(
+                "attestation by {}: could not send the answer: {err}",
+                who
+            ));
+        }
+    }
+
+    /// The verified SVID and the peer's cgroup, put to the daemon.
+    fn judge(
+        &self,
+        tls: &StreamOwned<ServerConnection, UnixStream>,
+        peer: &Peer,
+        daemon: &Mutex<Daemon>,
+    ) -> Result<String, String> {
+        let refuse = |subject: String, why: String| {
+            log(&format!("attestation by {subject} refused: {why}"));
+            why
+        };
+        let chain = tls.conn.peer_certificates().unwrap_or_default();
+        // The handshake verified it; verified again for its ID, against the bundles now.
+        let svid = self
+            .verifier
+            .svid(chain)
+            .map_err(|err| refuse(format!("pid {}", peer.pid), format!("invalid SVID: {err}")))?;
+        let (cgroup, cgroup_id) = peer.cgroup(|p| self.cgroups.id(p)).map_err(|err| {
+            refuse(
+                format!("pid {} as {}", peer.pid, svid.id),
+                format!("{err:#}"),
+            )
+        })?;
+        let subject = format!("pid {} in cgroup {cgroup} as {}", peer.pid, svid.id);
+        let claim = Claim {
+            svid,
+            cgroup,
+            cgroup_id,
+            pid: peer.pid,
+        };
+        daemon
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .attest(&claim)
+            .map_err(|why| refuse(subject, why))
+    }
+}
+
+/// Why a handshake failed, with an SVID's refusal spelled out (rustls shows it as a debug
+/// dump).
+fn handshake_failure(err: &std::io::Error) -> String {
+    let tls = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>());
+    match tls {
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other))) => {
+            format!("invalid SVID: {}", other.0)
+        }
+        _ => err.to_string(),
+    }
+}

@@ -1,0 +1,341 @@
+//! The trust bundles the running policy names, as the daemon holds them: read when a policy is
+//! applied (a bundle that does not parse or check refuses the apply), re-read whenever the
+//! file changes, and judged against the clock. Edges that require bundles are gated on them
+//! (`Trust`): active only while both ends' bundles are usable, and never past the earliest
+//! expiry among them, which is written into the kernel's edge window so that the kernel stops
+//! such an edge at expiry even when no daemon runs.
+
+use crate::api::status::{AuthorityStatus, BundleStatus};
+use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
+
+use enforcer_policy::{Edge, Policy, TrustDomain};
+use jiff::{SignedDuration, Timestamp};
+
+use crate::trust::{self, Bundle};
+
+/// What a bundle gate allows an edge.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// The edge does not require bundles.
+    #[default]
+    NotRequired,
+    /// Both ends' bundles are usable until then.
+    Until(Timestamp),
+    /// Why the edge allows nothing now.
+    Suspended(String),
+}
+
+/// A bundle file as last read.
+#[derive(Debug, Clone)]
+struct Entry {
+    path: PathBuf,
+    /// The bundle, or why it could not be used.
+    loaded: Result<Bundle, String>,
+    /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
+    file: Option<(u64, u64, u64, i128)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TrustState {
+    entries: BTreeMap<TrustDomain, Entry>,
+    shared: trust::Bundles,
+    /// Bundles whose coming expiry has been logged (cleared when they are renewed).
+    warned: BTreeMap<TrustDomain, Timestamp>,
+}
+
+fn identity(path: &std::path::Path) -> Option<(u64, u64, u64, i128)> {
+    let m = fs::metadata(path).ok()?;
+    let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
+    Some((m.dev(), m.ino(), m.size(), mtime))
+}
+
+fn read(path: &std::path::Path, domain: &TrustDomain) -> Entry {
+    // Identity first: a file replaced after it was read is read again on the next look.
+    let file = identity(path);
+    Entry {
+        path: path.to_owned(),
+        loaded: Bundle::read(path, domain).map_err(|e| e.to_string()),
+        file,
+    }
+}
+
+impl TrustState {
+    /// Reads every bundle `policy` names. With `strict`, a bundle that cannot be read or fails
+    /// the checks is an error at the spot in `file` that names it (an apply is refused);
+    /// otherwise it is kept as unusable and its edges are suspended (a daemon starting or a
+    /// file changing underneath must not stop enforcement).
+    pub fn load(policy: &Policy, file: &str, strict: bool) -> Result<Self, Vec<String>> {
+        let mut entries = BTreeMap::new();
+        let mut errors = Vec::new();
+        for domain in &policy.domains {
+            let Some(bundle) = &domain.bundle else {
+                continue;
+            };
+            let entry = read(&bundle.path, &domain.name);
+            if strict && let Err(why) = &entry.loaded {
+                errors.push(format!(
+                    "{file}:{}:{}: trust bundle of {}: {why}",
+                    bundle.line, bundle.column, domain.name
+                ));
+            }
+            entries.insert(domain.name.clone(), entry);
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Self {
+            entries,
+            shared: trust::Bundles::default(),
+            warned: BTreeMap::new(),
+        })
+    }
+
+    /// Takes over `next`'s bundles, keeping the shared map verifiers hold, and publishes them.
+    pub fn adopt(&mut self, next: Self) {
+        self.entries = next.entries;
+        self.publish();
+    }
+
+    /// The bundles that passed their checks, by domain, kept current for TLS verifiers
+    /// (whether one is usable at the moment is judged at each verification).
+    pub fn shared(&self) -> trust::Bundles {
+        Arc::clone(&self.shared)
+    }
+
+    fn publish(&self) {
+        let usable = self
+            .entries
+            .iter()
+            .filter_map(|(d, e)| e.loaded.as_ref().ok().map(|b| (d.clone(), b.clone())))
+            .collect();
+        *self
+            .shared
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = usable;
+    }
+
+    /// Re-reads the bundle files that changed since they were read; returns a line for each
+    /// bundle whose content or readability changed.
+    pub fn refresh(&mut self) -> Vec<String> {
+        let mut changes = Vec::new();
+        for (domain, entry) in &mut self.entries {
+            if identity(&entry.path) == entry.file && entry.file.is_some() {
+                continue;
+            }
+            let next = read(&entry.path, domain);
+            if next.loaded != entry.loaded {
+                changes.push(match &next.loaded {
+                    Ok(b) => format!(
+                        "trust bundle of {domain} ({}) read: {} authorit(ies), expires {}",
+                        entry.path.display(),
+                        b.authorities.len(),
+                        b.expires()
+                    ),
+                    Err(why) => format!("trust bundle of {domain} is unusable: {why}"),
+                });
+            }
+            *entry = next;
+        }
+        if !changes.is_empty() {
+            self.publish();
+        }
+        changes
+    }
+
+    /// A line for each usable bundle that has come within `warn_before` of its expiry since
+    /// the last call: logged once per expiry, so the daemon's log warns before it lapses.
+    pub fn expiry_warnings(&mut self, now: Timestamp, warn_before: SignedDuration) -> Vec<String> {
+        let mut lines = Vec::new();
+        for (domain, entry) in &self.entries {
+            let Ok(bundle) = &entry.loaded else {
+                continue;
+            };
+            let Ok(expires) = bundle.usable_at(now) else {
+                continue;
+            };
+            if expires.duration_since(now) > warn_before
+                || self.warned.get(domain) == Some(&expires)
+            {
+                continue;
+            }
+            self.warned.insert(domain.clone(), expires);
+            lines.push(format!(
+                "warning: the trust bundle of {domain} ({}) expires at {expires}; replace it \
+                 before then, or the edges that require it are suspended",
+                entry.path.display()
+            ));
+        }
+        lines
+    }
+
+    /// What `edge` may do at `now` as far as bundles go.
+    pub fn gate(&self, edge: &Edge, now: Timestamp) -> Trust {
+        if !edge.require_bundles {
+            return Trust::NotRequired;
+        }
+        let mut until = Timestamp::MAX;
+        for domain in [&edge.from, &edge.to] {
+            let usable = match self.entries.get(domain).map(|e| &e.loaded) {
+                None => Err(format!("{domain} names no trust bundle")),
+                Some(Err(why)) => Err(format!("the trust bundle of {domain} is unusable: {why}")),
+                Some(Ok(bundle)) => bundle
+                    .usable_at(now)
+                    .map_err(|why| format!("the trust bundle of {domain}: {why}")),
+            };
+            match usable {
+                Ok(expires) => until = until.min(expires),
+                Err(why) => return Trust::Suspended(why),
+            }
+        }
+        Trust::Until(until)
+    }
+
+    /// Every bundle for `status`; `warn_before` is how early a coming expiry is flagged.
+    pub fn views(&self, now: Timestamp, warn_before: SignedDuration) -> Vec<BundleStatus> {
+        self.entries
+            .iter()
+            .map(|(domain, entry)| {
+                let (state, error, expires, authorities) = match &entry.loaded {
+                    Err(why) => ("unusable", Some(why.clone()), None, Vec::new()),
+                    Ok(bundle) => {
+                        let state = match bundle.usable_at(now) {
+                            Ok(_) => ("valid", None),
+                            Err(why) if bundle.authorities.iter().any(|a| now < a.not_before) => {
+                                ("not-yet-valid", Some(why.to_string()))
+                            }
+                            Err(why) => ("expired", Some(why.to_string())),
+                        };
+                        let authorities = bundle
+                            .authorities
+                            .iter()
+                            .map(|a| AuthorityStatus {
+                                sha256: a.sha256.clone(),
+                                subject: a.subject.clone(),
+                                not_after: a.not_after,
+                            })
+                            .collect();
+                        (state.0, state.1, Some(bundle.expires()), authorities)
+                    }
+                };
+                let warning = expires
+                    .filter(|&t| state == "valid" && t.duration_since(now) <= warn_before)
+                    .map(|t| {
+                        format!(
+                            "expires at {t}, in {:#}: replace it before then, or the edges that \
+                             require it are suspended",
+                            t.duration_since(now)
+                                .round(jiff::Unit::Second)
+                                .unwrap_or_default()
+                        )
+                    });
+                BundleStatus {
+                    domain: domain.to_string(),
+                    path: entry.path.display().to_string(),
+                    state: state.into(),
+                    error,
+                    expires,
+                    warning,
+                    authorities,
+                }
+            })
+            .collect()
+    }
+
+    /// Lines for bundles that are readable and well-formed but not usable at `now`: a policy
+    /// naming them applies, and the edges that require them stay suspended.
+    pub fn unusable_now(&self, now: Timestamp) -> Vec<(TrustDomain, String)> {
+        self.entries
+            .iter()
+            .filter_map(|(d, e)| {
+                let why = match &e.loaded {
+                    Ok(b) => b.usable_at(now).err()?.to_string(),
+                    Err(why) => why.clone(),
+                };
+                Some((d.clone(), why))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_tests::pki::{Issued, Spec};
+
+    use super::*;
+
+    fn policy(dir: &std::path::Path, require: bool) -> Policy {
+        let text = format!(
+            "
+version: 1
+domains:
+  - {{name: a.org, bundle: {dir}/a.pem}}
+  - {{name: b.org, bundle: {dir}/b.pem}}
+  - {{name: c.org}}
+federation:
+  - {{id: ab, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, require_bundles: {require}}}
+  - {{id: ac, from: a.org, to: c.org, protocol: tcp, ports: [1], owner: o, reason: r}}
+",
+            dir = dir.display()
+        );
+        enforcer_policy::parse("p.yaml", &text).expect("valid")
+    }
+
+    #[test]
+    fn gates_follow_both_ends_bundles() {
+        let dir = std::env::temp_dir().join(format!("enforcer-gates-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        let a = Spec::ca("a.org").valid(-60, 3600);
+        let b = Spec::ca("b.org").valid(-60, 7200);
+        fs::write(dir.join("a.pem"), Issued::self_signed(&a).pem).expect("write");
+        fs::write(dir.join("b.pem"), Issued::self_signed(&b).pem).expect("write");
+        let p = policy(&dir, true);
+        let mut trust = TrustState::load(&p, "p.yaml", true).expect("bundles load");
+        let now = Timestamp::now();
+        let until = Timestamp::from_second(a.not_after.unix_timestamp()).expect("time");
+        assert_eq!(trust.gate(&p.federation[0], now), Trust::Until(until));
+        assert_eq!(trust.gate(&p.federation[1], now), Trust::NotRequired);
+        assert_eq!(
+            trust.gate(&policy(&dir, false).federation[0], now),
+            Trust::NotRequired
+        );
+        let later = until + SignedDuration::from_secs(1);
+        assert!(matches!(
+            trust.gate(&p.federation[0], later),
+            Trust::Suspended(why) if why.contains("a.org") && why.contains("expired")
+        ));
+
+        fs::remove_file(dir.join("b.pem")).expect("remove");
+        assert_eq!(trust.refresh().len(), 1);
+        assert!(matches!(
+            trust.gate(&p.federation[0], now),
+            Trust::Suspended(why) if why.contains("trust bundle of b.org is unusable")
+        ));
+        assert!(
+            trust.refresh().is_empty(),
+            "an unchanged state is not reported again"
+        );
+        let warnings = trust.expiry_warnings(now, SignedDuration::from_hours(2));
+        assert_eq!(
+            warnings.len(),
+            1,
+            "only a.org lapses within 2 h: {warnings:?}"
+        );
+        assert!(
+            trust
+                .expiry_warnings(now, SignedDuration::from_hours(2))
+                .is_empty()
+        );
+        let view = trust.views(now, SignedDuration::from_hours(2));
+        assert_eq!(view[0].state, "valid");
+        assert!(
+            view[0].warning.is_some(),
+            "a.org lapses within the 2 h warning period"
+        );
+        assert_eq!(view[1].state, "unusable");
+
+        let missing = TrustState::load(&p, "p.yaml", true).expect_err("b.pem is gone");
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].starts_with("p.yaml:5:"), "{missing:?}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+}
