@@ -4,5 +4,6 @@
 pub mod event_feed;
 pub mod event_log;
 pub mod event_record;
+pub mod log;
 pub mod metrics;
 pub mod tally;

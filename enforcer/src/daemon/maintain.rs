@@ -20,7 +20,7 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 
-use crate::daemon::{Daemon, log};
+use crate::{daemon::machine::Daemon, observe::log::log};
 
 /// How often everything is checked even without an event: a safety net for a lost inotify
 /// or ring buffer event, and the period of the host address and teardown checks.

@@ -29,7 +29,8 @@ use crate::{
     api::control::{self, Channel, Limits, Response},
     daemon::access::Rights,
     daemon::tcp_clients::{Slot, remaining},
-    daemon::{self, Daemon, EventService, log},
+    daemon::{self, machine::Daemon, serve::EventService},
+    observe::log::log,
     trust::{self, Bundle, Bundles, Identity, SvidClientVerifier, Usage},
 };
 
@@ -262,7 +263,7 @@ impl Server {
             return;
         }
         let id = svid.id;
-        daemon::answer(daemon, events, stream, limits, |request| {
+        daemon::serve::answer(daemon, events, stream, limits, |request| {
             log(&format!(
                 "remote admin: {id} from {peer}: {}",
                 request.kind()

@@ -19,10 +19,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    daemon::log,
     kernel::addresses,
     kernel::features,
     kernel::sockdiag::{DiagSocket, SockDiag},
+    observe::log::log,
     pipeline::compile::{Compiled, CompiledRules},
 };
 

@@ -22,12 +22,16 @@ use nix::{
 
 use crate::{
     api::control::Channel,
-    daemon::{Daemon, log},
     kernel::cgroup_paths::CgroupPaths,
     observe::event_log::EventLog,
-    observe::event_record::{self, EventRecord},
+    observe::event_record::{self, EventRecord, Names},
+    observe::log::log,
+    observe::tally::Tally,
     pipeline::clock::Clocks,
 };
+
+/// Where the daemon posts the names of the policy in force, for the feed to name events with.
+pub type NamesBoard = Arc<std::sync::RwLock<Arc<dyn Names + Send + Sync>>>;
 
 /// How often the ring buffer is read without being woken: the programs wake the feed only
 /// for refusals, so this is how late an allowed crossing can be reported.
@@ -106,13 +110,16 @@ impl Feed {
         })
     }
 
-    pub fn spawn(mut self, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
+    /// Reads events on a thread of its own for the life of the daemon. Each is named from
+    /// `names`, which the daemon replaces at each new policy, and counted into `tally`;
+    /// neither needs the daemon's lock.
+    pub fn spawn(mut self, names: NamesBoard, tally: Arc<Mutex<Tally>>) -> Result<()> {
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 loop {
                     self.wait();
-                    self.drain(&daemon);
+                    self.drain(&names, &tally);
                 }
             })
             .context("starting the event thread")?;
@@ -130,7 +137,7 @@ impl Feed {
         }
     }
 
-    fn drain(&mut self, daemon: &Mutex<Daemon>) {
+    fn drain(&mut self, names: &NamesBoard, tally: &Mutex<Tally>) {
         loop {
             let mut batch = Vec::new();
             while batch.len() < BATCH {
@@ -147,26 +154,27 @@ impl Feed {
             let full = batch.len() == BATCH;
             let mut records = Vec::with_capacity(batch.len());
             {
-                let mut d = daemon.lock().unwrap_or_else(PoisonError::into_inner);
+                let names = Arc::clone(&names.read().unwrap_or_else(PoisonError::into_inner));
+                let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
                 let clocks = Clocks::now();
-                d.set_events_lost(lost);
+                tally.set_lost(lost);
                 // Reported before the kernel's batch: the daemon ended these connections
                 // before the feed woke, usually before the kernel's events in the batch.
                 while let Ok(record) = self.ended_by_daemon.try_recv() {
                     if self.first_end(&record) {
-                        d.count_event(&record);
+                        tally.record(record.decision());
                         records.push(record);
                     }
                 }
                 for event in &batch {
-                    let Some(record) = EventRecord::describe(event, &*d, &clocks) else {
+                    let Some(record) = EventRecord::describe(event, &*names, &clocks) else {
                         log("skipped a decision event with codes this build does not know");
                         continue;
                     };
                     if event.hook == HOOK_ESTABLISHED && !self.first_end(&record) {
                         continue;
                     }
-                    d.count_event(&record);
+                    tally.record(record.decision());
                     records.push(record);
                 }
             }

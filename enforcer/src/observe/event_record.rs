@@ -74,7 +74,7 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
 
 impl EventRecord {
     /// Names `event`; `None` for a record with codes this build does not know.
-    pub fn describe(event: &Event, names: &impl Names, clocks: &Clocks) -> Option<Self> {
+    pub fn describe(event: &Event, names: &(impl Names + ?Sized), clocks: &Clocks) -> Option<Self> {
         let verdict = match event.verdict {
             VERDICT_ALLOWED => "allowed",
             VERDICT_REFUSED => "refused",
@@ -119,7 +119,12 @@ impl EventRecord {
 
     /// A live connection the daemon ended because the policy in force at `generation`
     /// refuses it; `ending` names it by the socket of its opening end where that is local.
-    pub fn ended(ending: &Ending, names: &impl Names, generation: u64, time: Timestamp) -> Self {
+    pub fn ended(
+        ending: &Ending,
+        names: &(impl Names + ?Sized),
+        generation: u64,
+        time: Timestamp,
+    ) -> Self {
         let (src, dst) = if plain(ending.socket.remote).port() == ending.state.port {
             (plain(ending.socket.local), plain(ending.socket.remote))
         } else {

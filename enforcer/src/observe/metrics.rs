@@ -14,7 +14,6 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     net::{SocketAddr, TcpListener},
-    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
@@ -33,7 +32,7 @@ use prometheus_client::{
 use crate::{
     api::edge::{EdgeView, Source},
     api::status::PairStatus,
-    daemon::{Daemon, log},
+    observe::log::log,
     observe::tally::DecisionKey,
     paths::PinDir,
 };
@@ -130,18 +129,17 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
 }
 
 /// Serves `GET /metrics` on `listener` from a thread of its own, for the life of the daemon.
-pub fn spawn(listener: TcpListener, daemon: Arc<Mutex<Daemon>>, pins: &PinDir) -> Result<()> {
+/// Each scrape takes what the daemon knows from `snapshot`.
+pub fn spawn(
+    listener: TcpListener,
+    snapshot: impl Fn() -> Snapshot + Send + Sync + 'static,
+    pins: &PinDir,
+) -> Result<()> {
     let addr = listener
         .local_addr()
         .context("reading the metrics address")?;
     let maps = maps::PinnedMaps::open(pins)?;
-    http::spawn(listener, move || {
-        let snapshot = daemon
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .metrics_snapshot();
-        render(&snapshot, &maps.fill())
-    })?;
+    http::spawn(listener, move || render(&snapshot(), &maps.fill()))?;
     log(&format!("serving metrics on http://{addr}/metrics"));
     Ok(())
 }

@@ -7,8 +7,7 @@
 //! `server` answers the socket, `peer` finds who connected, `store` keeps the bindings, and
 //! `client` is `enforcer attest`, the workload's side.
 
-mod peer;
-pub mod server;
+pub mod peer;
 mod store;
 
 use enforcer_policy::{CgroupPath, Policy};

@@ -15,8 +15,8 @@ use std::{
 use anyhow::{Context as _, Result};
 
 use crate::{
-    daemon::log,
     daemon::tcp_clients::{Slot, remaining},
+    observe::log::log,
 };
 
 /// The Prometheus text exposition format.

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, MapType};
 use enforcer_common::names;
 
-use crate::{daemon::log, kernel::bpf_sys, paths::PinDir};
+use crate::{kernel::bpf_sys, observe::log::log, paths::PinDir};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapFill {

@@ -18,10 +18,11 @@ use anyhow::{Context as _, Result};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use super::{Claim, peer::Peer};
+use crate::trust::attestation::{Claim, peer::Peer};
 use crate::{
-    daemon::{self, Daemon, log},
+    daemon::{self, machine::Daemon},
     kernel::cgroupfs::CgroupFs,
+    observe::log::log,
     trust::{self, Bundles, Identity, SvidClientVerifier},
 };
 
@@ -33,7 +34,7 @@ const MAX_CLIENTS: usize = 32;
 /// Binds the attestation socket: mode 0666 in a directory created 0711, replacing a stale
 /// socket file but never one a live daemon answers on.
 pub fn bind(path: &Path) -> Result<UnixListener> {
-    daemon::bind_socket(path, true).context("binding the attestation socket")
+    daemon::serve::bind_socket(path, true).context("binding the attestation socket")
 }
 
 /// The certificate the daemon shows clients: its own SVID when it has one, otherwise a

@@ -1,0 +1,1046 @@
+//! The daemon's state and how it changes.
+
+use crate::observe::log::log;
+use std::{
+    collections::BTreeSet,
+    fs,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError, mpsc},
+};
+
+use anyhow::Result;
+use enforcer_common::{names, verdict::Peer};
+use enforcer_policy::{Action, CgroupPath, Policy};
+
+use crate::{
+    api::control::{Request, Response},
+    api::edge::{EdgeView, GrantRequest, Source},
+    api::plan::Plan,
+    api::status::{self, Status},
+    kernel::addresses::Addresses,
+    kernel::backfill,
+    kernel::cgroupfs::{CgroupFs, CgroupRoot},
+    kernel::revocation::{Connections, Judge, Snapshot},
+    kernel::usage::Usage,
+    kernel::{
+        self,
+        attach::{self, AttachedProgram},
+        policy_maps::PolicyMaps,
+    },
+    observe::event_record::{self, EventRecord},
+    observe::metrics::{self, Commits, Outcome},
+    observe::{event_feed::NamesBoard, tally::Tally},
+    paths::{PinDir, StateDir},
+    pipeline::clock::Clocks,
+    pipeline::compile::{self, Compiled},
+    pipeline::edges::{Book, LiveEdge},
+    pipeline::grants::{self, Used},
+    pipeline::plan,
+    trust::bundles::{Trust, TrustState},
+    why,
+};
+
+/// Bindings of each kind the log names one by one after an apply; the rest are counted.
+const BINDING_WARNINGS: usize = 5;
+
+/// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
+const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+pub struct Daemon {
+    pub(super) cgroups: CgroupFs,
+    pub(super) root: CgroupRoot,
+    pub(super) pins: PinDir,
+    pub(super) state: StateDir,
+    pub(super) maps: PolicyMaps,
+    pub(super) addresses: Addresses,
+    pub(super) usage: Usage,
+    pub(super) connections: Connections,
+    /// The loaded programs; once attached they also live on in their pinned links.
+    pub(super) ebpf: aya::Ebpf,
+    pub(super) programs: Vec<AttachedProgram>,
+    pub(super) policy: Policy,
+    pub(super) policy_file: String,
+    /// The policy in force as the maps hold it; shared with the maps' record of each slot.
+    pub(super) compiled: Arc<Compiled>,
+    pub(super) generation: u64,
+    /// The edge record as saved in the state dir, and the edges it resolves to.
+    pub(super) book: Book,
+    pub(super) live: Arc<Vec<LiveEdge>>,
+    /// Where each edge index is in `live`, for naming the edges of kernel events.
+    pub(super) live_at: Arc<std::collections::HashMap<u32, usize>>,
+    /// Where the event feed finds the names of the policy in force.
+    pub(super) names: NamesBoard,
+    /// Boot-clock nanosecond up to which edge expiries have ended their connections.
+    pub(super) expiries_done: u64,
+    /// Decisions seen in the kernel's event stream.
+    pub(super) tally: Arc<Mutex<Tally>>,
+    /// Policy changes by outcome and how long they took, for the metrics.
+    pub(super) commits: Commits,
+    /// Where the connections this daemon ends are reported, as events.
+    pub(super) ended: mpsc::Sender<EventRecord>,
+    pub(super) attestation: super::attested::Attestation,
+    /// The trust bundles the policy names, and what they allow the edges that require them.
+    pub(super) trust: TrustState,
+    pub(super) bundle_warn_before: std::time::Duration,
+}
+
+/// What changed: the generation now in force and the live connections ended.
+pub(super) struct Committed {
+    pub(super) generation: u64,
+    pub(super) ended: usize,
+    /// How long compiling took, and writing and swapping the maps.
+    pub(super) compile: std::time::Duration,
+    pub(super) maps: std::time::Duration,
+}
+
+impl Committed {
+    /// The kernel side of the change, for the log: what `cargo xtask bench apply` reads.
+    fn timing(&self) -> String {
+        let ms = |d: std::time::Duration| d.as_secs_f64() * 1e3;
+        format!(
+            "kernel side {:.1} ms (compile {:.1} ms, maps {:.1} ms)",
+            ms(self.compile + self.maps),
+            ms(self.compile),
+            ms(self.maps)
+        )
+    }
+}
+
+/// A policy ready to be put in force (see `Daemon::prepare`).
+struct Prepared {
+    live: Vec<LiveEdge>,
+    book: Book,
+    compiled: Compiled,
+}
+
+/// Why an apply did not happen. Either way nothing changed.
+pub(super) enum ApplyError {
+    Rejected(Vec<String>),
+    Failed(anyhow::Error),
+}
+
+impl Daemon {
+    fn apply(&mut self, file: &str, text: &str, parsed: Parsed) -> Result<Committed, ApplyError> {
+        let (policy, trust) = parsed?;
+        self.apply_parsed(policy, trust, file, text)
+    }
+
+    /// Compiles and swaps in a policy already parsed from `text` with the bundles it names,
+    /// keeping the grants.
+    pub(super) fn apply_parsed(
+        &mut self,
+        policy: Policy,
+        trust: TrustState,
+        file: &str,
+        text: &str,
+    ) -> Result<Committed, ApplyError> {
+        let book = self.book.clone();
+        let committed = self.commit(policy, book, Some(trust), file)?;
+        self.policy_file = file.to_owned();
+        if let Err(err) = fs::write(self.state.active_policy(), text) {
+            log(&format!(
+                "warning: could not save a copy of the active policy in {}: {err}",
+                self.state.active_policy().display()
+            ));
+        }
+        Ok(committed)
+    }
+
+    /// [`Self::commit_unmeasured`], counted and timed for the metrics.
+    pub(super) fn commit(
+        &mut self,
+        policy: Policy,
+        book: Book,
+        trust: Option<TrustState>,
+        origin: &str,
+    ) -> Result<Committed, ApplyError> {
+        let started = std::time::Instant::now();
+        let result = self.commit_unmeasured(policy, book, trust, origin);
+        let outcome = match &result {
+            Ok(_) => Outcome::Applied,
+            Err(ApplyError::Rejected(_)) => Outcome::Rejected,
+            Err(ApplyError::Failed(_)) => Outcome::Failed,
+        };
+        self.commits.record(outcome, started.elapsed());
+        result
+    }
+
+    /// Makes `policy` with the edges and grants of `book` the enforced policy under a new
+    /// generation, with the bundles of `trust` (or those in force), then ends the live
+    /// connections it no longer allows. `origin` names the change in messages. Nothing
+    /// changes unless the policy compiles, the record is saved and the maps are written.
+    fn commit_unmeasured(
+        &mut self,
+        policy: Policy,
+        book: Book,
+        trust: Option<TrustState>,
+        origin: &str,
+    ) -> Result<Committed, ApplyError> {
+        let started = std::time::Instant::now();
+        let Prepared {
+            live,
+            book,
+            compiled,
+        } = self.prepare(
+            &policy,
+            &book,
+            trust.as_ref().unwrap_or(&self.trust),
+            origin,
+        )?;
+        let compile = started.elapsed();
+        let compiled = Arc::new(compiled);
+        let recorded = self
+            .maps
+            .record_domains(&compiled.registry)
+            .map_err(ApplyError::Failed)?;
+        // Saved before the swap: a grant must never be in force without being on disk,
+        // or a restart would silently drop it.
+        if let Err(err) = book.save(&self.state) {
+            self.forget_domains(&recorded);
+            return Err(ApplyError::Failed(err));
+        }
+        let before = self.snapshot_connections();
+        let generation = self.generation + 1;
+        let swapping = std::time::Instant::now();
+        match self.maps.swap_in(&compiled, generation) {
+            Ok(warning) => warning.iter().for_each(|w| log(w)),
+            Err(err) => {
+                if let Err(restore) = self.book.save(&self.state) {
+                    log(&format!("could not restore the edge record: {restore:#}"));
+                }
+                self.forget_domains(&recorded);
+                return Err(ApplyError::Failed(err));
+            }
+        }
+        let maps = swapping.elapsed();
+        self.generation = generation;
+        if let Some(trust) = trust {
+            self.trust.adopt(trust);
+        }
+        let live_at = Arc::new(
+            live.iter()
+                .enumerate()
+                .map(|(at, e)| (e.index, at))
+                .collect(),
+        );
+        let live = Arc::new(live);
+        retire((
+            std::mem::replace(&mut self.policy, policy),
+            std::mem::replace(&mut self.compiled, compiled),
+            std::mem::replace(&mut self.book, book),
+            std::mem::replace(&mut self.live, live),
+            std::mem::replace(&mut self.live_at, live_at),
+        ));
+        self.publish_names();
+        let indexes: Vec<u32> = self.live.iter().map(|e| e.index).collect();
+        if let Err(err) = self.usage.forget_edges(&indexes) {
+            log(&format!(
+                "could not clear the counters of removed edges: {err:#}"
+            ));
+        }
+        let ended = self.end_refused_connections(before);
+        Ok(Committed {
+            generation,
+            ended,
+            compile,
+            maps,
+        })
+    }
+
+    /// Takes back the domain ids recorded for a change that did not happen.
+    fn forget_domains(&mut self, ids: &[u32]) {
+        if let Err(err) = self.maps.forget_domains(ids) {
+            log(&format!("{err:#}"));
+        }
+    }
+
+    /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
+    /// the record that keeps them, the domain registry in force and the compiled policy. Only
+    /// reads: nothing is saved, and ids for new domains are not recorded.
+    fn prepare(
+        &self,
+        policy: &Policy,
+        book: &Book,
+        trust: &TrustState,
+        origin: &str,
+    ) -> Result<Prepared, ApplyError> {
+        let clocks = Clocks::now();
+        let (mut live, book) = book
+            .resolve(policy, clocks.wall_now())
+            .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err:#}")]))?;
+        for edge in &mut live {
+            edge.trust = trust.gate(&edge.edge, clocks.wall_now());
+        }
+        let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let policy = self.attestation.store.augment(policy);
+        // A cgroup the policy in force binds already is taken at the id it is bound to:
+        // `follow_cgroups` keeps those current (on inotify events, on a rescan, and after every
+        // new generation, this one's included), and 10,000 `stat`s would otherwise be most of
+        // an apply. Attested cgroups are looked up afresh, as their ids depend on the
+        // attestation as well.
+        let bound = self.compiled.cgroup_ids();
+        let compiled = compile::compile(&policy, &live, known, &clocks, |path| {
+            bound
+                .get(path)
+                .copied()
+                .filter(|_| self.attestation.store.get(path).is_none())
+                .unwrap_or_else(|| self.cgroup_id(path))
+        })
+        .map_err(|err| ApplyError::Rejected(vec![format!("{origin}: {err}")]))?;
+        Ok(Prepared {
+            live,
+            book,
+            compiled,
+        })
+    }
+
+    /// What applying `text` would change, and the live connections it would end; changes
+    /// nothing.
+    fn plan(&self, file: &str, parsed: Parsed) -> Result<Plan, ApplyError> {
+        let (policy, trust) = parsed?;
+        let next = self.prepare(&policy, &self.book, &trust, file)?;
+        let snapshot = self
+            .connections
+            .snapshot(&self.addresses.pod_namespaces())
+            .map_err(ApplyError::Failed)?;
+        let now = plan::Side {
+            policy: &self.policy,
+            live: &self.live,
+            compiled: &self.compiled,
+        };
+        let after = plan::Side {
+            policy: &policy,
+            live: &next.live,
+            compiled: &next.compiled,
+        };
+        Ok(plan::plan(
+            file,
+            self.generation,
+            &now,
+            &after,
+            &snapshot,
+            Clocks::now().boot,
+        ))
+    }
+
+    fn snapshot_connections(&self) -> Option<Snapshot> {
+        let pods = self.addresses.pod_namespaces();
+        match self.connections.snapshot(&pods) {
+            Ok(snapshot) => Some(snapshot),
+            Err(err) => {
+                log(&format!("could not list live connections: {err:#}"));
+                None
+            }
+        }
+    }
+
+    /// Ends the live connections (in `before`, or open now) the policy in force refuses
+    /// now; the kernel drops their packets already, this makes the applications see it.
+    fn end_refused_connections(&mut self, before: Option<Snapshot>) -> usize {
+        let Some(before) = before.or_else(|| self.snapshot_connections()) else {
+            return 0;
+        };
+        let clocks = Clocks::now();
+        match self
+            .connections
+            .end_refused(before, &Judge::new(&self.compiled, clocks.boot))
+        {
+            Ok(ended) => {
+                self.expiries_done = clocks.boot;
+                for ending in &ended {
+                    let record = EventRecord::ended(
+                        ending,
+                        &self.in_force(),
+                        self.generation,
+                        clocks.wall_now(),
+                    );
+                    // The feed only stops with the process.
+                    let _ = self.ended.send(record);
+                }
+                ended.len()
+            }
+            Err(err) => {
+                log(&format!(
+                    "could not end every refused connection (the kernel still drops their \
+                     packets): {err:#}"
+                ));
+                0
+            }
+        }
+    }
+
+    /// Ends the connections of edges whose window closed since the last look, and removes
+    /// expired grants. Runs every tick; the kernel refuses new flows over an expired edge on
+    /// its own, whether this runs or not.
+    pub fn expire_edges(&mut self) {
+        let now = Clocks::now();
+        let since = self.expiries_done;
+        let expired: Vec<&LiveEdge> = self
+            .live
+            .iter()
+            .filter(|e| {
+                e.ends()
+                    .map(|t| now.boot_ns(t))
+                    .is_some_and(|at| since < at && at <= now.boot)
+            })
+            .collect();
+        if expired.is_empty() {
+            return;
+        }
+        let names: Vec<String> = expired.iter().map(|e| e.edge.id.to_string()).collect();
+        let grants: Vec<String> = expired
+            .iter()
+            .filter(|e| e.source == Source::Grant)
+            .map(|e| e.edge.id.to_string())
+            .collect();
+        let ended = if grants.is_empty() {
+            self.end_refused_connections(None)
+        } else {
+            let book = self.book.without_grants(|g| grants.contains(&g.id));
+            match self.commit(self.policy.clone(), book, None, "expiry") {
+                Ok(c) => c.ended,
+                Err(ApplyError::Rejected(errors)) => {
+                    log(&format!(
+                        "removing expired grants failed: {}",
+                        errors.join("; ")
+                    ));
+                    self.end_refused_connections(None)
+                }
+                Err(ApplyError::Failed(err)) => {
+                    log(&format!("removing expired grants failed: {err:#}"));
+                    self.end_refused_connections(None)
+                }
+            }
+        };
+        log(&format!(
+            "edge(s) {} expired; ended {ended} connection(s){}",
+            names.join(", "),
+            if grants.is_empty() {
+                String::new()
+            } else {
+                format!("; removed expired grant(s) {}", grants.join(", "))
+            }
+        ));
+    }
+
+    /// Re-reads bundle files that changed and re-judges the edges that require bundles; when
+    /// one is suspended or resumes (a bundle removed, replaced, lapsed or renewed), puts that
+    /// in force under a new generation, ending the connections a suspension refuses, exactly
+    /// as a revocation does. Runs every tick.
+    pub fn refresh_bundles(&mut self) {
+        for change in self.trust.refresh() {
+            log(&change);
+        }
+        let now = Clocks::now().wall_now();
+        let warn_before = jiff::SignedDuration::try_from(self.bundle_warn_before)
+            .unwrap_or(jiff::SignedDuration::MAX);
+        for warning in self.trust.expiry_warnings(now, warn_before) {
+            log(&warning);
+        }
+        let changed: Vec<(String, Trust)> = self
+            .live
+            .iter()
+            .filter_map(|e| {
+                let next = self.trust.gate(&e.edge, now);
+                (next != e.trust).then(|| (e.edge.id.to_string(), next))
+            })
+            .collect();
+        if changed.is_empty() {
+            return;
+        }
+        match self.commit(
+            self.policy.clone(),
+            self.book.clone(),
+            None,
+            "trust bundles",
+        ) {
+            Ok(c) => {
+                for (id, trust) in &changed {
+                    log(&match trust {
+                        Trust::Suspended(why) => format!("edge {id} suspended: {why}"),
+                        Trust::Until(t) => {
+                            format!("edge {id} active while its bundles are valid, until {t}")
+                        }
+                        Trust::NotRequired => format!("edge {id} needs no bundles"),
+                    });
+                }
+                log(&format!(
+                    "trust bundles changed; ended {} connection(s); policy generation {}",
+                    c.ended, c.generation
+                ));
+            }
+            Err(ApplyError::Rejected(errors)) => {
+                log(&format!(
+                    "applying a trust bundle change failed: {}",
+                    errors.join("; ")
+                ));
+            }
+            Err(ApplyError::Failed(err)) => {
+                log(&format!("applying a trust bundle change failed: {err:#}"));
+            }
+        }
+    }
+
+    fn grant(&mut self, request: &GrantRequest) -> Response {
+        let now = Clocks::now().wall_now();
+        let grant = match grants::check(request, &self.policy, &self.live, now) {
+            Ok(grant) => grant,
+            Err(errors) => return Response::Rejected { errors },
+        };
+        let book = self.book.with_grant(grant.clone());
+        let origin = format!("grant {}", grant.id);
+        match self.commit(self.policy.clone(), book, None, &origin) {
+            Ok(c) => {
+                log(&format!(
+                    "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
+                    grant.id,
+                    grant.from,
+                    grant.to,
+                    grant.protocol,
+                    grant.ports.join(","),
+                    grant.expires,
+                    grant.owner,
+                    grant.reason,
+                    c.generation
+                ));
+                Response::Granted {
+                    id: grant.id,
+                    expires: grant.expires,
+                    generation: c.generation,
+                }
+            }
+            Err(err) => refusal(&origin, err),
+        }
+    }
+
+    fn revoke(&mut self, id: &str) -> Response {
+        let Some(edge) = self.live.iter().find(|e| e.edge.id.as_str() == id) else {
+            return Response::Error {
+                message: format!("no edge has id {id} (see `enforcer edge list`)"),
+            };
+        };
+        if edge.source == Source::File {
+            return Response::Error {
+                message: format!(
+                    "edge {id} comes from the policy file {}; remove it there and run \
+                     `enforcer policy apply`",
+                    self.policy_file
+                ),
+            };
+        }
+        let book = self.book.without_grants(|g| g.id == id);
+        let origin = format!("revoke {id}");
+        match self.commit(self.policy.clone(), book, None, &origin) {
+            Ok(c) => {
+                log(&format!(
+                    "revoked {id}; ended {} connection(s); policy generation {}",
+                    c.ended, c.generation
+                ));
+                Response::Revoked {
+                    id: id.to_owned(),
+                    ended: c.ended,
+                    generation: c.generation,
+                }
+            }
+            Err(err) => refusal(&origin, err),
+        }
+    }
+
+    fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
+        let clocks = Clocks::now();
+        let used = self.usage.edges();
+        self.live
+            .iter()
+            .map(|edge| {
+                let u = used.get(&edge.index).map_or_else(Used::default, |u| Used {
+                    connections: u.connections,
+                    last_used: (u.connections > 0).then(|| clocks.wall_time(u.last_used)),
+                });
+                grants::view(edge, u, clocks.wall_now(), stale_after)
+            })
+            .collect()
+    }
+
+    /// The names of the policy in force, for events: taken by the event feed without the
+    /// daemon's lock.
+    fn in_force(&self) -> InForce {
+        InForce {
+            compiled: Arc::clone(&self.compiled),
+            live: Arc::clone(&self.live),
+            live_at: Arc::clone(&self.live_at),
+        }
+    }
+
+    /// Shows the event feed the names of the policy now in force.
+    pub(super) fn publish_names(&self) {
+        *self.names.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(self.in_force());
+    }
+
+    fn peer_name(&self, code: u32) -> String {
+        event_record::Names::peer(&self.in_force(), code)
+    }
+
+    fn audit_status(&self) -> status::AuditStatus {
+        let mut audit = status::AuditStatus::default();
+        for (pair, counts) in self.usage.pairs() {
+            audit.would_deny += counts.would_deny;
+            audit.denied += counts.denied;
+            audit.pairs.push(status::PairStatus {
+                from: self.peer_name(pair.from),
+                to: self.peer_name(pair.to),
+                would_deny: counts.would_deny,
+                denied: counts.denied,
+            });
+        }
+        audit
+    }
+
+    /// What the log should say about bindings that are not enforced yet. Each kind is listed
+    /// up to `BINDING_WARNINGS` paths, then counted: 10,000 pending bindings are one
+    /// line's worth of news, not 10,000 lines.
+    pub(super) fn binding_warnings(&self) -> Vec<String> {
+        let (outside, pending): (Vec<_>, Vec<_>) = self
+            .compiled
+            .bindings
+            .iter()
+            .filter(|b| !self.root.covers(&b.path) || b.cgroup_id.is_none())
+            .partition(|b| !self.root.covers(&b.path));
+        let listed = |bindings: &[&compile::Binding], say: &dyn Fn(&str) -> String| {
+            let mut lines: Vec<String> = bindings
+                .iter()
+                .take(BINDING_WARNINGS)
+                .map(|b| say(b.path.as_str()))
+                .collect();
+            if bindings.len() > BINDING_WARNINGS {
+                lines.push(say(&format!(
+                    "... and {} more",
+                    bindings.len() - BINDING_WARNINGS
+                )));
+            }
+            lines
+        };
+        let root = &self.root.relative;
+        listed(&outside, &|path| {
+            format!("warning: cgroup {path} is outside --cgroup-root {root}; it is not enforced")
+        })
+        .into_iter()
+        .chain(listed(&pending, &|path| {
+            format!(
+                "cgroup {path} does not exist yet; its binding is pending and takes effect when \
+                 it is created"
+            )
+        }))
+        .chain(self.attestation.warning(&self.policy))
+        .collect()
+    }
+
+    /// Answers `request`; an apply or a plan comes with its policy already parsed.
+    pub(super) fn handle(&mut self, request: Request, parsed: Option<Parsed>) -> Response {
+        let parsed = || {
+            parsed.unwrap_or_else(|| {
+                Err(ApplyError::Failed(anyhow::anyhow!(
+                    "the policy was not parsed before the daemon was locked"
+                )))
+            })
+        };
+        match request {
+            Request::Apply { file, text } => match self.apply(&file, &text, parsed()) {
+                Ok(committed) => {
+                    let Committed {
+                        generation, ended, ..
+                    } = committed;
+                    log(&format!(
+                        "policy generation {generation} active ({file}); ended {ended} \
+                         connection(s); {}",
+                        committed.timing()
+                    ));
+                    for warning in self.binding_warnings() {
+                        log(&warning);
+                    }
+                    Response::Applied { generation, ended }
+                }
+                Err(err) => refusal(&file, err),
+            },
+            Request::Plan { file, .. } => match self.plan(&file, parsed()) {
+                Ok(plan) => Response::Plan(Box::new(plan)),
+                Err(err) => refusal(&format!("plan of {file}"), err),
+            },
+            Request::Status => Response::Status(Box::new(self.status())),
+            Request::Grant(request) => self.grant(&request),
+            Request::Revoke { id } => self.revoke(&id),
+            Request::Edges { stale_after_ms } => Response::Edges {
+                edges: self.edge_views(std::time::Duration::from_millis(stale_after_ms)),
+            },
+            // Answered by `serve` without the daemon lock.
+            Request::Events { .. } => Response::Error {
+                message: "events are not answered here".into(),
+            },
+            Request::Why { from, to, protocol } => self.why(&from, to, protocol),
+        }
+    }
+
+    fn why(
+        &self,
+        from: &crate::api::why::WhySource,
+        to: SocketAddr,
+        protocol: crate::api::why::Transport,
+    ) -> Response {
+        let live = why::Live {
+            ebpf: &self.ebpf,
+            maps: &self.maps,
+            addresses: &self.addresses,
+            cgroups: &self.cgroups,
+            root: &self.root,
+            edges: &self.live,
+        };
+        match why::explain(&live, from, to, protocol) {
+            Ok(explanation) => Response::Why(Box::new(explanation)),
+            Err(err) => Response::Error {
+                message: format!("{err:#}"),
+            },
+        }
+    }
+
+    pub(super) fn tag_existing(&self) -> Result<usize> {
+        backfill::tag_existing(&self.cgroups, &self.root, &self.compiled, &self.pins)
+    }
+
+    /// Every existing directory along the bound cgroup paths under the root: where a bound
+    /// cgroup or one of its ancestors can appear or vanish.
+    pub fn watched_dirs(&self) -> BTreeSet<PathBuf> {
+        let mut dirs = BTreeSet::new();
+        dirs.insert(self.cgroups.dir("/"));
+        // Bound paths share their ancestors (a slice and its thousands of services): an
+        // ancestor already found to exist is not looked at again.
+        for binding in &self.compiled.bindings {
+            if !self.root.covers(&binding.path) {
+                continue;
+            }
+            let mut path = String::new();
+            for component in binding.path.as_str().split('/').filter(|c| !c.is_empty()) {
+                path.push('/');
+                path.push_str(component);
+                let dir = self.cgroups.dir(&path);
+                if dirs.contains(&dir) {
+                    continue;
+                }
+                if !dir.is_dir() {
+                    break;
+                }
+                dirs.insert(dir);
+            }
+        }
+        dirs
+    }
+
+    /// Re-resolves every binding's cgroup. A cgroup that appeared gets its binding at once
+    /// (and sockets created in it meanwhile get its domain); one that vanished leaves no entry
+    /// behind and its binding is pending again. The policy generation does not change: the
+    /// policy is the same, only the cgroups it names came or went.
+    pub fn follow_cgroups(&mut self) -> Result<()> {
+        // Runs every tick: a stat per binding decides whether anything needs recompiling.
+        let unchanged = self
+            .compiled
+            .bindings
+            .iter()
+            .all(|b| self.cgroup_id(&b.path) == b.cgroup_id);
+        if unchanged {
+            return Ok(());
+        }
+        let known = self.maps.registry()?;
+        let policy = self.attestation.store.augment(&self.policy);
+        let mut compiled = compile::compile(&policy, &self.live, known, &Clocks::now(), |path| {
+            self.cgroup_id(path)
+        })?;
+        // The edges are the same; keeping their compiled deadlines exactly as they are keeps
+        // the conversion from drifting by the microseconds between two clock readings.
+        compiled.edges.clone_from(&self.compiled.edges);
+        if compiled.bindings == self.compiled.bindings {
+            return Ok(());
+        }
+        let before: BTreeSet<(&CgroupPath, u32, Option<u64>)> = self
+            .compiled
+            .bindings
+            .iter()
+            .map(|b| (&b.path, b.domain, b.cgroup_id))
+            .collect();
+        let changed: Vec<compile::Binding> = compiled
+            .bindings
+            .iter()
+            .filter(|b| !before.contains(&(&b.path, b.domain, b.cgroup_id)))
+            .cloned()
+            .collect();
+        drop(before);
+        let compiled = Arc::new(compiled);
+        if let Some(warning) = self.maps.swap_in(&compiled, self.generation)? {
+            log(&warning);
+        }
+        let appeared: Vec<CgroupPath> = changed
+            .iter()
+            .filter(|b| b.cgroup_id.is_some())
+            .map(|b| b.path.clone())
+            .collect();
+        for binding in &changed {
+            let name = compiled
+                .registry
+                .name_of(binding.domain)
+                .unwrap_or_default();
+            match binding.cgroup_id {
+                Some(id) => log(&format!(
+                    "cgroup {} appeared (id {id}): bound to {name}",
+                    binding.path
+                )),
+                None => log(&format!(
+                    "cgroup {} is gone: its binding to {name} is pending until it is created again",
+                    binding.path
+                )),
+            }
+        }
+        self.compiled = compiled;
+        self.publish_names();
+        if !appeared.is_empty() {
+            let retagged = backfill::retag_under(
+                &self.cgroups,
+                &self.root,
+                &self.compiled,
+                &self.pins,
+                &appeared,
+            )?;
+            if retagged > 0 {
+                log(&format!(
+                    "re-tagged {retagged} socket(s) created in the new cgroup(s) before their binding landed"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn refresh_addresses(&mut self, pods: bool) -> Result<()> {
+        self.addresses.refresh_host()?;
+        if pods {
+            let compiled = &self.compiled;
+            self.addresses
+                .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
+        }
+        Ok(())
+    }
+
+    /// Whether `enforcer teardown` removed the links behind this daemon's back; a daemon that
+    /// went on answering would report enforcement that no longer exists.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn torn_down(&self) -> bool {
+        attach::HOOKS
+            .iter()
+            .all(|h| !self.pins.link(h.program).exists())
+    }
+
+    fn status(&self) -> Status {
+        let registry = &self.compiled.registry;
+        let bound = self.compiled.cgroup_ids();
+        let domains = self
+            .policy
+            .domains
+            .iter()
+            .map(|d| status::DomainStatus {
+                name: d.name.to_string(),
+                id: registry.get(d.name.as_str()).unwrap_or_default(),
+                mode: d.mode.unwrap_or(self.policy.defaults.mode).to_string(),
+                bindings: d
+                    .cgroups
+                    .iter()
+                    .map(|path| {
+                        let cgroup_id = bound.get(path).copied().flatten();
+                        let state = if !self.root.covers(path) {
+                            "outside-root"
+                        } else if cgroup_id.is_some() {
+                            "bound"
+                        } else {
+                            "pending"
+                        };
+                        status::BindingStatus {
+                            cgroup: path.to_string(),
+                            cgroup_id,
+                            state: state.into(),
+                        }
+                    })
+                    .collect(),
+                endpoints: d.endpoints.iter().map(ToString::to_string).collect(),
+            })
+            .collect();
+        let edges = self.edge_views(DEFAULT_STALE_AFTER);
+        let action = |a: Action| match a {
+            Action::Allow => "allow".to_owned(),
+            Action::Deny => "deny".to_owned(),
+        };
+        Status {
+            daemon_pid: std::process::id(),
+            generation: self.generation,
+            policy_file: self.policy_file.clone(),
+            pin_dir: self.pins.path().display().to_string(),
+            cgroup_mount: self.cgroups.mount().display().to_string(),
+            cgroup_root: self.root.dir.display().to_string(),
+            defaults: status::Defaults {
+                unlabeled: action(self.policy.defaults.unlabeled),
+                external: action(self.policy.defaults.external),
+            },
+            mode: self.policy.defaults.mode.to_string(),
+            domains,
+            attestation: self.attestation_status(),
+            bundles: self.trust.views(
+                jiff::Timestamp::now(),
+                jiff::SignedDuration::try_from(self.bundle_warn_before)
+                    .unwrap_or(jiff::SignedDuration::MAX),
+            ),
+            edges,
+            audit: self.audit_status(),
+            events: status::EventsStatus {
+                log: self.state.events().display().to_string(),
+                lost: self
+                    .tally
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .lost(),
+            },
+            programs: self
+                .programs
+                .iter()
+                .map(|p| status::ProgramStatus {
+                    program: p.program.into(),
+                    attach_point: p.attach_point.into(),
+                    link_pin: p.link_pin.display().to_string(),
+                    link_id: p.link_id,
+                    prog_id: p.prog_id,
+                })
+                .collect(),
+            features: kernel::features::optional(),
+            maps: self
+                .maps
+                .fill(self.compiled.registry.len())
+                .into_iter()
+                .chain([(names::MAP_ADDRS, self.addresses.count())])
+                .map(|(map, entries)| status::MapFill {
+                    map: map.into(),
+                    entries,
+                })
+                .collect(),
+            memory: kernel::memory::of_pins(&self.pins),
+        }
+    }
+
+    /// What the metrics report, copied out so that the lock is let go before they are
+    /// rendered and sent.
+    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
+        let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
+        metrics::Snapshot {
+            generation: self.generation,
+            decisions: tally.decisions().clone(),
+            events_lost: tally.lost(),
+            pairs: self.audit_status().pairs,
+            edges: self.edge_views(DEFAULT_STALE_AFTER),
+            commits: self.commits.clone(),
+        }
+    }
+}
+
+/// The names behind the ids of the policy in force.
+#[derive(Default)]
+pub struct InForce {
+    compiled: Arc<Compiled>,
+    live: Arc<Vec<LiveEdge>>,
+    live_at: Arc<std::collections::HashMap<u32, usize>>,
+}
+
+impl event_record::Names for InForce {
+    fn peer(&self, code: u32) -> String {
+        match Peer::decode(code) {
+            Peer::Unlabeled => "unlabeled".into(),
+            Peer::External => "external".into(),
+            Peer::Domain(id) => self
+                .compiled
+                .registry
+                .name_of(id)
+                .map_or_else(|| format!("domain #{id}"), str::to_owned),
+        }
+    }
+
+    fn edge(&self, index: u32) -> Option<String> {
+        self.live_at
+            .get(&index)
+            .and_then(|&at| self.live.get(at))
+            .map(|e| e.edge.id.to_string())
+    }
+}
+
+/// The record without the grants that expired while no daemon ran; the kernel stopped
+/// honouring them at their deadline.
+/// A policy parsed with the bundles it names, or why it was refused.
+pub(super) type Parsed = Result<(Policy, TrustState), ApplyError>;
+
+/// Gives the memory freed by a large parse or apply back to the system. glibc keeps freed
+/// heap in its arenas; after the parse of a 100,000-edge policy (whose YAML tree is about 30
+/// times the file) that is a hundred megabytes the daemon no longer uses.
+/// Frees what a commit replaced on a thread of its own, then hands the memory back: at
+/// 100,000 edges freeing the previous policy takes tens of milliseconds that neither the
+/// client nor anyone waiting for the daemon's lock needs to wait for.
+pub(super) fn retire<T: Send + 'static>(old: T) {
+    // Should the thread not start, the closure and `old` with it are freed right here.
+    let _ = std::thread::Builder::new()
+        .name("retire".into())
+        .spawn(move || {
+            drop(old);
+            release_freed_memory();
+        });
+}
+
+pub(super) fn release_freed_memory() {
+    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// A policy text with the bundles it names, checked as an apply checks them: a bundle that
+/// cannot be read or fails the checks refuses the policy, at the spot that names it.
+pub(super) fn parse_with_bundles(
+    file: &str,
+    text: &str,
+) -> Result<(Policy, TrustState), ApplyError> {
+    let policy = enforcer_policy::parse(file, text)
+        .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+    let trust = TrustState::load(&policy, file, true).map_err(ApplyError::Rejected)?;
+    Ok((policy, trust))
+}
+
+pub(super) fn without_expired_grants(book: Book) -> Book {
+    let now = Clocks::now().wall_now();
+    let pruned = book.without_grants(|g| g.expires <= now);
+    if pruned != book {
+        log("removed grant(s) that expired while the daemon was stopped");
+    }
+    pruned
+}
+
+/// The answer to a change that did not happen; either way nothing changed.
+pub(super) fn refusal(origin: &str, err: ApplyError) -> Response {
+    match err {
+        ApplyError::Rejected(errors) => {
+            log(&format!(
+                "refused {origin}: {} error(s); nothing changed",
+                errors.len()
+            ));
+            Response::Rejected { errors }
+        }
+        ApplyError::Failed(err) => {
+            log(&format!(
+                "{origin} failed; the previous policy stays active: {err:#}"
+            ));
+            Response::Error {
+                message: format!("{err:#}; the previous policy stays active"),
+            }
+        }
+    }
+}
