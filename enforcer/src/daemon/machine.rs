@@ -201,6 +201,12 @@ impl Daemon {
             return Err(ApplyError::Failed(err));
         }
         let before = self.snapshot_connections();
+        // The event feed names events under this lock. Held from the swap until this change's
+        // ended records are sent, it makes the feed report each connection the change ends
+        // with the daemon's record (which says why), not with the kernel's report of a packet
+        // dropped on it.
+        let board = Arc::clone(&self.names);
+        let mut posted = board.write().unwrap_or_else(PoisonError::into_inner);
         let generation = self.generation + 1;
         let swapping = std::time::Instant::now();
         match self.maps.swap_in(&compiled, generation) {
@@ -232,7 +238,6 @@ impl Daemon {
             std::mem::replace(&mut self.live, live),
             std::mem::replace(&mut self.live_at, live_at),
         ));
-        self.publish_names();
         let indexes: Vec<u32> = self.live.iter().map(|e| e.index).collect();
         if let Err(err) = self.usage.forget_edges(&indexes) {
             log(&format!(
@@ -240,6 +245,8 @@ impl Daemon {
             ));
         }
         let ended = self.end_refused_connections(before);
+        *posted = Arc::new(self.in_force());
+        drop(posted);
         Ok(Committed {
             generation,
             ended,
@@ -335,6 +342,13 @@ impl Daemon {
         }
     }
 
+    /// [`Self::end_refused_connections`] of the connections open now, outside a commit.
+    fn end_refused_connections_now(&mut self) -> usize {
+        let board = Arc::clone(&self.names);
+        let _naming = board.write().unwrap_or_else(PoisonError::into_inner);
+        self.end_refused_connections(None)
+    }
+
     /// Ends the live connections (in `before`, or open now) the policy in force refuses
     /// now; the kernel drops their packets already, this makes the applications see it.
     fn end_refused_connections(&mut self, before: Option<Snapshot>) -> usize {
@@ -395,7 +409,7 @@ impl Daemon {
             .map(|e| e.edge.id.to_string())
             .collect();
         let ended = if grants.is_empty() {
-            self.end_refused_connections(None)
+            self.end_refused_connections_now()
         } else {
             let book = self.book.without_grants(|g| grants.contains(&g.id));
             match self.commit(self.policy.clone(), book, None, "expiry") {
@@ -405,11 +419,11 @@ impl Daemon {
                         "removing expired grants failed: {}",
                         errors.join("; ")
                     ));
-                    self.end_refused_connections(None)
+                    self.end_refused_connections_now()
                 }
                 Err(ApplyError::Failed(err)) => {
                     log(&format!("removing expired grants failed: {err:#}"));
-                    self.end_refused_connections(None)
+                    self.end_refused_connections_now()
                 }
             }
         };
