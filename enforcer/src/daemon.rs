@@ -3,9 +3,11 @@
 //! programs, links and maps are pinned, and exiting, crashing or being killed leaves them as
 //! they are. Only `enforcer teardown` removes them.
 
+use self::state::State;
 use self::{
-    machine::{ApplyError, Daemon, release_freed_memory, without_expired_grants},
+    machine::{ApplyError, Daemon, without_expired_grants},
     serve::{EventService, bind_socket, vacant_socket},
+    state::release_freed_memory,
 };
 use crate::observe::log::{log, one_line};
 use std::{
@@ -22,10 +24,12 @@ pub mod access;
 pub mod admission;
 mod attest_server;
 mod attested;
+mod host;
 pub mod machine;
 mod maintain;
 pub mod remote_admin;
 pub mod serve;
+pub mod state;
 pub mod tcp_clients;
 
 use anyhow::{Context as _, Result, bail};
@@ -180,25 +184,28 @@ pub fn run(options: Options) -> Result<()> {
         cgroups,
         root,
         pins: options.pin_dir,
-        state: options.state_dir,
+        state_dir: options.state_dir,
         maps,
         addresses,
         usage,
         connections,
         ebpf,
         programs: Vec::new(),
-        policy: Policy {
-            version: 1,
-            defaults: Default::default(),
-            domains: Vec::new(),
-            federation: Vec::new(),
+        state: State {
+            policy: Policy {
+                version: 1,
+                defaults: Default::default(),
+                domains: Vec::new(),
+                federation: Vec::new(),
+            },
+            policy_file: String::new(),
+            compiled: Arc::default(),
+            generation,
+            book,
+            live: Arc::default(),
+            live_at: Arc::default(),
+            trust: TrustState::default(),
         },
-        policy_file: String::new(),
-        compiled: Arc::default(),
-        generation,
-        book,
-        live: Arc::default(),
-        live_at: Arc::default(),
         names: Arc::new(std::sync::RwLock::new(
             Arc::new(machine::InForce::default()),
         )),
@@ -210,7 +217,6 @@ pub fn run(options: Options) -> Result<()> {
             store: attested,
             socket: options.attest_socket.clone(),
         },
-        trust: TrustState::default(),
         bundle_warn_before: options.bundle_warn_before,
     };
     for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
@@ -255,7 +261,7 @@ pub fn run(options: Options) -> Result<()> {
     log(&format!(
         "{} enforcement; policy generation {} active ({file}); tagged {tagged} pre-existing socket(s)",
         if adopting { "adopted" } else { "started" },
-        daemon.generation
+        daemon.state.generation
     ));
     for warning in daemon.binding_warnings() {
         log(&warning);
@@ -264,7 +270,7 @@ pub fn run(options: Options) -> Result<()> {
         (Some(listener), Some(identity)) => Some(attest_server::Server::new(
             listener,
             identity,
-            daemon.trust.shared(),
+            daemon.state.trust.shared(),
             daemon.cgroups.clone(),
         )?),
         _ => None,

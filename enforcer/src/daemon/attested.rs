@@ -51,7 +51,7 @@ impl Daemon {
     pub fn attest(&mut self, claim: &Claim) -> Result<String, String> {
         let now = Clocks::now().wall_now();
         let binding = attestation::admit(
-            &self.policy,
+            &self.state.policy,
             &self.attestation.store,
             &self.root,
             claim,
@@ -70,11 +70,16 @@ impl Daemon {
         }
         let before = self.attestation.store.clone();
         let next = before.with(binding);
-        next.save(&self.state)
+        next.save(&self.state_dir)
             .map_err(|err| format!("the daemon could not save the binding: {err:#}"))?;
         self.attestation.store = next;
         let origin = format!("attestation of {}", claim.cgroup);
-        match self.commit(self.policy.clone(), self.book.clone(), None, &origin) {
+        match self.commit(
+            self.state.policy.clone(),
+            self.state.book.clone(),
+            None,
+            &origin,
+        ) {
             Ok(c) => {
                 log(&format!(
                     "attestation by pid {} in cgroup {} as {}: {bound}; policy generation {}",
@@ -84,7 +89,7 @@ impl Daemon {
             }
             Err(err) => {
                 self.attestation.store = before;
-                if let Err(restore) = self.attestation.store.save(&self.state) {
+                if let Err(restore) = self.attestation.store.save(&self.state_dir) {
                     log(&format!(
                         "could not restore the attested bindings: {restore:#}"
                     ));
@@ -112,7 +117,7 @@ impl Daemon {
                 } else if self.cgroups.id(&b.cgroup) != Some(b.cgroup_id) {
                     "its cgroup is gone".to_owned()
                 } else {
-                    Store::conflict(&self.policy, b)?
+                    Store::conflict(&self.state.policy, b)?
                 };
                 Some((b.clone(), why))
             })
@@ -125,11 +130,11 @@ impl Daemon {
         // Bindings the policy no longer allows are already out of force.
         let in_force = ending
             .iter()
-            .any(|(b, _)| Store::conflict(&self.policy, b).is_none());
+            .any(|(b, _)| Store::conflict(&self.state.policy, b).is_none());
         let generation = if in_force {
             match self.commit(
-                self.policy.clone(),
-                self.book.clone(),
+                self.state.policy.clone(),
+                self.state.book.clone(),
                 None,
                 "attestation expiry",
             ) {
@@ -150,7 +155,7 @@ impl Daemon {
             String::new()
         };
         // Saved after: a binding on disk that is no longer in force is dropped again at start.
-        if let Err(err) = self.attestation.store.save(&self.state) {
+        if let Err(err) = self.attestation.store.save(&self.state_dir) {
             log(&format!("could not save the attested bindings: {err:#}"));
         }
         for (b, why) in &ending {
@@ -168,7 +173,7 @@ impl Daemon {
                 .socket
                 .as_ref()
                 .map(|p| p.display().to_string()),
-            warning: self.attestation.warning(&self.policy),
+            warning: self.attestation.warning(&self.state.policy),
             bindings: self
                 .attestation
                 .store

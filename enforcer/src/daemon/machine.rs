@@ -1,5 +1,9 @@
 //! The daemon's state and how it changes.
 
+use super::{
+    host::Host,
+    state::{Change, KernelSide as _, State},
+};
 use crate::observe::log::log;
 use std::{
     collections::BTreeSet,
@@ -21,7 +25,7 @@ use crate::{
     kernel::addresses::Addresses,
     kernel::backfill,
     kernel::cgroupfs::{CgroupFs, CgroupRoot},
-    kernel::revocation::{Connections, Judge, Snapshot},
+    kernel::revocation::{Connections, Ending},
     kernel::usage::Usage,
     kernel::{
         self,
@@ -51,7 +55,7 @@ pub struct Daemon {
     pub(super) cgroups: CgroupFs,
     pub(super) root: CgroupRoot,
     pub(super) pins: PinDir,
-    pub(super) state: StateDir,
+    pub(super) state_dir: StateDir,
     pub(super) maps: PolicyMaps,
     pub(super) addresses: Addresses,
     pub(super) usage: Usage,
@@ -59,16 +63,8 @@ pub struct Daemon {
     /// The loaded programs; once attached they also live on in their pinned links.
     pub(super) ebpf: aya::Ebpf,
     pub(super) programs: Vec<AttachedProgram>,
-    pub(super) policy: Policy,
-    pub(super) policy_file: String,
-    /// The policy in force as the maps hold it; shared with the maps' record of each slot.
-    pub(super) compiled: Arc<Compiled>,
-    pub(super) generation: u64,
-    /// The edge record as saved in the state dir, and the edges it resolves to.
-    pub(super) book: Book,
-    pub(super) live: Arc<Vec<LiveEdge>>,
-    /// Where each edge index is in `live`, for naming the edges of kernel events.
-    pub(super) live_at: Arc<std::collections::HashMap<u32, usize>>,
+    /// The policy in force and what it resolved to.
+    pub(super) state: State,
     /// Where the event feed finds the names of the policy in force.
     pub(super) names: NamesBoard,
     /// Boot-clock nanosecond up to which edge expiries have ended their connections.
@@ -80,8 +76,6 @@ pub struct Daemon {
     /// Where the connections this daemon ends are reported, as events.
     pub(super) ended: mpsc::Sender<EventRecord>,
     pub(super) attestation: super::attested::Attestation,
-    /// The trust bundles the policy names, and what they allow the edges that require them.
-    pub(super) trust: TrustState,
     pub(super) bundle_warn_before: std::time::Duration,
 }
 
@@ -135,13 +129,13 @@ impl Daemon {
         file: &str,
         text: &str,
     ) -> Result<Committed, ApplyError> {
-        let book = self.book.clone();
+        let book = self.state.book.clone();
         let committed = self.commit(policy, book, Some(trust), file)?;
-        self.policy_file = file.to_owned();
-        if let Err(err) = fs::write(self.state.active_policy(), text) {
+        self.state.policy_file = file.to_owned();
+        if let Err(err) = fs::write(self.state_dir.active_policy(), text) {
             log(&format!(
                 "warning: could not save a copy of the active policy in {}: {err}",
-                self.state.active_policy().display()
+                self.state_dir.active_policy().display()
             ));
         }
         Ok(committed)
@@ -185,80 +179,54 @@ impl Daemon {
         } = self.prepare(
             &policy,
             &book,
-            trust.as_ref().unwrap_or(&self.trust),
+            trust.as_ref().unwrap_or(&self.state.trust),
             origin,
         )?;
         let compile = started.elapsed();
-        let compiled = Arc::new(compiled);
-        let recorded = self
-            .maps
-            .record_domains(&compiled.registry)
-            .map_err(ApplyError::Failed)?;
-        // Saved before the swap: a grant must never be in force without being on disk,
-        // or a restart would silently drop it.
-        if let Err(err) = book.save(&self.state) {
-            self.forget_domains(&recorded);
-            return Err(ApplyError::Failed(err));
-        }
-        let before = self.snapshot_connections();
+        let change = Change {
+            policy,
+            book,
+            live,
+            compiled,
+            trust,
+        };
         // The event feed names events under this lock. Held from the swap until this change's
         // ended records are sent, it makes the feed report each connection the change ends
         // with the daemon's record (which says why), not with the kernel's report of a packet
         // dropped on it.
         let board = Arc::clone(&self.names);
         let mut posted = board.write().unwrap_or_else(PoisonError::into_inner);
-        let generation = self.generation + 1;
-        let swapping = std::time::Instant::now();
-        match self.maps.swap_in(&compiled, generation) {
-            Ok(warning) => warning.iter().for_each(|w| log(w)),
-            Err(err) => {
-                if let Err(restore) = self.book.save(&self.state) {
-                    log(&format!("could not restore the edge record: {restore:#}"));
-                }
-                self.forget_domains(&recorded);
-                return Err(ApplyError::Failed(err));
-            }
-        }
-        let maps = swapping.elapsed();
-        self.generation = generation;
-        if let Some(trust) = trust {
-            self.trust.adopt(trust);
-        }
-        let live_at = Arc::new(
-            live.iter()
-                .enumerate()
-                .map(|(at, e)| (e.index, at))
-                .collect(),
-        );
-        let live = Arc::new(live);
-        retire((
-            std::mem::replace(&mut self.policy, policy),
-            std::mem::replace(&mut self.compiled, compiled),
-            std::mem::replace(&mut self.book, book),
-            std::mem::replace(&mut self.live, live),
-            std::mem::replace(&mut self.live_at, live_at),
-        ));
-        let indexes: Vec<u32> = self.live.iter().map(|e| e.index).collect();
-        if let Err(err) = self.usage.forget_edges(&indexes) {
-            log(&format!(
-                "could not clear the counters of removed edges: {err:#}"
-            ));
-        }
-        let ended = self.end_refused_connections(before);
+        // The fields the kernel side writes, borrowed beside the state it changes.
+        let mut host = Host {
+            maps: &mut self.maps,
+            usage: &mut self.usage,
+            connections: &self.connections,
+            addresses: &self.addresses,
+            state_dir: &self.state_dir,
+        };
+        let committed = self
+            .state
+            .commit(change, &mut host)
+            .map_err(ApplyError::Failed)?;
+        let ended = self.report_ended(committed.endings.as_deref());
         *posted = Arc::new(self.in_force());
         drop(posted);
         Ok(Committed {
-            generation,
+            generation: committed.generation,
             ended,
             compile,
-            maps,
+            maps: committed.maps,
         })
     }
 
-    /// Takes back the domain ids recorded for a change that did not happen.
-    fn forget_domains(&mut self, ids: &[u32]) {
-        if let Err(err) = self.maps.forget_domains(ids) {
-            log(&format!("{err:#}"));
+    /// The kernel side of this daemon's changes.
+    fn host(&mut self) -> Host<'_> {
+        Host {
+            maps: &mut self.maps,
+            usage: &mut self.usage,
+            connections: &self.connections,
+            addresses: &self.addresses,
+            state_dir: &self.state_dir,
         }
     }
 
@@ -286,7 +254,7 @@ impl Daemon {
         // new generation, this one's included), and 10,000 `stat`s would otherwise be most of
         // an apply. Attested cgroups are looked up afresh, as their ids depend on the
         // attestation as well.
-        let bound = self.compiled.cgroup_ids();
+        let bound = self.state.compiled.cgroup_ids();
         let compiled = compile::compile(&policy, &live, known, &clocks, |path| {
             bound
                 .get(path)
@@ -306,15 +274,15 @@ impl Daemon {
     /// nothing.
     fn plan(&self, file: &str, parsed: Parsed) -> Result<Plan, ApplyError> {
         let (policy, trust) = parsed?;
-        let next = self.prepare(&policy, &self.book, &trust, file)?;
+        let next = self.prepare(&policy, &self.state.book, &trust, file)?;
         let snapshot = self
             .connections
             .snapshot(&self.addresses.pod_namespaces())
             .map_err(ApplyError::Failed)?;
         let now = plan::Side {
-            policy: &self.policy,
-            live: &self.live,
-            compiled: &self.compiled,
+            policy: &self.state.policy,
+            live: &self.state.live,
+            compiled: &self.state.compiled,
         };
         let after = plan::Side {
             policy: &policy,
@@ -323,7 +291,7 @@ impl Daemon {
         };
         Ok(plan::plan(
             file,
-            self.generation,
+            self.state.generation,
             &now,
             &after,
             &snapshot,
@@ -331,57 +299,31 @@ impl Daemon {
         ))
     }
 
-    fn snapshot_connections(&self) -> Option<Snapshot> {
-        let pods = self.addresses.pod_namespaces();
-        match self.connections.snapshot(&pods) {
-            Ok(snapshot) => Some(snapshot),
-            Err(err) => {
-                log(&format!("could not list live connections: {err:#}"));
-                None
-            }
-        }
-    }
-
-    /// [`Self::end_refused_connections`] of the connections open now, outside a commit.
+    /// Ends the live connections open now that the policy in force refuses, outside a
+    /// change: the kernel drops their packets already, this makes the applications see it.
     fn end_refused_connections_now(&mut self) -> usize {
         let board = Arc::clone(&self.names);
         let _naming = board.write().unwrap_or_else(PoisonError::into_inner);
-        self.end_refused_connections(None)
+        let compiled = Arc::clone(&self.state.compiled);
+        let endings = self.host().end_refused(None, &compiled);
+        self.report_ended(endings.as_deref())
     }
 
-    /// Ends the live connections (in `before`, or open now) the policy in force refuses
-    /// now; the kernel drops their packets already, this makes the applications see it.
-    fn end_refused_connections(&mut self, before: Option<Snapshot>) -> usize {
-        let Some(before) = before.or_else(|| self.snapshot_connections()) else {
+    /// Reports each connection a change ended as an event; returns how many there were.
+    fn report_ended(&mut self, endings: Option<&[Ending]>) -> usize {
+        let Some(endings) = endings else {
             return 0;
         };
         let clocks = Clocks::now();
-        match self
-            .connections
-            .end_refused(before, &Judge::new(&self.compiled, clocks.boot))
-        {
-            Ok(ended) => {
-                self.expiries_done = clocks.boot;
-                for ending in &ended {
-                    let record = EventRecord::ended(
-                        ending,
-                        &self.in_force(),
-                        self.generation,
-                        clocks.wall_now(),
-                    );
-                    // The feed only stops with the process.
-                    let _ = self.ended.send(record);
-                }
-                ended.len()
-            }
-            Err(err) => {
-                log(&format!(
-                    "could not end every refused connection (the kernel still drops their \
-                     packets): {err:#}"
-                ));
-                0
-            }
+        self.expiries_done = clocks.boot;
+        let names = self.in_force();
+        for ending in endings {
+            let record =
+                EventRecord::ended(ending, &names, self.state.generation, clocks.wall_now());
+            // The feed only stops with the process.
+            let _ = self.ended.send(record);
         }
+        endings.len()
     }
 
     /// Ends the connections of edges whose window closed since the last look, and removes
@@ -391,6 +333,7 @@ impl Daemon {
         let now = Clocks::now();
         let since = self.expiries_done;
         let expired: Vec<&LiveEdge> = self
+            .state
             .live
             .iter()
             .filter(|e| {
@@ -411,8 +354,8 @@ impl Daemon {
         let ended = if grants.is_empty() {
             self.end_refused_connections_now()
         } else {
-            let book = self.book.without_grants(|g| grants.contains(&g.id));
-            match self.commit(self.policy.clone(), book, None, "expiry") {
+            let book = self.state.book.without_grants(|g| grants.contains(&g.id));
+            match self.commit(self.state.policy.clone(), book, None, "expiry") {
                 Ok(c) => c.ended,
                 Err(ApplyError::Rejected(errors)) => {
                     log(&format!(
@@ -443,20 +386,21 @@ impl Daemon {
     /// in force under a new generation, ending the connections a suspension refuses, exactly
     /// as a revocation does. Runs every tick.
     pub fn refresh_bundles(&mut self) {
-        for change in self.trust.refresh() {
+        for change in self.state.trust.refresh() {
             log(&change);
         }
         let now = Clocks::now().wall_now();
         let warn_before = jiff::SignedDuration::try_from(self.bundle_warn_before)
             .unwrap_or(jiff::SignedDuration::MAX);
-        for warning in self.trust.expiry_warnings(now, warn_before) {
+        for warning in self.state.trust.expiry_warnings(now, warn_before) {
             log(&warning);
         }
         let changed: Vec<(String, Trust)> = self
+            .state
             .live
             .iter()
             .filter_map(|e| {
-                let next = self.trust.gate(&e.edge, now);
+                let next = self.state.trust.gate(&e.edge, now);
                 (next != e.trust).then(|| (e.edge.id.to_string(), next))
             })
             .collect();
@@ -464,8 +408,8 @@ impl Daemon {
             return;
         }
         match self.commit(
-            self.policy.clone(),
-            self.book.clone(),
+            self.state.policy.clone(),
+            self.state.book.clone(),
             None,
             "trust bundles",
         ) {
@@ -498,13 +442,13 @@ impl Daemon {
 
     fn grant(&mut self, request: &GrantRequest) -> Response {
         let now = Clocks::now().wall_now();
-        let grant = match grants::check(request, &self.policy, &self.live, now) {
+        let grant = match grants::check(request, &self.state.policy, &self.state.live, now) {
             Ok(grant) => grant,
             Err(errors) => return Response::Rejected { errors },
         };
-        let book = self.book.with_grant(grant.clone());
+        let book = self.state.book.with_grant(grant.clone());
         let origin = format!("grant {}", grant.id);
-        match self.commit(self.policy.clone(), book, None, &origin) {
+        match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
@@ -529,7 +473,7 @@ impl Daemon {
     }
 
     fn revoke(&mut self, id: &str) -> Response {
-        let Some(edge) = self.live.iter().find(|e| e.edge.id.as_str() == id) else {
+        let Some(edge) = self.state.live.iter().find(|e| e.edge.id.as_str() == id) else {
             return Response::Error {
                 message: format!("no edge has id {id} (see `enforcer edge list`)"),
             };
@@ -539,13 +483,13 @@ impl Daemon {
                 message: format!(
                     "edge {id} comes from the policy file {}; remove it there and run \
                      `enforcer policy apply`",
-                    self.policy_file
+                    self.state.policy_file
                 ),
             };
         }
-        let book = self.book.without_grants(|g| g.id == id);
+        let book = self.state.book.without_grants(|g| g.id == id);
         let origin = format!("revoke {id}");
-        match self.commit(self.policy.clone(), book, None, &origin) {
+        match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "revoked {id}; ended {} connection(s); policy generation {}",
@@ -564,7 +508,8 @@ impl Daemon {
     fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
         let clocks = Clocks::now();
         let used = self.usage.edges();
-        self.live
+        self.state
+            .live
             .iter()
             .map(|edge| {
                 let u = used.get(&edge.index).map_or_else(Used::default, |u| Used {
@@ -580,9 +525,9 @@ impl Daemon {
     /// daemon's lock.
     fn in_force(&self) -> InForce {
         InForce {
-            compiled: Arc::clone(&self.compiled),
-            live: Arc::clone(&self.live),
-            live_at: Arc::clone(&self.live_at),
+            compiled: Arc::clone(&self.state.compiled),
+            live: Arc::clone(&self.state.live),
+            live_at: Arc::clone(&self.state.live_at),
         }
     }
 
@@ -615,6 +560,7 @@ impl Daemon {
     /// line's worth of news, not 10,000 lines.
     pub(super) fn binding_warnings(&self) -> Vec<String> {
         let (outside, pending): (Vec<_>, Vec<_>) = self
+            .state
             .compiled
             .bindings
             .iter()
@@ -645,7 +591,7 @@ impl Daemon {
                  it is created"
             )
         }))
-        .chain(self.attestation.warning(&self.policy))
+        .chain(self.attestation.warning(&self.state.policy))
         .collect()
     }
 
@@ -706,7 +652,7 @@ impl Daemon {
             addresses: &self.addresses,
             cgroups: &self.cgroups,
             root: &self.root,
-            edges: &self.live,
+            edges: &self.state.live,
         };
         match why::explain(&live, from, to, protocol) {
             Ok(explanation) => Response::Why(Box::new(explanation)),
@@ -717,7 +663,7 @@ impl Daemon {
     }
 
     pub(super) fn tag_existing(&self) -> Result<usize> {
-        backfill::tag_existing(&self.cgroups, &self.root, &self.compiled, &self.pins)
+        backfill::tag_existing(&self.cgroups, &self.root, &self.state.compiled, &self.pins)
     }
 
     /// Every existing directory along the bound cgroup paths under the root: where a bound
@@ -727,7 +673,7 @@ impl Daemon {
         dirs.insert(self.cgroups.dir("/"));
         // Bound paths share their ancestors (a slice and its thousands of services): an
         // ancestor already found to exist is not looked at again.
-        for binding in &self.compiled.bindings {
+        for binding in &self.state.compiled.bindings {
             if !self.root.covers(&binding.path) {
                 continue;
             }
@@ -755,6 +701,7 @@ impl Daemon {
     pub fn follow_cgroups(&mut self) -> Result<()> {
         // Runs every tick: a stat per binding decides whether anything needs recompiling.
         let unchanged = self
+            .state
             .compiled
             .bindings
             .iter()
@@ -763,17 +710,19 @@ impl Daemon {
             return Ok(());
         }
         let known = self.maps.registry()?;
-        let policy = self.attestation.store.augment(&self.policy);
-        let mut compiled = compile::compile(&policy, &self.live, known, &Clocks::now(), |path| {
-            self.cgroup_id(path)
-        })?;
+        let policy = self.attestation.store.augment(&self.state.policy);
+        let mut compiled =
+            compile::compile(&policy, &self.state.live, known, &Clocks::now(), |path| {
+                self.cgroup_id(path)
+            })?;
         // The edges are the same; keeping their compiled deadlines exactly as they are keeps
         // the conversion from drifting by the microseconds between two clock readings.
-        compiled.edges.clone_from(&self.compiled.edges);
-        if compiled.bindings == self.compiled.bindings {
+        compiled.edges.clone_from(&self.state.compiled.edges);
+        if compiled.bindings == self.state.compiled.bindings {
             return Ok(());
         }
         let before: BTreeSet<(&CgroupPath, u32, Option<u64>)> = self
+            .state
             .compiled
             .bindings
             .iter()
@@ -787,7 +736,7 @@ impl Daemon {
             .collect();
         drop(before);
         let compiled = Arc::new(compiled);
-        if let Some(warning) = self.maps.swap_in(&compiled, self.generation)? {
+        if let Some(warning) = self.maps.swap_in(&compiled, self.state.generation)? {
             log(&warning);
         }
         let appeared: Vec<CgroupPath> = changed
@@ -811,13 +760,13 @@ impl Daemon {
                 )),
             }
         }
-        self.compiled = compiled;
+        self.state.compiled = compiled;
         self.publish_names();
         if !appeared.is_empty() {
             let retagged = backfill::retag_under(
                 &self.cgroups,
                 &self.root,
-                &self.compiled,
+                &self.state.compiled,
                 &self.pins,
                 &appeared,
             )?;
@@ -833,7 +782,7 @@ impl Daemon {
     pub fn refresh_addresses(&mut self, pods: bool) -> Result<()> {
         self.addresses.refresh_host()?;
         if pods {
-            let compiled = &self.compiled;
+            let compiled = &self.state.compiled;
             self.addresses
                 .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
         }
@@ -843,7 +792,7 @@ impl Daemon {
     /// Whether `enforcer teardown` removed the links behind this daemon's back; a daemon that
     /// went on answering would report enforcement that no longer exists.
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.state.generation
     }
 
     pub fn torn_down(&self) -> bool {
@@ -853,16 +802,20 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
-        let registry = &self.compiled.registry;
-        let bound = self.compiled.cgroup_ids();
+        let registry = &self.state.compiled.registry;
+        let bound = self.state.compiled.cgroup_ids();
         let domains = self
+            .state
             .policy
             .domains
             .iter()
             .map(|d| status::DomainStatus {
                 name: d.name.to_string(),
                 id: registry.get(d.name.as_str()).unwrap_or_default(),
-                mode: d.mode.unwrap_or(self.policy.defaults.mode).to_string(),
+                mode: d
+                    .mode
+                    .unwrap_or(self.state.policy.defaults.mode)
+                    .to_string(),
                 bindings: d
                     .cgroups
                     .iter()
@@ -892,19 +845,19 @@ impl Daemon {
         };
         Status {
             daemon_pid: std::process::id(),
-            generation: self.generation,
-            policy_file: self.policy_file.clone(),
+            generation: self.state.generation,
+            policy_file: self.state.policy_file.clone(),
             pin_dir: self.pins.path().display().to_string(),
             cgroup_mount: self.cgroups.mount().display().to_string(),
             cgroup_root: self.root.dir.display().to_string(),
             defaults: status::Defaults {
-                unlabeled: action(self.policy.defaults.unlabeled),
-                external: action(self.policy.defaults.external),
+                unlabeled: action(self.state.policy.defaults.unlabeled),
+                external: action(self.state.policy.defaults.external),
             },
-            mode: self.policy.defaults.mode.to_string(),
+            mode: self.state.policy.defaults.mode.to_string(),
             domains,
             attestation: self.attestation_status(),
-            bundles: self.trust.views(
+            bundles: self.state.trust.views(
                 jiff::Timestamp::now(),
                 jiff::SignedDuration::try_from(self.bundle_warn_before)
                     .unwrap_or(jiff::SignedDuration::MAX),
@@ -912,7 +865,7 @@ impl Daemon {
             edges,
             audit: self.audit_status(),
             events: status::EventsStatus {
-                log: self.state.events().display().to_string(),
+                log: self.state_dir.events().display().to_string(),
                 lost: self
                     .tally
                     .lock()
@@ -933,7 +886,7 @@ impl Daemon {
             features: kernel::features::optional(),
             maps: self
                 .maps
-                .fill(self.compiled.registry.len())
+                .fill(self.state.compiled.registry.len())
                 .into_iter()
                 .chain([(names::MAP_ADDRS, self.addresses.count())])
                 .map(|(map, entries)| status::MapFill {
@@ -950,7 +903,7 @@ impl Daemon {
     pub fn metrics_snapshot(&self) -> metrics::Snapshot {
         let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
         metrics::Snapshot {
-            generation: self.generation,
+            generation: self.state.generation,
             decisions: tally.decisions().clone(),
             events_lost: tally.lost(),
             pairs: self.audit_status().pairs,
@@ -989,33 +942,8 @@ impl event_record::Names for InForce {
     }
 }
 
-/// The record without the grants that expired while no daemon ran; the kernel stopped
-/// honouring them at their deadline.
 /// A policy parsed with the bundles it names, or why it was refused.
 pub(super) type Parsed = Result<(Policy, TrustState), ApplyError>;
-
-/// Gives the memory freed by a large parse or apply back to the system. glibc keeps freed
-/// heap in its arenas; after the parse of a 100,000-edge policy (whose YAML tree is about 30
-/// times the file) that is a hundred megabytes the daemon no longer uses.
-/// Frees what a commit replaced on a thread of its own, then hands the memory back: at
-/// 100,000 edges freeing the previous policy takes tens of milliseconds that neither the
-/// client nor anyone waiting for the daemon's lock needs to wait for.
-pub(super) fn retire<T: Send + 'static>(old: T) {
-    // Should the thread not start, the closure and `old` with it are freed right here.
-    let _ = std::thread::Builder::new()
-        .name("retire".into())
-        .spawn(move || {
-            drop(old);
-            release_freed_memory();
-        });
-}
-
-pub(super) fn release_freed_memory() {
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
 
 /// A policy text with the bundles it names, checked as an apply checks them: a bundle that
 /// cannot be read or fails the checks refuses the policy, at the spot that names it.
@@ -1029,6 +957,8 @@ pub(super) fn parse_with_bundles(
     Ok((policy, trust))
 }
 
+/// The record without the grants that expired while no daemon ran; the kernel stopped
+/// honouring them at their deadline.
 pub(super) fn without_expired_grants(book: Book) -> Book {
     let now = Clocks::now().wall_now();
     let pruned = book.without_grants(|g| g.expires <= now);

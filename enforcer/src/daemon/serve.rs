@@ -3,7 +3,8 @@
 
 use super::{
     access,
-    machine::{Daemon, parse_with_bundles, release_freed_memory},
+    machine::{Daemon, parse_with_bundles},
+    state::release_freed_memory,
 };
 use crate::observe::log::log;
 use std::{

@@ -1,0 +1,94 @@
+//! The daemon's kernel side: how a change is carried out on this host (see
+//! [`super::state::KernelSide`]). Failures that do not stop a change (counters not cleared,
+//! connections not ended) are logged here; the kernel enforces the change all the same.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use super::state::KernelSide;
+use crate::{
+    kernel::{
+        addresses::Addresses,
+        policy_maps::PolicyMaps,
+        revocation::{Connections, Ending, Judge, Snapshot},
+        usage::Usage,
+    },
+    observe::log::log,
+    paths::StateDir,
+    pipeline::{clock::Clocks, compile::Compiled, edges::Book, registry::Registry},
+};
+
+/// The parts of the daemon a change writes to.
+pub struct Host<'a> {
+    pub maps: &'a mut PolicyMaps,
+    pub usage: &'a mut Usage,
+    pub connections: &'a Connections,
+    pub addresses: &'a Addresses,
+    pub state_dir: &'a StateDir,
+}
+
+impl KernelSide for Host<'_> {
+    type Connections = Snapshot;
+
+    fn record_domains(&mut self, registry: &Registry) -> Result<Vec<u32>> {
+        self.maps.record_domains(registry)
+    }
+
+    fn forget_domains(&mut self, ids: &[u32]) {
+        if let Err(err) = self.maps.forget_domains(ids) {
+            log(&format!("{err:#}"));
+        }
+    }
+
+    fn save(&mut self, book: &Book) -> Result<()> {
+        book.save(self.state_dir)
+    }
+
+    fn connections(&mut self) -> Option<Snapshot> {
+        let pods = self.addresses.pod_namespaces();
+        match self.connections.snapshot(&pods) {
+            Ok(snapshot) => Some(snapshot),
+            Err(err) => {
+                log(&format!("could not list live connections: {err:#}"));
+                None
+            }
+        }
+    }
+
+    fn swap_in(&mut self, compiled: &Arc<Compiled>, generation: u64) -> Result<()> {
+        if let Some(warning) = self.maps.swap_in(compiled, generation)? {
+            log(&warning);
+        }
+        Ok(())
+    }
+
+    fn forget_edges(&mut self, kept: &[u32]) {
+        if let Err(err) = self.usage.forget_edges(kept) {
+            log(&format!(
+                "could not clear the counters of removed edges: {err:#}"
+            ));
+        }
+    }
+
+    fn end_refused(
+        &mut self,
+        before: Option<Snapshot>,
+        compiled: &Compiled,
+    ) -> Option<Vec<Ending>> {
+        let before = before.or_else(|| self.connections())?;
+        match self
+            .connections
+            .end_refused(before, &Judge::new(compiled, Clocks::now().boot))
+        {
+            Ok(ended) => Some(ended),
+            Err(err) => {
+                log(&format!(
+                    "could not end every refused connection (the kernel still drops their \
+                     packets): {err:#}"
+                ));
+                None
+            }
+        }
+    }
+}
