@@ -31,6 +31,7 @@ pub mod remote_admin;
 pub mod serve;
 pub mod state;
 pub mod tcp_clients;
+mod transitions;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;

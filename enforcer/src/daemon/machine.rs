@@ -1,5 +1,6 @@
 //! The daemon's state and how it changes.
 
+use super::transitions::{Expired, Granted};
 use super::{
     host::Host,
     state::{Change, KernelSide as _, State},
@@ -19,7 +20,7 @@ use enforcer_policy::{Action, CgroupPath, Policy};
 
 use crate::{
     api::control::{Request, Response},
-    api::edge::{EdgeView, GrantRequest, Source},
+    api::edge::{EdgeView, GrantRequest},
     api::plan::Plan,
     api::status::{self, Status},
     kernel::addresses::Addresses,
@@ -330,32 +331,17 @@ impl Daemon {
     /// expired grants. Runs every tick; the kernel refuses new flows over an expired edge on
     /// its own, whether this runs or not.
     pub fn expire_edges(&mut self) {
-        let now = Clocks::now();
-        let since = self.expiries_done;
-        let expired: Vec<&LiveEdge> = self
-            .state
-            .live
-            .iter()
-            .filter(|e| {
-                e.ends()
-                    .map(|t| now.boot_ns(t))
-                    .is_some_and(|at| since < at && at <= now.boot)
-            })
-            .collect();
-        if expired.is_empty() {
+        let Some(Expired {
+            edges: names,
+            grants,
+            book,
+        }) = self.state.expired(self.expiries_done, &Clocks::now())
+        else {
             return;
-        }
-        let names: Vec<String> = expired.iter().map(|e| e.edge.id.to_string()).collect();
-        let grants: Vec<String> = expired
-            .iter()
-            .filter(|e| e.source == Source::Grant)
-            .map(|e| e.edge.id.to_string())
-            .collect();
-        let ended = if grants.is_empty() {
-            self.end_refused_connections_now()
-        } else {
-            let book = self.state.book.without_grants(|g| grants.contains(&g.id));
-            match self.commit(self.state.policy.clone(), book, None, "expiry") {
+        };
+        let ended = match book {
+            None => self.end_refused_connections_now(),
+            Some(book) => match self.commit(self.state.policy.clone(), book, None, "expiry") {
                 Ok(c) => c.ended,
                 Err(ApplyError::Rejected(errors)) => {
                     log(&format!(
@@ -368,7 +354,7 @@ impl Daemon {
                     log(&format!("removing expired grants failed: {err:#}"));
                     self.end_refused_connections_now()
                 }
-            }
+            },
         };
         log(&format!(
             "edge(s) {} expired; ended {ended} connection(s){}",
@@ -395,15 +381,7 @@ impl Daemon {
         for warning in self.state.trust.expiry_warnings(now, warn_before) {
             log(&warning);
         }
-        let changed: Vec<(String, Trust)> = self
-            .state
-            .live
-            .iter()
-            .filter_map(|e| {
-                let next = self.state.trust.gate(&e.edge, now);
-                (next != e.trust).then(|| (e.edge.id.to_string(), next))
-            })
-            .collect();
+        let changed = self.state.trust_changes(now);
         if changed.is_empty() {
             return;
         }
@@ -441,12 +419,10 @@ impl Daemon {
     }
 
     fn grant(&mut self, request: &GrantRequest) -> Response {
-        let now = Clocks::now().wall_now();
-        let grant = match grants::check(request, &self.state.policy, &self.state.live, now) {
-            Ok(grant) => grant,
+        let Granted { grant, book } = match self.state.grant(request, Clocks::now().wall_now()) {
+            Ok(granted) => granted,
             Err(errors) => return Response::Rejected { errors },
         };
-        let book = self.state.book.with_grant(grant.clone());
         let origin = format!("grant {}", grant.id);
         match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
@@ -473,21 +449,10 @@ impl Daemon {
     }
 
     fn revoke(&mut self, id: &str) -> Response {
-        let Some(edge) = self.state.live.iter().find(|e| e.edge.id.as_str() == id) else {
-            return Response::Error {
-                message: format!("no edge has id {id} (see `enforcer edge list`)"),
-            };
+        let book = match self.state.revoke(id) {
+            Ok(book) => book,
+            Err(message) => return Response::Error { message },
         };
-        if edge.source == Source::File {
-            return Response::Error {
-                message: format!(
-                    "edge {id} comes from the policy file {}; remove it there and run \
-                     `enforcer policy apply`",
-                    self.state.policy_file
-                ),
-            };
-        }
-        let book = self.state.book.without_grants(|g| g.id == id);
         let origin = format!("revoke {id}");
         match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
