@@ -3,6 +3,7 @@
 //! programs, links and maps are pinned, and exiting, crashing or being killed leaves them as
 //! they are. Only `enforcer teardown` removes them.
 
+use self::host::Host;
 use self::state::State;
 use self::{
     machine::{ApplyError, Daemon, without_expired_grants},
@@ -24,7 +25,7 @@ pub mod access;
 pub mod admission;
 mod attest_server;
 mod attested;
-mod host;
+pub mod host;
 pub mod machine;
 mod maintain;
 pub mod remote_admin;
@@ -185,11 +186,13 @@ pub fn run(options: Options) -> Result<()> {
         cgroups,
         root,
         pins: options.pin_dir,
-        state_dir: options.state_dir,
-        maps,
-        addresses,
-        usage,
-        connections,
+        host: Host {
+            state_dir: options.state_dir,
+            maps,
+            addresses,
+            usage,
+            connections,
+        },
         ebpf,
         programs: Vec::new(),
         state: State {

@@ -70,7 +70,7 @@ impl Daemon {
         }
         let before = self.attestation.store.clone();
         let next = before.with(binding);
-        next.save(&self.state_dir)
+        next.save(&self.host.state_dir)
             .map_err(|err| format!("the daemon could not save the binding: {err:#}"))?;
         self.attestation.store = next;
         let origin = format!("attestation of {}", claim.cgroup);
@@ -89,7 +89,7 @@ impl Daemon {
             }
             Err(err) => {
                 self.attestation.store = before;
-                if let Err(restore) = self.attestation.store.save(&self.state_dir) {
+                if let Err(restore) = self.attestation.store.save(&self.host.state_dir) {
                     log(&format!(
                         "could not restore the attested bindings: {restore:#}"
                     ));
@@ -155,7 +155,7 @@ impl Daemon {
             String::new()
         };
         // Saved after: a binding on disk that is no longer in force is dropped again at start.
-        if let Err(err) = self.attestation.store.save(&self.state_dir) {
+        if let Err(err) = self.attestation.store.save(&self.host.state_dir) {
             log(&format!("could not save the attested bindings: {err:#}"));
         }
         for (b, why) in &ending {

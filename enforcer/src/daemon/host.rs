@@ -19,16 +19,19 @@ use crate::{
     pipeline::{clock::Clocks, compile::Compiled, edges::Book, registry::Registry},
 };
 
-/// The parts of the daemon a change writes to.
-pub struct Host<'a> {
-    pub maps: &'a mut PolicyMaps,
-    pub usage: &'a mut Usage,
-    pub connections: &'a Connections,
-    pub addresses: &'a Addresses,
-    pub state_dir: &'a StateDir,
+/// The parts of the daemon a change writes to, and the readings of the host it needs.
+pub struct Host {
+    pub maps: PolicyMaps,
+    /// What the programs counted.
+    pub usage: Usage,
+    /// The connections the programs track, for ending them.
+    pub connections: Connections,
+    /// Who owns each local address, and the pods' network namespaces.
+    pub addresses: Addresses,
+    pub state_dir: StateDir,
 }
 
-impl KernelSide for Host<'_> {
+impl KernelSide for Host {
     type Connections = Snapshot;
 
     fn record_domains(&mut self, registry: &Registry) -> Result<Vec<u32>> {
@@ -42,7 +45,7 @@ impl KernelSide for Host<'_> {
     }
 
     fn save(&mut self, book: &Book) -> Result<()> {
-        book.save(self.state_dir)
+        book.save(&self.state_dir)
     }
 
     fn connections(&mut self) -> Option<Snapshot> {

@@ -23,20 +23,17 @@ use crate::{
     api::edge::{EdgeView, GrantRequest},
     api::plan::Plan,
     api::status::{self, Status},
-    kernel::addresses::Addresses,
     kernel::backfill,
     kernel::cgroupfs::{CgroupFs, CgroupRoot},
-    kernel::revocation::{Connections, Ending},
-    kernel::usage::Usage,
+    kernel::revocation::Ending,
     kernel::{
         self,
         attach::{self, AttachedProgram},
-        policy_maps::PolicyMaps,
     },
     observe::event_record::{self, EventRecord},
     observe::metrics::{self, Commits, Outcome},
     observe::{event_feed::NamesBoard, tally::Tally},
-    paths::{PinDir, StateDir},
+    paths::PinDir,
     pipeline::clock::Clocks,
     pipeline::compile::{self, Compiled},
     pipeline::edges::{Book, LiveEdge},
@@ -56,11 +53,8 @@ pub struct Daemon {
     pub(super) cgroups: CgroupFs,
     pub(super) root: CgroupRoot,
     pub(super) pins: PinDir,
-    pub(super) state_dir: StateDir,
-    pub(super) maps: PolicyMaps,
-    pub(super) addresses: Addresses,
-    pub(super) usage: Usage,
-    pub(super) connections: Connections,
+    /// The kernel side: what a change writes through.
+    pub(super) host: Host,
     /// The loaded programs; once attached they also live on in their pinned links.
     pub(super) ebpf: aya::Ebpf,
     pub(super) programs: Vec<AttachedProgram>,
@@ -133,10 +127,10 @@ impl Daemon {
         let book = self.state.book.clone();
         let committed = self.commit(policy, book, Some(trust), file)?;
         self.state.policy_file = file.to_owned();
-        if let Err(err) = fs::write(self.state_dir.active_policy(), text) {
+        if let Err(err) = fs::write(self.host.state_dir.active_policy(), text) {
             log(&format!(
                 "warning: could not save a copy of the active policy in {}: {err}",
-                self.state_dir.active_policy().display()
+                self.host.state_dir.active_policy().display()
             ));
         }
         Ok(committed)
@@ -197,17 +191,9 @@ impl Daemon {
         // dropped on it.
         let board = Arc::clone(&self.names);
         let mut posted = board.write().unwrap_or_else(PoisonError::into_inner);
-        // The fields the kernel side writes, borrowed beside the state it changes.
-        let mut host = Host {
-            maps: &mut self.maps,
-            usage: &mut self.usage,
-            connections: &self.connections,
-            addresses: &self.addresses,
-            state_dir: &self.state_dir,
-        };
         let committed = self
             .state
-            .commit(change, &mut host)
+            .commit(change, &mut self.host)
             .map_err(ApplyError::Failed)?;
         let ended = self.report_ended(committed.endings.as_deref());
         *posted = Arc::new(self.in_force());
@@ -218,17 +204,6 @@ impl Daemon {
             compile,
             maps: committed.maps,
         })
-    }
-
-    /// The kernel side of this daemon's changes.
-    fn host(&mut self) -> Host<'_> {
-        Host {
-            maps: &mut self.maps,
-            usage: &mut self.usage,
-            connections: &self.connections,
-            addresses: &self.addresses,
-            state_dir: &self.state_dir,
-        }
     }
 
     /// What `commit` would put in force for `policy` with the grants of `book`: the edges,
@@ -248,7 +223,7 @@ impl Daemon {
         for edge in &mut live {
             edge.trust = trust.gate(&edge.edge, clocks.wall_now());
         }
-        let known = self.maps.registry().map_err(ApplyError::Failed)?;
+        let known = self.host.maps.registry().map_err(ApplyError::Failed)?;
         let policy = self.attestation.store.augment(policy);
         // A cgroup the policy in force binds already is taken at the id it is bound to:
         // `follow_cgroups` keeps those current (on inotify events, on a rescan, and after every
@@ -277,8 +252,9 @@ impl Daemon {
         let (policy, trust) = parsed?;
         let next = self.prepare(&policy, &self.state.book, &trust, file)?;
         let snapshot = self
+            .host
             .connections
-            .snapshot(&self.addresses.pod_namespaces())
+            .snapshot(&self.host.addresses.pod_namespaces())
             .map_err(ApplyError::Failed)?;
         let now = plan::Side {
             policy: &self.state.policy,
@@ -306,7 +282,7 @@ impl Daemon {
         let board = Arc::clone(&self.names);
         let _naming = board.write().unwrap_or_else(PoisonError::into_inner);
         let compiled = Arc::clone(&self.state.compiled);
-        let endings = self.host().end_refused(None, &compiled);
+        let endings = self.host.end_refused(None, &compiled);
         self.report_ended(endings.as_deref())
     }
 
@@ -472,7 +448,7 @@ impl Daemon {
 
     fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
         let clocks = Clocks::now();
-        let used = self.usage.edges();
+        let used = self.host.usage.edges();
         self.state
             .live
             .iter()
@@ -507,7 +483,7 @@ impl Daemon {
 
     fn audit_status(&self) -> status::AuditStatus {
         let mut audit = status::AuditStatus::default();
-        for (pair, counts) in self.usage.pairs() {
+        for (pair, counts) in self.host.usage.pairs() {
             audit.would_deny += counts.would_deny;
             audit.denied += counts.denied;
             audit.pairs.push(status::PairStatus {
@@ -613,8 +589,8 @@ impl Daemon {
     ) -> Response {
         let live = why::Live {
             ebpf: &self.ebpf,
-            maps: &self.maps,
-            addresses: &self.addresses,
+            maps: &self.host.maps,
+            addresses: &self.host.addresses,
             cgroups: &self.cgroups,
             root: &self.root,
             edges: &self.state.live,
@@ -674,7 +650,7 @@ impl Daemon {
         if unchanged {
             return Ok(());
         }
-        let known = self.maps.registry()?;
+        let known = self.host.maps.registry()?;
         let policy = self.attestation.store.augment(&self.state.policy);
         let mut compiled =
             compile::compile(&policy, &self.state.live, known, &Clocks::now(), |path| {
@@ -700,10 +676,8 @@ impl Daemon {
             .cloned()
             .collect();
         drop(before);
-        let compiled = Arc::new(compiled);
-        if let Some(warning) = self.maps.swap_in(&compiled, self.state.generation)? {
-            log(&warning);
-        }
+        self.state.rebind(compiled, &mut self.host)?;
+        let compiled = Arc::clone(&self.state.compiled);
         let appeared: Vec<CgroupPath> = changed
             .iter()
             .filter(|b| b.cgroup_id.is_some())
@@ -725,7 +699,6 @@ impl Daemon {
                 )),
             }
         }
-        self.state.compiled = compiled;
         self.publish_names();
         if !appeared.is_empty() {
             let retagged = backfill::retag_under(
@@ -745,10 +718,11 @@ impl Daemon {
     }
 
     pub fn refresh_addresses(&mut self, pods: bool) -> Result<()> {
-        self.addresses.refresh_host()?;
+        self.host.addresses.refresh_host()?;
         if pods {
             let compiled = &self.state.compiled;
-            self.addresses
+            self.host
+                .addresses
                 .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
         }
         Ok(())
@@ -830,7 +804,7 @@ impl Daemon {
             edges,
             audit: self.audit_status(),
             events: status::EventsStatus {
-                log: self.state_dir.events().display().to_string(),
+                log: self.host.state_dir.events().display().to_string(),
                 lost: self
                     .tally
                     .lock()
@@ -850,10 +824,11 @@ impl Daemon {
                 .collect(),
             features: kernel::features::optional(),
             maps: self
+                .host
                 .maps
                 .fill(self.state.compiled.registry.len())
                 .into_iter()
-                .chain([(names::MAP_ADDRS, self.addresses.count())])
+                .chain([(names::MAP_ADDRS, self.host.addresses.count())])
                 .map(|(map, entries)| status::MapFill {
                     map: map.into(),
                     entries,

@@ -159,6 +159,18 @@ impl State {
     }
 }
 
+impl State {
+    /// Puts in force `compiled`, the same policy with its cgroups bound anew (one appeared or
+    /// vanished): the generation stays, since the policy did not change, and nothing else is
+    /// saved or ended.
+    pub fn rebind<K: KernelSide>(&mut self, compiled: Compiled, kernel: &mut K) -> Result<()> {
+        let compiled = Arc::new(compiled);
+        kernel.swap_in(&compiled, self.generation)?;
+        retire(std::mem::replace(&mut self.compiled, compiled));
+        Ok(())
+    }
+}
+
 /// Frees what a commit replaced on a thread of its own, then hands the memory back: at
 /// 100,000 edges freeing the previous policy takes tens of milliseconds that neither the
 /// client nor anyone waiting for the daemon's lock needs to wait for.
@@ -389,6 +401,17 @@ mod tests {
             .err()
             .expect("refused");
         assert_eq!(kernel.calls, ["record domains"]);
+        assert_eq!(state.generation, 4);
+    }
+
+    #[test]
+    fn a_rebinding_keeps_the_generation_and_touches_nothing_but_the_maps() {
+        let mut state = state();
+        let mut kernel = Fake::default();
+        state
+            .rebind(Compiled::default(), &mut kernel)
+            .expect("rebound");
+        assert_eq!(kernel.calls, ["swap in generation 4"]);
         assert_eq!(state.generation, 4);
     }
 
