@@ -33,6 +33,7 @@ pub mod serve;
 pub mod state;
 pub mod tcp_clients;
 mod transitions;
+mod views;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;

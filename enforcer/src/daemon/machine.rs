@@ -15,39 +15,28 @@ use std::{
 };
 
 use anyhow::Result;
-use enforcer_common::{names, verdict::Peer};
-use enforcer_policy::{Action, CgroupPath, Policy};
+use enforcer_common::verdict::Peer;
+use enforcer_policy::{CgroupPath, Policy};
 
 use crate::{
     api::control::{Request, Response},
-    api::edge::{EdgeView, GrantRequest},
+    api::edge::GrantRequest,
     api::plan::Plan,
-    api::status::{self, Status},
+    kernel::attach::{self, AttachedProgram},
     kernel::backfill,
     kernel::cgroupfs::{CgroupFs, CgroupRoot},
     kernel::revocation::Ending,
-    kernel::{
-        self,
-        attach::{self, AttachedProgram},
-    },
     observe::event_record::{self, EventRecord},
-    observe::metrics::{self, Commits, Outcome},
+    observe::metrics::{Commits, Outcome},
     observe::{event_feed::NamesBoard, tally::Tally},
     paths::PinDir,
     pipeline::clock::Clocks,
     pipeline::compile::{self, Compiled},
     pipeline::edges::{Book, LiveEdge},
-    pipeline::grants::{self, Used},
     pipeline::plan,
     trust::bundles::{Trust, TrustState},
     why,
 };
-
-/// Bindings of each kind the log names one by one after an apply; the rest are counted.
-const BINDING_WARNINGS: usize = 5;
-
-/// `status` marks edges unused for this long as stale (`edge list --stale-after` chooses).
-const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 pub struct Daemon {
     pub(super) cgroups: CgroupFs,
@@ -446,22 +435,6 @@ impl Daemon {
         }
     }
 
-    fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
-        let clocks = Clocks::now();
-        let used = self.host.usage.edges();
-        self.state
-            .live
-            .iter()
-            .map(|edge| {
-                let u = used.get(&edge.index).map_or_else(Used::default, |u| Used {
-                    connections: u.connections,
-                    last_used: (u.connections > 0).then(|| clocks.wall_time(u.last_used)),
-                });
-                grants::view(edge, u, clocks.wall_now(), stale_after)
-            })
-            .collect()
-    }
-
     /// The names of the policy in force, for events: taken by the event feed without the
     /// daemon's lock.
     fn in_force(&self) -> InForce {
@@ -477,63 +450,8 @@ impl Daemon {
         *self.names.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(self.in_force());
     }
 
-    fn peer_name(&self, code: u32) -> String {
+    pub(super) fn peer_name(&self, code: u32) -> String {
         event_record::Names::peer(&self.in_force(), code)
-    }
-
-    fn audit_status(&self) -> status::AuditStatus {
-        let mut audit = status::AuditStatus::default();
-        for (pair, counts) in self.host.usage.pairs() {
-            audit.would_deny += counts.would_deny;
-            audit.denied += counts.denied;
-            audit.pairs.push(status::PairStatus {
-                from: self.peer_name(pair.from),
-                to: self.peer_name(pair.to),
-                would_deny: counts.would_deny,
-                denied: counts.denied,
-            });
-        }
-        audit
-    }
-
-    /// What the log should say about bindings that are not enforced yet. Each kind is listed
-    /// up to `BINDING_WARNINGS` paths, then counted: 10,000 pending bindings are one
-    /// line's worth of news, not 10,000 lines.
-    pub(super) fn binding_warnings(&self) -> Vec<String> {
-        let (outside, pending): (Vec<_>, Vec<_>) = self
-            .state
-            .compiled
-            .bindings
-            .iter()
-            .filter(|b| !self.root.covers(&b.path) || b.cgroup_id.is_none())
-            .partition(|b| !self.root.covers(&b.path));
-        let listed = |bindings: &[&compile::Binding], say: &dyn Fn(&str) -> String| {
-            let mut lines: Vec<String> = bindings
-                .iter()
-                .take(BINDING_WARNINGS)
-                .map(|b| say(b.path.as_str()))
-                .collect();
-            if bindings.len() > BINDING_WARNINGS {
-                lines.push(say(&format!(
-                    "... and {} more",
-                    bindings.len() - BINDING_WARNINGS
-                )));
-            }
-            lines
-        };
-        let root = &self.root.relative;
-        listed(&outside, &|path| {
-            format!("warning: cgroup {path} is outside --cgroup-root {root}; it is not enforced")
-        })
-        .into_iter()
-        .chain(listed(&pending, &|path| {
-            format!(
-                "cgroup {path} does not exist yet; its binding is pending and takes effect when \
-                 it is created"
-            )
-        }))
-        .chain(self.attestation.warning(&self.state.policy))
-        .collect()
     }
 
     /// Answers `request`; an apply or a plan comes with its policy already parsed.
@@ -738,118 +656,6 @@ impl Daemon {
         attach::HOOKS
             .iter()
             .all(|h| !self.pins.link(h.program).exists())
-    }
-
-    fn status(&self) -> Status {
-        let registry = &self.state.compiled.registry;
-        let bound = self.state.compiled.cgroup_ids();
-        let domains = self
-            .state
-            .policy
-            .domains
-            .iter()
-            .map(|d| status::DomainStatus {
-                name: d.name.to_string(),
-                id: registry.get(d.name.as_str()).unwrap_or_default(),
-                mode: d
-                    .mode
-                    .unwrap_or(self.state.policy.defaults.mode)
-                    .to_string(),
-                bindings: d
-                    .cgroups
-                    .iter()
-                    .map(|path| {
-                        let cgroup_id = bound.get(path).copied().flatten();
-                        let state = if !self.root.covers(path) {
-                            "outside-root"
-                        } else if cgroup_id.is_some() {
-                            "bound"
-                        } else {
-                            "pending"
-                        };
-                        status::BindingStatus {
-                            cgroup: path.to_string(),
-                            cgroup_id,
-                            state: state.into(),
-                        }
-                    })
-                    .collect(),
-                endpoints: d.endpoints.iter().map(ToString::to_string).collect(),
-            })
-            .collect();
-        let edges = self.edge_views(DEFAULT_STALE_AFTER);
-        let action = |a: Action| match a {
-            Action::Allow => "allow".to_owned(),
-            Action::Deny => "deny".to_owned(),
-        };
-        Status {
-            daemon_pid: std::process::id(),
-            generation: self.state.generation,
-            policy_file: self.state.policy_file.clone(),
-            pin_dir: self.pins.path().display().to_string(),
-            cgroup_mount: self.cgroups.mount().display().to_string(),
-            cgroup_root: self.root.dir.display().to_string(),
-            defaults: status::Defaults {
-                unlabeled: action(self.state.policy.defaults.unlabeled),
-                external: action(self.state.policy.defaults.external),
-            },
-            mode: self.state.policy.defaults.mode.to_string(),
-            domains,
-            attestation: self.attestation_status(),
-            bundles: self.state.trust.views(
-                jiff::Timestamp::now(),
-                jiff::SignedDuration::try_from(self.bundle_warn_before)
-                    .unwrap_or(jiff::SignedDuration::MAX),
-            ),
-            edges,
-            audit: self.audit_status(),
-            events: status::EventsStatus {
-                log: self.host.state_dir.events().display().to_string(),
-                lost: self
-                    .tally
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .lost(),
-            },
-            programs: self
-                .programs
-                .iter()
-                .map(|p| status::ProgramStatus {
-                    program: p.program.into(),
-                    attach_point: p.attach_point.into(),
-                    link_pin: p.link_pin.display().to_string(),
-                    link_id: p.link_id,
-                    prog_id: p.prog_id,
-                })
-                .collect(),
-            features: kernel::features::optional(),
-            maps: self
-                .host
-                .maps
-                .fill(self.state.compiled.registry.len())
-                .into_iter()
-                .chain([(names::MAP_ADDRS, self.host.addresses.count())])
-                .map(|(map, entries)| status::MapFill {
-                    map: map.into(),
-                    entries,
-                })
-                .collect(),
-            memory: kernel::memory::of_pins(&self.pins),
-        }
-    }
-
-    /// What the metrics report, copied out so that the lock is let go before they are
-    /// rendered and sent.
-    pub fn metrics_snapshot(&self) -> metrics::Snapshot {
-        let tally = self.tally.lock().unwrap_or_else(PoisonError::into_inner);
-        metrics::Snapshot {
-            generation: self.state.generation,
-            decisions: tally.decisions().clone(),
-            events_lost: tally.lost(),
-            pairs: self.audit_status().pairs,
-            edges: self.edge_views(DEFAULT_STALE_AFTER),
-            commits: self.commits.clone(),
-        }
     }
 }
 
