@@ -149,7 +149,14 @@ fn is_false(value: &bool) -> bool {
 /// given). An end already in the past is not an error: a policy that was
 /// valid yesterday still loads today, and the daemon reports the edge as
 /// expired.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// The same type carries an edge everywhere: in a policy, in a grant request, in the daemon's
+/// saved grants, and in what `status`, `edge list` and `policy plan` show. Sent or saved, it is
+/// the flat record those show (`id`, `from`, `to`, `protocol`, `ports` as written in a policy,
+/// `owner`, `reason`, `not_before`), read back with a policy's checks. Its `end` is not in it:
+/// each record says when its edge ends in its own terms (a grant's deadline, a view's resolved
+/// `expires`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Edge {
     /// Written in the policy, or derived from what the edge allows.
     pub id: EdgeId,
@@ -158,14 +165,35 @@ pub struct Edge {
     pub protocol: Protocol,
     pub ports: Vec<PortRange>,
     /// Shared with every edge of the policy that has the same owner.
+    #[serde(deserialize_with = "free_text_shared")]
     pub owner: Arc<str>,
     /// Shared with every edge of the policy that has the same reason.
+    #[serde(deserialize_with = "free_text_shared")]
     pub reason: Arc<str>,
     pub not_before: Option<jiff::Timestamp>,
+    #[serde(skip)]
     pub end: Option<EdgeEnd>,
     /// Allow traffic only while both ends hold a valid, unexpired trust bundle.
-    #[serde(skip_serializing_if = "is_false")]
+    #[serde(default, skip_serializing_if = "is_false")]
     pub require_bundles: bool,
+}
+
+impl Edge {
+    /// Its ports as a policy writes them, comma separated: `5432,8000-8099`.
+    pub fn ports_text(&self) -> String {
+        let ports: Vec<String> = self.ports.iter().map(ToString::to_string).collect();
+        ports.join(",")
+    }
+}
+
+/// An owner or a reason read back, checked as in a policy (for `#[serde(deserialize_with)]`).
+pub fn free_text_shared<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Arc<str>, D::Error> {
+    let text = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(deserializer)?;
+    crate::free_text(&text)
+        .map(Arc::from)
+        .map_err(|err| serde::de::Error::custom(format_args!("{text:?} {err}")))
 }
 
 /// When an edge stops allowing traffic.
@@ -322,7 +350,7 @@ impl FromStr for EdgeId {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
@@ -337,6 +365,24 @@ impl fmt::Display for Protocol {
             Protocol::Udp => "udp",
             Protocol::Any => "any",
         })
+    }
+}
+
+/// Why a string is not a protocol.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{}` is not a protocol; expected tcp, udp or any", .0.escape_debug())]
+pub struct ProtocolError(String);
+
+impl FromStr for Protocol {
+    type Err = ProtocolError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "tcp" => Ok(Protocol::Tcp),
+            "udp" => Ok(Protocol::Udp),
+            "any" => Ok(Protocol::Any),
+            _ => Err(ProtocolError(text.to_owned())),
+        }
     }
 }
 

@@ -4,10 +4,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-use serde::Serialize;
-
 /// An inclusive range of destination ports; a single port has `first == last`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortRange {
     pub first: u16,
     pub last: u16,
@@ -20,6 +18,21 @@ impl fmt::Display for PortRange {
         } else {
             write!(f, "{}-{}", self.first, self.last)
         }
+    }
+}
+
+/// Written as a policy writes it (`5432`, `8000-8099`), wherever it is sent or saved.
+impl serde::Serialize for PortRange {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+/// Read back with the same checks as in a policy.
+impl<'de> serde::Deserialize<'de> for PortRange {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 

@@ -30,6 +30,14 @@ impl TrustDomain {
     }
 }
 
+/// Read back with the same checks (and normalisation) as in a policy.
+impl<'de> serde::Deserialize<'de> for TrustDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for TrustDomain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

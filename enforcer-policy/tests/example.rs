@@ -102,11 +102,10 @@ fn example_serializes_for_status_output() {
                 "from": "staging.example.org",
                 "to": "prod.example.org",
                 "protocol": "tcp",
-                "ports": [{ "first": 5432, "last": 5432 }, { "first": 8000, "last": 8099 }],
+                "ports": ["5432", "8000-8099"],
                 "owner": "platform-team",
                 "reason": "staging migrations read the prod schema",
-                "not_before": null,
-                "end": null
+                "not_before": null
             }
         ]
     });
@@ -255,11 +254,17 @@ fn life_cycle_serializes_for_status_output() {
     let edges = &json["federation"];
     assert_eq!(edges[0]["id"], "staging-reads-prod-db");
     assert_eq!(edges[0]["not_before"], "2026-11-01T08:00:00Z");
+    // An edge on the wire leaves its end to the record that carries it (a view's resolved
+    // `expires`, a grant's deadline).
+    assert_eq!(edges[0].get("end"), None);
     assert_eq!(
-        edges[0]["end"],
-        serde_json::json!({ "expires": "2026-12-01T18:00:00Z" })
+        policy.federation[0].end,
+        Some(EdgeEnd::At(timestamp("2026-12-01T18:00:00Z")))
     );
-    assert_eq!(edges[1]["end"], serde_json::json!({ "ttl_secs": 5400 }));
+    assert_eq!(
+        policy.federation[1].end,
+        Some(EdgeEnd::Ttl(std::time::Duration::from_secs(5400)))
+    );
 }
 
 #[test]

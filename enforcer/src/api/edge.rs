@@ -1,6 +1,9 @@
 //! Edges on the wire: what `edge grant` asks for, and an edge as `edge list`, `edge show` and
-//! `status` show it.
+//! `status` show it. Both carry the policy's own types, read back with a policy's checks.
 
+use std::sync::Arc;
+
+use enforcer_policy::{Edge, EdgeId, PortRange, Protocol, TrustDomain, free_text_shared};
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -12,33 +15,31 @@ pub enum Source {
     Grant,
 }
 
-/// What the CLI asks for.
+/// What the CLI asks for: an edge but for its id, which the daemon derives when none is given,
+/// and its end, which is `ttl_ms` after the daemon makes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct GrantRequest {
-    pub from: String,
-    pub to: String,
-    pub protocol: String,
-    pub ports: Vec<String>,
+    pub from: TrustDomain,
+    pub to: TrustDomain,
+    pub protocol: Protocol,
+    pub ports: Vec<PortRange>,
     pub ttl_ms: u64,
-    pub owner: String,
-    pub reason: String,
-    pub id: Option<String>,
+    #[serde(deserialize_with = "free_text_shared")]
+    pub owner: Arc<str>,
+    #[serde(deserialize_with = "free_text_shared")]
+    pub reason: Arc<str>,
+    pub id: Option<EdgeId>,
     pub not_before: Option<Timestamp>,
 }
 
 /// One edge as `edge list`, `edge show` and `status` show it (`-o json` is a stable schema).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeView {
-    pub id: String,
+    #[serde(flatten)]
+    pub edge: Arc<Edge>,
     pub source: Source,
-    pub from: String,
-    pub to: String,
-    pub protocol: String,
-    pub ports: Vec<String>,
-    pub owner: String,
-    pub reason: String,
     pub created: Timestamp,
-    pub not_before: Option<Timestamp>,
+    /// The end of its window: its `expires`, or `created` plus its `ttl`.
     pub expires: Option<Timestamp>,
     /// "active", "expired", "not-yet-valid" or "suspended" (a trust bundle it requires is
     /// missing, unusable or lapsed).

@@ -1,6 +1,9 @@
 //! What `enforcer policy plan FILE` answers: the changes applying a policy file would make, and
 //! the live connections it would end (`-o json` prints this; a stable schema).
 
+use std::sync::Arc;
+
+use enforcer_policy::Edge;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -106,14 +109,8 @@ pub struct EdgeChanges {
 /// (for a `ttl` edge not yet in force, counted from the moment of the plan).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EdgeSpec {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub protocol: String,
-    pub ports: Vec<String>,
-    pub owner: String,
-    pub reason: String,
-    pub not_before: Option<Timestamp>,
+    #[serde(flatten)]
+    pub edge: Arc<Edge>,
     pub expires: Option<Timestamp>,
 }
 

@@ -140,15 +140,15 @@ pub fn write_edge(f: &mut impl fmt::Write, e: &EdgeView) -> fmt::Result {
     writeln!(
         f,
         "  {} [{source}, {}{}] {} -> {} {} {} (owner {}: {})",
-        e.id,
+        e.edge.id,
         e.state,
         if e.stale { ", stale" } else { "" },
-        e.from,
-        e.to,
-        e.protocol,
-        e.ports.join(","),
-        e.owner,
-        e.reason
+        e.edge.from,
+        e.edge.to,
+        e.edge.protocol,
+        e.edge.ports_text(),
+        e.edge.owner,
+        e.edge.reason
     )?;
     if let Some(trust) = &e.trust {
         writeln!(f, "      {trust}")?;

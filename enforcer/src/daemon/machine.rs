@@ -388,23 +388,24 @@ impl Daemon {
             Ok(granted) => granted,
             Err(errors) => return Response::Rejected { errors },
         };
-        let origin = format!("grant {}", grant.id);
+        let edge = &grant.edge;
+        let origin = format!("grant {}", edge.id);
         match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
                 log(&format!(
                     "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
-                    grant.id,
-                    grant.from,
-                    grant.to,
-                    grant.protocol,
-                    grant.ports.join(","),
+                    edge.id,
+                    edge.from,
+                    edge.to,
+                    edge.protocol,
+                    edge.ports_text(),
                     grant.expires,
-                    grant.owner,
-                    grant.reason,
+                    edge.owner,
+                    edge.reason,
                     c.generation
                 ));
                 Response::Granted {
-                    id: grant.id,
+                    id: edge.id.to_string(),
                     expires: grant.expires,
                     generation: c.generation,
                 }

@@ -197,7 +197,6 @@ pub fn release_freed_memory() {
 #[cfg(test)]
 mod tests {
     use anyhow::anyhow;
-    use jiff::Timestamp;
 
     use super::*;
     use crate::pipeline::edges::Grant;
@@ -293,19 +292,12 @@ mod tests {
     }
 
     fn grant() -> Grant {
-        let at = Timestamp::from_second(1_900_000_000).expect("time");
-        Grant {
-            id: "g".into(),
-            from: "spiffe://a".into(),
-            to: "spiffe://b".into(),
-            protocol: "tcp".into(),
-            ports: vec!["443".into()],
-            owner: "o".into(),
-            reason: "r".into(),
-            created: at,
-            not_before: None,
-            expires: at,
-        }
+        serde_json::from_value(serde_json::json!({
+            "id": "g", "from": "a.example", "to": "b.example", "protocol": "tcp",
+            "ports": ["443"], "owner": "o", "reason": "r", "not_before": null,
+            "created": "2030-03-17T17:46:40Z", "expires": "2030-03-17T18:46:40Z",
+        }))
+        .expect("a grant as saved")
     }
 
     /// A change that adds one grant to the record.

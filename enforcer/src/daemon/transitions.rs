@@ -55,7 +55,7 @@ impl State {
                 self.policy_file
             ));
         }
-        Ok(self.book.without_grants(|g| g.id == id))
+        Ok(self.book.without_grants(|g| g.edge.id.as_str() == id))
     }
 
     /// The edges whose window closed after boot-clock nanosecond `since` and by `now`;
@@ -80,7 +80,8 @@ impl State {
             .collect();
         let book = (!grants.is_empty()).then(|| {
             let gone: HashSet<&str> = grants.iter().map(String::as_str).collect();
-            self.book.without_grants(|g| gone.contains(g.id.as_str()))
+            self.book
+                .without_grants(|g| gone.contains(g.edge.id.as_str()))
         });
         Some(Expired {
             edges: expired.iter().map(|e| e.edge.id.to_string()).collect(),
@@ -133,17 +134,12 @@ federation:
     }
 
     fn request(id: &str, ttl: SignedDuration) -> GrantRequest {
-        GrantRequest {
-            from: "spiffe://b.example".into(),
-            to: "spiffe://a.example".into(),
-            protocol: "tcp".into(),
-            ports: vec!["8443".into()],
-            ttl_ms: u64::try_from(ttl.as_millis()).expect("ttl"),
-            owner: "oncall".into(),
-            reason: "incident".into(),
-            id: Some(id.into()),
-            not_before: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "from": "b.example", "to": "a.example", "protocol": "tcp", "ports": ["8443"],
+            "ttl_ms": ttl.as_millis(), "owner": "oncall", "reason": "incident", "id": id,
+            "not_before": null,
+        }))
+        .expect("a grant request")
     }
 
     /// The state the policy above and `book` resolve to at `now`.
@@ -175,10 +171,10 @@ federation:
         let granted = state
             .grant(&request("jit", SignedDuration::from_hours(1)), now())
             .unwrap_or_else(|errors| panic!("grant refused: {errors:?}"));
-        assert_eq!(granted.grant.id, "jit");
+        assert_eq!(granted.grant.edge.id.as_str(), "jit");
         assert_ne!(granted.book, state.book);
         let mut unknown = request("jit", SignedDuration::from_hours(1));
-        unknown.to = "spiffe://nowhere.example".into();
+        unknown.to = "nowhere.example".parse().expect("domain");
         let errors = state.grant(&unknown, now()).err().expect("refused");
         assert!(
             errors.iter().any(|e| e.contains("nowhere.example")),

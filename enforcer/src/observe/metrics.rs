@@ -231,9 +231,9 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
     let last_used = Family::<EdgeLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
     for edge in &snapshot.edges {
         let labels = EdgeLabels {
-            edge: edge.id.clone(),
-            from: edge.from.clone(),
-            to: edge.to.clone(),
+            edge: edge.edge.id.to_string(),
+            from: edge.edge.from.to_string(),
+            to: edge.edge.to.to_string(),
             source: match edge.source {
                 Source::File => "file",
                 Source::Grant => "grant",
@@ -354,17 +354,16 @@ mod tests {
 
     fn edge(id: &str, source: Source, connections: u64, last_used: Option<&str>) -> EdgeView {
         let created = "2026-11-23T10:00:00Z".parse().expect("timestamp");
+        let edge = serde_json::from_value(serde_json::json!({
+            "id": id, "from": "staging.example.org", "to": "prod.example.org",
+            "protocol": "tcp", "ports": ["5432"], "owner": "platform", "reason": "migrations",
+            "not_before": null,
+        }))
+        .expect("an edge");
         EdgeView {
-            id: id.into(),
+            edge: std::sync::Arc::new(edge),
             source,
-            from: "staging.example.org".into(),
-            to: "prod.example.org".into(),
-            protocol: "tcp".into(),
-            ports: vec!["5432".into()],
-            owner: "platform".into(),
-            reason: "migrations".into(),
             created,
-            not_before: None,
             expires: None,
             state: "active".into(),
             trust: None,

@@ -9,12 +9,11 @@ use std::{
     fs,
     io::ErrorKind,
     path::PathBuf,
-    str::FromStr as _,
     sync::Arc,
 };
 
 use anyhow::{Context as _, Result, anyhow};
-use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, PortRange, Protocol, TrustDomain};
+use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -60,50 +59,29 @@ impl LiveEdge {
     }
 }
 
-/// A grant as stored: everything `edge grant` was given, with its deadline fixed.
+/// A grant as stored: the edge `edge grant` made, with its creation and its deadline. On disk
+/// it is the flat record an edge view shows.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Grant {
-    pub id: String,
-    pub from: String,
-    pub to: String,
-    pub protocol: String,
-    pub ports: Vec<String>,
-    pub owner: String,
-    pub reason: String,
+    #[serde(flatten)]
+    pub edge: Arc<Edge>,
     pub created: Timestamp,
-    pub not_before: Option<Timestamp>,
     pub expires: Timestamp,
 }
 
 impl Grant {
-    /// A grant asks for bundles when the policy's default does: there is no per-grant switch.
-    fn edge(&self, require_bundles: bool) -> Result<Edge> {
-        let bad = |what: &str| anyhow!("grant {}: invalid {what}", self.id);
-        Ok(Edge {
-            id: EdgeId::from_str(&self.id).map_err(|_| bad("id"))?,
-            from: TrustDomain::from_str(&self.from).map_err(|_| bad("from"))?,
-            to: TrustDomain::from_str(&self.to).map_err(|_| bad("to"))?,
-            protocol: protocol(&self.protocol).ok_or_else(|| bad("protocol"))?,
-            ports: self
-                .ports
-                .iter()
-                .map(|p| PortRange::from_str(p).map_err(|_| bad("ports")))
-                .collect::<Result<_>>()?,
-            owner: self.owner.as_str().into(),
-            reason: self.reason.as_str().into(),
-            not_before: self.not_before,
-            end: Some(EdgeEnd::At(self.expires)),
+    /// The edge in force: it ends at the grant's deadline, and asks for bundles when the
+    /// policy's default does (there is no per-grant switch).
+    fn in_force(&self, require_bundles: bool) -> Arc<Edge> {
+        let end = Some(EdgeEnd::At(self.expires));
+        if self.edge.end == end && self.edge.require_bundles == require_bundles {
+            return Arc::clone(&self.edge);
+        }
+        Arc::new(Edge {
+            end,
             require_bundles,
+            ..Edge::clone(&self.edge)
         })
-    }
-}
-
-pub fn protocol(name: &str) -> Option<Protocol> {
-    match name {
-        "tcp" => Some(Protocol::Tcp),
-        "udp" => Some(Protocol::Udp),
-        "any" => Some(Protocol::Any),
-        _ => None,
     }
 }
 
@@ -165,7 +143,7 @@ impl Book {
         let created: BTreeMap<&str, Timestamp> = self
             .grants
             .iter()
-            .map(|g| (g.id.as_str(), g.created))
+            .map(|g| (g.edge.id.as_str(), g.created))
             .collect();
         let count = policy.federation.len() + self.grants.len();
         let mut live = Vec::with_capacity(count);
@@ -177,13 +155,7 @@ impl Book {
         let grants = self
             .grants
             .iter()
-            .map(|g| {
-                Ok((
-                    Arc::new(g.edge(policy.defaults.require_bundles)?),
-                    Source::Grant,
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
+            .map(|g| (g.in_force(policy.defaults.require_bundles), Source::Grant));
         for (edge, source) in file.chain(grants) {
             let seen = self.known.get(&edge.id).copied().unwrap_or_else(|| Known {
                 index: indexes.take(),
@@ -297,18 +269,12 @@ federation:
     }
 
     fn grant(id: &str, expires: &str) -> Grant {
-        Grant {
-            id: id.into(),
-            from: "a.org".into(),
-            to: "b.org".into(),
-            protocol: "any".into(),
-            ports: vec!["1000-2000".into()],
-            owner: "o".into(),
-            reason: "r".into(),
-            created: at("2026-11-23T09:00:00Z"),
-            not_before: None,
-            expires: at(expires),
-        }
+        serde_json::from_value(serde_json::json!({
+            "id": id, "from": "a.org", "to": "b.org", "protocol": "any",
+            "ports": ["1000-2000"], "owner": "o", "reason": "r",
+            "created": "2026-11-23T09:00:00Z", "not_before": null, "expires": expires,
+        }))
+        .expect("a grant as saved")
     }
 
     #[test]

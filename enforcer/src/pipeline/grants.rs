@@ -1,18 +1,19 @@
 //! `enforcer edge grant`: checking a just-in-time grant against the running policy before it
 //! becomes an edge, and the edge views `edge list`, `edge show` and `status` print.
 
-use std::{str::FromStr as _, time::Duration};
+use std::{sync::Arc, time::Duration};
 
-use enforcer_policy::{EdgeId, FreeTextError, Policy, PortRange, TrustDomain};
+use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     api::edge::{EdgeView, GrantRequest},
-    pipeline::edges::{self, Grant, LiveEdge},
+    pipeline::edges::{Grant, LiveEdge},
     trust::bundles::Trust,
 };
 
-/// The grant `request` asks for, made at `now`, or every reason it cannot be made.
+/// The grant `request` asks for, made at `now`, or every reason the running policy refuses it.
+/// The request's fields were checked as a policy's are when it was read.
 pub fn check(
     request: &GrantRequest,
     policy: &Policy,
@@ -20,22 +21,17 @@ pub fn check(
     now: Timestamp,
 ) -> Result<Grant, Vec<String>> {
     let mut errors = Vec::new();
-    let mut domain = |flag: &str, name: &str| match TrustDomain::from_str(name) {
-        Ok(d) if policy.domains.iter().any(|known| known.name == d) => {
-            let bundled = policy
-                .domains
-                .iter()
-                .any(|known| known.name == d && known.bundle.is_some());
-            if policy.defaults.require_bundles && !bundled {
-                errors.push(format!(
-                    "--{flag} {d}: the policy requires trust bundles on every grant \
+    let mut domain =
+        |flag: &str, d: &TrustDomain| match policy.domains.iter().find(|known| known.name == *d) {
+            Some(known) => {
+                if policy.defaults.require_bundles && known.bundle.is_none() {
+                    errors.push(format!(
+                        "--{flag} {d}: the policy requires trust bundles on every grant \
                      (defaults.require_bundles), and this domain names no bundle"
-                ));
+                    ));
+                }
             }
-            Some(d)
-        }
-        Ok(d) => {
-            errors.push(format!(
+            None => errors.push(format!(
                 "--{flag} {d}: the running policy has no such domain (it has: {})",
                 policy
                     .domains
@@ -43,33 +39,13 @@ pub fn check(
                     .map(|d| d.name.to_string())
                     .collect::<Vec<_>>()
                     .join(", ")
-            ));
-            None
-        }
-        Err(err) => {
-            errors.push(format!("--{flag} {name}: {err}"));
-            None
-        }
-    };
-    let from = domain("from", &request.from);
-    let to = domain("to", &request.to);
-    if from.is_some() && from == to {
+            )),
+        };
+    domain("from", &request.from);
+    domain("to", &request.to);
+    if request.from == request.to {
         errors
             .push("--from and --to name the same domain; same-domain traffic needs no edge".into());
-    }
-    let protocol = edges::protocol(&request.protocol);
-    if protocol.is_none() {
-        errors.push(format!(
-            "--protocol {}: expected tcp, udp or any",
-            request.protocol
-        ));
-    }
-    let mut ports = Vec::new();
-    for text in &request.ports {
-        match PortRange::from_str(text) {
-            Ok(range) => ports.push(range),
-            Err(err) => errors.push(format!("--ports {text}: {err}")),
-        }
     }
     if request.ports.is_empty() {
         errors.push("--ports: name at least one port or range".into());
@@ -85,42 +61,16 @@ pub fn check(
             human(max)
         ));
     }
-    // The same rule as an edge's owner and reason in a policy file.
-    let mut text = |flag: &str, text: &str| match enforcer_policy::free_text(text) {
-        Ok(text) => Some(text.to_owned()),
-        Err(FreeTextError::Empty) => {
-            errors.push(format!("--{flag} is required and must not be blank"));
-            None
-        }
-        Err(err) => {
-            errors.push(format!("--{flag} {err}"));
-            None
-        }
-    };
-    let owner = text("owner", &request.owner);
-    let reason = text("reason", &request.reason);
-    let id = match &request.id {
-        Some(text) => match EdgeId::from_str(text) {
-            Ok(id) => Some(id),
-            Err(err) => {
-                errors.push(format!("--id {text}: {err}"));
-                None
-            }
-        },
-        None => None,
-    };
-    let (Some(from), Some(to), Some(protocol), Some(owner), Some(reason)) =
-        (from, to, protocol, owner, reason)
-    else {
-        return Err(errors);
-    };
     if !errors.is_empty() {
         return Err(errors);
     }
-    let id = id.unwrap_or_else(|| {
-        let ports: Vec<String> = ports.iter().map(ToString::to_string).collect();
+    let id = request.id.clone().unwrap_or_else(|| {
+        let ports: Vec<String> = request.ports.iter().map(ToString::to_string).collect();
         EdgeId::grant(&format!(
-            "{from}|{to}|{protocol}|{}|{}",
+            "{}|{}|{}|{}|{}",
+            request.from,
+            request.to,
+            request.protocol,
             ports.join(","),
             now.as_nanosecond()
         ))
@@ -133,15 +83,19 @@ pub fn check(
         .and_then(|d| now.checked_add(d).ok())
         .unwrap_or(Timestamp::MAX);
     Ok(Grant {
-        id: id.to_string(),
-        from: from.to_string(),
-        to: to.to_string(),
-        protocol: protocol.to_string(),
-        ports: ports.iter().map(ToString::to_string).collect(),
-        owner,
-        reason,
+        edge: Arc::new(Edge {
+            id,
+            from: request.from.clone(),
+            to: request.to.clone(),
+            protocol: request.protocol,
+            ports: request.ports.clone(),
+            owner: Arc::clone(&request.owner),
+            reason: Arc::clone(&request.reason),
+            not_before: request.not_before,
+            end: Some(EdgeEnd::At(expires)),
+            require_bundles: policy.defaults.require_bundles,
+        }),
         created: now,
-        not_before: request.not_before,
         expires,
     })
 }
@@ -166,18 +120,10 @@ pub struct Used {
 pub fn view(edge: &LiveEdge, used: Used, now: Timestamp, stale_after: Duration) -> EdgeView {
     let idle_since = used.last_used.unwrap_or(edge.created);
     let stale_after = SignedDuration::try_from(stale_after).unwrap_or(SignedDuration::MAX);
-    let e = &edge.edge;
     EdgeView {
-        id: e.id.to_string(),
+        edge: Arc::clone(&edge.edge),
         source: edge.source,
-        from: e.from.to_string(),
-        to: e.to.to_string(),
-        protocol: e.protocol.to_string(),
-        ports: e.ports.iter().map(ToString::to_string).collect(),
-        owner: e.owner.to_string(),
-        reason: e.reason.to_string(),
         created: edge.created,
-        not_before: e.not_before,
         expires: edge.expires,
         state: edge.state(now).into(),
         trust: match &edge.trust {
@@ -210,17 +156,12 @@ domains: [{name: a.org}, {name: b.org}]
     }
 
     fn request() -> GrantRequest {
-        GrantRequest {
-            from: "a.org".into(),
-            to: "b.org".into(),
-            protocol: "tcp".into(),
-            ports: vec!["5432".into()],
-            ttl_ms: 30 * 60 * 1000,
-            owner: "dba".into(),
-            reason: "migration".into(),
-            id: None,
-            not_before: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "from": "a.org", "to": "b.org", "protocol": "tcp", "ports": ["5432"],
+            "ttl_ms": 30 * 60 * 1000, "owner": "dba", "reason": "migration", "id": null,
+            "not_before": null,
+        }))
+        .expect("a grant request")
     }
 
     fn policy() -> Policy {
@@ -230,12 +171,16 @@ domains: [{name: a.org}, {name: b.org}]
     #[test]
     fn a_good_grant_expires_ttl_after_now() {
         let grant = check(&request(), &policy(), &[], now()).expect("granted");
-        assert!(grant.id.starts_with("grant-"), "{}", grant.id);
+        assert!(
+            grant.edge.id.as_str().starts_with("grant-"),
+            "{}",
+            grant.edge.id
+        );
         assert_eq!(
             grant.expires,
             "2026-11-23T10:30:00Z".parse().expect("timestamp")
         );
-        assert_eq!(grant.ports, ["5432"]);
+        assert_eq!(grant.edge.ports_text(), "5432");
         let (live, _) = Book::default()
             .with_grant(grant.clone())
             .resolve(&policy(), now())
@@ -244,55 +189,43 @@ domains: [{name: a.org}, {name: b.org}]
     }
 
     #[test]
-    fn every_mistake_is_reported() {
+    fn every_mistake_against_the_running_policy_is_reported() {
         let bad = GrantRequest {
-            from: "c.org".into(),
-            to: "Not A Domain".into(),
-            protocol: "icmp".into(),
-            ports: vec!["0".into()],
+            from: "c.org".parse().expect("domain"),
+            ports: Vec::new(),
             ttl_ms: 2 * 3600 * 1000,
-            owner: " ".into(),
-            reason: String::new(),
-            id: Some("Bad Id".into()),
-            not_before: None,
+            ..request()
         };
         let errors = check(&bad, &policy(), &[], now()).expect_err("refused");
         let text = errors.join("\n");
         for expected in [
             "--from c.org: the running policy has no such domain (it has: a.org, b.org)",
-            "--to Not A Domain",
-            "--protocol icmp",
-            "--ports 0",
+            "--ports: name at least one port or range",
             "--ttl 2h: longer than the policy's max_grant_ttl of 1h",
-            "--owner is required",
-            "--reason is required",
-            "--id Bad Id",
         ] {
             assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
         }
     }
 
     #[test]
-    fn owner_and_reason_are_one_line_as_in_a_policy_file() {
-        let forged = GrantRequest {
-            owner: "dba\renforcer: revoked edge-1".into(),
-            reason: "x\nenforcer: revoked edge-1".into(),
-            ..request()
-        };
-        let errors = check(&forged, &policy(), &[], now()).expect_err("refused");
-        assert_eq!(
-            errors,
-            [
-                "--owner contains the control character U+000D; write it as one line without control characters",
-                "--reason contains the control character U+000A; write it as one line without control characters",
-            ]
-        );
-        let padded = GrantRequest {
-            owner: "  dba ".into(),
-            ..request()
-        };
-        let grant = check(&padded, &policy(), &[], now()).expect("granted");
-        assert_eq!(grant.owner, "dba");
+    fn a_request_is_read_back_with_a_policys_checks() {
+        let forged = serde_json::json!({
+            "from": "a.org", "to": "b.org", "protocol": "tcp", "ports": ["5432"],
+            "ttl_ms": 1000, "owner": "dba\renforcer: revoked edge-1", "reason": "r",
+            "id": null, "not_before": null,
+        });
+        let err = serde_json::from_value::<GrantRequest>(forged)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("control character U+000D"), "{err}");
+        let bad_port = serde_json::json!({
+            "from": "a.org", "to": "b.org", "protocol": "tcp", "ports": ["0"],
+            "ttl_ms": 1000, "owner": "dba", "reason": "r", "id": null, "not_before": null,
+        });
+        let err = serde_json::from_value::<GrantRequest>(bad_port)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("port 0 is out of range"), "{err}");
     }
 
     #[test]
@@ -303,12 +236,12 @@ domains: [{name: a.org}, {name: b.org}]
             .resolve(&policy(), now())
             .expect("resolves");
         let again = GrantRequest {
-            id: Some(first.id.clone()),
+            id: Some(first.edge.id.clone()),
             ..request()
         };
         assert!(check(&again, &policy(), &live, now()).is_err());
         let same = GrantRequest {
-            to: "a.org".into(),
+            to: "a.org".parse().expect("domain"),
             ..request()
         };
         assert!(check(&same, &policy(), &[], now()).is_err());

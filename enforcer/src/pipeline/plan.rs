@@ -5,6 +5,7 @@
 //! recorded, saved, written to the kernel or destroyed, and the generation stays.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use enforcer_common::verdict::Peer;
 use enforcer_policy::{Defaults, Domain, EdgeId, Policy, TrustDomain, port_set};
@@ -170,16 +171,8 @@ fn domains(before: &Policy, after: &Policy) -> DomainChanges {
 }
 
 fn spec(live: &LiveEdge) -> EdgeSpec {
-    let e = &live.edge;
     EdgeSpec {
-        id: e.id.to_string(),
-        from: e.from.to_string(),
-        to: e.to.to_string(),
-        protocol: e.protocol.to_string(),
-        ports: e.ports.iter().map(ToString::to_string).collect(),
-        owner: e.owner.to_string(),
-        reason: e.reason.to_string(),
-        not_before: e.not_before,
+        edge: Arc::clone(&live.edge),
         expires: live.expires,
     }
 }
@@ -246,17 +239,17 @@ fn edge_changes(old: &LiveEdge, new: &LiveEdge) -> Vec<FieldChange> {
     {
         return Vec::new();
     }
-    let (was, is) = (spec(old), spec(new));
     let time = |t: Option<Timestamp>| t.map(|t| t.to_string());
+    let text = |t: &dyn ToString| Some(t.to_string());
     [
-        ("from", Some(was.from), Some(is.from)),
-        ("to", Some(was.to), Some(is.to)),
-        ("protocol", Some(was.protocol), Some(is.protocol)),
-        ("ports", Some(was.ports.join(",")), Some(is.ports.join(","))),
-        ("owner", Some(was.owner), Some(is.owner)),
-        ("reason", Some(was.reason), Some(is.reason)),
-        ("not_before", time(was.not_before), time(is.not_before)),
-        ("expires", time(was.expires), time(is.expires)),
+        ("from", text(&a.from), text(&b.from)),
+        ("to", text(&a.to), text(&b.to)),
+        ("protocol", text(&a.protocol), text(&b.protocol)),
+        ("ports", Some(a.ports_text()), Some(b.ports_text())),
+        ("owner", text(&a.owner), text(&b.owner)),
+        ("reason", text(&a.reason), text(&b.reason)),
+        ("not_before", time(a.not_before), time(b.not_before)),
+        ("expires", time(old.expires), time(new.expires)),
         (
             "require_bundles",
             Some(old.edge.require_bundles.to_string()),
@@ -343,17 +336,17 @@ fn notes(
         );
     }
     for grant in grants {
-        for name in [&grant.from, &grant.to] {
-            if !next.policy.domains.iter().any(|d| d.name.as_str() == name) {
+        for name in [&grant.edge.from, &grant.edge.to] {
+            if !next.policy.domains.iter().any(|d| d.name == *name) {
                 notes.push(format!(
                     "grant {} names {name}, which {file} does not define; applying keeps the \
                      grant until it expires or is revoked",
-                    grant.id
+                    grant.edge.id
                 ));
             }
         }
     }
-    let added: HashSet<&str> = edges.added.iter().map(|a| a.id.as_str()).collect();
+    let added: HashSet<&str> = edges.added.iter().map(|a| a.edge.id.as_str()).collect();
     if next
         .live
         .iter()
@@ -458,7 +451,7 @@ federation:
         assert!(prod.cgroups.removed.is_empty());
         assert_eq!(prod.endpoints.removed, ["10.0.0.0/8"]);
 
-        let ids = |es: &[EdgeSpec]| es.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+        let ids = |es: &[EdgeSpec]| es.iter().map(|e| e.edge.id.to_string()).collect::<Vec<_>>();
         assert_eq!(ids(&edges.added), ["dev-db"]);
         assert_eq!(
             edges.added[0].expires,
@@ -466,7 +459,7 @@ federation:
             "a new ttl edge's expiry is resolved as apply would"
         );
         assert_eq!(ids(&edges.removed), ["migrations"]);
-        assert_eq!(edges.removed[0].ports, ["5432", "5433"]);
+        assert_eq!(edges.removed[0].edge.ports_text(), "5432,5433");
         assert_eq!(
             edges.altered.len(),
             1,

@@ -120,15 +120,15 @@ fn field_change(c: &FieldChange) -> String {
 fn edge_line(e: &EdgeSpec) -> String {
     let mut line = format!(
         "{} {} -> {} {} {} (owner {}: {})",
-        e.id,
-        e.from,
-        e.to,
-        e.protocol,
-        e.ports.join(","),
-        e.owner,
-        e.reason
+        e.edge.id,
+        e.edge.from,
+        e.edge.to,
+        e.edge.protocol,
+        e.edge.ports_text(),
+        e.edge.owner,
+        e.edge.reason
     );
-    if let Some(start) = e.not_before {
+    if let Some(start) = e.edge.not_before {
         line.push_str(&format!(", from {start}"));
     }
     if let Some(end) = e.expires {
