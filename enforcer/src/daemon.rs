@@ -28,6 +28,7 @@ mod attested;
 pub mod host;
 pub mod machine;
 mod maintain;
+mod plan;
 pub mod remote_admin;
 pub mod serve;
 pub mod state;

@@ -1,5 +1,6 @@
 //! The daemon's state and how it changes.
 
+use super::plan;
 use super::transitions::{Expired, Granted};
 use super::{
     host::Host,
@@ -32,9 +33,9 @@ use crate::{
     paths::PinDir,
     pipeline::clock::Clocks,
     pipeline::compile::{self, Compiled},
+    pipeline::edges::Trust,
     pipeline::edges::{Book, LiveEdge},
-    pipeline::plan,
-    trust::bundles::{Trust, TrustState},
+    trust::bundles::TrustState,
     why,
 };
 

@@ -2,6 +2,7 @@
 //! the edge record becomes (or why it cannot change), and nothing else. The daemon then
 //! compiles that record with the policy and commits it ([`State::commit`]), logs and answers.
 
+use crate::pipeline::edges::Trust;
 use std::collections::HashSet;
 
 use jiff::Timestamp;
@@ -14,7 +15,6 @@ use crate::{
         edges::{Book, Grant},
         grants,
     },
-    trust::bundles::Trust,
 };
 
 /// A grant that can be made: the record with it.

@@ -2,6 +2,7 @@
 //! resolved through a caller-supplied function), so every rule of the translation is tested
 //! on the host.
 
+use crate::pipeline::edges::Trust;
 use std::collections::{BTreeMap, HashMap};
 
 use enforcer_common::maps::{
@@ -20,7 +21,6 @@ use crate::{
     pipeline::edges::LiveEdge,
     pipeline::pair_table::{Pair, PairTable},
     pipeline::registry::Registry,
-    trust::bundles::Trust,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,7 +17,19 @@ use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::{paths::StateDir, trust::bundles::Trust};
+use crate::paths::StateDir;
+
+/// What the trust bundles of its ends allow an edge (see `trust::bundles`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Trust {
+    /// The edge does not require bundles.
+    #[default]
+    NotRequired,
+    /// Both ends' bundles are usable until then.
+    Until(Timestamp),
+    /// Why the edge allows nothing now.
+    Suspended(String),
+}
 
 /// An edge in force (or waiting for its window, or past it).
 #[derive(Debug, Clone, PartialEq, Eq)]

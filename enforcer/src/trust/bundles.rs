@@ -6,24 +6,13 @@
 //! such an edge at expiry even when no daemon runs.
 
 use crate::api::status::{AuthorityStatus, BundleStatus};
+use crate::pipeline::edges::Trust;
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
 use enforcer_policy::{Edge, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::trust::{self, Bundle};
-
-/// What a bundle gate allows an edge.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Trust {
-    /// The edge does not require bundles.
-    #[default]
-    NotRequired,
-    /// Both ends' bundles are usable until then.
-    Until(Timestamp),
-    /// Why the edge allows nothing now.
-    Suspended(String),
-}
 
 /// A bundle file as last read.
 #[derive(Debug, Clone)]
