@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use enforcer_policy::{CgroupPath, Policy};
 
-use super::{ApplyError, Daemon, log};
+use super::machine::Daemon;
+use crate::observe::log::log;
 use crate::{
     api::status,
     pipeline::clock::Clocks,
@@ -94,10 +95,7 @@ impl Daemon {
                         "could not restore the attested bindings: {restore:#}"
                     ));
                 }
-                Err(match err {
-                    ApplyError::Rejected(errors) => errors.join("; "),
-                    ApplyError::Failed(err) => format!("{err:#}"),
-                })
+                Err(format!("{err:#}"))
             }
         }
     }
@@ -141,12 +139,8 @@ impl Daemon {
                 Ok(c) => format!("; policy generation {}", c.generation),
                 Err(err) => {
                     self.attestation.store = before;
-                    let why = match err {
-                        ApplyError::Rejected(errors) => errors.join("; "),
-                        ApplyError::Failed(err) => format!("{err:#}"),
-                    };
                     log(&format!(
-                        "removing attested bindings failed (retried next second): {why}"
+                        "removing attested bindings failed (retried next second): {err:#}"
                     ));
                     return;
                 }

@@ -93,10 +93,15 @@ struct Prepared {
     compiled: Compiled,
 }
 
-/// Why an apply did not happen. Either way nothing changed.
+/// Why a change did not happen. Either way nothing changed.
+#[derive(Debug, thiserror::Error)]
 pub(super) enum ApplyError {
+    /// What was asked is wrong: every reason, each a line for the user.
+    #[error("{}", .0.join("; "))]
     Rejected(Vec<String>),
-    Failed(anyhow::Error),
+    /// What was asked could not be carried out.
+    #[error(transparent)]
+    Failed(#[from] anyhow::Error),
 }
 
 impl Daemon {
@@ -184,7 +189,7 @@ impl Daemon {
         let committed = self
             .state
             .commit(change, &mut self.host)
-            .map_err(ApplyError::Failed)?;
+            .map_err(|err| ApplyError::Failed(err.into()))?;
         let ended = self.report_ended(committed.endings.as_deref());
         *posted = Arc::new(self.in_force());
         drop(posted);
@@ -418,7 +423,11 @@ impl Daemon {
     fn revoke(&mut self, id: &str) -> Response {
         let book = match self.state.revoke(id) {
             Ok(book) => book,
-            Err(message) => return Response::Error { message },
+            Err(err) => {
+                return Response::Error {
+                    message: err.to_string(),
+                };
+            }
         };
         let origin = format!("revoke {id}");
         match self.commit(self.state.policy.clone(), book, None, &origin) {

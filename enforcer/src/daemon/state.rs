@@ -72,6 +72,26 @@ pub struct Committed {
     pub maps: Duration,
 }
 
+/// Why a change was not carried out; each undid what it had done.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// Ids for the new domains could not be recorded.
+    #[error(transparent)]
+    Record(anyhow::Error),
+    /// The edge record could not be saved.
+    #[error(transparent)]
+    Save(anyhow::Error),
+    /// The maps could not be written or swapped; the record was saved again as it was.
+    #[error(transparent)]
+    Swap(anyhow::Error),
+    /// As `Swap`, and the record could not be saved again either.
+    #[error("{swap:#} (and the edge record could not be restored: {restore:#})")]
+    SwapUnrestored {
+        swap: anyhow::Error,
+        restore: anyhow::Error,
+    },
+}
+
 /// Everything a change does to the host. The daemon's implementation writes the pinned maps,
 /// the state dir and sock_diag; the tests' records what is asked of it.
 pub trait KernelSide {
@@ -103,7 +123,11 @@ pub trait KernelSide {
 impl State {
     /// Carries `change` out through `kernel` under the next generation (see the module's
     /// documentation for the order). On an error nothing changed, here or on the host.
-    pub fn commit<K: KernelSide>(&mut self, change: Change, kernel: &mut K) -> Result<Committed> {
+    pub fn commit<K: KernelSide>(
+        &mut self,
+        change: Change,
+        kernel: &mut K,
+    ) -> Result<Committed, CommitError> {
         let Change {
             policy,
             book,
@@ -112,22 +136,22 @@ impl State {
             trust,
         } = change;
         let compiled = Arc::new(compiled);
-        let recorded = kernel.record_domains(&compiled.registry)?;
+        let recorded = kernel
+            .record_domains(&compiled.registry)
+            .map_err(CommitError::Record)?;
         if let Err(err) = kernel.save(&book) {
             kernel.forget_domains(&recorded);
-            return Err(err);
+            return Err(CommitError::Save(err));
         }
         let before = kernel.connections();
         let generation = self.generation + 1;
         let swapping = std::time::Instant::now();
-        if let Err(err) = kernel.swap_in(&compiled, generation) {
+        if let Err(swap) = kernel.swap_in(&compiled, generation) {
             let restored = kernel.save(&self.book);
             kernel.forget_domains(&recorded);
             return Err(match restored {
-                Ok(()) => err,
-                Err(restore) => err.context(format!(
-                    "the edge record could not be restored either ({restore:#})"
-                )),
+                Ok(()) => CommitError::Swap(swap),
+                Err(restore) => CommitError::SwapUnrestored { swap, restore },
             });
         }
         let maps = swapping.elapsed();
@@ -345,6 +369,7 @@ mod tests {
             .commit(change(&state), &mut kernel)
             .err()
             .expect("refused");
+        assert!(matches!(err, CommitError::Save(_)), "{err:?}");
         assert_eq!(err.to_string(), "disk full");
         assert_eq!(
             kernel.calls,
@@ -361,10 +386,11 @@ mod tests {
             fail_swap: true,
             ..Fake::default()
         };
-        state
+        let err = state
             .commit(change(&state), &mut kernel)
             .err()
             .expect("refused");
+        assert!(matches!(err, CommitError::Swap(_)), "{err:?}");
         assert_eq!(
             kernel.calls,
             [
@@ -388,10 +414,11 @@ mod tests {
             fail_record: true,
             ..Fake::default()
         };
-        state
+        let err = state
             .commit(change(&state), &mut kernel)
             .err()
             .expect("refused");
+        assert!(matches!(err, CommitError::Record(_)), "{err:?}");
         assert_eq!(kernel.calls, ["record domains"]);
         assert_eq!(state.generation, 4);
     }

@@ -23,6 +23,18 @@ pub struct Granted {
     pub book: Book,
 }
 
+/// Why an edge cannot be revoked.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RevokeError {
+    #[error("no edge has id {0} (see `enforcer edge list`)")]
+    Unknown(String),
+    /// Only a new policy file removes a file's edge.
+    #[error(
+        "edge {id} comes from the policy file {file}; remove it there and run `enforcer policy apply`"
+    )]
+    FromFile { id: String, file: String },
+}
+
 /// The edges whose window closed in a stretch of time.
 pub struct Expired {
     /// Every one of them, by id.
@@ -42,18 +54,16 @@ impl State {
         Ok(Granted { grant, book })
     }
 
-    /// The record without the grant `id`, or why it cannot be revoked: no such edge, or an
-    /// edge of the policy file, which only a new file removes.
-    pub fn revoke(&self, id: &str) -> Result<Book, String> {
+    /// The record without the grant `id`, or why it cannot be revoked.
+    pub fn revoke(&self, id: &str) -> Result<Book, RevokeError> {
         let Some(edge) = self.live.iter().find(|e| e.edge.id.as_str() == id) else {
-            return Err(format!("no edge has id {id} (see `enforcer edge list`)"));
+            return Err(RevokeError::Unknown(id.to_owned()));
         };
         if edge.source == Source::File {
-            return Err(format!(
-                "edge {id} comes from the policy file {}; remove it there and run \
-                 `enforcer policy apply`",
-                self.policy_file
-            ));
+            return Err(RevokeError::FromFile {
+                id: id.to_owned(),
+                file: self.policy_file.clone(),
+            });
         }
         Ok(self.book.without_grants(|g| g.edge.id.as_str() == id))
     }
@@ -188,13 +198,17 @@ federation:
         let no_grants = state.book.without_grants(|_| true);
         assert_ne!(no_grants, state.book);
         assert_eq!(state.revoke("jit"), Ok(no_grants));
-        let file_edge = state.revoke("a-to-b").expect_err("refused");
-        assert!(
-            file_edge.contains("comes from the policy file p.yaml"),
-            "{file_edge}"
+        assert_eq!(
+            state.revoke("a-to-b"),
+            Err(RevokeError::FromFile {
+                id: "a-to-b".into(),
+                file: "p.yaml".into()
+            })
         );
-        let unknown = state.revoke("nope").expect_err("refused");
-        assert!(unknown.contains("no edge has id nope"), "{unknown}");
+        assert_eq!(
+            state.revoke("nope"),
+            Err(RevokeError::Unknown("nope".into()))
+        );
     }
 
     #[test]
