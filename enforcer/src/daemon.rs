@@ -7,7 +7,8 @@ use self::{
     machine::{ApplyError, Daemon, release_freed_memory, without_expired_grants},
     serve::{EventService, bind_socket, vacant_socket},
 };
-use crate::observe::log::{log, one_line};
+// `attested` logs through `super::log` until it is converted to the `log` macros.
+use crate::observe::log::log;
 use std::{
     fs,
     net::SocketAddr,
@@ -26,7 +27,6 @@ pub mod machine;
 mod maintain;
 pub mod remote_admin;
 pub mod serve;
-pub mod tcp_clients;
 
 use anyhow::{Context as _, Result, bail};
 use aya::maps::RingBuf;
@@ -103,7 +103,7 @@ pub fn run(options: Options) -> Result<()> {
     let (loaded, load_time) = loaded?;
     let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
         for d in &diagnostics {
-            eprintln!("{}", one_line(d));
+            log::error!("{d}");
         }
         err
     })?;
@@ -140,7 +140,7 @@ pub fn run(options: Options) -> Result<()> {
     let book = without_expired_grants(Book::load(&options.state_dir)?);
     let attested = attested::load(&options.state_dir, &cgroups)?;
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
-        log("mounted bpffs at /sys/fs/bpf");
+        log::info!("mounted bpffs at /sys/fs/bpf");
     }
     let listener = bind_socket(&options.socket, options.groups.any())?;
     let attest_listener = options
@@ -214,10 +214,10 @@ pub fn run(options: Options) -> Result<()> {
         bundle_warn_before: options.bundle_warn_before,
     };
     for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
-        log(&format!(
-            "warning: the trust bundle of {domain} cannot be used now ({why}); edges that \
+        log::warn!(
+            "the trust bundle of {domain} cannot be used now ({why}); edges that \
              require it are suspended"
-        ));
+        );
     }
     let applying = Instant::now();
     let applied = daemon.apply_parsed(policy, trust, &file, &text);
@@ -229,7 +229,7 @@ pub fn run(options: Options) -> Result<()> {
         Ok(committed) => committed,
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
-                eprintln!("{}", one_line(e));
+                log::error!("{e}");
             }
             bail!("policy {file} was refused; nothing was changed");
         }
@@ -243,20 +243,21 @@ pub fn run(options: Options) -> Result<()> {
     let tagged = tagged + daemon.tag_existing()?;
     let attach_time = attaching.elapsed();
     for p in &daemon.programs {
-        log(&format!(
+        log::info!(
             "{} {} at {} (cgroup id {}), link pinned at {}",
             p.how,
             p.program,
             daemon.root.dir.display(),
             daemon.root.id,
             p.link_pin.display()
-        ));
+        );
     }
-    log(&format!(
+    log::info!(
         "{} enforcement; policy generation {} active ({file}); tagged {tagged} pre-existing socket(s)",
         if adopting { "adopted" } else { "started" },
         daemon.generation
-    ));
+    );
+    // Worded by the machine ("warning: ..."): logged at the level their first word names.
     for warning in daemon.binding_warnings() {
         log(&warning);
     }
@@ -288,14 +289,14 @@ pub fn run(options: Options) -> Result<()> {
     }
     if let Some(server) = attest_server {
         server.spawn(Arc::clone(&daemon))?;
-        log(&format!(
+        log::info!(
             "attestation socket {}",
             options
                 .attest_socket
                 .as_deref()
                 .unwrap_or(Path::new(""))
                 .display()
-        ));
+        );
     }
     let events = EventService {
         log: events_path,
@@ -306,7 +307,7 @@ pub fn run(options: Options) -> Result<()> {
     }
     release_freed_memory();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    log(&format!(
+    log::info!(
         "started in {:.0} ms (policy read {:.0} ms alongside programs loaded {:.0} ms; policy \
          applied {:.0} ms: compile {:.0} ms, maps {:.0} ms; programs attached {:.0} ms)",
         ms(started.elapsed()),
@@ -316,8 +317,8 @@ pub fn run(options: Options) -> Result<()> {
         ms(applied.compile),
         ms(applied.maps),
         ms(attach_time)
-    ));
-    log(&format!("control socket {}", options.socket.display()));
+    );
+    log::info!("control socket {}", options.socket.display());
     serve::serve(&daemon, &listener, &events, options.groups);
     Ok(())
 }
