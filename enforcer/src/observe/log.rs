@@ -15,7 +15,10 @@
 use std::{
     borrow::Cow,
     io::Write as _,
-    os::{fd::AsFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::{AsFd as _, BorrowedFd},
+        unix::fs::MetadataExt as _,
+    },
 };
 
 use ::log::{Level, LevelFilter, Log, Metadata, Record};
@@ -117,18 +120,23 @@ fn line(journald: bool, level: Level, message: &str) -> String {
 /// Whether standard error is connected to the journal: systemd sets `JOURNAL_STREAM` to
 /// `DEVICE:INODE` of the stream it gave the service.
 fn writes_to_journal() -> bool {
-    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+    let stream = std::env::var_os("JOURNAL_STREAM");
+    is_journal(stream.as_deref(), std::io::stderr().as_fd())
+}
+
+/// Whether `fd` is the stream a `JOURNAL_STREAM` value names.
+fn is_journal(journal_stream_value: Option<&std::ffi::OsStr>, fd: BorrowedFd<'_>) -> bool {
+    let Some((dev, ino)) = journal_stream_value
+        .and_then(|value| value.to_str())
+        .and_then(journal_stream)
+    else {
         return false;
     };
-    let Some((dev, ino)) = stream.to_str().and_then(journal_stream) else {
-        return false;
-    };
-    let stderr = std::io::stderr()
-        .as_fd()
+    let meta = fd
         .try_clone_to_owned()
         .map(std::fs::File::from)
         .and_then(|file| file.metadata());
-    stderr.is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino)
+    meta.is_ok_and(|meta| meta.dev() == dev && meta.ino() == ino)
 }
 
 /// The device and inode in a `JOURNAL_STREAM` value.
@@ -229,6 +237,24 @@ mod tests {
         assert_eq!(journal_stream("8"), None);
         assert_eq!(journal_stream("a:1"), None);
         assert_eq!(journal_stream("1:"), None);
+    }
+
+    #[test]
+    fn the_journal_is_the_stream_journal_stream_names_and_no_other() {
+        let dir = std::env::temp_dir();
+        let path = |name: &str| dir.join(format!("enforcer-log-{}-{name}", std::process::id()));
+        let (ours, other) = (path("ours"), path("other"));
+        let file = std::fs::File::create(&ours).expect("creating a file");
+        let meta = file.metadata().expect("its metadata");
+        let value = format!("{}:{}", meta.dev(), meta.ino());
+        let other_file = std::fs::File::create(&other).expect("creating another file");
+        assert!(is_journal(Some(value.as_ref()), file.as_fd()));
+        assert!(!is_journal(Some(value.as_ref()), other_file.as_fd()));
+        assert!(!is_journal(None, file.as_fd()));
+        assert!(!is_journal(Some("not:numbers".as_ref()), file.as_fd()));
+        for p in [ours, other] {
+            let _ = std::fs::remove_file(p);
+        }
     }
 
     #[test]
