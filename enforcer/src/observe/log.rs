@@ -147,7 +147,7 @@ fn journal_stream(value: &str) -> Option<(u64, u64)> {
 
 /// `text` with every control character (and the Unicode line and paragraph separators)
 /// escaped as Rust writes it (`\n`, `\u{1b}`), so it prints as one line.
-fn one_line(text: &str) -> Cow<'_, str> {
+pub fn one_line(text: &str) -> Cow<'_, str> {
     let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
     if !text.contains(breaks) {
         return text.into();
