@@ -231,8 +231,19 @@ enum Output {
 
 /// Parses the command line and runs the verb it names.
 pub fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Daemon { .. });
+    if daemon {
+        crate::observe::log::install();
+    }
+    match run(cli) {
         Ok(code) => code,
+        // The daemon's last word goes to its log, at its level (under systemd, to the journal
+        // as an error), and as one line.
+        Err(err) if daemon => {
+            log::error!("{err:#}");
+            ExitCode::FAILURE
+        }
         Err(err) => {
             eprintln!("enforcer: error: {err:#}");
             ExitCode::FAILURE

@@ -10,7 +10,6 @@ use self::{
     serve::{EventService, bind_socket, vacant_socket},
     state::release_freed_memory,
 };
-use crate::observe::log::{log, one_line};
 use std::{
     fs,
     net::SocketAddr,
@@ -32,7 +31,6 @@ mod plan;
 pub mod remote_admin;
 pub mod serve;
 pub mod state;
-pub mod tcp_clients;
 mod transitions;
 mod views;
 
@@ -111,7 +109,7 @@ pub fn run(options: Options) -> Result<()> {
     let (loaded, load_time) = loaded?;
     let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
         for d in &diagnostics {
-            eprintln!("{}", one_line(d));
+            log::error!("{d}");
         }
         err
     })?;
@@ -148,7 +146,7 @@ pub fn run(options: Options) -> Result<()> {
     let book = without_expired_grants(Book::load(&options.state_dir)?);
     let attested = attested::load(&options.state_dir, &cgroups)?;
     if bpffs::ensure_pin_dir(options.pin_dir.path())? {
-        log("mounted bpffs at /sys/fs/bpf");
+        log::info!("mounted bpffs at /sys/fs/bpf");
     }
     let listener = bind_socket(&options.socket, options.groups.any())?;
     let attest_listener = options
@@ -226,10 +224,10 @@ pub fn run(options: Options) -> Result<()> {
         bundle_warn_before: options.bundle_warn_before,
     };
     for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
-        log(&format!(
-            "warning: the trust bundle of {domain} cannot be used now ({why}); edges that \
+        log::warn!(
+            "the trust bundle of {domain} cannot be used now ({why}); edges that \
              require it are suspended"
-        ));
+        );
     }
     let applying = Instant::now();
     let applied = daemon.apply_parsed(policy, trust, &file, &text);
@@ -241,7 +239,7 @@ pub fn run(options: Options) -> Result<()> {
         Ok(committed) => committed,
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
-                eprintln!("{}", one_line(e));
+                log::error!("{e}");
             }
             bail!("policy {file} was refused; nothing was changed");
         }
@@ -255,22 +253,22 @@ pub fn run(options: Options) -> Result<()> {
     let tagged = tagged + daemon.tag_existing()?;
     let attach_time = attaching.elapsed();
     for p in &daemon.programs {
-        log(&format!(
+        log::info!(
             "{} {} at {} (cgroup id {}), link pinned at {}",
             p.how,
             p.program,
             daemon.root.dir.display(),
             daemon.root.id,
             p.link_pin.display()
-        ));
+        );
     }
-    log(&format!(
+    log::info!(
         "{} enforcement; policy generation {} active ({file}); tagged {tagged} pre-existing socket(s)",
         if adopting { "adopted" } else { "started" },
         daemon.state.generation
-    ));
-    for warning in daemon.binding_warnings() {
-        log(&warning);
+    );
+    for (level, line) in daemon.binding_warnings() {
+        log::log!(level, "{line}");
     }
     let attest_server = match (attest_listener, attest_identity) {
         (Some(listener), Some(identity)) => Some(attest_server::Server::new(
@@ -300,14 +298,14 @@ pub fn run(options: Options) -> Result<()> {
     }
     if let Some(server) = attest_server {
         server.spawn(Arc::clone(&daemon))?;
-        log(&format!(
+        log::info!(
             "attestation socket {}",
             options
                 .attest_socket
                 .as_deref()
                 .unwrap_or(Path::new(""))
                 .display()
-        ));
+        );
     }
     let events = EventService {
         log: events_path,
@@ -318,7 +316,7 @@ pub fn run(options: Options) -> Result<()> {
     }
     release_freed_memory();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    log(&format!(
+    log::info!(
         "started in {:.0} ms (policy read {:.0} ms alongside programs loaded {:.0} ms; policy \
          applied {:.0} ms: compile {:.0} ms, maps {:.0} ms; programs attached {:.0} ms)",
         ms(started.elapsed()),
@@ -328,8 +326,8 @@ pub fn run(options: Options) -> Result<()> {
         ms(applied.compile),
         ms(applied.maps),
         ms(attach_time)
-    ));
-    log(&format!("control socket {}", options.socket.display()));
+    );
+    log::info!("control socket {}", options.socket.display());
     serve::serve(&daemon, &listener, &events, options.groups);
     Ok(())
 }

@@ -17,6 +17,9 @@
 //!   grants become map entries in `pipeline::compile`.
 //! - [`api`]: the control API's wire types, which the daemon computes and the CLI renders.
 //!
+//! Two leaves at the root serve every wing: [`paths`] (every path the daemon and CLI use) and
+//! [`listener`] (the one way the daemon's endpoints serve connections, bounded).
+//!
 //! Where a connection's verdict is made: `enforcer_common::verdict::decide`, called by the
 //! programs in `enforcer-ebpf/src/programs/`.
 
@@ -24,6 +27,7 @@ mod api;
 pub mod cli;
 mod daemon;
 mod kernel;
+mod listener;
 mod observe;
 mod paths;
 mod pipeline;

@@ -8,7 +8,7 @@ use std::{
     ffi::CString,
     fs,
     io::{BufRead as _, BufReader},
-    os::unix::ffi::OsStrExt as _,
+    os::unix::{ffi::OsStrExt as _, fs::MetadataExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
     thread,
@@ -390,6 +390,48 @@ fn user_text_never_forges_a_daemon_log_line() {
         line.contains("p\\nenforcer: revoked grant-forged.yaml"),
         "the file name is logged on the same line, escaped: {line:?}"
     );
+}
+
+#[test]
+fn under_systemd_every_daemon_log_line_starts_with_its_journal_priority() {
+    if !privileged("under_systemd_every_daemon_log_line_starts_with_its_journal_priority") {
+        return;
+    }
+    let sb = Sandbox::new("inputs-journal");
+    // Refused: one error line per diagnostic, then the daemon's last word, an error too.
+    let bad = sb.policy("bad.yaml", &format!("{DOMAINS}colour: blue\n"));
+    let run = |stream: &str, journal_stream: Option<&str>| {
+        let path = sb.dir().join(stream);
+        let file = fs::File::create(&path).expect("creating the stream");
+        let meta = file.metadata().expect("the stream's metadata");
+        let mut daemon = sb.daemon_command_at(&bad, Path::new(&sb.root), &[] as &[&str]);
+        daemon.env(
+            "JOURNAL_STREAM",
+            journal_stream.map_or_else(|| format!("{}:{}", meta.dev(), meta.ino()), str::to_owned),
+        );
+        let status = daemon.stderr(file).status().expect("running the daemon");
+        assert!(!status.success(), "the policy is refused");
+        fs::read_to_string(&path).expect("reading the stream")
+    };
+    let refused = format!("policy {} was refused; nothing was changed", bad.display());
+
+    let journal = run("journal", None);
+    assert!(journal.lines().count() >= 2, "{journal}");
+    assert!(
+        journal.lines().all(|line| line.starts_with("<3>error: ")),
+        "{journal}"
+    );
+    assert!(journal.contains(&refused), "{journal}");
+
+    // A JOURNAL_STREAM inherited from elsewhere names another stream: plain lines.
+    let terminal = run("terminal", Some("1:1"));
+    assert!(
+        terminal
+            .lines()
+            .all(|line| line.starts_with("enforcer: error: ")),
+        "{terminal}"
+    );
+    assert!(terminal.contains(&refused), "{terminal}");
 }
 
 #[test]

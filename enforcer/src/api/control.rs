@@ -17,7 +17,7 @@ use crate::{
     api::plan::Plan,
     api::status::Status,
     api::why::{Explanation, Transport, WhySource},
-    daemon::tcp_clients::remaining,
+    listener::remaining,
 };
 
 /// Long enough for an apply of a large policy; short enough that a hung daemon is reported.

@@ -7,11 +7,8 @@ use std::{
     io::Write as _,
     os::unix::net::{UnixListener, UnixStream},
     path::Path,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
@@ -22,12 +19,15 @@ use crate::trust::attestation::{Claim, peer::Peer};
 use crate::{
     daemon::{self, machine::Daemon},
     kernel::cgroupfs::CgroupFs,
-    observe::log::log,
+    listener::{self, Bounds, remaining},
     trust::{self, Bundles, Identity, SvidClientVerifier},
 };
 
-/// A client that stalls is cut off after this long, so it cannot hold a thread.
-const TIMEOUT: Duration = Duration::from_secs(10);
+/// For a client's whole TLS handshake, from being accepted: one that stalls is cut off then,
+/// so it cannot hold a thread.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+/// For sending the answer and closing.
+const ANSWER: Duration = Duration::from_secs(10);
 /// Attestations handled at once; more connections are closed unanswered until one ends.
 const MAX_CLIENTS: usize = 32;
 
@@ -54,6 +54,11 @@ pub fn identity(own: Option<Identity>) -> Result<Identity> {
 
 pub struct Server {
     listener: UnixListener,
+    attestations: Attestations,
+}
+
+/// What answering a client needs besides the daemon.
+struct Attestations {
     config: Arc<ServerConfig>,
     verifier: Arc<SvidClientVerifier>,
     cgroups: CgroupFs,
@@ -75,60 +80,42 @@ impl Server {
             .context("the attestation socket's certificate and key do not match")?;
         Ok(Self {
             listener,
-            config: Arc::new(config),
-            verifier,
-            cgroups,
+            attestations: Attestations {
+                config: Arc::new(config),
+                verifier,
+                cgroups,
+            },
         })
     }
 
     /// Answers the socket on a thread of its own, each client on a thread of its own.
     pub fn spawn(self, daemon: Arc<Mutex<Daemon>>) -> Result<()> {
-        std::thread::Builder::new()
-            .name("attestation".into())
-            .spawn(move || self.run(&daemon))
-            .context("starting the attestation thread")?;
-        Ok(())
+        let Self {
+            listener,
+            attestations,
+        } = self;
+        let bounds = Bounds {
+            name: "attestation",
+            max_clients: MAX_CLIENTS,
+            deadline: HANDSHAKE,
+        };
+        listener::serve(
+            listener,
+            bounds,
+            move |stream, handshake_by| attestations.answer(stream, handshake_by, &daemon),
+            |_| log::warn!("attestation refused: too many clients at once"),
+        )
+        .context("starting the attestation thread")
     }
+}
 
-    fn run(self, daemon: &Arc<Mutex<Daemon>>) {
-        let server = Arc::new(self);
-        let busy = Arc::new(AtomicUsize::new(0));
-        for stream in server.listener.incoming() {
-            let stream = match stream {
-                Ok(stream) => stream,
-                Err(err) => {
-                    log(&format!("attestation socket accept failed: {err}"));
-                    continue;
-                }
-            };
-            if busy.fetch_add(1, Ordering::SeqCst) >= MAX_CLIENTS {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                log("attestation refused: too many clients at once");
-                continue;
-            }
-            let (server, daemon, done) =
-                (Arc::clone(&server), Arc::clone(daemon), Arc::clone(&busy));
-            let spawned = std::thread::Builder::new()
-                .name("attest-client".into())
-                .spawn(move || {
-                    server.answer(stream, &daemon);
-                    done.fetch_sub(1, Ordering::SeqCst);
-                });
-            if let Err(err) = spawned {
-                busy.fetch_sub(1, Ordering::SeqCst);
-                log(&format!("could not answer an attestation: {err}"));
-            }
-        }
-    }
-
-    fn answer(&self, stream: UnixStream, daemon: &Mutex<Daemon>) {
+impl Attestations {
+    fn answer(&self, stream: UnixStream, handshake_by: Instant, daemon: &Mutex<Daemon>) {
         // Taken first: the kernel recorded the client when it connected.
         let peer = match Peer::of(&stream) {
             Ok(peer) => peer,
             Err(err) => {
-                log(&format!(
-                    "attestation refused: cannot tell who connected: {err:#}"
-                ));
+                log::warn!("attestation refused: cannot tell who connected: {err:#}");
                 return;
             }
         };
@@ -138,32 +125,42 @@ impl Server {
             Ok((cgroup, _)) => format!("pid {} in cgroup {cgroup}", peer.pid),
             Err(_) => format!("pid {}", peer.pid),
         };
-        if let Err(err) = stream
-            .set_read_timeout(Some(TIMEOUT))
-            .and_then(|()| stream.set_write_timeout(Some(TIMEOUT)))
-        {
-            log(&format!("attestation by {}: {err}", who));
-            return;
-        }
         let mut tls = match ServerConnection::new(Arc::clone(&self.config)) {
             Ok(conn) => StreamOwned::new(conn, stream),
             Err(err) => {
-                log(&format!("attestation by {}: {err}", who));
+                log::error!("attestation by {}: {err}", who);
                 return;
             }
         };
+        // The whole handshake, however slowly the client's bytes trickle in, by the deadline.
         while tls.conn.is_handshaking() {
-            if let Err(err) = tls.conn.complete_io(&mut tls.sock) {
+            let step = remaining(handshake_by)
+                .and_then(|left| {
+                    tls.sock.set_read_timeout(Some(left))?;
+                    tls.sock.set_write_timeout(Some(left))
+                })
+                .and_then(|()| tls.conn.complete_io(&mut tls.sock));
+            if let Err(err) = step {
                 // rustls has sent the client an alert saying why, if it had one.
-                log(&format!(
+                log::warn!(
                     "attestation by {} refused: TLS handshake failed: {}",
                     who,
                     handshake_failure(&err)
-                ));
+                );
                 return;
             }
         }
         let reply = self.judge(&tls, &peer, daemon);
+        // Sending the answer (and reading the client's goodbye) gets time of its own: waiting
+        // for the daemon was not the client's doing.
+        if let Err(err) = tls
+            .sock
+            .set_write_timeout(Some(ANSWER))
+            .and_then(|()| tls.sock.set_read_timeout(Some(ANSWER)))
+        {
+            log::error!("attestation by {}: {err}", who);
+            return;
+        }
         let line = match &reply {
             Ok(bound) => format!("{bound}\n"),
             Err(why) => format!("refused: {why}\n"),
@@ -176,10 +173,7 @@ impl Server {
             })
             .and_then(|()| tls.conn.complete_io(&mut tls.sock).map(drop));
         if let Err(err) = sent {
-            log(&format!(
-                "attestation by {}: could not send the answer: {err}",
-                who
-            ));
+            log::warn!("attestation by {}: could not send the answer: {err}", who);
         }
     }
 
@@ -191,7 +185,7 @@ impl Server {
         daemon: &Mutex<Daemon>,
     ) -> Result<String, String> {
         let refuse = |subject: String, why: String| {
-            log(&format!("attestation by {subject} refused: {why}"));
+            log::warn!("attestation by {subject} refused: {why}");
             why
         };
         let chain = tls.conn.peer_certificates().unwrap_or_default();

@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use enforcer_policy::{CgroupPath, Policy};
 
 use super::machine::Daemon;
-use crate::observe::log::log;
 use crate::{
     api::status,
     pipeline::clock::Clocks,
@@ -32,7 +31,7 @@ impl Attestation {
             .collect();
         (self.socket.is_none() && !attested.is_empty()).then(|| {
             format!(
-                "warning: domain(s) {} are attested but the daemon has no --attest-socket: no \
+                "domain(s) {} are attested but the daemon has no --attest-socket: no \
                  workload can join them",
                 attested.join(", ")
             )
@@ -63,10 +62,12 @@ impl Daemon {
             binding.cgroup, binding.domain, binding.spiffe_id, binding.expires
         );
         if self.attestation.store.get(&binding.cgroup) == Some(&binding) {
-            log(&format!(
+            log::info!(
                 "attestation by pid {} in cgroup {} as {}: already {bound}",
-                claim.pid, claim.cgroup, claim.svid.id
-            ));
+                claim.pid,
+                claim.cgroup,
+                claim.svid.id
+            );
             return Ok(bound);
         }
         let before = self.attestation.store.clone();
@@ -82,18 +83,19 @@ impl Daemon {
             &origin,
         ) {
             Ok(c) => {
-                log(&format!(
+                log::info!(
                     "attestation by pid {} in cgroup {} as {}: {bound}; policy generation {}",
-                    claim.pid, claim.cgroup, claim.svid.id, c.generation
-                ));
+                    claim.pid,
+                    claim.cgroup,
+                    claim.svid.id,
+                    c.generation
+                );
                 Ok(bound)
             }
             Err(err) => {
                 self.attestation.store = before;
                 if let Err(restore) = self.attestation.store.save(&self.host.state_dir) {
-                    log(&format!(
-                        "could not restore the attested bindings: {restore:#}"
-                    ));
+                    log::warn!("could not restore the attested bindings: {restore:#}");
                 }
                 Err(format!("{err:#}"))
             }
@@ -139,9 +141,7 @@ impl Daemon {
                 Ok(c) => format!("; policy generation {}", c.generation),
                 Err(err) => {
                     self.attestation.store = before;
-                    log(&format!(
-                        "removing attested bindings failed (retried next second): {err:#}"
-                    ));
+                    log::warn!("removing attested bindings failed (retried next second): {err:#}");
                     return;
                 }
             }
@@ -150,13 +150,15 @@ impl Daemon {
         };
         // Saved after: a binding on disk that is no longer in force is dropped again at start.
         if let Err(err) = self.attestation.store.save(&self.host.state_dir) {
-            log(&format!("could not save the attested bindings: {err:#}"));
+            log::warn!("could not save the attested bindings: {err:#}");
         }
         for (b, why) in &ending {
-            log(&format!(
+            log::info!(
                 "attested binding of cgroup {} to {} ({}) removed: {why}{generation}",
-                b.cgroup, b.domain, b.spiffe_id
-            ));
+                b.cgroup,
+                b.domain,
+                b.spiffe_id
+            );
         }
     }
 
@@ -200,11 +202,13 @@ pub fn load(
         .iter()
         .filter(|b| !kept.bindings().contains(b))
     {
-        log(&format!(
+        log::info!(
             "attested binding of cgroup {} to {} ({}) removed: its SVID expired or its cgroup \
              went away while the daemon was stopped",
-            b.cgroup, b.domain, b.spiffe_id
-        ));
+            b.cgroup,
+            b.domain,
+            b.spiffe_id
+        );
     }
     Ok(kept)
 }

@@ -14,7 +14,6 @@ use crate::{
         revocation::{Connections, Ending, Judge, Snapshot},
         usage::Usage,
     },
-    observe::log::log,
     paths::StateDir,
     pipeline::{clock::Clocks, compile::Compiled, edges::Book, registry::Registry},
 };
@@ -40,7 +39,7 @@ impl KernelSide for Host {
 
     fn forget_domains(&mut self, ids: &[u32]) {
         if let Err(err) = self.maps.forget_domains(ids) {
-            log(&format!("{err:#}"));
+            log::warn!("{err:#}");
         }
     }
 
@@ -53,7 +52,7 @@ impl KernelSide for Host {
         match self.connections.snapshot(&pods) {
             Ok(snapshot) => Some(snapshot),
             Err(err) => {
-                log(&format!("could not list live connections: {err:#}"));
+                log::warn!("could not list live connections: {err:#}");
                 None
             }
         }
@@ -61,16 +60,14 @@ impl KernelSide for Host {
 
     fn swap_in(&mut self, compiled: &Arc<Compiled>, generation: u64) -> Result<()> {
         if let Some(warning) = self.maps.swap_in(compiled, generation)? {
-            log(&warning);
+            log::warn!("{warning}");
         }
         Ok(())
     }
 
     fn forget_edges(&mut self, kept: &[u32]) {
         if let Err(err) = self.usage.forget_edges(kept) {
-            log(&format!(
-                "could not clear the counters of removed edges: {err:#}"
-            ));
+            log::warn!("could not clear the counters of removed edges: {err:#}");
         }
     }
 
@@ -86,10 +83,10 @@ impl KernelSide for Host {
         {
             Ok(ended) => Some(ended),
             Err(err) => {
-                log(&format!(
+                log::warn!(
                     "could not end every refused connection (the kernel still drops their \
                      packets): {err:#}"
-                ));
+                );
                 None
             }
         }

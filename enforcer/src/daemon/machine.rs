@@ -6,7 +6,6 @@ use super::{
     host::Host,
     state::{Change, KernelSide as _, State},
 };
-use crate::observe::log::log;
 use std::{
     collections::BTreeSet,
     fs,
@@ -123,10 +122,10 @@ impl Daemon {
         let committed = self.commit(policy, book, Some(trust), file)?;
         self.state.policy_file = file.to_owned();
         if let Err(err) = fs::write(self.host.state_dir.active_policy(), text) {
-            log(&format!(
-                "warning: could not save a copy of the active policy in {}: {err}",
+            log::warn!(
+                "could not save a copy of the active policy in {}: {err}",
                 self.host.state_dir.active_policy().display()
-            ));
+            );
         }
         Ok(committed)
     }
@@ -315,19 +314,16 @@ impl Daemon {
             Some(book) => match self.commit(self.state.policy.clone(), book, None, "expiry") {
                 Ok(c) => c.ended,
                 Err(ApplyError::Rejected(errors)) => {
-                    log(&format!(
-                        "removing expired grants failed: {}",
-                        errors.join("; ")
-                    ));
+                    log::warn!("removing expired grants failed: {}", errors.join("; "));
                     self.end_refused_connections_now()
                 }
                 Err(ApplyError::Failed(err)) => {
-                    log(&format!("removing expired grants failed: {err:#}"));
+                    log::warn!("removing expired grants failed: {err:#}");
                     self.end_refused_connections_now()
                 }
             },
         };
-        log(&format!(
+        log::info!(
             "edge(s) {} expired; ended {ended} connection(s){}",
             names.join(", "),
             if grants.is_empty() {
@@ -335,7 +331,7 @@ impl Daemon {
             } else {
                 format!("; removed expired grant(s) {}", grants.join(", "))
             }
-        ));
+        );
     }
 
     /// Re-reads bundle files that changed and re-judges the edges that require bundles; when
@@ -343,14 +339,14 @@ impl Daemon {
     /// in force under a new generation, ending the connections a suspension refuses, exactly
     /// as a revocation does. Runs every tick.
     pub fn refresh_bundles(&mut self) {
-        for change in self.state.trust.refresh() {
-            log(&change);
+        for (level, change) in self.state.trust.refresh() {
+            log::log!(level, "{change}");
         }
         let now = Clocks::now().wall_now();
         let warn_before = jiff::SignedDuration::try_from(self.bundle_warn_before)
             .unwrap_or(jiff::SignedDuration::MAX);
         for warning in self.state.trust.expiry_warnings(now, warn_before) {
-            log(&warning);
+            log::warn!("{warning}");
         }
         let changed = self.state.trust_changes(now);
         if changed.is_empty() {
@@ -364,27 +360,31 @@ impl Daemon {
         ) {
             Ok(c) => {
                 for (id, trust) in &changed {
-                    log(&match trust {
-                        Trust::Suspended(why) => format!("edge {id} suspended: {why}"),
-                        Trust::Until(t) => {
-                            format!("edge {id} active while its bundles are valid, until {t}")
+                    log::info!(
+                        "{}",
+                        match trust {
+                            Trust::Suspended(why) => format!("edge {id} suspended: {why}"),
+                            Trust::Until(t) => {
+                                format!("edge {id} active while its bundles are valid, until {t}")
+                            }
+                            Trust::NotRequired => format!("edge {id} needs no bundles"),
                         }
-                        Trust::NotRequired => format!("edge {id} needs no bundles"),
-                    });
+                    );
                 }
-                log(&format!(
+                log::info!(
                     "trust bundles changed; ended {} connection(s); policy generation {}",
-                    c.ended, c.generation
-                ));
+                    c.ended,
+                    c.generation
+                );
             }
             Err(ApplyError::Rejected(errors)) => {
-                log(&format!(
+                log::warn!(
                     "applying a trust bundle change failed: {}",
                     errors.join("; ")
-                ));
+                );
             }
             Err(ApplyError::Failed(err)) => {
-                log(&format!("applying a trust bundle change failed: {err:#}"));
+                log::warn!("applying a trust bundle change failed: {err:#}");
             }
         }
     }
@@ -398,7 +398,7 @@ impl Daemon {
         let origin = format!("grant {}", edge.id);
         match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
-                log(&format!(
+                log::info!(
                     "granted {} {} -> {} {} {} until {} (owner {}: {}); policy generation {}",
                     edge.id,
                     edge.from,
@@ -409,7 +409,7 @@ impl Daemon {
                     edge.owner,
                     edge.reason,
                     c.generation
-                ));
+                );
                 Response::Granted {
                     id: edge.id.to_string(),
                     expires: grant.expires,
@@ -432,10 +432,11 @@ impl Daemon {
         let origin = format!("revoke {id}");
         match self.commit(self.state.policy.clone(), book, None, &origin) {
             Ok(c) => {
-                log(&format!(
+                log::info!(
                     "revoked {id}; ended {} connection(s); policy generation {}",
-                    c.ended, c.generation
-                ));
+                    c.ended,
+                    c.generation
+                );
                 Response::Revoked {
                     id: id.to_owned(),
                     ended: c.ended,
@@ -480,13 +481,13 @@ impl Daemon {
                     let Committed {
                         generation, ended, ..
                     } = committed;
-                    log(&format!(
+                    log::info!(
                         "policy generation {generation} active ({file}); ended {ended} \
                          connection(s); {}",
                         committed.timing()
-                    ));
-                    for warning in self.binding_warnings() {
-                        log(&warning);
+                    );
+                    for (level, line) in self.binding_warnings() {
+                        log::log!(level, "{line}");
                     }
                     Response::Applied { generation, ended }
                 }
@@ -618,14 +619,14 @@ impl Daemon {
                 .name_of(binding.domain)
                 .unwrap_or_default();
             match binding.cgroup_id {
-                Some(id) => log(&format!(
+                Some(id) => log::info!(
                     "cgroup {} appeared (id {id}): bound to {name}",
                     binding.path
-                )),
-                None => log(&format!(
+                ),
+                None => log::info!(
                     "cgroup {} is gone: its binding to {name} is pending until it is created again",
                     binding.path
-                )),
+                ),
             }
         }
         self.publish_names();
@@ -638,9 +639,9 @@ impl Daemon {
                 &appeared,
             )?;
             if retagged > 0 {
-                log(&format!(
+                log::info!(
                     "re-tagged {retagged} socket(s) created in the new cgroup(s) before their binding landed"
-                ));
+                );
             }
         }
         Ok(())
@@ -720,7 +721,7 @@ pub(super) fn without_expired_grants(book: Book) -> Book {
     let now = Clocks::now().wall_now();
     let pruned = book.without_grants(|g| g.expires <= now);
     if pruned != book {
-        log("removed grant(s) that expired while the daemon was stopped");
+        log::info!("removed grant(s) that expired while the daemon was stopped");
     }
     pruned
 }
@@ -729,16 +730,14 @@ pub(super) fn without_expired_grants(book: Book) -> Book {
 pub(super) fn refusal(origin: &str, err: ApplyError) -> Response {
     match err {
         ApplyError::Rejected(errors) => {
-            log(&format!(
+            log::warn!(
                 "refused {origin}: {} error(s); nothing changed",
                 errors.len()
-            ));
+            );
             Response::Rejected { errors }
         }
         ApplyError::Failed(err) => {
-            log(&format!(
-                "{origin} failed; the previous policy stays active: {err:#}"
-            ));
+            log::warn!("{origin} failed; the previous policy stays active: {err:#}");
             Response::Error {
                 message: format!("{err:#}; the previous policy stays active"),
             }

@@ -20,7 +20,7 @@ use nix::{
     sys::inotify::{AddWatchFlags, InitFlags, Inotify},
 };
 
-use crate::{daemon::machine::Daemon, observe::log::log};
+use crate::daemon::machine::Daemon;
 
 /// How often everything is checked even without an event: a safety net for a lost inotify
 /// or ring buffer event, and the period of the host address and teardown checks.
@@ -66,7 +66,7 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         if let Err(err) = poll(&mut fds, timeout)
             && err != Errno::EINTR
         {
-            log(&format!("maintenance poll failed: {err}"));
+            log::error!("maintenance poll failed: {err}");
         }
         // The events only say that something changed; each duty re-reads the current state.
         cgroups_changed = inotify.read_events().is_ok_and(|events| !events.is_empty())
@@ -81,7 +81,7 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         let mut guard = lock(daemon);
         let d = &mut *guard;
         if d.torn_down() {
-            log("enforcement was torn down (the pinned links are gone); exiting");
+            log::info!("enforcement was torn down (the pinned links are gone); exiting");
             std::process::exit(0);
         }
         d.refresh_bundles();
@@ -90,16 +90,14 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         if (cgroups_changed || rewatched)
             && let Err(err) = d.follow_cgroups()
         {
-            log(&format!(
-                "updating bindings after a cgroup change failed: {err:#}"
-            ));
+            log::error!("updating bindings after a cgroup change failed: {err:#}");
         }
         let scan_pods = new_namespace || last_pod_scan.elapsed() >= POD_RESCAN;
         if scan_pods {
             last_pod_scan = Instant::now();
         }
         if let Err(err) = d.refresh_addresses(scan_pods) {
-            log(&format!("refreshing local addresses failed: {err:#}"));
+            log::error!("refreshing local addresses failed: {err:#}");
         }
     }
 }

@@ -15,8 +15,7 @@ use std::{
     io::{self, Read, Write},
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
-    sync::{Arc, Mutex, RwLock, atomic::AtomicUsize},
-    thread,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
@@ -28,17 +27,14 @@ pub use self::admins::{AdminId, Admins};
 use crate::{
     api::control::{self, Channel, Limits, Response},
     daemon::access::Rights,
-    daemon::tcp_clients::{Slot, remaining},
     daemon::{self, machine::Daemon, serve::EventService},
-    observe::log::log,
+    listener::{self, Bounds, remaining},
     trust::{self, Bundle, Bundles, Identity, SvidClientVerifier, Usage},
 };
 
-/// For the TCP connection's whole TLS handshake.
+/// For the TCP connection's whole TLS handshake, from being accepted.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 const MAX_CLIENTS: usize = 8;
-/// After a failed accept (out of file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// How long a refused client may go on sending before its connection is closed: closing with
 /// unread data sends a reset, which can destroy the alert or answer before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
@@ -171,62 +167,47 @@ impl Listening {
     /// Serves remote admins from a thread of its own, each connection on a thread of its own.
     pub fn spawn(self, daemon: Arc<Mutex<Daemon>>, events: EventService) -> Result<()> {
         let addr = self.listener.local_addr()?;
-        let clients = Arc::new(AtomicUsize::new(0));
         let Self { listener, server } = self;
-        thread::Builder::new()
-            .name("remote-admin".into())
-            .spawn(move || {
-                for stream in listener.incoming() {
-                    let stream = match stream {
-                        Ok(stream) => stream,
-                        Err(err) => {
-                            log(&format!("remote admin: accept failed: {err}"));
-                            thread::sleep(ACCEPT_BACKOFF);
-                            continue;
-                        }
-                    };
-                    let Some(slot) = Slot::take(&clients, MAX_CLIENTS) else {
-                        log(&format!(
-                            "remote admin: refused {}: {MAX_CLIENTS} clients are being answered",
-                            peer_name(&stream)
-                        ));
-                        continue;
-                    };
-                    let (server, daemon, events) =
-                        (server.clone(), Arc::clone(&daemon), events.clone());
-                    let answered = thread::Builder::new()
-                        .name("remote-admin-client".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            server.answer(stream, &daemon, &events);
-                        });
-                    if let Err(err) = answered {
-                        log(&format!(
-                            "remote admin: could not start a thread to answer: {err}"
-                        ));
-                    }
-                }
-            })
-            .context("starting the remote admin thread")?;
-        log(&format!("remote admin endpoint on {addr} (mutual TLS)"));
+        let bounds = Bounds {
+            name: "remote admin",
+            max_clients: MAX_CLIENTS,
+            deadline: HANDSHAKE,
+        };
+        listener::serve(
+            listener,
+            bounds,
+            move |stream, handshake_by| server.answer(stream, handshake_by, &daemon, &events),
+            |stream| {
+                log::warn!(
+                    "remote admin: refused {}: {MAX_CLIENTS} clients are being answered",
+                    peer_name(&stream)
+                );
+            },
+        )
+        .context("starting the remote admin thread")?;
+        log::info!("remote admin endpoint on {addr} (mutual TLS)");
         Ok(())
     }
 }
 
 impl Server {
-    fn answer(&self, mut tcp: TcpStream, daemon: &Mutex<Daemon>, events: &EventService) {
+    fn answer(
+        &self,
+        mut tcp: TcpStream,
+        handshake_by: Instant,
+        daemon: &Mutex<Daemon>,
+        events: &EventService,
+    ) {
         let peer = peer_name(&tcp);
         let mut tls = match ServerConnection::new(Arc::clone(&self.tls)) {
             Ok(tls) => tls,
             Err(err) => {
-                log(&format!("remote admin: {peer}: {err}"));
+                log::error!("remote admin: {peer}: {err}");
                 return;
             }
         };
-        if let Err(err) = handshake(&mut tls, &mut tcp) {
-            log(&format!(
-                "remote admin: refused {peer}: TLS handshake failed: {err}"
-            ));
+        if let Err(err) = handshake(&mut tls, &mut tcp, handshake_by) {
+            log::warn!("remote admin: refused {peer}: TLS handshake failed: {err}");
             linger(&mut tcp);
             return;
         }
@@ -238,7 +219,7 @@ impl Server {
         let svid = match svid {
             Ok(svid) => svid,
             Err(err) => {
-                log(&format!("remote admin: refused {peer}: {err}"));
+                log::warn!("remote admin: refused {peer}: {err}");
                 return;
             }
         };
@@ -258,16 +239,13 @@ impl Server {
             accepted: Instant::now(),
         };
         if let Err(message) = self.admins.check(&svid.id) {
-            log(&format!("remote admin: refused {peer}: {message}"));
+            log::warn!("remote admin: refused {peer}: {message}");
             stream.refuse(message);
             return;
         }
         let id = svid.id;
         daemon::serve::answer(daemon, events, stream, limits, |request| {
-            log(&format!(
-                "remote admin: {id} from {peer}: {}",
-                request.kind()
-            ));
+            log::info!("remote admin: {id} from {peer}: {}", request.kind());
             Ok(())
         });
     }
@@ -278,10 +256,9 @@ fn peer_name(tcp: &TcpStream) -> String {
         .map_or_else(|_| "an unknown peer".to_owned(), |addr| addr.to_string())
 }
 
-/// Completes the server's side of the handshake within [`HANDSHAKE`]; on failure rustls has
-/// sent the client the alert that says why.
-fn handshake(tls: &mut ServerConnection, tcp: &mut TcpStream) -> Result<()> {
-    let deadline = Instant::now() + HANDSHAKE;
+/// Completes the server's side of the handshake by `deadline`; on failure rustls has sent the
+/// client the alert that says why.
+fn handshake(tls: &mut ServerConnection, tcp: &mut TcpStream, deadline: Instant) -> Result<()> {
     while tls.is_handshaking() {
         let left = remaining(deadline).context("the client did not finish in time")?;
         tcp.set_read_timeout(Some(left))?;
@@ -340,9 +317,7 @@ impl AdminStream {
             .and_then(|()| Ok(self.finish()?));
         match refused {
             Ok(()) => linger(&mut self.tls.sock.tcp),
-            Err(err) => log(&format!(
-                "remote admin: could not answer a refusal: {err:#}"
-            )),
+            Err(err) => log::warn!("remote admin: could not answer a refusal: {err:#}"),
         }
     }
 }

@@ -6,7 +6,6 @@ use super::{
     machine::{Daemon, parse_with_bundles},
     state::release_freed_memory,
 };
-use crate::observe::log::log;
 use std::{
     fs,
     io::ErrorKind,
@@ -61,11 +60,11 @@ impl EventService {
                         Ok(())
                     });
                 if let Err(err) = result {
-                    log(&format!("could not answer an events request: {err:#}"));
+                    log::warn!("could not answer an events request: {err:#}");
                 }
             });
         if let Err(err) = answered {
-            log(&format!("could not answer an events request: {err}"));
+            log::warn!("could not answer an events request: {err}");
         }
     }
 }
@@ -90,7 +89,7 @@ pub fn serve(
         let stream = match stream {
             Ok(stream) => stream,
             Err(err) => {
-                log(&format!("control socket accept failed: {err}"));
+                log::error!("control socket accept failed: {err}");
                 thread::sleep(ACCEPT_BACKOFF);
                 continue;
             }
@@ -100,7 +99,7 @@ pub fn serve(
             Ok(peer) => peer,
             Err(err) => {
                 let message = format!("reading the client's credentials: {err}");
-                log(&format!("refused a control client: {message}"));
+                log::warn!("refused a control client: {message}");
                 refuse(stream, &message);
                 continue;
             }
@@ -136,9 +135,7 @@ pub fn serve(
                 });
             });
         if let Err(err) = spawned {
-            log(&format!(
-                "could not start a thread to answer a control client: {err}"
-            ));
+            log::error!("could not start a thread to answer a control client: {err}");
         }
     }
 }
@@ -164,7 +161,7 @@ fn note_refusal(refusals: &Mutex<Refusals>, uid: u32, message: &str) {
         .unwrap_or_else(PoisonError::into_inner)
         .note(uid, message, Instant::now());
     if let Some(line) = line {
-        log(&format!("refused a control request: {line}"));
+        log::warn!("refused a control request: {line}");
     }
 }
 
@@ -211,7 +208,7 @@ pub fn answer(
     if let Err(err) =
         control::write_response(&mut stream, &response).and_then(|()| Ok(stream.finish()?))
     {
-        log(&format!("could not answer a control request: {err:#}"));
+        log::warn!("could not answer a control request: {err:#}");
     }
 }
 

@@ -59,7 +59,7 @@ impl Daemon {
     /// What the log should say about bindings that are not enforced yet. Each kind is listed
     /// up to `BINDING_WARNINGS` paths, then counted: 10,000 pending bindings are one
     /// line's worth of news, not 10,000 lines.
-    pub(super) fn binding_warnings(&self) -> Vec<String> {
+    pub(super) fn binding_warnings(&self) -> Vec<(log::Level, String)> {
         let (outside, pending): (Vec<_>, Vec<_>) = self
             .state
             .compiled
@@ -67,32 +67,40 @@ impl Daemon {
             .iter()
             .filter(|b| !self.root.covers(&b.path) || b.cgroup_id.is_none())
             .partition(|b| !self.root.covers(&b.path));
-        let listed = |bindings: &[&compile::Binding], say: &dyn Fn(&str) -> String| {
-            let mut lines: Vec<String> = bindings
-                .iter()
-                .take(BINDING_WARNINGS)
-                .map(|b| say(b.path.as_str()))
-                .collect();
-            if bindings.len() > BINDING_WARNINGS {
-                lines.push(say(&format!(
-                    "... and {} more",
-                    bindings.len() - BINDING_WARNINGS
-                )));
-            }
-            lines
-        };
+        let listed =
+            |bindings: &[&compile::Binding], level: log::Level, say: &dyn Fn(&str) -> String| {
+                let mut lines: Vec<(log::Level, String)> = bindings
+                    .iter()
+                    .take(BINDING_WARNINGS)
+                    .map(|b| (level, say(b.path.as_str())))
+                    .collect();
+                if bindings.len() > BINDING_WARNINGS {
+                    lines.push((
+                        level,
+                        say(&format!(
+                            "... and {} more",
+                            bindings.len() - BINDING_WARNINGS
+                        )),
+                    ));
+                }
+                lines
+            };
         let root = &self.root.relative;
-        listed(&outside, &|path| {
-            format!("warning: cgroup {path} is outside --cgroup-root {root}; it is not enforced")
+        listed(&outside, log::Level::Warn, &|path| {
+            format!("cgroup {path} is outside --cgroup-root {root}; it is not enforced")
         })
         .into_iter()
-        .chain(listed(&pending, &|path| {
+        .chain(listed(&pending, log::Level::Info, &|path| {
             format!(
                 "cgroup {path} does not exist yet; its binding is pending and takes effect when \
                  it is created"
             )
         }))
-        .chain(self.attestation.warning(&self.state.policy))
+        .chain(
+            self.attestation
+                .warning(&self.state.policy)
+                .map(|warning| (log::Level::Warn, warning)),
+        )
         .collect()
     }
 

@@ -90,9 +90,7 @@ impl Addresses {
             let keys = match addresses_in(pid, cookie) {
                 Ok(keys) => keys,
                 Err(err) => {
-                    eprintln!(
-                        "enforcer: could not list the addresses of netns of pid {pid}: {err:#}"
-                    );
+                    log::warn!("could not list the addresses of netns of pid {pid}: {err:#}");
                     continue;
                 }
             };

@@ -22,7 +22,6 @@ use crate::{
     kernel::addresses,
     kernel::features,
     kernel::sockdiag::{DiagSocket, SockDiag},
-    observe::log::log,
     pipeline::compile::{Compiled, CompiledRules},
 };
 
@@ -176,10 +175,10 @@ impl Connections {
             match addresses::in_namespace(pid, cookie, SockDiag::open) {
                 Ok(diag) => namespaces.push(diag),
                 // The namespace emptied since the last scan: nothing left to end there.
-                Err(err) => log(&format!(
+                Err(err) => log::error!(
                     "could not enter the network namespace of pid {pid} to end connections: \
                      {err:#}"
-                )),
+                ),
             }
         }
         let mut snapshot = Snapshot(Vec::new());

@@ -25,7 +25,6 @@ use crate::{
     kernel::cgroup_paths::CgroupPaths,
     observe::event_log::EventLog,
     observe::event_record::{self, EventRecord, Names},
-    observe::log::log,
     observe::tally::Tally,
     pipeline::clock::Clocks,
 };
@@ -132,7 +131,7 @@ impl Feed {
         if let Err(err) = poll(&mut fds, timeout)
             && err != Errno::EINTR
         {
-            log(&format!("event poll failed: {err}"));
+            log::error!("event poll failed: {err}");
             std::thread::sleep(IDLE);
         }
     }
@@ -144,10 +143,10 @@ impl Feed {
                 let Some(item) = self.ring.next() else { break };
                 match event_record::decode(&item) {
                     Some(event) => batch.push(event),
-                    None => log(&format!(
+                    None => log::warn!(
                         "skipped a decision event of {} bytes (not this build's layout)",
                         item.len()
-                    )),
+                    ),
                 }
             }
             let lost = self.lost_total();
@@ -168,7 +167,7 @@ impl Feed {
                 }
                 for event in &batch {
                     let Some(record) = EventRecord::describe(event, &*names, &clocks) else {
-                        log("skipped a decision event with codes this build does not know");
+                        log::warn!("skipped a decision event with codes this build does not know");
                         continue;
                     };
                     if event.hook == HOOK_ESTABLISHED && !self.first_end(&record) {
@@ -183,10 +182,10 @@ impl Feed {
                 // Reported once the buffer is drained, so everything that did arrive is
                 // already logged when the loss is.
                 if lost > self.lost_reported {
-                    log(&format!(
+                    log::warn!(
                         "{} decision event(s) lost: the ring buffer was full ({lost} in all)",
                         lost - self.lost_reported
-                    ));
+                    );
                     self.lost_reported = lost;
                 }
                 return;
@@ -214,11 +213,11 @@ impl Feed {
             record.cgroup = self.cgroups.path(record.cgroup_id);
             match serde_json::to_string(record) {
                 Ok(line) => lines.push(line),
-                Err(err) => log(&format!("could not write a decision event: {err}")),
+                Err(err) => log::error!("could not write a decision event: {err}"),
             }
         }
         if let Err(err) = self.log.append(&lines) {
-            log(&format!("could not append to the event log: {err}"));
+            log::error!("could not append to the event log: {err}");
         }
         let mut text = lines.join("\n");
         text.push('\n');

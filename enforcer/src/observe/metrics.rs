@@ -32,7 +32,6 @@ use prometheus_client::{
 use crate::{
     api::edge::{EdgeView, Source},
     api::status::PairStatus,
-    observe::log::log,
     observe::tally::DecisionKey,
     paths::PinDir,
 };
@@ -140,7 +139,7 @@ pub fn spawn(
         .context("reading the metrics address")?;
     let maps = maps::PinnedMaps::open(pins)?;
     http::spawn(listener, move || render(&snapshot(), &maps.fill()))?;
-    log(&format!("serving metrics on http://{addr}/metrics"));
+    log::info!("serving metrics on http://{addr}/metrics");
     Ok(())
 }
 

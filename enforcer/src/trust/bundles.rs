@@ -104,8 +104,8 @@ impl TrustState {
     }
 
     /// Re-reads the bundle files that changed since they were read; returns a line for each
-    /// bundle whose content or readability changed.
-    pub fn refresh(&mut self) -> Vec<String> {
+    /// bundle whose content or readability changed, at the level to log it.
+    pub fn refresh(&mut self) -> Vec<(log::Level, String)> {
         let mut changes = Vec::new();
         for (domain, entry) in &mut self.entries {
             if identity(&entry.path) == entry.file && entry.file.is_some() {
@@ -114,13 +114,19 @@ impl TrustState {
             let next = read(&entry.path, domain);
             if next.loaded != entry.loaded {
                 changes.push(match &next.loaded {
-                    Ok(b) => format!(
-                        "trust bundle of {domain} ({}) read: {} authorit(ies), expires {}",
-                        entry.path.display(),
-                        b.authorities.len(),
-                        b.expires()
+                    Ok(b) => (
+                        log::Level::Info,
+                        format!(
+                            "trust bundle of {domain} ({}) read: {} authorit(ies), expires {}",
+                            entry.path.display(),
+                            b.authorities.len(),
+                            b.expires()
+                        ),
                     ),
-                    Err(why) => format!("trust bundle of {domain} is unusable: {why}"),
+                    Err(why) => (
+                        log::Level::Warn,
+                        format!("trust bundle of {domain} is unusable: {why}"),
+                    ),
                 });
             }
             *entry = next;
@@ -131,7 +137,7 @@ impl TrustState {
         changes
     }
 
-    /// A line for each usable bundle that has come within `warn_before` of its expiry since
+    /// A warning for each usable bundle that has come within `warn_before` of its expiry since
     /// the last call: logged once per expiry, so the daemon's log warns before it lapses.
     pub fn expiry_warnings(&mut self, now: Timestamp, warn_before: SignedDuration) -> Vec<String> {
         let mut lines = Vec::new();
@@ -149,7 +155,7 @@ impl TrustState {
             }
             self.warned.insert(domain.clone(), expires);
             lines.push(format!(
-                "warning: the trust bundle of {domain} ({}) expires at {expires}; replace it \
+                "the trust bundle of {domain} ({}) expires at {expires}; replace it \
                  before then, or the edges that require it are suspended",
                 entry.path.display()
             ));

@@ -7,17 +7,12 @@
 use std::{
     io::{self, Read as _, Write as _},
     net::{Shutdown, TcpListener, TcpStream},
-    sync::{Arc, atomic::AtomicUsize},
-    thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 
-use crate::{
-    daemon::tcp_clients::{Slot, remaining},
-    observe::log::log,
-};
+use crate::listener::{self, Bounds, remaining};
 
 /// The Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -28,52 +23,28 @@ const DEADLINE: Duration = Duration::from_secs(10);
 const MAX_CLIENTS: usize = 8;
 /// How long an answered client may go on sending before its connection is closed.
 const LINGER: Duration = Duration::from_secs(1);
-/// After a failed accept (out of file descriptors), so the loop does not spin.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Answers requests on `listener` from a thread of its own; `render` makes each 200 body.
 pub fn spawn<F>(listener: TcpListener, render: F) -> Result<()>
 where
     F: Fn() -> Result<String> + Send + Sync + 'static,
 {
-    let render = Arc::new(render);
-    let clients = Arc::new(AtomicUsize::new(0));
-    thread::Builder::new()
-        .name("metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming() {
-                let stream = match stream {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        log(&format!("metrics: accept failed: {err}"));
-                        thread::sleep(ACCEPT_BACKOFF);
-                        continue;
-                    }
-                };
-                let Some(slot) = Slot::take(&clients, MAX_CLIENTS) else {
-                    continue;
-                };
-                let render = Arc::clone(&render);
-                let answer =
-                    thread::Builder::new()
-                        .name("metrics-client".into())
-                        .spawn(move || {
-                            let _slot = slot;
-                            answer(stream, render.as_ref());
-                        });
-                if let Err(err) = answer {
-                    log(&format!(
-                        "metrics: could not start a thread to answer: {err}"
-                    ));
-                }
-            }
-        })
-        .context("starting the metrics thread")?;
-    Ok(())
+    let bounds = Bounds {
+        name: "metrics",
+        max_clients: MAX_CLIENTS,
+        deadline: DEADLINE,
+    };
+    // A scraper refused is closed at once; it tries again at its next interval.
+    listener::serve(
+        listener,
+        bounds,
+        move |stream, deadline| answer(stream, &render, deadline),
+        drop,
+    )
+    .context("starting the metrics thread")
 }
 
-fn answer(mut stream: TcpStream, render: &dyn Fn() -> Result<String>) {
-    let deadline = Instant::now() + DEADLINE;
+fn answer(mut stream: TcpStream, render: &dyn Fn() -> Result<String>, deadline: Instant) {
     let response = match read_head(&mut stream, deadline) {
         Ok(head) => respond(&head, render),
         Err(Unreadable::TooLarge) => reply(
@@ -133,7 +104,7 @@ fn respond(head: &[u8], render: &dyn Fn() -> Result<String>) -> Vec<u8> {
     match render() {
         Ok(body) => reply("200 OK", CONTENT_TYPE, &body),
         Err(err) => {
-            log(&format!("metrics: {err:#}"));
+            log::error!("metrics: {err:#}");
             reply(
                 "500 Internal Server Error",
                 "text/plain",

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, MapType};
 use enforcer_common::names;
 
-use crate::{kernel::bpf_sys, observe::log::log, paths::PinDir};
+use crate::{kernel::bpf_sys, paths::PinDir};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MapFill {
@@ -72,7 +72,7 @@ impl PinnedMaps {
                         max_entries: u64::from(m.max_entries),
                     }),
                     Err(err) => {
-                        log(&format!("counting the entries of {} failed: {err}", m.name));
+                        log::warn!("counting the entries of {} failed: {err}", m.name);
                         None
                     }
                 },
