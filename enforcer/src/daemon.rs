@@ -217,7 +217,7 @@ pub fn run(options: Options) -> Result<()> {
         tally: Arc::default(),
         commits: Commits::default(),
         ended,
-        attestation: attested::Attestation {
+        attestation: crate::trust::attestation::Attestation {
             store: attested,
             socket: options.attest_socket.clone(),
         },

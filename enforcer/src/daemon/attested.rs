@@ -2,8 +2,6 @@
 //! dropping bindings whose SVID expired, whose cgroup is gone, or that the policy in force no
 //! longer allows. Each change is a new policy generation, put in force like an apply.
 
-use std::path::PathBuf;
-
 use enforcer_policy::{CgroupPath, Policy};
 
 use super::machine::Daemon;
@@ -12,32 +10,6 @@ use crate::{
     pipeline::clock::Clocks,
     trust::attestation::{self, Attested, Claim, Store},
 };
-
-/// What the daemon keeps for attestation.
-pub struct Attestation {
-    pub store: Store,
-    /// `--attest-socket`, when attestation is on.
-    pub socket: Option<PathBuf>,
-}
-
-impl Attestation {
-    /// A warning when the policy has attested domains that nothing can bind.
-    pub fn warning(&self, policy: &Policy) -> Option<String> {
-        let attested: Vec<&str> = policy
-            .domains
-            .iter()
-            .filter(|d| d.attested)
-            .map(|d| d.name.as_str())
-            .collect();
-        (self.socket.is_none() && !attested.is_empty()).then(|| {
-            format!(
-                "domain(s) {} are attested but the daemon has no --attest-socket: no \
-                 workload can join them",
-                attested.join(", ")
-            )
-        })
-    }
-}
 
 impl Daemon {
     /// The id the compiler binds for `path`: the cgroup there now, unless the path is attested

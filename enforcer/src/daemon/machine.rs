@@ -59,7 +59,7 @@ pub struct Daemon {
     pub(super) commits: Commits,
     /// Where the connections this daemon ends are reported, as events.
     pub(super) ended: mpsc::Sender<EventRecord>,
-    pub(super) attestation: super::attested::Attestation,
+    pub(super) attestation: crate::trust::attestation::Attestation,
     pub(super) bundle_warn_before: std::time::Duration,
 }
 

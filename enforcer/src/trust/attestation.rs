@@ -12,6 +12,7 @@ mod store;
 
 use enforcer_policy::{CgroupPath, Policy};
 use jiff::Timestamp;
+use std::path::PathBuf;
 
 pub use store::{Attested, Store};
 
@@ -105,6 +106,32 @@ impl Attested {
     /// about: a binding of the same path to a cgroup that was removed since does not count.
     fn cgroup_id_matches(&self, cgroup: &CgroupPath, id: u64) -> bool {
         &self.cgroup != cgroup || self.cgroup_id == id
+    }
+}
+
+/// What the daemon keeps for attestation.
+pub struct Attestation {
+    pub store: Store,
+    /// `--attest-socket`, when attestation is on.
+    pub socket: Option<PathBuf>,
+}
+
+impl Attestation {
+    /// A warning when the policy has attested domains that nothing can bind.
+    pub fn warning(&self, policy: &Policy) -> Option<String> {
+        let attested: Vec<&str> = policy
+            .domains
+            .iter()
+            .filter(|d| d.attested)
+            .map(|d| d.name.as_str())
+            .collect();
+        (self.socket.is_none() && !attested.is_empty()).then(|| {
+            format!(
+                "domain(s) {} are attested but the daemon has no --attest-socket: no \
+                 workload can join them",
+                attested.join(", ")
+            )
+        })
     }
 }
 
