@@ -2,7 +2,7 @@
 //! dropping bindings whose SVID expired, whose cgroup is gone, or that the policy in force no
 //! longer allows. Each change is a new policy generation, put in force like an apply.
 
-use enforcer_policy::{CgroupPath, Policy};
+use enforcer_policy::CgroupPath;
 
 use super::machine::Daemon;
 use crate::{
