@@ -12,7 +12,7 @@ use self::{
 };
 use std::{
     fs,
-    net::SocketAddr,
+    net::{SocketAddr, TcpListener},
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, mpsc},
@@ -35,7 +35,7 @@ mod transitions;
 mod views;
 
 use anyhow::{Context as _, Result, bail};
-use aya::maps::RingBuf;
+use aya::maps::{MapData, RingBuf};
 use enforcer_common::names;
 use enforcer_policy::Policy;
 
@@ -85,34 +85,13 @@ pub struct Options {
 pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
     let file = options.policy.display().to_string();
-    // The kernel side (probing the kernel, opening or creating the maps, verifying every
-    // program) and reading the policy need nothing from each other and take about a second
-    // each at 100,000 edges, so they run side by side. Neither changes anything on the host:
-    // whichever refuses (the kernel's refusal is reported first), nothing was changed.
-    let (loaded, read) = thread::scope(|scope| {
-        let kernel = thread::Builder::new()
-            .name("kernel-load".into())
-            .spawn_scoped(scope, || {
-                let started = Instant::now();
-                kernel::features::check()?;
-                let loaded = kernel::load(&options.pin_dir)?;
-                anyhow::Ok((loaded, started.elapsed()))
-            })
-            .context("starting the thread that loads the programs")?;
-        let started = Instant::now();
-        let read = read_policy(&options.policy, &file).map(|read| (read, started.elapsed()));
-        let loaded = kernel
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-        anyhow::Ok((loaded, read))
-    })?;
-    let (loaded, load_time) = loaded?;
-    let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
-        for d in &diagnostics {
-            log::error!("{d}");
-        }
-        err
-    })?;
+    let Prepared {
+        loaded,
+        load_time,
+        text,
+        policy,
+        parse_time,
+    } = prepare(&options, &file)?;
     // A path that is taken is refused now, not when the socket is bound after pinning.
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
         vacant_socket(socket)?;
@@ -195,21 +174,7 @@ pub fn run(options: Options) -> Result<()> {
         },
         ebpf,
         programs: Vec::new(),
-        state: State {
-            policy: Policy {
-                version: 1,
-                defaults: Default::default(),
-                domains: Vec::new(),
-                federation: Vec::new(),
-            },
-            policy_file: String::new(),
-            compiled: Arc::default(),
-            generation,
-            book,
-            live: Arc::default(),
-            live_at: Arc::default(),
-            trust: TrustState::default(),
-        },
+        state: State::starting(generation, book),
         names: Arc::new(std::sync::RwLock::new(
             Arc::new(machine::InForce::default()),
         )),
@@ -246,12 +211,55 @@ pub fn run(options: Options) -> Result<()> {
         Err(ApplyError::Failed(err)) => return Err(err),
     };
     let attaching = Instant::now();
-    // Sockets that already exist get their creators' domains before the checks that read
-    // tags are attached, and once more afterwards for sockets created in between.
+    attach(&mut daemon, adopting, &file)?;
+    let attach_time = attaching.elapsed();
+    let attest_server = match (attest_listener, attest_identity) {
+        (Some(listener), Some(identity)) => Some(attest_server::Server::new(
+            listener,
+            identity,
+            daemon.state.trust.shared(),
+            daemon.cgroups.clone(),
+        )?),
+        _ => None,
+    };
+    daemon.refresh_addresses(true)?;
+    let events = EventService {
+        log: events_path,
+        followers,
+    };
+    let services = Services {
+        notify,
+        feed,
+        metrics: metrics_listener,
+        attestation: attest_server,
+        admin: admin_listener,
+    };
+    let daemon = services.spawn(daemon, &events, options.attest_socket.as_deref())?;
+    release_freed_memory();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    log::info!(
+        "started in {:.0} ms (policy read {:.0} ms alongside programs loaded {:.0} ms; policy \
+         applied {:.0} ms: compile {:.0} ms, maps {:.0} ms; programs attached {:.0} ms)",
+        ms(started.elapsed()),
+        ms(parse_time),
+        ms(load_time),
+        ms(apply_time),
+        ms(applied.compile),
+        ms(applied.maps),
+        ms(attach_time)
+    );
+    log::info!("control socket {}", options.socket.display());
+    serve::serve(&daemon, &listener, &events, options.groups);
+    Ok(())
+}
+
+/// Attaches every program (or finds it attached) once the first policy is in force, and logs
+/// what is enforced. Sockets that already exist get their creators' domains before the checks
+/// that read tags are attached, and once more afterwards for sockets created in between.
+fn attach(daemon: &mut Daemon, adopting: bool, file: &str) -> Result<()> {
     let tagged = daemon.tag_existing()?;
     daemon.programs = attach::attach_all(&mut daemon.ebpf, &daemon.root, &daemon.pins)?;
     let tagged = tagged + daemon.tag_existing()?;
-    let attach_time = attaching.elapsed();
     for p in &daemon.programs {
         log::info!(
             "{} {} at {} (cgroup id {}), link pinned at {}",
@@ -270,66 +278,105 @@ pub fn run(options: Options) -> Result<()> {
     for (level, line) in daemon.binding_warnings() {
         log::log!(level, "{line}");
     }
-    let attest_server = match (attest_listener, attest_identity) {
-        (Some(listener), Some(identity)) => Some(attest_server::Server::new(
-            listener,
-            identity,
-            daemon.state.trust.shared(),
-            daemon.cgroups.clone(),
-        )?),
-        _ => None,
-    };
-    daemon.refresh_addresses(true)?;
-    let pins = daemon.pins.clone();
-    let (names, tally) = (Arc::clone(&daemon.names), Arc::clone(&daemon.tally));
-    daemon.publish_names();
-    let daemon = Arc::new(Mutex::new(daemon));
-    maintain::spawn(Arc::clone(&daemon), notify)?;
-    feed.spawn(names, tally)?;
-    if let Some(listener) = metrics_listener {
-        let daemon = Arc::clone(&daemon);
-        let snapshot = move || {
-            daemon
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .metrics_snapshot()
-        };
-        metrics::spawn(listener, snapshot, &pins)?;
-    }
-    if let Some(server) = attest_server {
-        server.spawn(Arc::clone(&daemon))?;
-        log::info!(
-            "attestation socket {}",
-            options
-                .attest_socket
-                .as_deref()
-                .unwrap_or(Path::new(""))
-                .display()
-        );
-    }
-    let events = EventService {
-        log: events_path,
-        followers,
-    };
-    if let Some(admin) = admin_listener {
-        admin.spawn(Arc::clone(&daemon), events.clone())?;
-    }
-    release_freed_memory();
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
-    log::info!(
-        "started in {:.0} ms (policy read {:.0} ms alongside programs loaded {:.0} ms; policy \
-         applied {:.0} ms: compile {:.0} ms, maps {:.0} ms; programs attached {:.0} ms)",
-        ms(started.elapsed()),
-        ms(parse_time),
-        ms(load_time),
-        ms(apply_time),
-        ms(applied.compile),
-        ms(applied.maps),
-        ms(attach_time)
-    );
-    log::info!("control socket {}", options.socket.display());
-    serve::serve(&daemon, &listener, &events, options.groups);
     Ok(())
+}
+
+/// The daemon's services, bound or made before anything on the host changed, and started
+/// once enforcement is in place.
+struct Services {
+    notify: RingBuf<MapData>,
+    feed: Feed,
+    metrics: Option<TcpListener>,
+    attestation: Option<attest_server::Server>,
+    admin: Option<remote_admin::Listening>,
+}
+
+impl Services {
+    /// Starts each service with what it needs of the daemon: the maintenance duties and the
+    /// servers share the daemon; the event feed gets only the names in force and the tally,
+    /// and the metrics a snapshot.
+    fn spawn(
+        self,
+        daemon: Daemon,
+        events: &EventService,
+        attest_socket: Option<&Path>,
+    ) -> Result<Arc<Mutex<Daemon>>> {
+        let pins = daemon.pins.clone();
+        let (names, tally) = (Arc::clone(&daemon.names), Arc::clone(&daemon.tally));
+        daemon.publish_names();
+        let daemon = Arc::new(Mutex::new(daemon));
+        maintain::spawn(Arc::clone(&daemon), self.notify)?;
+        self.feed.spawn(names, tally)?;
+        if let Some(listener) = self.metrics {
+            let daemon = Arc::clone(&daemon);
+            let snapshot = move || {
+                daemon
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .metrics_snapshot()
+            };
+            metrics::spawn(listener, snapshot, &pins)?;
+        }
+        if let Some(server) = self.attestation {
+            server.spawn(Arc::clone(&daemon))?;
+            log::info!(
+                "attestation socket {}",
+                attest_socket.unwrap_or(Path::new("")).display()
+            );
+        }
+        if let Some(admin) = self.admin {
+            admin.spawn(Arc::clone(&daemon), events.clone())?;
+        }
+        Ok(daemon)
+    }
+}
+
+/// The programs loaded and the policy read, before anything on the host changed.
+struct Prepared {
+    loaded: kernel::Loaded,
+    load_time: Duration,
+    text: String,
+    policy: Policy,
+    parse_time: Duration,
+}
+
+/// Loads the programs and reads the policy. The kernel side (probing the kernel, opening or
+/// creating the maps, verifying every program) and reading the policy need nothing from each
+/// other and take about a second each at 100,000 edges, so they run side by side. Neither
+/// changes anything on the host: whichever refuses (the kernel's refusal is reported first),
+/// nothing was changed.
+fn prepare(options: &Options, file: &str) -> Result<Prepared> {
+    let (loaded, read) = thread::scope(|scope| {
+        let kernel = thread::Builder::new()
+            .name("kernel-load".into())
+            .spawn_scoped(scope, || {
+                let started = Instant::now();
+                kernel::features::check()?;
+                let loaded = kernel::load(&options.pin_dir)?;
+                anyhow::Ok((loaded, started.elapsed()))
+            })
+            .context("starting the thread that loads the programs")?;
+        let started = Instant::now();
+        let read = read_policy(&options.policy, file).map(|read| (read, started.elapsed()));
+        let loaded = kernel
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        anyhow::Ok((loaded, read))
+    })?;
+    let (loaded, load_time) = loaded?;
+    let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
+        for d in &diagnostics {
+            log::error!("{d}");
+        }
+        err
+    })?;
+    Ok(Prepared {
+        loaded,
+        load_time,
+        text,
+        policy,
+        parse_time,
+    })
 }
 
 /// The policy file read, parsed and checked as a whole (capacities included) before anything

@@ -121,6 +121,26 @@ pub trait KernelSide {
 }
 
 impl State {
+    /// What a starting daemon knows before its first policy is in force: the generation the
+    /// maps hold (0 on a fresh host) and the saved edge record.
+    pub fn starting(generation: u64, book: Book) -> Self {
+        Self {
+            policy: Policy {
+                version: 1,
+                defaults: enforcer_policy::Defaults::default(),
+                domains: Vec::new(),
+                federation: Vec::new(),
+            },
+            policy_file: String::new(),
+            compiled: Arc::default(),
+            generation,
+            book,
+            live: Arc::default(),
+            live_at: Arc::default(),
+            trust: TrustState::default(),
+        }
+    }
+
     /// Carries `change` out through `kernel` under the next generation (see the module's
     /// documentation for the order). On an error nothing changed, here or on the host.
     pub fn commit<K: KernelSide>(
