@@ -7,7 +7,7 @@
 
 use crate::{
     address::Addr,
-    maps::{ADDR_POD, AddrOwner, SockTag},
+    maps::{ADDR_POD, AddrOwner, SockTag, UNLABELED},
     verdict::Peer,
 };
 
@@ -37,8 +37,12 @@ pub trait Lookups {
 
 /// A socket that would receive a flow.
 pub trait LocalSocket {
-    /// Its `ENF_TAGS` value, if it has one.
-    fn tag(&self) -> Option<SockTag>;
+    /// The domain its `ENF_TAGS` value names; [`UNLABELED`] when it has none (see [`tagged`]).
+    /// A plain id rather than an `Option<SockTag>`: the programs carry it through
+    /// [`Destination`], and LLVM may move the payload of a `None` through a register that holds
+    /// a pointer, on which the verifier refuses the bit operations that follow ("R7 bitwise
+    /// operator &= on pointer prohibited", seen in `cgroup/connect4` on Linux 6.18).
+    fn domain(&self) -> u32;
     /// Bound to the destination address itself rather than a wildcard.
     fn bound_exactly(&self) -> bool;
 }
@@ -79,7 +83,7 @@ impl<S: LocalSocket, P> Destination<S, P> {
     #[inline(always)]
     pub fn peer(&self) -> Option<Peer> {
         match self {
-            Self::Socket { receiver, .. } => Some(tagged(receiver.tag())),
+            Self::Socket { receiver, .. } => Some(Peer::of_domain(receiver.domain())),
             Self::Pod { domain, .. } => Some(Peer::of_domain(*domain)),
             Self::Endpoint { domain, .. } => Some(Peer::Domain(*domain)),
             Self::External => Some(Peer::External),
@@ -91,7 +95,13 @@ impl<S: LocalSocket, P> Destination<S, P> {
 /// A local socket without a tag was created before enforcement and never used: unlabeled.
 #[inline(always)]
 pub fn tagged(tag: Option<SockTag>) -> Peer {
-    tag.map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain))
+    Peer::of_domain(tag_domain(tag.as_ref()))
+}
+
+/// The domain `tag` names, [`UNLABELED`] without one.
+#[inline(always)]
+pub fn tag_domain(tag: Option<&SockTag>) -> u32 {
+    tag.map_or(UNLABELED, |t| t.domain)
 }
 
 /// Classifies a flow to `dst` (IPv4-mapped addresses already IPv4, see [`Addr`]).
@@ -162,8 +172,8 @@ mod tests {
     }
 
     impl LocalSocket for Socket {
-        fn tag(&self) -> Option<SockTag> {
-            self.tag
+        fn domain(&self) -> u32 {
+            tag_domain(self.tag.as_ref())
         }
 
         fn bound_exactly(&self) -> bool {

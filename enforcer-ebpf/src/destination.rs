@@ -7,7 +7,7 @@ use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_netns_cookie
 use core::{convert::Infallible, ffi::c_void};
 use enforcer_common::{
     destination::{self, LocalSocket, Lookups},
-    maps::{AddrOwner, ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4, SockTag},
+    maps::{AddrOwner, ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4},
     verdict::Peer,
 };
 
@@ -83,8 +83,8 @@ impl Lookups for Kernel {
 
 impl LocalSocket for Found {
     #[inline(always)]
-    fn tag(&self) -> Option<SockTag> {
-        self.tag
+    fn domain(&self) -> u32 {
+        self.domain
     }
 
     #[inline(always)]

@@ -12,7 +12,7 @@ use anyhow::{Error, Result};
 use enforcer_common::{
     address::Addr,
     destination::{self, Destination, LocalSocket, Lookups},
-    maps::{AddrOwner, SockTag},
+    maps::AddrOwner,
 };
 
 pub use enforcer_common::destination::Via;
@@ -97,8 +97,8 @@ impl Lookups for Daemon<'_> {
 }
 
 impl LocalSocket for Receiver {
-    fn tag(&self) -> Option<SockTag> {
-        self.tag
+    fn domain(&self) -> u32 {
+        destination::tag_domain(self.tag.as_ref())
     }
 
     fn bound_exactly(&self) -> bool {
