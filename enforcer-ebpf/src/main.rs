@@ -1,6 +1,6 @@
 //! The enforcer's kernel programs. Entry points live in `programs/`, one file per hook, and
-//! only gather inputs; `enforcer_common::destination` classifies and
-//! `enforcer_common::verdict` decides. Everything else here is a helper they share.
+//! only gather inputs; `enforcer_common::destination` classifies, `enforcer_common::verdict`
+//! decides, and `settle` carries a verdict out. Everything else here is a helper they share.
 #![no_std]
 #![no_main]
 
@@ -18,6 +18,7 @@ mod policy;
 mod programs;
 mod protocol;
 mod refusals;
+mod settle;
 mod sock_addr;
 mod source;
 

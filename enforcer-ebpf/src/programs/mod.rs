@@ -1,8 +1,8 @@
 //! Every program the daemon attaches, one file per hook, with what only that hook does. What
 //! several share stays beside this folder: the `connect`/`sendmsg` judgement (`sock_addr`),
 //! how both ends of a flow are classified (`destination`, `source`, `identity`), the
-//! decision (`policy`, over `enforcer_common::verdict::decide`) and what follows it
-//! (`counters`, `events`, `flows`, `conns`).
+//! decision (`policy`, over `enforcer_common::verdict::decide`) and the steps that carry a
+//! verdict out (`settle`).
 //!
 //! | program | section | file |
 //! |---|---|---|
