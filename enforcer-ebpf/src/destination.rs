@@ -1,18 +1,23 @@
 //! Where an outgoing flow is going, judged at `connect()`/`sendmsg()` in the sender's network
-//! namespace: a local socket's tag, a pod's domain, a domain's endpoint prefix, or external.
+//! namespace. The branches are `enforcer_common::destination::classify`, shared with
+//! `enforcer why`; this module gives it the kernel's lookups: the maps, the netns cookie and
+//! `bpf_sk_lookup_*`.
 
 use aya_ebpf::{btf_maps::lpm_trie::Key, helpers::generated::bpf_get_netns_cookie};
-use core::ffi::c_void;
+use core::{convert::Infallible, ffi::c_void};
 use enforcer_common::{
-    maps::{ADDR_POD, ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4, SockTag},
+    destination::{self, LocalSocket, Lookups},
+    maps::{AddrOwner, ENDPOINT_KEY_HEADER_BITS, EndpointKey, FAMILY_V4},
     verdict::Peer,
 };
 
 use crate::{
     address::Addr,
-    local,
+    local::{self, Found},
     maps::{ADDRS, ENDPOINTS},
 };
+
+pub use enforcer_common::destination::tagged;
 
 pub enum Target {
     Peer(Peer),
@@ -26,50 +31,79 @@ pub enum Target {
 /// behind the sock_addr context `ctx`.
 #[inline(always)]
 pub fn resolve(ctx: *mut c_void, slot: u32, protocol: u32, dst: &Addr, dport: u16) -> Target {
-    if dst.is_loopback() {
-        return local_socket(ctx, protocol, dst, dport);
-    }
-    // SAFETY: `ctx` is the program's own context.
-    let netns = unsafe { bpf_get_netns_cookie(ctx) };
-    // SAFETY: the owner is copied out at once.
-    if let Some(owner) = unsafe { ADDRS.get(dst.key()) }.copied() {
-        if owner.netns == netns {
-            // A wildcard listener in this namespace matches every address, so a local lookup
-            // is only trusted for addresses known to be this namespace's own.
-            return local_socket(ctx, protocol, dst, dport);
-        }
-        if owner.kind == ADDR_POD {
-            return Target::Peer(Peer::of_domain(owner.domain));
-        }
-        return Target::Deferred;
-    }
-    // An address no map knows (added since the daemon last looked) is still provably local
-    // when a socket is bound to exactly it.
-    if let Some(found) = local::receiver(ctx, protocol, dst, dport)
-        && found.bound_exactly
-    {
-        return Target::Peer(tagged(found.tag));
-    }
-    Target::Peer(endpoint(slot, dst))
-}
-
-#[inline(always)]
-fn local_socket(ctx: *mut c_void, protocol: u32, dst: &Addr, dport: u16) -> Target {
-    match local::receiver(ctx, protocol, dst, dport) {
-        Some(found) => Target::Peer(tagged(found.tag)),
+    let kernel = Kernel {
+        ctx,
+        slot,
+        protocol,
+        dport,
+    };
+    let Ok(found) = destination::classify(dst, &kernel);
+    match found.peer() {
+        Some(peer) => Target::Peer(peer),
         None => Target::Deferred,
     }
 }
 
-/// A local socket without a tag was created before enforcement and never used: unlabeled.
-#[inline(always)]
-pub fn tagged(tag: Option<SockTag>) -> Peer {
-    tag.map_or(Peer::Unlabeled, |t| Peer::of_domain(t.domain))
+/// The lookups of one flow from a sock_addr context.
+struct Kernel {
+    ctx: *mut c_void,
+    slot: u32,
+    protocol: u32,
+    /// Network byte order.
+    dport: u16,
+}
+
+impl Lookups for Kernel {
+    type Error = Infallible;
+    type Socket = Found;
+    type Prefix = ();
+
+    #[inline(always)]
+    fn netns(&self) -> u64 {
+        // SAFETY: `ctx` is the program's own context.
+        unsafe { bpf_get_netns_cookie(self.ctx) }
+    }
+
+    #[inline(always)]
+    fn owner(&self, addr: &Addr) -> Result<Option<AddrOwner>, Infallible> {
+        // SAFETY: the owner is copied out at once.
+        Ok(unsafe { ADDRS.get(addr.key()) }.copied())
+    }
+
+    #[inline(always)]
+    fn receiver(&self, addr: &Addr) -> Result<Option<Found>, Infallible> {
+        Ok(local::receiver(self.ctx, self.protocol, addr, self.dport))
+    }
+
+    #[inline(always)]
+    fn endpoint(&self, addr: &Addr) -> Result<Option<(u32, ())>, Infallible> {
+        Ok(endpoint_domain(self.slot, addr).map(|domain| (domain, ())))
+    }
+}
+
+impl LocalSocket for Found {
+    #[inline(always)]
+    fn domain(&self) -> u32 {
+        self.domain
+    }
+
+    #[inline(always)]
+    fn bound_exactly(&self) -> bool {
+        self.bound_exactly
+    }
 }
 
 /// The domain whose endpoint prefixes hold `addr` (longest prefix), else external.
 #[inline(always)]
 pub fn endpoint(slot: u32, addr: &Addr) -> Peer {
+    match endpoint_domain(slot, addr) {
+        Some(domain) => Peer::Domain(domain),
+        None => Peer::External,
+    }
+}
+
+#[inline(always)]
+fn endpoint_domain(slot: u32, addr: &Addr) -> Option<u32> {
     let bits = if addr.family == FAMILY_V4 { 32 } else { 128 };
     let key = Key::new(
         ENDPOINT_KEY_HEADER_BITS + bits,
@@ -80,8 +114,5 @@ pub fn endpoint(slot: u32, addr: &Addr) -> Peer {
             _pad: [0; 2],
         },
     );
-    match ENDPOINTS.get(&key) {
-        Some(&domain) => Peer::Domain(domain),
-        None => Peer::External,
-    }
+    ENDPOINTS.get(&key).copied()
 }

@@ -6,7 +6,10 @@ use aya_ebpf::{
     helpers::generated::{bpf_sk_lookup_tcp, bpf_sk_lookup_udp, bpf_sk_release},
 };
 use core::ffi::c_void;
-use enforcer_common::maps::{FAMILY_V4, PROTO_TCP, SockTag};
+use enforcer_common::{
+    destination,
+    maps::{FAMILY_V4, PROTO_TCP, SockTag},
+};
 
 use crate::{
     address::{self, Addr},
@@ -15,7 +18,8 @@ use crate::{
 };
 
 pub struct Found {
-    pub tag: Option<SockTag>,
+    /// The domain its tag names, `UNLABELED` without a tag.
+    pub domain: u32,
     /// The socket is bound to the exact destination address, not a wildcard: proof that the
     /// address is local even when no map knows it.
     pub bound_exactly: bool,
@@ -33,10 +37,14 @@ pub fn receiver(ctx: *mut c_void, protocol: u32, dst: &Addr, dport: u16) -> Opti
     }
     // SAFETY: `sk` is a referenced socket from the lookup, released just below.
     let bound_exactly = unsafe { bound_to(&*sk, dst) };
-    let tag = identity::tag_of(sk.cast());
+    // Read in place (see `identity::tag_in_place`), before the socket is released.
+    let domain = destination::tag_domain(identity::tag_in_place(sk.cast()));
     // SAFETY: released exactly once.
     unsafe { bpf_sk_release(sk.cast()) };
-    Some(Found { tag, bound_exactly })
+    Some(Found {
+        domain,
+        bound_exactly,
+    })
 }
 
 /// The socket in this namespace that sent a packet from `src:sport` to `dst:dport`: found by

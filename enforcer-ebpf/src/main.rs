@@ -1,27 +1,25 @@
-//! The enforcer's kernel programs. Entry points live in one module per hook family and only
-//! gather inputs; `enforcer_common::verdict` decides.
+//! The enforcer's kernel programs. Entry points live in `programs/`, one file per hook, and
+//! only gather inputs; `enforcer_common::destination` classifies, `enforcer_common::verdict`
+//! decides, and `settle` carries a verdict out. Everything else here is a helper they share.
 #![no_std]
 #![no_main]
 
 mod address;
-mod connect;
 mod conns;
 mod counters;
 mod destination;
-mod egress;
 mod events;
 mod flows;
 mod identity;
-mod ingress;
 mod local;
 mod maps;
 mod packet;
 mod policy;
+mod programs;
 mod protocol;
 mod refusals;
-mod sendmsg;
+mod settle;
 mod sock_addr;
-mod sock_create;
 mod source;
 
 #[cfg(not(test))]

@@ -9,18 +9,19 @@ use aya_ebpf::{
 use core::ffi::c_void;
 use enforcer_common::{
     event::{HOOK_CONNECT, HOOK_SENDMSG},
-    maps::{FAMILY_V4, FLOW_INBOUND, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
-    verdict::{Peer, Verdict},
+    maps::{FAMILY_V4, FLOW_OUTBOUND, ORIGIN_FIRST_USE, PROTO_UDP},
+    verdict::Peer,
 };
 
 use crate::{
     address::Addr,
-    conns, counters,
+    conns,
     destination::{self, Target},
     events::{self, Decision, Origin},
     flows, identity,
     packet::Packet,
     policy, protocol,
+    settle::{self, Flow},
 };
 
 const PROCEED: i32 = 1;
@@ -70,68 +71,103 @@ pub fn judge(ctx: &SockAddrContext, family: Family, hook: Hook) -> i32 {
     let port = u16::from_be(dport);
     let now = policy::now();
     let verdict = active.decide(from, to, proto, port, now);
-    let report = |verdict: &Verdict| {
-        let decision = Decision {
-            hook: if hook == Hook::Connect {
-                HOOK_CONNECT
-            } else {
-                HOOK_SENDMSG
-            },
-            verdict,
-            from,
-            to,
-            protocol: proto,
-            generation: active.config.generation,
-            now,
-        };
-        events::emit(&decision, &ends(sk, &dst, dport), Origin::Task);
-    };
-    if verdict.allow {
-        let mut new_flow = hook == Hook::Connect;
-        // Only UDP needs the cookie; TCP connects skip the helper call.
-        let cookie = if proto == PROTO_UDP {
-            // SAFETY: `ctx_ptr` is the program's own context.
-            let cookie = unsafe { bpf_get_socket_cookie(ctx_ptr) };
-            new_flow |= flows::open(
-                &flows::key(cookie, &dst, dport),
-                from,
-                to,
-                port,
-                FLOW_OUTBOUND,
-            );
-            Some(cookie)
-        } else {
-            None
-        };
-        if new_flow {
-            counters::allowed(&verdict, from, to, now);
-            // A crossing is reported once per connection or UDP flow; flows inside a
-            // domain are not reported at all.
-            if verdict.revocable() {
-                report(&verdict);
-            }
-        }
-        if hook == Hook::Connect {
-            let state = conns::judged(&verdict, from, to, proto, port, &active);
-            conns::remember(sk, state);
-            if let Some(cookie) = cookie
-                && verdict.revocable()
-            {
-                conns::remember_udp(cookie, &state);
-            }
-        }
-        return PROCEED;
-    }
-    if proto == PROTO_UDP {
+    // Only UDP needs the cookie; TCP connects skip the helper call.
+    let key;
+    let udp = if proto == PROTO_UDP {
         // SAFETY: `ctx_ptr` is the program's own context.
-        let key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
-        if flows::continues(&key, FLOW_INBOUND, &active, now) {
-            return PROCEED;
+        key = flows::key(unsafe { bpf_get_socket_cookie(ctx_ptr) }, &dst, dport);
+        Some(&key)
+    } else {
+        None
+    };
+    let flow = Flow {
+        verdict: &verdict,
+        from,
+        to,
+        protocol: proto,
+        port,
+        now,
+        active: &active,
+        udp,
+        direction: FLOW_OUTBOUND,
+    };
+    let caller = Caller {
+        hook,
+        sk,
+        dst: &dst,
+        dport,
+    };
+    if settle::settle(&flow, &caller) {
+        PROCEED
+    } else {
+        REJECT
+    }
+}
+
+/// The socket calling `connect()` or `sendmsg()`, and where to.
+struct Caller<'a> {
+    hook: Hook,
+    sk: *mut c_void,
+    dst: &'a Addr,
+    /// Network byte order.
+    dport: u16,
+}
+
+impl settle::Hook for Caller<'_> {
+    #[inline(always)]
+    fn code(&self) -> u8 {
+        match self.hook {
+            Hook::Connect => HOOK_CONNECT,
+            Hook::Sendmsg => HOOK_SENDMSG,
         }
     }
-    counters::denied(from, to);
-    report(&verdict);
-    REJECT
+
+    /// Every `connect()`; an unconnected `sendmsg()` opens a flow only with the first
+    /// datagram to a peer, which `ENF_FLOWS` tells.
+    #[inline(always)]
+    fn opens(&self, _flow: &Flow) -> bool {
+        self.hook == Hook::Connect
+    }
+
+    /// The sender's hook is the first to see a flow.
+    #[inline(always)]
+    fn judged_elsewhere(&self) -> bool {
+        false
+    }
+
+    /// A connected socket's later packets are checked against its judgement, which a
+    /// connected UDP socket also leaves by cookie for the daemon.
+    #[inline(always)]
+    fn remember(&self, flow: &Flow) {
+        if self.hook != Hook::Connect {
+            return;
+        }
+        let state = conns::judged(
+            flow.verdict,
+            flow.from,
+            flow.to,
+            flow.protocol,
+            flow.port,
+            flow.active,
+        );
+        conns::remember(self.sk, state);
+        if let Some(key) = flow.udp
+            && flow.verdict.revocable()
+        {
+            conns::remember_udp(key.cookie, &state);
+        }
+    }
+
+    /// Every refused call fails, and is counted and reported.
+    #[inline(always)]
+    fn first_refusal(&self, _flow: &Flow) -> bool {
+        true
+    }
+
+    #[inline(always)]
+    fn report(&self, decision: &Decision) {
+        events::emit(decision, &ends(self.sk, self.dst, self.dport), Origin::Task);
+    }
 }
 
 /// The flow's addresses: the socket's local address and port as bound so far (a TCP socket

@@ -1,16 +1,21 @@
-//! Where a flow goes, classified in the order the eBPF crate's `destination::resolve` does at
-//! `connect()`/`sendmsg()`: a loopback or own address is the receiving local socket's tag; a
-//! pod's address its domain; a host address seen from a pod is left to the receiver; an
-//! address no map knows is still local when a socket is bound to exactly it; otherwise the
-//! domain of the longest endpoint prefix holding it, else external.
+//! Where a flow goes, classified by `enforcer_common::destination::classify`, the function
+//! the eBPF crate's `destination::resolve` calls at `connect()`/`sendmsg()`: a loopback or
+//! own address is the receiving local socket's tag; a pod's address its domain; a host
+//! address seen from a pod is left to the receiver; an address no map knows is still local
+//! when a socket is bound to exactly it; otherwise the domain of the longest endpoint prefix
+//! holding it, else external. Here the lookups read the pinned maps and sock_diag, and the
+//! branch taken is kept with what it found, to explain it.
 
 use std::net::IpAddr;
 
-use anyhow::Result;
+use anyhow::{Error, Result};
 use enforcer_common::{
-    maps::{ADDR_POD, FAMILY_V4, FAMILY_V6},
-    verdict::Peer,
+    address::Addr,
+    destination::{self, Destination, LocalSocket, Lookups},
+    maps::AddrOwner,
 };
+
+pub use enforcer_common::destination::Via;
 
 use super::{
     Live, Transport,
@@ -18,53 +23,9 @@ use super::{
     source::Namespace,
 };
 
-pub enum Target {
-    Socket {
-        receiver: Receiver,
-        via: Via,
-    },
-    Pod {
-        domain: u32,
-        netns: u64,
-    },
-    Endpoint {
-        domain: u32,
-        prefix: String,
-    },
-    External,
-    /// A local address where no socket would receive the flow: the programs let the kernel
-    /// refuse it.
-    NoReceiver {
-        via: Via,
-    },
-    /// A host address seen from a pod: the receiving socket's ingress judges it.
-    HostAddress,
-}
-
-/// Why a local socket is looked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Via {
-    Loopback,
-    OwnAddress,
-    BoundExactly,
-}
-
-impl Target {
-    /// The destination as `decide` gets it; `None` when the source's hook does not judge.
-    pub fn peer(&self) -> Option<Peer> {
-        match self {
-            Self::Socket { receiver, .. } => Some(
-                receiver
-                    .tag
-                    .map_or(Peer::Unlabeled, |tag| Peer::of_domain(tag.domain)),
-            ),
-            Self::Pod { domain, .. } => Some(Peer::of_domain(*domain)),
-            Self::Endpoint { domain, .. } => Some(Peer::Domain(*domain)),
-            Self::External => Some(Peer::External),
-            Self::NoReceiver { .. } | Self::HostAddress => None,
-        }
-    }
-}
+/// Where the flow goes, with what the deciding branch found: the receiving socket, or the
+/// endpoint prefix that holds the address, as text.
+pub type Target = Destination<Receiver, String>;
 
 /// Classifies `dst:port` (IPv4-mapped addresses already unmapped) for a `protocol` flow
 /// starting in `namespace`, reading policy slot `slot`.
@@ -76,55 +37,73 @@ pub fn resolve(
     dst: IpAddr,
     port: u16,
 ) -> Result<Target> {
-    let local = |via| -> Result<Target> {
-        Ok(
-            match receiver::find(&namespace.diag, live.ebpf, protocol, dst, port)? {
-                Some(receiver) => Target::Socket { receiver, via },
-                None => Target::NoReceiver { via },
-            },
-        )
+    let lookups = Daemon {
+        live,
+        namespace,
+        slot,
+        protocol,
+        port,
     };
-    // 127.0.0.0/8 and ::1 (`Addr::is_loopback`) are always the namespace's own.
-    if dst.is_loopback() {
-        return local(Via::Loopback);
-    }
-    if let Some(owner) = live.addresses.owner(dst)? {
-        // A wildcard listener matches every address, so a local socket is only trusted for
-        // addresses known to be the namespace's own.
-        if owner.netns == namespace.cookie {
-            return local(Via::OwnAddress);
-        }
-        if owner.kind == ADDR_POD {
-            return Ok(Target::Pod {
-                domain: owner.domain,
-                netns: owner.netns,
-            });
-        }
-        return Ok(Target::HostAddress);
-    }
-    if let Some(receiver) = receiver::find(&namespace.diag, live.ebpf, protocol, dst, port)?
-        && receiver.bound_exactly
-    {
-        return Ok(Target::Socket {
-            receiver,
-            via: Via::BoundExactly,
-        });
-    }
-    let (family, bytes) = match dst {
-        IpAddr::V4(v4) => {
-            let mut bytes = [0; 16];
-            bytes[..4].copy_from_slice(&v4.octets());
-            (FAMILY_V4, bytes)
-        }
-        IpAddr::V6(v6) => (FAMILY_V6, v6.octets()),
-    };
-    Ok(match live.maps.endpoint(slot, family, bytes)? {
-        Some((domain, len)) => Target::Endpoint {
+    Ok(match destination::classify(&Addr::from(dst), &lookups)? {
+        Destination::Socket { receiver, via } => Target::Socket { receiver, via },
+        Destination::NoReceiver { via } => Target::NoReceiver { via },
+        Destination::Pod { domain, netns } => Target::Pod { domain, netns },
+        Destination::HostAddress => Target::HostAddress,
+        Destination::Endpoint { domain, prefix } => Target::Endpoint {
             domain,
-            prefix: format!("{}/{len}", network(dst, len)),
+            prefix: format!("{}/{prefix}", network(dst, prefix)),
         },
-        None => Target::External,
+        Destination::External => Target::External,
     })
+}
+
+/// The lookups of one flow, from the daemon: the maps the programs read, and sock_diag in
+/// the flow's network namespace for the sockets `bpf_sk_lookup_*` would find.
+struct Daemon<'a> {
+    live: &'a Live<'a>,
+    namespace: &'a Namespace,
+    slot: u32,
+    protocol: Transport,
+    port: u16,
+}
+
+impl Lookups for Daemon<'_> {
+    type Error = Error;
+    type Socket = Receiver;
+    /// The length of the matching prefix.
+    type Prefix = u8;
+
+    fn netns(&self) -> u64 {
+        self.namespace.cookie
+    }
+
+    fn owner(&self, addr: &Addr) -> Result<Option<AddrOwner>> {
+        self.live.addresses.owner(IpAddr::from(*addr))
+    }
+
+    fn receiver(&self, addr: &Addr) -> Result<Option<Receiver>> {
+        receiver::find(
+            &self.namespace.diag,
+            self.live.ebpf,
+            self.protocol,
+            IpAddr::from(*addr),
+            self.port,
+        )
+    }
+
+    fn endpoint(&self, addr: &Addr) -> Result<Option<(u32, u8)>> {
+        self.live.maps.endpoint(self.slot, addr.family, addr.bytes)
+    }
+}
+
+impl LocalSocket for Receiver {
+    fn domain(&self) -> u32 {
+        destination::tag_domain(self.tag.as_ref())
+    }
+
+    fn bound_exactly(&self) -> bool {
+        self.bound_exactly
+    }
 }
 
 /// `ip` with every bit past the first `len` cleared.

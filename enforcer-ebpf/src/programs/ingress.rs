@@ -12,19 +12,22 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     event::HOOK_INGRESS,
-    maps::{FLOW_INBOUND, FLOW_OUTBOUND, PROTO_TCP, PROTO_UDP, SockTag},
-    verdict::{Peer, Verdict},
+    maps::{FLOW_INBOUND, PROTO_TCP, PROTO_UDP, SockTag},
+    verdict::Peer,
 };
 
 use crate::{
-    conns, counters,
+    conns,
     destination::Target,
     events::{self, Decision},
     flows, identity,
     maps::HOST,
-    packet, policy,
+    packet::{self, Packet},
+    policy,
     protocol::{self, TCP_LISTEN},
-    refusals, source,
+    refusals,
+    settle::{self, Flow},
+    source,
 };
 
 const PASS: i32 = 1;
@@ -76,58 +79,92 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     let port = u16::from_be(packet.dport);
     let now = policy::now();
     let verdict = active.decide(from, to, proto, port, now);
-    let report = |verdict: &Verdict| {
-        let decision = Decision {
-            hook: HOOK_INGRESS,
-            verdict,
-            from,
-            to,
-            protocol: proto,
-            generation: active.config.generation,
-            now,
-        };
-        events::emit_packet(&decision, &packet, skb.cast());
-    };
-    if proto == PROTO_UDP {
+    let key;
+    let udp = if proto == PROTO_UDP {
         // SAFETY: the context is the program's own.
         let cookie = unsafe { bpf_get_socket_cookie(skb.cast()) };
-        let key = flows::key(cookie, &packet.src, packet.sport);
-        if verdict.allow {
-            if flows::open(&key, from, to, port, FLOW_INBOUND) && !sender.judged {
-                counters::allowed(&verdict, from, to, now);
-                if verdict.revocable() {
-                    report(&verdict);
-                }
-            }
-            return PASS;
-        }
-        if flows::continues(&key, FLOW_OUTBOUND, &active, now) {
-            return PASS;
-        }
-        counters::denied(from, to);
-        report(&verdict);
-        return DROP;
+        key = flows::key(cookie, &packet.src, packet.sport);
+        Some(&key)
+    } else {
+        None
+    };
+    let flow = Flow {
+        verdict: &verdict,
+        from,
+        to,
+        protocol: proto,
+        port,
+        now,
+        active: &active,
+        udp,
+        direction: FLOW_INBOUND,
+    };
+    let arrival = Arrival {
+        ctx,
+        packet: &packet,
+        judged: sender.judged,
+    };
+    if settle::settle(&flow, &arrival) {
+        PASS
+    } else {
+        DROP
     }
-    if !verdict.allow {
-        // A retransmitted SYN was counted and reported with its first copy.
-        if !refusals::first(&packet::four_tuple(&packet, false), now) {
-            return DROP;
+}
+
+/// A packet arriving at a listener or a UDP socket, and whether its sender's hook on this
+/// host already judged the flow.
+struct Arrival<'a> {
+    ctx: &'a SkBuffContext,
+    packet: &'a Packet,
+    judged: bool,
+}
+
+impl settle::Hook for Arrival<'_> {
+    #[inline(always)]
+    fn code(&self) -> u8 {
+        HOOK_INGRESS
+    }
+
+    /// A TCP flow opens with its SYN (not the handshake's final ACK, which the listener sees
+    /// too); a UDP flow is new when `ENF_FLOWS` did not know it.
+    #[inline(always)]
+    fn opens(&self, flow: &Flow) -> bool {
+        flow.udp.is_none() && packet::is_tcp_open(self.ctx, self.packet)
+    }
+
+    #[inline(always)]
+    fn judged_elsewhere(&self) -> bool {
+        self.judged
+    }
+
+    /// An accepted TCP connection's socket does not exist yet: its judgement waits for it
+    /// under the four-tuple. UDP has no connection to remember beyond its flow.
+    #[inline(always)]
+    fn remember(&self, flow: &Flow) {
+        if flow.udp.is_none() && flow.verdict.revocable() {
+            let state = conns::judged(
+                flow.verdict,
+                flow.from,
+                flow.to,
+                flow.protocol,
+                flow.port,
+                flow.active,
+            );
+            conns::accepted(&packet::four_tuple(self.packet, false), &state);
         }
-        counters::denied(from, to);
-        report(&verdict);
-        return DROP;
     }
-    if packet::is_tcp_open(ctx, &packet) && !sender.judged {
-        counters::allowed(&verdict, from, to, now);
-        if verdict.revocable() {
-            report(&verdict);
-        }
+
+    /// A retransmitted SYN was counted and reported with its first copy; every refused
+    /// datagram is counted.
+    #[inline(always)]
+    fn first_refusal(&self, flow: &Flow) -> bool {
+        flow.udp.is_some() || refusals::first(&packet::four_tuple(self.packet, false), flow.now)
     }
-    if verdict.revocable() {
-        let state = conns::judged(&verdict, from, to, proto, port, &active);
-        conns::accepted(&packet::four_tuple(&packet, false), &state);
+
+    #[inline(always)]
+    fn report(&self, decision: &Decision) {
+        events::emit_packet(decision, self.packet, self.ctx.skb.skb.cast());
     }
-    PASS
 }
 
 /// Whether a socket was created in a pod's network namespace rather than the host's.
