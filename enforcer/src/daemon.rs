@@ -3,23 +3,6 @@
 //! programs, links and maps are pinned, and exiting, crashing or being killed leaves them as
 //! they are. Only `enforcer teardown` removes them.
 
-use self::host::Host;
-use self::state::State;
-use self::{
-    machine::{ApplyError, Daemon, without_expired_grants},
-    serve::{EventService, bind_socket, vacant_socket},
-    state::release_freed_memory,
-};
-use std::{
-    fs,
-    net::{SocketAddr, TcpListener},
-    os::unix::fs::DirBuilderExt as _,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex, PoisonError, mpsc},
-    thread,
-    time::{Duration, Instant},
-};
-
 pub mod access;
 pub mod admission;
 mod attest_server;
@@ -34,31 +17,40 @@ pub mod state;
 mod transitions;
 mod views;
 
+use std::{
+    fs,
+    net::{SocketAddr, TcpListener},
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError, mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
 use anyhow::{Context as _, Result, bail};
 use aya::maps::{MapData, RingBuf};
 use enforcer_common::names;
 use enforcer_policy::Policy;
 
+use self::{
+    host::Host,
+    machine::{ApplyError, Daemon, without_expired_grants},
+    serve::{EventService, bind_socket, vacant_socket},
+    state::{State, release_freed_memory},
+};
 use crate::{
     daemon::remote_admin::RemoteAdmin,
-    kernel::addresses::Addresses,
-    kernel::bpffs,
-    kernel::cgroup_paths::CgroupPaths,
-    kernel::cgroupfs::CgroupFs,
-    kernel::revocation::Connections,
-    kernel::usage::Usage,
     kernel::{
-        self,
-        attach::{self},
-        policy_maps::PolicyMaps,
+        self, addresses::Addresses, attach, bpffs, cgroup_paths::CgroupPaths, cgroupfs::CgroupFs,
+        policy_maps::PolicyMaps, revocation::Connections, usage::Usage,
     },
-    observe::event_feed::{Feed, Followers},
-    observe::event_log::EventLog,
-    observe::metrics::{self, Commits},
+    observe::{
+        event_feed::{Feed, Followers},
+        event_log::EventLog,
+        metrics::{self, Commits},
+    },
     paths::{PinDir, StateDir},
-    pipeline::clock::Clocks,
-    pipeline::compile::{self},
-    pipeline::edges::Book,
+    pipeline::{clock::Clocks, compile, edges::Book},
     trust::bundles::TrustState,
 };
 

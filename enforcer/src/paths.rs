@@ -72,8 +72,9 @@ impl StateDir {
 /// streamed: the record of 100,000 edges is saved before every apply takes effect, and
 /// indenting it doubled its size (10.6 MB) and the time to write it.
 pub fn save_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    use anyhow::Context as _;
     use std::io::Write as _;
+
+    use anyhow::Context as _;
     let tmp = path.with_extension("json.new");
     let written = std::fs::File::create(&tmp).and_then(|file| {
         let mut out = std::io::BufWriter::with_capacity(1 << 16, file);

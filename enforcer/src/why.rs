@@ -22,17 +22,18 @@ use enforcer_common::{
     maps::{ACTION_DENY, MODE_AUDIT, UNLABELED},
     verdict::{self, Peer, Reason},
 };
+use rules::{LiveRules, range_views};
+use views::{Names, VerdictInputs, destination_view, verdict_view};
 
 use crate::{
     api::why::*,
-    kernel::addresses::Addresses,
-    kernel::cgroupfs::{CgroupFs, CgroupRoot},
-    kernel::policy_maps::PolicyMaps,
-    pipeline::clock::Clocks,
-    pipeline::edges::LiveEdge,
+    kernel::{
+        addresses::Addresses,
+        cgroupfs::{CgroupFs, CgroupRoot},
+        policy_maps::PolicyMaps,
+    },
+    pipeline::{clock::Clocks, edges::LiveEdge},
 };
-use rules::{LiveRules, range_views};
-use views::{Names, VerdictInputs, destination_view, verdict_view};
 
 /// What the daemon owns that an explanation reads.
 pub struct Live<'a> {

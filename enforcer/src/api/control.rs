@@ -13,10 +13,12 @@ use anyhow::{Context as _, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    api::edge::{EdgeView, GrantRequest},
-    api::plan::Plan,
-    api::status::Status,
-    api::why::{Explanation, Transport, WhySource},
+    api::{
+        edge::{EdgeView, GrantRequest},
+        plan::Plan,
+        status::Status,
+        why::{Explanation, Transport, WhySource},
+    },
     listener::remaining,
 };
 

@@ -1,9 +1,8 @@
 //! What `enforcer status` shows, built by the daemon from its live state and printed by the
 //! CLI as text or JSON (`-o json`, a stable schema scripts may rely on).
 
-use serde::{Deserialize, Serialize};
-
 use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
 use crate::api::edge::EdgeView;
 

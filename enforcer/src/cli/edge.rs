@@ -1,19 +1,20 @@
 //! `enforcer edge grant | revoke | list | show`: the CLI side of edges with a life cycle.
 
-use std::process::ExitCode;
-
-use std::{str::FromStr, sync::Arc};
+use std::{process::ExitCode, str::FromStr, sync::Arc};
 
 use anyhow::{Result, bail};
 use enforcer_policy::{EdgeId, FreeTextError, PortRange, Protocol, TrustDomain};
 
 use crate::{
-    api::control::{Request, Response},
-    api::edge::GrantRequest,
-    cli::EdgeCommand,
-    cli::Output,
-    cli::endpoint::{self, Endpoint},
-    cli::status::write_edge,
+    api::{
+        control::{Request, Response},
+        edge::GrantRequest,
+    },
+    cli::{
+        EdgeCommand, Output,
+        endpoint::{self, Endpoint},
+        status::write_edge,
+    },
 };
 
 pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<ExitCode> {

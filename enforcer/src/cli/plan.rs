@@ -8,8 +8,7 @@ use anyhow::{Result, bail};
 
 use crate::{
     api::control::{Request, Response},
-    cli::Output,
-    cli::endpoint::Endpoint,
+    cli::{Output, endpoint::Endpoint},
 };
 
 /// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.

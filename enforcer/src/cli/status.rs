@@ -1,11 +1,10 @@
 //! `enforcer status` as a person reads it (`-o json` prints the wire type as it is).
 
-use crate::api::status::MapMemory;
 use std::fmt::{self, Display};
 
 use crate::api::{
     edge::{EdgeView, Source},
-    status::Status,
+    status::{MapMemory, Status},
 };
 
 impl Display for Status {

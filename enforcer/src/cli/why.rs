@@ -8,10 +8,14 @@ use clap::ArgGroup;
 mod render;
 
 use crate::{
-    api::control::{Request, Response},
-    api::why::{Transport, WhySource},
-    cli::Output,
-    cli::endpoint::{self, Endpoint},
+    api::{
+        control::{Request, Response},
+        why::{Transport, WhySource},
+    },
+    cli::{
+        Output,
+        endpoint::{self, Endpoint},
+    },
 };
 
 #[derive(clap::Args)]

@@ -8,7 +8,6 @@
 //! Readers can thus never take the connections root needs. A connection holds its place until
 //! it is closed, an `events --follow` stream included.
 
-use crate::api::control::Channel;
 use std::{
     collections::HashMap,
     io::{self, Read, Write},
@@ -16,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::daemon::access::Rights;
+use crate::{api::control::Channel, daemon::access::Rights};
 
 /// Enough for a person or a script running a few commands side by side, and for a handful of
 /// `events --follow` streams.

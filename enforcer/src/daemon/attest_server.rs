@@ -15,12 +15,14 @@ use anyhow::{Context as _, Result};
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::trust::attestation::{Claim, peer::Peer};
 use crate::{
     daemon::{self, machine::Daemon},
     kernel::cgroupfs::CgroupFs,
     listener::{self, Bounds, remaining},
-    trust::{self, Bundles, Identity, SvidClientVerifier},
+    trust::{
+        self, Bundles, Identity, SvidClientVerifier,
+        attestation::{Claim, peer::Peer},
+    },
 };
 
 /// For a client's whole TLS handshake, from being accepted: one that stalls is cut off then,

@@ -1,11 +1,7 @@
-//! The daemon's state and how it changes.
+//! The running daemon: what it owns, how it answers control requests, and how each kind of
+//! change is made. A change is prepared (resolved and compiled, nothing touched), then committed
+//! through the state (`state.rs`) and the kernel side (`host.rs`), then logged and answered.
 
-use super::plan;
-use super::transitions::{Expired, Granted};
-use super::{
-    host::Host,
-    state::{Change, KernelSide as _, State},
-};
 use std::{
     collections::BTreeSet,
     fs,
@@ -18,22 +14,36 @@ use anyhow::Result;
 use enforcer_common::verdict::Peer;
 use enforcer_policy::{CgroupPath, Policy};
 
+use super::{
+    host::Host,
+    plan,
+    state::{Change, KernelSide as _, State},
+    transitions::{Expired, Granted},
+};
 use crate::{
-    api::control::{Request, Response},
-    api::edge::GrantRequest,
-    api::plan::Plan,
-    kernel::attach::{self, AttachedProgram},
-    kernel::backfill,
-    kernel::cgroupfs::{CgroupFs, CgroupRoot},
-    kernel::revocation::Ending,
-    observe::event_record::{self, EventRecord},
-    observe::metrics::{Commits, Outcome},
-    observe::{event_feed::NamesBoard, tally::Tally},
+    api::{
+        control::{Request, Response},
+        edge::GrantRequest,
+        plan::Plan,
+    },
+    kernel::{
+        attach::{self, AttachedProgram},
+        backfill,
+        cgroupfs::{CgroupFs, CgroupRoot},
+        revocation::Ending,
+    },
+    observe::{
+        event_feed::NamesBoard,
+        event_record::{self, EventRecord},
+        metrics::{Commits, Outcome},
+        tally::Tally,
+    },
     paths::PinDir,
-    pipeline::clock::Clocks,
-    pipeline::compile::{self, Compiled},
-    pipeline::edges::Trust,
-    pipeline::edges::{Book, LiveEdge},
+    pipeline::{
+        clock::Clocks,
+        compile::{self, Compiled},
+        edges::{Book, LiveEdge, Trust},
+    },
     trust::bundles::TrustState,
     why,
 };

@@ -4,24 +4,25 @@
 //! the same function apply ends them with (`revocation::Judge`), and stops there: nothing is
 //! recorded, saved, written to the kernel or destroyed, and the generation stays.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use enforcer_common::verdict::Peer;
 use enforcer_policy::{Defaults, Domain, EdgeId, Policy, TrustDomain, port_set};
 use jiff::Timestamp;
 
 use crate::{
-    api::edge::Source,
-    api::plan::{
-        Change, DomainChange, DomainChanges, DomainSpec, EdgeChange, EdgeChanges, EdgeSpec,
-        EndingConnection, FieldChange, Plan, SetChange,
+    api::{
+        edge::Source,
+        plan::{
+            Change, DomainChange, DomainChanges, DomainSpec, EdgeChange, EdgeChanges, EdgeSpec,
+            EndingConnection, FieldChange, Plan, SetChange,
+        },
     },
     kernel::revocation::{Ending, Judge, Snapshot, plain},
-    pipeline::compile::Compiled,
-    pipeline::edges::LiveEdge,
-    pipeline::grants::human,
-    pipeline::registry::Registry,
+    pipeline::{compile::Compiled, edges::LiveEdge, grants::human, registry::Registry},
 };
 
 /// A policy with the edges it resolves to and its compiled form.

@@ -26,8 +26,7 @@ use rustls::{ServerConfig, ServerConnection, StreamOwned, server::NoServerSessio
 pub use self::admins::{AdminId, Admins};
 use crate::{
     api::control::{self, Channel, Limits, Response},
-    daemon::access::Rights,
-    daemon::{self, machine::Daemon, serve::EventService},
+    daemon::{self, access::Rights, machine::Daemon, serve::EventService},
     listener::{self, Bounds, remaining},
     trust::{self, Bundle, Bundles, Identity, SvidClientVerifier, Usage},
 };

@@ -1,11 +1,6 @@
 //! Serving the control socket: admitting clients, reading requests within their limits, and
 //! answering them.
 
-use super::{
-    access,
-    machine::{Daemon, parse_with_bundles},
-    state::release_freed_memory,
-};
 use std::{
     fs,
     io::ErrorKind,
@@ -21,11 +16,18 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use super::{
+    access,
+    machine::{Daemon, parse_with_bundles},
+    state::release_freed_memory,
+};
 use crate::{
     api::control::{self, Channel, Limits, Request, Response},
     daemon::admission::{Admitted, Clients, Refusals},
-    observe::event_feed::Followers,
-    observe::event_log::{self},
+    observe::{
+        event_feed::Followers,
+        event_log::{self},
+    },
 };
 
 /// Where `enforcer events` requests are answered from.

@@ -2,7 +2,6 @@
 //! the edge record becomes (or why it cannot change), and nothing else. The daemon then
 //! compiles that record with the policy and commits it ([`State::commit`]), logs and answers.
 
-use crate::pipeline::edges::Trust;
 use std::collections::HashSet;
 
 use jiff::Timestamp;
@@ -12,7 +11,7 @@ use crate::{
     api::edge::{GrantRequest, Source},
     pipeline::{
         clock::Clocks,
-        edges::{Book, Grant},
+        edges::{Book, Grant, Trust},
         grants,
     },
 };

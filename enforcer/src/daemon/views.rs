@@ -6,17 +6,20 @@ use std::sync::PoisonError;
 use enforcer_common::names;
 use enforcer_policy::Action;
 
+use super::machine::Daemon;
 use crate::{
-    api::edge::EdgeView,
-    api::status::{self, Status},
+    api::{
+        edge::EdgeView,
+        status::{self, Status},
+    },
     kernel::{self},
     observe::metrics::{self},
-    pipeline::clock::Clocks,
-    pipeline::compile::{self},
-    pipeline::grants::{self, Used},
+    pipeline::{
+        clock::Clocks,
+        compile::{self},
+        grants::{self, Used},
+    },
 };
-
-use super::machine::Daemon;
 
 /// Bindings of each kind the log names one by one after an apply; the rest are counted.
 const BINDING_WARNINGS: usize = 5;

@@ -6,7 +6,6 @@
 //! verifier is not probed: the daemon's own load of its programs is its test (see
 //! [`refused_by_verifier`]), so each program is verified once per start.
 
-use crate::api::status::Feature;
 use std::{
     collections::{BTreeSet, HashSet},
     fs::File,
@@ -27,7 +26,10 @@ use aya_obj::{
 };
 
 use super::{OBJECT, bpf_sys::Attr};
-use crate::kernel::sockdiag::{DiagSocket, SockDiag};
+use crate::{
+    api::status::Feature,
+    kernel::sockdiag::{DiagSocket, SockDiag},
+};
 
 /// The oldest kernel the whole suite passes on (Debian 13's, in `cargo xtask vm-test`); named
 /// in every refusal so the reader knows what to upgrade to.

@@ -5,7 +5,6 @@
 //! `BPF_F_NO_PREALLOC` grows with its entries while a preallocated one (an LRU hash, an
 //! array) costs its whole size from the start.
 
-use crate::api::status::MapMemory;
 use std::{
     fs,
     os::fd::{AsFd as _, AsRawFd as _},
@@ -14,7 +13,7 @@ use std::{
 use aya::maps::MapData;
 use enforcer_common::names;
 
-use crate::paths::PinDir;
+use crate::{api::status::MapMemory, paths::PinDir};
 
 /// Every pinned map that can be opened, with its cost; a map that cannot be read is left out.
 pub fn of_pins(pins: &PinDir) -> Vec<MapMemory> {

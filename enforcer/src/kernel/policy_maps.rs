@@ -2,12 +2,13 @@
 //! reads, flipping the active slot, and clearing the old one. The layout contract is in
 //! `enforcer_common::maps`.
 
-use anyhow::{Context as _, Result, bail};
-use aya::maps::{
-    Array, HashMap, IterableMap as _, Map, MapData, MapError, lpm_trie::Key, lpm_trie::LpmTrie,
-};
 use std::{collections::BTreeMap, sync::Arc};
 
+use anyhow::{Context as _, Result, bail};
+use aya::maps::{
+    Array, HashMap, IterableMap as _, Map, MapData, MapError,
+    lpm_trie::{Key, LpmTrie},
+};
 use enforcer_common::{
     maps::{
         BindingKey, DomainKey, DomainName, ENDPOINT_KEY_HEADER_BITS, EdgeKey, EndpointKey,
@@ -18,7 +19,7 @@ use enforcer_common::{
 };
 
 use super::bpf_sys;
-use crate::{pipeline::compile::Compiled, pipeline::registry::Registry};
+use crate::pipeline::{compile::Compiled, registry::Registry};
 
 pub struct PolicyMaps {
     bindings: HashMap<MapData, BindingKey, u32>,

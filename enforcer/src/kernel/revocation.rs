@@ -19,9 +19,10 @@ use enforcer_common::{
 };
 
 use crate::{
-    kernel::addresses,
-    kernel::features,
-    kernel::sockdiag::{DiagSocket, SockDiag},
+    kernel::{
+        addresses, features,
+        sockdiag::{DiagSocket, SockDiag},
+    },
     pipeline::compile::{Compiled, CompiledRules},
 };
 

@@ -23,9 +23,11 @@ use nix::{
 use crate::{
     api::control::Channel,
     kernel::cgroup_paths::CgroupPaths,
-    observe::event_log::EventLog,
-    observe::event_record::{self, EventRecord, Names},
-    observe::tally::Tally,
+    observe::{
+        event_log::EventLog,
+        event_record::{self, EventRecord, Names},
+        tally::Tally,
+    },
     pipeline::clock::Clocks,
 };
 

@@ -29,14 +29,15 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use self::maps::MapFill;
 use crate::{
-    api::edge::{EdgeView, Source},
-    api::status::PairStatus,
+    api::{
+        edge::{EdgeView, Source},
+        status::PairStatus,
+    },
     observe::tally::DecisionKey,
     paths::PinDir,
 };
-
-use self::maps::MapFill;
 
 /// Everything a scrape reports about the daemon, copied out under its lock.
 pub struct Snapshot {

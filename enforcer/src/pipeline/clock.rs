@@ -3,9 +3,8 @@
 //! kernel by `bpf_ktime_get_boot_ns`. The conversion is fixed when an edge is written: a later
 //! step of the wall clock (NTP, an operator) does not move a deadline already in the kernel.
 
-use jiff::Timestamp;
-
 use enforcer_common::maps::NEVER;
+use jiff::Timestamp;
 
 /// One reading of both clocks, taken together.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,25 +2,27 @@
 //! resolved through a caller-supplied function), so every rule of the translation is tested
 //! on the host.
 
-use crate::pipeline::edges::Trust;
 use std::collections::{BTreeMap, HashMap};
 
-use enforcer_common::maps::{
-    ACTION_ALLOW, ACTION_DENY, FAMILY_V4, FAMILY_V6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES, MODE_AUDIT,
-    MODE_ENFORCE, NEVER, PROTO_TCP, PROTO_UDP, PortRange, RANGES_PER_CHUNK,
-    capacity::{
-        MAX_BINDINGS, MAX_DOMAINS, MAX_EDGE_CHUNKS, MAX_EDGES, MAX_ENDPOINTS, MAX_MODES, per_slot,
+use enforcer_common::{
+    maps::{
+        ACTION_ALLOW, ACTION_DENY, FAMILY_V4, FAMILY_V6, MAX_CGROUP_DEPTH, MAX_PORT_RANGES,
+        MODE_AUDIT, MODE_ENFORCE, NEVER, PROTO_TCP, PROTO_UDP, PortRange, RANGES_PER_CHUNK,
+        capacity::{
+            MAX_BINDINGS, MAX_DOMAINS, MAX_EDGE_CHUNKS, MAX_EDGES, MAX_ENDPOINTS, MAX_MODES,
+            per_slot,
+        },
     },
+    verdict::{PortMatch, Rules, ports_allow},
 };
-use enforcer_common::verdict::{PortMatch, Rules, ports_allow};
 use enforcer_policy::{Action, CgroupPath, Mode, Policy, Protocol, TrustDomain};
 use ipnet::IpNet;
 
-use crate::{
-    pipeline::clock::Clocks,
-    pipeline::edges::LiveEdge,
-    pipeline::pair_table::{Pair, PairTable},
-    pipeline::registry::Registry,
+use crate::pipeline::{
+    clock::Clocks,
+    edges::{LiveEdge, Trust},
+    pair_table::{Pair, PairTable},
+    registry::Registry,
 };
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -349,9 +351,10 @@ fn merge_ranges(spans: &[(u16, u16, u32)]) -> Vec<(u16, u16, u32)> {
 
 #[cfg(test)]
 mod tests {
+    use jiff::Timestamp;
+
     use super::*;
     use crate::pipeline::edges::Book;
-    use jiff::Timestamp;
 
     fn parse(text: &str) -> Policy {
         enforcer_policy::parse("test.yaml", text).expect("test policy is valid")

@@ -3,7 +3,6 @@
 //! and a creation time (what a `ttl` counts from). Both are kept in `--state-dir/edges.json`,
 //! so a restarted daemon gives every edge the same index and deadline, and grants survive it.
 
-use crate::api::edge::Source;
 use std::{
     collections::{BTreeMap, HashMap},
     fs,
@@ -17,7 +16,7 @@ use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy};
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::paths::StateDir;
+use crate::{api::edge::Source, paths::StateDir};
 
 /// What the trust bundles of its ends allow an edge (see `trust::bundles`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

@@ -1,7 +1,6 @@
 //! `enforcer edge grant`: checking a just-in-time grant against the running policy before it
 //! becomes an edge, and the edge views `edge list`, `edge show` and `status` print.
 
-use crate::pipeline::edges::Trust;
 use std::{sync::Arc, time::Duration};
 
 use enforcer_policy::{Edge, EdgeEnd, EdgeId, Policy, TrustDomain};
@@ -9,7 +8,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     api::edge::{EdgeView, GrantRequest},
-    pipeline::edges::{Grant, LiveEdge},
+    pipeline::edges::{Grant, LiveEdge, Trust},
 };
 
 /// The grant `request` asks for, made at `now`, or every reason the running policy refuses it.

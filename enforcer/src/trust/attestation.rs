@@ -10,10 +10,10 @@
 pub mod peer;
 mod store;
 
-use enforcer_policy::{CgroupPath, Policy};
-use jiff::Timestamp;
 use std::path::PathBuf;
 
+use enforcer_policy::{CgroupPath, Policy};
+use jiff::Timestamp;
 pub use store::{Attested, Store};
 
 use crate::{kernel::cgroupfs::CgroupRoot, trust::Svid};

@@ -5,14 +5,16 @@
 //! expiry among them, which is written into the kernel's edge window so that the kernel stops
 //! such an edge at expiry even when no daemon runs.
 
-use crate::api::status::{AuthorityStatus, BundleStatus};
-use crate::pipeline::edges::Trust;
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
 use enforcer_policy::{Edge, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
-use crate::trust::{self, Bundle};
+use crate::{
+    api::status::{AuthorityStatus, BundleStatus},
+    pipeline::edges::Trust,
+    trust::{self, Bundle},
+};
 
 /// A bundle file as last read.
 #[derive(Debug, Clone)]

@@ -9,13 +9,12 @@
 use std::net::IpAddr;
 
 use anyhow::{Error, Result};
+pub use enforcer_common::destination::Via;
 use enforcer_common::{
     address::Addr,
     destination::{self, Destination, LocalSocket, Lookups},
     maps::AddrOwner,
 };
-
-pub use enforcer_common::destination::Via;
 
 use super::{
     Live, Transport,

@@ -30,9 +30,9 @@ use aya::maps::{Map, MapData, MapError, SkStorage};
 use enforcer_common::{maps::SockTag, names};
 
 use super::Transport;
-use crate::{
-    kernel::backfill,
-    kernel::sockdiag::{DiagSocket, SockDiag},
+use crate::kernel::{
+    backfill,
+    sockdiag::{DiagSocket, SockDiag},
 };
 
 /// include/net/tcp_states.h: TCP_LISTEN, and TCP_CLOSE, the state inet_diag reports for a

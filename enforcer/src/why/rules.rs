@@ -8,7 +8,10 @@ use enforcer_common::{
 use jiff::Timestamp;
 
 use super::{RangeView, Transport};
-use crate::{kernel::policy_maps::PolicyMaps, pipeline::clock::Clocks, pipeline::edges::LiveEdge};
+use crate::{
+    kernel::policy_maps::PolicyMaps,
+    pipeline::{clock::Clocks, edges::LiveEdge},
+};
 
 /// The live ENF_EDGES entry of the flow's own domain pair and the live ENF_MODES entries of
 /// its domains, read once: `decide` asks for nothing else, and the edge list shown is the

@@ -9,9 +9,7 @@ use enforcer_common::maps::MAX_CGROUP_DEPTH;
 use enforcer_policy::CgroupPath;
 
 use super::{Live, WhySource};
-use crate::{
-    kernel::addresses, kernel::backfill, kernel::cgroupfs::CgroupFs, kernel::sockdiag::SockDiag,
-};
+use crate::kernel::{addresses, backfill, cgroupfs::CgroupFs, sockdiag::SockDiag};
 
 pub struct Origin {
     pub cgroup: CgroupPath,

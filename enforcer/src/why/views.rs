@@ -18,8 +18,7 @@ use super::{
 };
 use crate::{
     kernel::policy_maps::{ActivePolicy, PolicyMaps},
-    pipeline::clock::Clocks,
-    pipeline::registry::Registry,
+    pipeline::{clock::Clocks, registry::Registry},
 };
 
 /// Domain names (from the live ENF_DOMAINS) and modes (ENF_MODES, else the policy's).

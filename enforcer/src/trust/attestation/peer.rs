@@ -4,8 +4,10 @@
 
 use std::{
     fs, io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
-    os::unix::net::UnixStream,
+    os::{
+        fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::net::UnixStream,
+    },
 };
 
 use anyhow::{Context as _, Result, bail};
