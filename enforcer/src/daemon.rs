@@ -101,6 +101,7 @@ pub fn run(options: Options) -> Result<()> {
         read,
         start,
         saved_generation,
+        refused,
     } = chosen;
     // A path that is taken is refused now, not when the socket is bound after pinning.
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
@@ -189,6 +190,12 @@ pub fn run(options: Options) -> Result<()> {
         ),
     };
     log::info!("{reason}");
+    if let Some(why) = &refused {
+        log::error!(
+            "--policy {} was refused when last read, and still is: {why}",
+            policy_path.display()
+        );
+    }
     let mut daemon = Daemon {
         cgroups,
         root,
@@ -221,7 +228,7 @@ pub fn run(options: Options) -> Result<()> {
             read,
             at_start,
             reason,
-            last_reload_error: None,
+            last_reload_error: refused,
             reloads: metrics::Reloads::default(),
         },
     };
@@ -249,7 +256,11 @@ pub fn run(options: Options) -> Result<()> {
     };
     // Recorded once the policy it chose is in force: a start that fails before reads the
     // file again next time.
-    if let Err(err) = restart::save_file_read(&daemon.host.state_dir, &daemon.source.read) {
+    if let Err(err) = restart::save_file_read(
+        &daemon.host.state_dir,
+        &daemon.source.read,
+        daemon.source.last_reload_error.as_deref(),
+    ) {
         log::warn!(
             "could not record the read of --policy {}: {err:#}",
             policy_path.display()
@@ -280,7 +291,10 @@ pub fn run(options: Options) -> Result<()> {
         admin: admin_listener,
     };
     let daemon = services.spawn(daemon, &events, options.attest_socket.as_deref())?;
-    reload::spawn(Arc::clone(&daemon), policy_path, &sighup)?;
+    if let Err(err) = reload::spawn(Arc::clone(&daemon), policy_path, &sighup) {
+        // Enforcement is in place; only reloads are missing, which the log says.
+        log::error!("--policy will not be reloaded: {err:#}");
+    }
     release_freed_memory();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     log::info!(
@@ -396,6 +410,8 @@ struct Chosen {
     start: restart::Start,
     /// The generation of the saved policy (0 when none was saved).
     saved_generation: u64,
+    /// Why this content of `--policy FILE` was refused when last read, if it was.
+    refused: Option<String>,
 }
 
 /// Loads the programs and reads the policy. The kernel side (probing the kernel, opening or
@@ -454,9 +470,17 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
         (Ok(last), _) => last,
         // Nothing saved to protect: the file takes over as on a first start.
         (Err(_), Ok(None)) => None,
-        (Err(err), _) => return Err((Vec::new(), unreadable_state(err, &file))),
+        (Err(err), _) => return Err((Vec::new(), unreadable_state(&err, &file, state))),
     };
-    let start = restart::decide(!matches!(saved, Ok(None)), last.as_ref(), &read);
+    let start = restart::decide(
+        !matches!(saved, Ok(None)),
+        last.as_ref().map(|l| &l.read),
+        &read,
+    );
+    // A content refused before, kept out again: its refusal is still the news.
+    let refused = last
+        .filter(|_| start == restart::Start::Keep)
+        .and_then(|l| l.refused);
     match start {
         restart::Start::Take(_) => {
             let saved_generation = match saved {
@@ -476,13 +500,14 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
                 read,
                 start,
                 saved_generation,
+                refused: None,
             })
         }
         restart::Start::Keep => {
             let saved = match saved {
                 Ok(Some(saved)) => saved,
                 Ok(None) => unreachable!("a policy is kept only when one was saved"),
-                Err(err) => return Err((Vec::new(), unreadable_state(err, &file))),
+                Err(err) => return Err((Vec::new(), unreadable_state(&err, &file, state))),
             };
             let origin = saved.origin;
             let policy = check_policy(&origin, &saved.text, || {
@@ -499,6 +524,7 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
                 read,
                 start,
                 saved_generation: saved.generation,
+                refused,
             })
         }
     }
@@ -506,18 +532,17 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
 
 /// Why a start that needs the saved policy (or the record of the file last read) and cannot
 /// read it refuses.
-fn unreadable_state(err: anyhow::Error, file: &str) -> anyhow::Error {
-    anyhow::anyhow!("{err:#}")
-        .context(format!("the saved state cannot be read; {}", keep_refusal(file, &StateDir::new(""))))
+fn unreadable_state(err: &anyhow::Error, file: &str, state: &StateDir) -> anyhow::Error {
+    anyhow::anyhow!("{err:#}; {}", keep_refusal(file, state))
 }
 
 /// What a start refused for a saved policy it cannot use says, and how to get out.
 fn keep_refusal(file: &str, state: &StateDir) -> String {
-    let saved = if state.path().as_os_str().is_empty() {
-        "active-policy.json and policy-file.json in the state dir".to_owned()
-    } else {
-        state.saved_policy().display().to_string()
-    };
+    let saved = format!(
+        "{} and {}",
+        state.saved_policy().display(),
+        state.policy_file_read().display()
+    );
     format!(
         "--policy {file} may be older than the policy last applied, and starting from it could \
          bring back what a later apply removed, so the daemon refuses to start; the enforcement \

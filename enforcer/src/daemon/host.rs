@@ -60,8 +60,10 @@ impl KernelSide for Host {
             Ok(()) => true,
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
             Err(err) => {
-                return Err(anyhow::Error::new(err)
-                    .context(format!("keeping the saved policy as {}", previous.display())));
+                return Err(anyhow::Error::new(err).context(format!(
+                    "keeping the saved policy as {}",
+                    previous.display()
+                )));
             }
         };
         restart::save(&self.state_dir, policy, generation)

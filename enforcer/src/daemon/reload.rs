@@ -5,9 +5,11 @@
 //! a file that is refused changes nothing. The reason goes to the log, to `status`
 //! (`last_reload_error`) and to the metrics, and the running policy stays.
 //!
-//! A change on disk is recognised by the file's stat (after following symlinks) and then
-//! confirmed by its content's SHA-256: touching the file or replacing it with the same
-//! content reloads nothing. SIGHUP reloads the file even when it has not changed (for
+//! A change on disk is an entry of the file's directory closed after writing, renamed into
+//! place or created as a symlink, that changed the file's stat (after following symlinks); it
+//! is then confirmed by the content's SHA-256: touching the file or replacing it with the same
+//! content reloads nothing. A file still being written is never read. A change through a
+//! symlink into another directory is not seen: SIGHUP reloads it. SIGHUP reloads the file even when it has not changed (for
 //! example to take it back after `enforcer policy apply other.yaml`).
 
 use std::{
@@ -34,10 +36,6 @@ use super::{
     restart::{self, FileRead},
 };
 use crate::{api::status::PolicySourceStatus, observe::metrics::Reloads};
-
-/// How often the file is looked at without an event: a safety net for a lost inotify event
-/// or a change through a directory the watch does not cover.
-const TICK: Duration = Duration::from_secs(2);
 
 /// Where the policy came from at start and how reloads of `--policy FILE` went.
 pub struct Source {
@@ -88,12 +86,7 @@ pub fn spawn(daemon: std::sync::Arc<Mutex<Daemon>>, path: PathBuf, signals: &Sig
     inotify
         .add_watch(
             dir,
-            AddWatchFlags::IN_CLOSE_WRITE
-                | AddWatchFlags::IN_MOVED_TO
-                | AddWatchFlags::IN_MOVED_FROM
-                | AddWatchFlags::IN_CREATE
-                | AddWatchFlags::IN_DELETE
-                | AddWatchFlags::IN_ATTRIB,
+            AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_CREATE,
         )
         .with_context(|| format!("watching {} for changes of the policy file", dir.display()))?;
     log::info!(
@@ -130,30 +123,41 @@ fn stamp(path: &Path) -> Option<Stamp> {
 }
 
 fn run(daemon: &Mutex<Daemon>, path: &Path, inotify: &Inotify, signalfd: &SignalFd) {
-    // `None` at first: the file is read once at once, in case it changed since the start
-    // read it and before the watch was in place.
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // `None` at first: the file is read once at once, in case it changed after the start read
+    // it and before the watch was in place.
     let mut seen: Option<Option<Stamp>> = None;
     loop {
         let mut fds = [
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(signalfd.as_fd(), PollFlags::POLLIN),
         ];
-        if seen.is_some() {
-            let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
-            if let Err(err) = poll(&mut fds, timeout)
-                && err != Errno::EINTR
-            {
-                log::error!("policy reload poll failed: {err}");
-                std::thread::sleep(TICK);
-            }
+        if seen.is_some()
+            && let Err(err) = poll(&mut fds, PollTimeout::NONE)
+            && err != Errno::EINTR
+        {
+            log::error!("policy reload poll failed: {err}");
+            std::thread::sleep(Duration::from_secs(1));
         }
         let mut signalled = false;
         while let Ok(Some(_)) = signalfd.read_signal() {
             signalled = true;
         }
-        // The events only say that something in the directory changed; the stamp says
-        // whether it was the file (or what it resolves to).
-        while inotify.read_events().is_ok_and(|events| !events.is_empty()) {}
+        let mut written = seen.is_none();
+        while let Ok(events) = inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            written |= events.iter().any(|e| finished(e, dir));
+        }
+        if !signalled && !written {
+            continue;
+        }
+        // Something in the directory was written or replaced; the stamp says whether it was
+        // the file (or what it resolves to).
         let now = stamp(path);
         if !signalled && seen.as_ref() == Some(&now) {
             continue;
@@ -163,6 +167,24 @@ fn run(daemon: &Mutex<Daemon>, path: &Path, inotify: &Inotify, signalfd: &Signal
     }
 }
 
+/// Whether `event` finished a change of an entry of `dir`: a file closed after writing, an
+/// entry renamed into place (a file replaced atomically, or a symlink swapped in as
+/// Kubernetes does with `..data`), or a symlink created. A file still being written (created,
+/// truncated or modified, not yet closed) is not read: part of a file may be a valid policy
+/// that is not the one being written.
+fn finished(event: &nix::sys::inotify::InotifyEvent, dir: &Path) -> bool {
+    if event
+        .mask
+        .intersects(AddWatchFlags::IN_CLOSE_WRITE | AddWatchFlags::IN_MOVED_TO)
+    {
+        return true;
+    }
+    event.mask.contains(AddWatchFlags::IN_CREATE)
+        && event.name.as_ref().is_some_and(|name| {
+            std::fs::symlink_metadata(dir.join(name)).is_ok_and(|m| m.file_type().is_symlink())
+        })
+}
+
 fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     daemon.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -170,7 +192,11 @@ fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
 /// Reads `path` and, when it changed since last read or `signalled`, applies it.
 fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
     let file = path.display().to_string();
-    let trigger = if signalled { "SIGHUP" } else { "changed on disk" };
+    let trigger = if signalled {
+        "SIGHUP"
+    } else {
+        "changed on disk"
+    };
     let text = match crate::pipeline::policy_file::read(path) {
         Ok(text) => text,
         Err(why) => {
@@ -184,7 +210,10 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
             return;
         }
     };
-    let read = FileRead::new(&std::path::absolute(path).unwrap_or_else(|_| path.into()), &text);
+    let read = FileRead::new(
+        &std::path::absolute(path).unwrap_or_else(|_| path.into()),
+        &text,
+    );
     if !signalled && lock(daemon).source.read == read {
         return;
     }
@@ -212,7 +241,8 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
             refused(&mut d, &file, trigger, err.to_string());
         }
     }
-    if let Err(err) = restart::save_file_read(&d.host.state_dir, &read) {
+    let refused = d.source.last_reload_error.clone();
+    if let Err(err) = restart::save_file_read(&d.host.state_dir, &read, refused.as_deref()) {
         log::warn!("could not record the read of --policy {file}: {err:#}");
     }
     d.source.read = read;

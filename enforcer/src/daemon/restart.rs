@@ -102,13 +102,30 @@ pub fn load(state: &StateDir) -> Result<Option<Saved>> {
     Ok(Some(saved))
 }
 
+/// The record of the `--policy FILE` last read: the file, and why it was refused if it was.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRecord {
+    #[serde(flatten)]
+    pub read: FileRead,
+    /// Why the daemon refused this content (a reload refused); a restart over the same
+    /// content keeps the policy in force and reports this again.
+    #[serde(default)]
+    pub refused: Option<String>,
+}
+
 /// Records `read` as the `--policy FILE` last read, atomically.
-pub fn save_file_read(state: &StateDir, read: &FileRead) -> Result<()> {
-    save_json(&state.policy_file_read(), read)
+pub fn save_file_read(state: &StateDir, read: &FileRead, refused: Option<&str>) -> Result<()> {
+    save_json(
+        &state.policy_file_read(),
+        &FileRecord {
+            read: read.clone(),
+            refused: refused.map(str::to_owned),
+        },
+    )
 }
 
 /// The `--policy FILE` last read; `None` when none was recorded.
-pub fn load_file_read(state: &StateDir) -> Result<Option<FileRead>> {
+pub fn load_file_read(state: &StateDir) -> Result<Option<FileRecord>> {
     let path = state.policy_file_read();
     let Some(bytes) = read_if_present(&path)? else {
         return Ok(None);
@@ -250,8 +267,14 @@ mod tests {
             ("other.yaml", 7, "version: 1\n")
         );
         let file = read("/p.yaml", "x");
-        save_file_read(&state, &file).expect("saved");
-        assert_eq!(load_file_read(&state).expect("readable"), Some(file));
+        save_file_read(&state, &file, Some("bad")).expect("saved");
+        assert_eq!(
+            load_file_read(&state).expect("readable"),
+            Some(FileRecord {
+                read: file,
+                refused: Some("bad".into())
+            })
+        );
 
         let damaged = std::fs::read_to_string(state.saved_policy())
             .expect("saved")

@@ -310,8 +310,10 @@ mod tests {
         }
 
         fn save_policy(&mut self, policy: &SavedPolicy<'_>, generation: u64) -> Result<()> {
-            self.calls
-                .push(format!("save policy {} as generation {generation}", policy.origin));
+            self.calls.push(format!(
+                "save policy {} as generation {generation}",
+                policy.origin
+            ));
             if self.fail_save_policy {
                 return Err(anyhow!("read-only file system"));
             }

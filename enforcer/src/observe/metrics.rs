@@ -143,7 +143,9 @@ impl Reloads {
     /// Counts one reload: applied, or refused (the running policy stayed).
     pub fn record(&self, applied: bool) {
         let outcome = if applied { "applied" } else { "refused" };
-        self.outcomes.get_or_create(&OutcomeLabels { outcome }).inc();
+        self.outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 }
 
