@@ -192,7 +192,7 @@ pub fn run(options: Options) -> Result<()> {
     log::info!("{reason}");
     if let Some(why) = &refused {
         log::error!(
-            "--policy {} was refused when last read, and still is: {why}",
+            "--policy {} (unchanged since) was refused when the daemon last read it: {why}",
             policy_path.display()
         );
     }

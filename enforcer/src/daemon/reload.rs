@@ -32,7 +32,7 @@ use nix::{
 };
 
 use super::{
-    machine::{Committed, Daemon, parse_with_bundles},
+    machine::{ApplyError, Committed, Daemon, parse_with_bundles},
     restart::{self, FileRead},
 };
 use crate::{api::status::PolicySourceStatus, observe::metrics::Reloads};
@@ -237,7 +237,13 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
             d.source.last_reload_error = None;
             d.source.reloads.record(true);
         }
-        Err(err) => {
+        Err(ApplyError::Failed(err)) => {
+            // Not the file's fault: it is not recorded as read, so the next change, SIGHUP
+            // or start tries it again.
+            refused(&mut d, &file, trigger, format!("{err:#}"));
+            return;
+        }
+        Err(err @ ApplyError::Rejected(_)) => {
             refused(&mut d, &file, trigger, err.to_string());
         }
     }
