@@ -11,7 +11,9 @@ pub mod host;
 pub mod machine;
 mod maintain;
 mod plan;
+mod reload;
 pub mod remote_admin;
+mod restart;
 pub mod serve;
 pub mod state;
 mod transitions;
@@ -76,14 +78,23 @@ pub struct Options {
 
 pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
-    let file = options.policy.display().to_string();
+    // Before any thread starts, so that every thread leaves SIGHUP to the reload thread.
+    let sighup = reload::block_sighup()?;
     let Prepared {
         loaded,
         load_time,
+        chosen,
+        parse_time,
+    } = prepare(&options)?;
+    let Chosen {
+        origin: file,
         text,
         policy,
-        parse_time,
-    } = prepare(&options, &file)?;
+        read,
+        start,
+        saved_generation,
+        refused,
+    } = chosen;
     // A path that is taken is refused now, not when the socket is bound after pinning.
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
         vacant_socket(socket)?;
@@ -152,7 +163,31 @@ pub fn run(options: Options) -> Result<()> {
         followers.clone(),
         ended_events,
     )?;
-    let generation = maps.active()?.config.generation;
+    // The maps hold the generation in force; after a reboot they start again at 0 and the
+    // saved policy's generation keeps the numbers from going back.
+    let generation = maps.active()?.config.generation.max(saved_generation);
+    let policy_path = options.policy.clone();
+    let (at_start, reason) = match &start {
+        restart::Start::Keep => (
+            "kept",
+            format!(
+                "--policy {} has not changed since the daemon last read it; the policy last \
+                 applied ({file}) stays",
+                policy_path.display()
+            ),
+        ),
+        restart::Start::Take(why) => (
+            "taken",
+            format!("--policy {} takes over: {why}", policy_path.display()),
+        ),
+    };
+    log::info!("{reason}");
+    if let Some(why) = &refused {
+        log::error!(
+            "--policy {} (unchanged since) was refused when the daemon last read it: {why}",
+            policy_path.display()
+        );
+    }
     let mut daemon = Daemon {
         cgroups,
         root,
@@ -163,6 +198,7 @@ pub fn run(options: Options) -> Result<()> {
             addresses,
             usage,
             connections,
+            replaced_policy: false,
         },
         ebpf,
         programs: Vec::new(),
@@ -179,6 +215,14 @@ pub fn run(options: Options) -> Result<()> {
             socket: options.attest_socket.clone(),
         },
         bundle_warn_before: options.bundle_warn_before,
+        source: reload::Source {
+            path: policy_path.clone(),
+            read,
+            at_start,
+            reason,
+            last_reload_error: refused,
+            reloads: metrics::Reloads::default(),
+        },
     };
     for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
         log::warn!(
@@ -202,6 +246,18 @@ pub fn run(options: Options) -> Result<()> {
         }
         Err(ApplyError::Failed(err)) => return Err(err),
     };
+    // Recorded once the policy it chose is in force: a start that fails before reads the
+    // file again next time.
+    if let Err(err) = restart::save_file_read(
+        &daemon.host.state_dir,
+        &daemon.source.read,
+        daemon.source.last_reload_error.as_deref(),
+    ) {
+        log::warn!(
+            "could not record the read of --policy {}: {err:#}",
+            policy_path.display()
+        );
+    }
     let attaching = Instant::now();
     attach(&mut daemon, adopting, &file)?;
     let attach_time = attaching.elapsed();
@@ -227,6 +283,10 @@ pub fn run(options: Options) -> Result<()> {
         admin: admin_listener,
     };
     let daemon = services.spawn(daemon, &events, options.attest_socket.as_deref())?;
+    if let Err(err) = reload::spawn(Arc::clone(&daemon), policy_path, &sighup) {
+        // Enforcement is in place; only reloads are missing, which the log says.
+        log::error!("--policy will not be reloaded: {err:#}");
+    }
     release_freed_memory();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     log::info!(
@@ -327,9 +387,23 @@ impl Services {
 struct Prepared {
     loaded: kernel::Loaded,
     load_time: Duration,
+    chosen: Chosen,
+    parse_time: Duration,
+}
+
+/// The policy a start puts in force (see [`restart`]), read and checked.
+struct Chosen {
+    /// The name it is applied under: `--policy FILE`, or the name of the policy last applied.
+    origin: String,
     text: String,
     policy: Policy,
-    parse_time: Duration,
+    /// `--policy FILE` as read now.
+    read: restart::FileRead,
+    start: restart::Start,
+    /// The generation of the saved policy (0 when none was saved).
+    saved_generation: u64,
+    /// Why this content of `--policy FILE` was refused when last read, if it was.
+    refused: Option<String>,
 }
 
 /// Loads the programs and reads the policy. The kernel side (probing the kernel, opening or
@@ -337,7 +411,7 @@ struct Prepared {
 /// other and take about a second each at 100,000 edges, so they run side by side. Neither
 /// changes anything on the host: whichever refuses (the kernel's refusal is reported first),
 /// nothing was changed.
-fn prepare(options: &Options, file: &str) -> Result<Prepared> {
+fn prepare(options: &Options) -> Result<Prepared> {
     let (loaded, read) = thread::scope(|scope| {
         let kernel = thread::Builder::new()
             .name("kernel-load".into())
@@ -349,14 +423,14 @@ fn prepare(options: &Options, file: &str) -> Result<Prepared> {
             })
             .context("starting the thread that loads the programs")?;
         let started = Instant::now();
-        let read = read_policy(&options.policy, file).map(|read| (read, started.elapsed()));
+        let read = choose_policy(options).map(|read| (read, started.elapsed()));
         let loaded = kernel
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
         anyhow::Ok((loaded, read))
     })?;
     let (loaded, load_time) = loaded?;
-    let ((text, policy), parse_time) = read.map_err(|(diagnostics, err)| {
+    let (chosen, parse_time) = read.map_err(|(diagnostics, err)| {
         for d in &diagnostics {
             log::error!("{d}");
         }
@@ -365,26 +439,125 @@ fn prepare(options: &Options, file: &str) -> Result<Prepared> {
     Ok(Prepared {
         loaded,
         load_time,
-        text,
-        policy,
+        chosen,
         parse_time,
     })
 }
 
-/// The policy file read, parsed and checked as a whole (capacities included) before anything
-/// on the host changes; refused: the lines to print (one per diagnostic) and the error.
-fn read_policy(path: &Path, file: &str) -> Result<(String, Policy), (Vec<String>, anyhow::Error)> {
-    let refused = format!("policy {file} was refused; nothing was changed");
+/// Reads `--policy FILE` and decides, from what the state dir saved, whether it takes over
+/// or the policy last applied stays (see [`restart`]); reads and checks the one chosen.
+/// Changes nothing.
+fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Error)> {
+    let path = &options.policy;
+    let file = path.display().to_string();
     let text = crate::pipeline::policy_file::read(path)
         .map_err(|why| (Vec::new(), anyhow::anyhow!("{why}; nothing was changed")))?;
-    match enforcer_policy::parse(file, &text) {
+    let read = restart::FileRead::new(
+        &std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        &text,
+    );
+    let state = &options.state_dir;
+    let saved = restart::load(state);
+    let last = match (restart::load_file_read(state), &saved) {
+        (Ok(last), _) => last,
+        // Nothing saved to protect: the file takes over as on a first start.
+        (Err(_), Ok(None)) => None,
+        (Err(err), _) => return Err((Vec::new(), unreadable_state(&err, &file, state))),
+    };
+    let start = restart::decide(
+        !matches!(saved, Ok(None)),
+        last.as_ref().map(|l| &l.read),
+        &read,
+    );
+    // A content refused before, kept out again: its refusal is still the news.
+    let refused = last
+        .filter(|_| start == restart::Start::Keep)
+        .and_then(|l| l.refused);
+    match start {
+        restart::Start::Take(_) => {
+            let saved_generation = match saved {
+                Ok(saved) => saved.map_or(0, |s| s.generation),
+                Err(err) => {
+                    log::warn!("{err:#}; --policy {file} changed since, and takes over");
+                    0
+                }
+            };
+            let policy = check_policy(&file, &text, || {
+                format!("policy {file} was refused; nothing was changed")
+            })?;
+            Ok(Chosen {
+                origin: file,
+                text,
+                policy,
+                read,
+                start,
+                saved_generation,
+                refused: None,
+            })
+        }
+        restart::Start::Keep => {
+            let saved = match saved {
+                Ok(Some(saved)) => saved,
+                Ok(None) => unreachable!("a policy is kept only when one was saved"),
+                Err(err) => return Err((Vec::new(), unreadable_state(&err, &file, state))),
+            };
+            let origin = saved.origin;
+            let policy = check_policy(&origin, &saved.text, || {
+                format!(
+                    "the policy last applied ({origin}, saved in {}) no longer loads; {}",
+                    state.saved_policy().display(),
+                    keep_refusal(&file, state)
+                )
+            })?;
+            Ok(Chosen {
+                origin,
+                text: saved.text,
+                policy,
+                read,
+                start,
+                saved_generation: saved.generation,
+                refused,
+            })
+        }
+    }
+}
+
+/// Why a start that needs the saved policy (or the record of the file last read) and cannot
+/// read it refuses.
+fn unreadable_state(err: &anyhow::Error, file: &str, state: &StateDir) -> anyhow::Error {
+    anyhow::anyhow!("{err:#}; {}", keep_refusal(file, state))
+}
+
+/// What a start refused for a saved policy it cannot use says, and how to get out.
+fn keep_refusal(file: &str, state: &StateDir) -> String {
+    let saved = format!(
+        "{} and {}",
+        state.saved_policy().display(),
+        state.policy_file_read().display()
+    );
+    format!(
+        "--policy {file} may be older than the policy last applied, and starting from it could \
+         bring back what a later apply removed, so the daemon refuses to start; the enforcement \
+         in place stays as it is. To start from --policy {file}, change it or remove {saved}"
+    )
+}
+
+/// A policy text parsed and checked as a whole (capacities included) before anything on the
+/// host changes; refused: the lines to print (one per diagnostic) and the error, which says
+/// `refused()`.
+fn check_policy(
+    file: &str,
+    text: &str,
+    refused: impl Fn() -> String,
+) -> Result<Policy, (Vec<String>, anyhow::Error)> {
+    match enforcer_policy::parse(file, text) {
         Ok(policy) => match compile::check_alone(&policy) {
-            Ok(()) => Ok((text, policy)),
-            Err(err) => Err((Vec::new(), err.context(refused))),
+            Ok(()) => Ok(policy),
+            Err(err) => Err((Vec::new(), err.context(refused()))),
         },
         Err(diagnostics) => Err((
             diagnostics.iter().map(ToString::to_string).collect(),
-            anyhow::anyhow!(refused),
+            anyhow::anyhow!(refused()),
         )),
     }
 }

@@ -56,9 +56,21 @@ impl StateDir {
         self.0.join("daemon.lock")
     }
 
-    /// The source of the active policy, as applied.
+    /// The source of the active policy, as applied: a copy for people to read; a restart
+    /// reads [`Self::saved_policy`].
     pub fn active_policy(&self) -> PathBuf {
         self.0.join("active-policy.yaml")
+    }
+
+    /// The policy in force with its name and generation, saved before every apply's swap: a
+    /// restart starts from it (see `daemon::restart`).
+    pub fn saved_policy(&self) -> PathBuf {
+        self.0.join("active-policy.json")
+    }
+
+    /// The `--policy FILE` the daemon last read (its path and content's SHA-256).
+    pub fn policy_file_read(&self) -> PathBuf {
+        self.0.join("policy-file.json")
     }
 
     /// Decision events as JSON lines; older ones in `events.jsonl.1`, `.2`, ...

@@ -33,6 +33,27 @@ pub struct Status {
     /// What every pinned map costs the kernel.
     #[serde(default)]
     pub memory: Vec<MapMemory>,
+    /// Where the policy in force came from at start and how reloads of `--policy FILE`
+    /// went; `None` from a daemon that predates it.
+    #[serde(default)]
+    pub policy_source: Option<PolicySourceStatus>,
+}
+
+/// The daemon's `--policy FILE`: whether it took over at start, and its reloads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicySourceStatus {
+    /// `--policy FILE` as given.
+    pub file: String,
+    /// The SHA-256 of the file's content as the daemon last read it (at start or reload).
+    pub sha256: String,
+    /// "taken": the file was put in force at start; "kept": it had not changed since the
+    /// daemon last read it, so the policy last applied (`policy_file`) stayed.
+    pub at_start: String,
+    /// Why, in words.
+    pub reason: String,
+    /// Why the last reload of the file was refused (the running policy stayed); `None` when
+    /// none was refused since the last one applied.
+    pub last_reload_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

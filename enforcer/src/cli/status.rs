@@ -11,6 +11,16 @@ impl Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "generation:   {}", self.generation)?;
         writeln!(f, "policy:       {}", self.policy_file)?;
+        if let Some(source) = &self.policy_source {
+            writeln!(
+                f,
+                "--policy:     {} ({} at start: {})",
+                source.file, source.at_start, source.reason
+            )?;
+            if let Some(error) = &source.last_reload_error {
+                writeln!(f, "  last reload refused: {error}")?;
+            }
+        }
         writeln!(f, "daemon pid:   {}", self.daemon_pid)?;
         writeln!(f, "pin dir:      {}", self.pin_dir)?;
         writeln!(

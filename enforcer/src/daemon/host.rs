@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use super::state::KernelSide;
+use super::{
+    restart::{self, SavedPolicy},
+    state::KernelSide,
+};
 use crate::{
     kernel::{
         addresses::Addresses,
@@ -28,6 +31,8 @@ pub struct Host {
     /// Who owns each local address, and the pods' network namespaces.
     pub addresses: Addresses,
     pub state_dir: StateDir,
+    /// Whether the last saved policy replaced one (kept beside it until the next save).
+    pub replaced_policy: bool,
 }
 
 impl KernelSide for Host {
@@ -45,6 +50,38 @@ impl KernelSide for Host {
 
     fn save(&mut self, book: &Book) -> Result<()> {
         book.save(&self.state_dir)
+    }
+
+    fn save_policy(&mut self, policy: &SavedPolicy<'_>, generation: u64) -> Result<()> {
+        let path = self.state_dir.saved_policy();
+        let previous = path.with_extension("json.prev");
+        let _ = std::fs::remove_file(&previous);
+        self.replaced_policy = match std::fs::hard_link(&path, &previous) {
+            Ok(()) => true,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => false,
+            Err(err) => {
+                return Err(anyhow::Error::new(err).context(format!(
+                    "keeping the saved policy as {}",
+                    previous.display()
+                )));
+            }
+        };
+        restart::save(&self.state_dir, policy, generation)
+    }
+
+    fn restore_policy(&mut self) {
+        let path = self.state_dir.saved_policy();
+        let restored = if self.replaced_policy {
+            std::fs::rename(path.with_extension("json.prev"), &path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        if let Err(err) = restored {
+            log::error!(
+                "could not put back the saved policy {} after a failed swap: {err}",
+                path.display()
+            );
+        }
     }
 
     fn connections(&mut self) -> Option<Snapshot> {

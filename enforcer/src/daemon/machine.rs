@@ -17,6 +17,7 @@ use enforcer_policy::{CgroupPath, Policy};
 use super::{
     host::Host,
     plan,
+    restart::SavedPolicy,
     state::{Change, KernelSide as _, State},
     transitions::{Expired, Granted},
 };
@@ -71,6 +72,8 @@ pub struct Daemon {
     pub(super) ended: mpsc::Sender<EventRecord>,
     pub(super) attestation: crate::trust::attestation::Attestation,
     pub(super) bundle_warn_before: std::time::Duration,
+    /// Where the policy came from at start, and the reloads of `--policy FILE`.
+    pub(super) source: super::reload::Source,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -129,12 +132,17 @@ impl Daemon {
         text: &str,
     ) -> Result<Committed, ApplyError> {
         let book = self.state.book.clone();
-        let committed = self.commit(policy, book, Some(trust), file)?;
+        // Saved with the edge record before the swap: a restart starts from it.
+        let saving = SavedPolicy { origin: file, text };
+        let committed = self.commit_saving(policy, book, Some(trust), file, Some(&saving))?;
         self.state.policy_file = file.to_owned();
-        if let Err(err) = fs::write(self.host.state_dir.active_policy(), text) {
+        // A copy for people to read; written whole or not at all.
+        let copy = self.host.state_dir.active_policy();
+        let tmp = copy.with_extension("yaml.new");
+        if let Err(err) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &copy)) {
             log::warn!(
                 "could not save a copy of the active policy in {}: {err}",
-                self.host.state_dir.active_policy().display()
+                copy.display()
             );
         }
         Ok(committed)
@@ -148,8 +156,20 @@ impl Daemon {
         trust: Option<TrustState>,
         origin: &str,
     ) -> Result<Committed, ApplyError> {
+        self.commit_saving(policy, book, trust, origin, None)
+    }
+
+    /// [`Self::commit`] that also saves the policy of an apply.
+    fn commit_saving(
+        &mut self,
+        policy: Policy,
+        book: Book,
+        trust: Option<TrustState>,
+        origin: &str,
+        saving: Option<&SavedPolicy<'_>>,
+    ) -> Result<Committed, ApplyError> {
         let started = std::time::Instant::now();
-        let result = self.commit_unmeasured(policy, book, trust, origin);
+        let result = self.commit_unmeasured(policy, book, trust, origin, saving);
         let outcome = match &result {
             Ok(_) => Outcome::Applied,
             Err(ApplyError::Rejected(_)) => Outcome::Rejected,
@@ -169,6 +189,7 @@ impl Daemon {
         book: Book,
         trust: Option<TrustState>,
         origin: &str,
+        saving: Option<&SavedPolicy<'_>>,
     ) -> Result<Committed, ApplyError> {
         let started = std::time::Instant::now();
         let Prepared {
@@ -197,7 +218,7 @@ impl Daemon {
         let mut posted = board.write().unwrap_or_else(PoisonError::into_inner);
         let committed = self
             .state
-            .commit(change, &mut self.host)
+            .commit(change, saving, &mut self.host)
             .map_err(|err| ApplyError::Failed(err.into()))?;
         let ended = self.report_ended(committed.endings.as_deref());
         *posted = Arc::new(self.in_force());

@@ -9,14 +9,14 @@
 //!
 //! 1. new domains get their ids recorded;
 //! 2. the edge record is saved, before the swap: a grant in force but not on disk would be
-//!    lost silently by a restart;
+//!    lost silently by a restart; so is the policy of an apply, which a restart starts from;
 //! 3. the live connections are listed, then the inactive slot is written and swapped in
 //!    under the next generation;
 //! 4. this state adopts the change; the counters of removed edges are cleared, and the live
 //!    connections the new policy refuses are ended.
 //!
-//! A failure at 1 to 3 undoes what was done (the record saved again as it was, the new ids
-//! forgotten) and leaves this state exactly as it was. Unit tests below hold those rules
+//! A failure at 1 to 3 undoes what was done (the record saved again as it was, the saved
+//! policy put back, the new ids forgotten) and leaves this state exactly as it was. Unit tests below hold those rules
 //! against a fake kernel side.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
@@ -24,6 +24,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 use anyhow::Result;
 use enforcer_policy::Policy;
 
+use super::restart::SavedPolicy;
 use crate::{
     kernel::revocation::Ending,
     pipeline::{
@@ -104,6 +105,11 @@ pub trait KernelSide {
     fn forget_domains(&mut self, ids: &[u32]);
     /// Saves the edge record.
     fn save(&mut self, book: &Book) -> Result<()>;
+    /// Saves the policy of an apply as the one in force under `generation`, keeping the
+    /// previous one until [`Self::restore_policy`] or the next save.
+    fn save_policy(&mut self, policy: &SavedPolicy<'_>, generation: u64) -> Result<()>;
+    /// Puts back the saved policy the last [`Self::save_policy`] replaced.
+    fn restore_policy(&mut self);
     /// The live connections now, if they can be listed.
     fn connections(&mut self) -> Option<Self::Connections>;
     /// Writes `compiled` into the inactive slot and makes it the active one under
@@ -142,10 +148,12 @@ impl State {
     }
 
     /// Carries `change` out through `kernel` under the next generation (see the module's
-    /// documentation for the order). On an error nothing changed, here or on the host.
+    /// documentation for the order); an apply also saves `saving`, its policy's text and
+    /// name. On an error nothing changed, here or on the host.
     pub fn commit<K: KernelSide>(
         &mut self,
         change: Change,
+        saving: Option<&SavedPolicy<'_>>,
         kernel: &mut K,
     ) -> Result<Committed, CommitError> {
         let Change {
@@ -163,11 +171,24 @@ impl State {
             kernel.forget_domains(&recorded);
             return Err(CommitError::Save(err));
         }
-        let before = kernel.connections();
         let generation = self.generation + 1;
+        if let Some(saving) = saving
+            && let Err(err) = kernel.save_policy(saving, generation)
+        {
+            let restored = kernel.save(&self.book);
+            kernel.forget_domains(&recorded);
+            return Err(match restored {
+                Ok(()) => CommitError::Save(err),
+                Err(restore) => CommitError::SwapUnrestored { swap: err, restore },
+            });
+        }
+        let before = kernel.connections();
         let swapping = std::time::Instant::now();
         if let Err(swap) = kernel.swap_in(&compiled, generation) {
             let restored = kernel.save(&self.book);
+            if saving.is_some() {
+                kernel.restore_policy();
+            }
             kernel.forget_domains(&recorded);
             return Err(match restored {
                 Ok(()) => CommitError::Swap(swap),
@@ -253,6 +274,7 @@ mod tests {
         fail_record: bool,
         fail_save: bool,
         fail_swap: bool,
+        fail_save_policy: bool,
         /// The generation the maps hold.
         active: u64,
     }
@@ -284,6 +306,21 @@ mod tests {
             }
             self.saved.push(book.clone());
             Ok(())
+        }
+
+        fn save_policy(&mut self, policy: &SavedPolicy<'_>, generation: u64) -> Result<()> {
+            self.calls.push(format!(
+                "save policy {} as generation {generation}",
+                policy.origin
+            ));
+            if self.fail_save_policy {
+                return Err(anyhow!("read-only file system"));
+            }
+            Ok(())
+        }
+
+        fn restore_policy(&mut self) {
+            self.calls.push("restore policy".into());
         }
 
         fn connections(&mut self) -> Option<&'static str> {
@@ -360,7 +397,7 @@ mod tests {
         let mut state = state();
         let mut kernel = Fake::default();
         let committed = state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .expect("committed");
         assert_eq!(
             kernel.calls,
@@ -386,7 +423,7 @@ mod tests {
             ..Fake::default()
         };
         let err = state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .err()
             .expect("refused");
         assert!(matches!(err, CommitError::Save(_)), "{err:?}");
@@ -407,7 +444,7 @@ mod tests {
             ..Fake::default()
         };
         let err = state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .err()
             .expect("refused");
         assert!(matches!(err, CommitError::Swap(_)), "{err:?}");
@@ -435,7 +472,7 @@ mod tests {
             ..Fake::default()
         };
         let err = state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .err()
             .expect("refused");
         assert!(matches!(err, CommitError::Record(_)), "{err:?}");
@@ -460,22 +497,101 @@ mod tests {
         let mut kernel = Fake::default();
         for expected in 5..8 {
             let committed = state
-                .commit(change(&state), &mut kernel)
+                .commit(change(&state), None, &mut kernel)
                 .expect("committed");
             assert_eq!(committed.generation, expected);
         }
         kernel.fail_swap = true;
         state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .err()
             .expect("refused");
         kernel.fail_swap = false;
         let committed = state
-            .commit(change(&state), &mut kernel)
+            .commit(change(&state), None, &mut kernel)
             .expect("committed");
         assert_eq!(
             committed.generation, 8,
             "a failed swap uses up no generation"
         );
+    }
+
+    const APPLIED: SavedPolicy<'static> = SavedPolicy {
+        origin: "other.yaml",
+        text: "version: 1\ndomains: []\n",
+    };
+
+    #[test]
+    fn an_apply_saves_its_policy_after_the_record_and_before_the_swap() {
+        let mut state = state();
+        let mut kernel = Fake::default();
+        state
+            .commit(change(&state), Some(&APPLIED), &mut kernel)
+            .expect("committed");
+        assert_eq!(
+            kernel.calls,
+            [
+                "record domains",
+                "save new record",
+                "save policy other.yaml as generation 5",
+                "list connections",
+                "swap in generation 5",
+                "forget edges but []",
+                "end refused of before under generation 5",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_policy_that_cannot_be_saved_changes_nothing() {
+        let mut state = state();
+        let mut kernel = Fake {
+            fail_save_policy: true,
+            ..Fake::default()
+        };
+        let err = state
+            .commit(change(&state), Some(&APPLIED), &mut kernel)
+            .err()
+            .expect("refused");
+        assert!(matches!(err, CommitError::Save(_)), "{err:?}");
+        assert_eq!(
+            kernel.calls,
+            [
+                "record domains",
+                "save new record",
+                "save policy other.yaml as generation 5",
+                "save empty record",
+                "forget domains [7]",
+            ]
+        );
+        assert_eq!(state.generation, 4);
+        assert_eq!(state.book, Book::default());
+    }
+
+    #[test]
+    fn a_failed_swap_puts_the_saved_policy_back() {
+        let mut state = state();
+        let mut kernel = Fake {
+            fail_swap: true,
+            ..Fake::default()
+        };
+        state
+            .commit(change(&state), Some(&APPLIED), &mut kernel)
+            .err()
+            .expect("refused");
+        assert_eq!(
+            kernel.calls,
+            [
+                "record domains",
+                "save new record",
+                "save policy other.yaml as generation 5",
+                "list connections",
+                "swap in generation 5",
+                "save empty record",
+                "restore policy",
+                "forget domains [7]",
+            ]
+        );
+        assert_eq!(state.generation, 4);
     }
 }

@@ -202,6 +202,7 @@ impl Daemon {
                 })
                 .collect(),
             memory: kernel::memory::of_pins(&self.pins),
+            policy_source: Some(self.source.status()),
         }
     }
 
@@ -216,6 +217,8 @@ impl Daemon {
             pairs: self.audit_status().pairs,
             edges: self.edge_views(DEFAULT_STALE_AFTER),
             commits: self.commits.clone(),
+            reloads: self.source.reloads.clone(),
+            reload_refused: self.source.last_reload_error.is_some(),
         }
     }
 }

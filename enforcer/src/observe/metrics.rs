@@ -49,6 +49,9 @@ pub struct Snapshot {
     pub pairs: Vec<PairStatus>,
     pub edges: Vec<EdgeView>,
     pub commits: Commits,
+    /// Reloads of `--policy FILE` by outcome, and whether the last one was refused.
+    pub reloads: Reloads,
+    pub reload_refused: bool,
 }
 
 /// How a policy change (apply, grant, revoke or expiry) ended.
@@ -117,6 +120,33 @@ impl Commits {
         if outcome == Outcome::Applied {
             self.duration.observe(took.as_secs_f64());
         }
+    }
+}
+
+/// Reloads of `--policy FILE` (a change on disk or SIGHUP) by outcome, kept by the daemon
+/// across scrapes. Clones share the counts.
+#[derive(Clone, Debug)]
+pub struct Reloads {
+    outcomes: Family<OutcomeLabels, Counter>,
+}
+
+impl Default for Reloads {
+    fn default() -> Self {
+        let outcomes = Family::<OutcomeLabels, Counter>::default();
+        for outcome in ["applied", "refused"] {
+            let _ = outcomes.get_or_create(&OutcomeLabels { outcome });
+        }
+        Self { outcomes }
+    }
+}
+
+impl Reloads {
+    /// Counts one reload: applied, or refused (the running policy stayed).
+    pub fn record(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.outcomes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
     }
 }
 
@@ -278,6 +308,21 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
         snapshot.commits.duration.clone(),
     );
 
+    registry.register(
+        "policy_reloads",
+        "Reloads of the --policy file (changed on disk or SIGHUP) by outcome: applied, or \
+         refused (a bad file; the running policy stays)",
+        snapshot.reloads.outcomes.clone(),
+    );
+    let reload_refused = Gauge::<u64, std::sync::atomic::AtomicU64>::default();
+    reload_refused.set(u64::from(snapshot.reload_refused));
+    registry.register(
+        "policy_reload_refused",
+        "1 while the last reload of the --policy file was refused (the reason is in status as \
+         last_reload_error), 0 otherwise",
+        reload_refused,
+    );
+
     let entries = Gauges::<MapLabels>::default();
     let max_entries = Gauges::<MapLabels>::default();
     for fill in maps {
@@ -402,6 +447,12 @@ mod tests {
                 edge("break-glass", Source::Grant, 0, None),
             ],
             commits,
+            reloads: {
+                let reloads = Reloads::default();
+                reloads.record(false);
+                reloads
+            },
+            reload_refused: true,
         }
     }
 
@@ -441,6 +492,9 @@ mod tests {
             r#"enforcer_policy_applies_total{outcome="failed"} 0"#,
             "enforcer_policy_apply_duration_seconds_count 1",
             r#"enforcer_policy_apply_duration_seconds_bucket{le="+Inf"} 1"#,
+            r#"enforcer_policy_reloads_total{outcome="applied"} 0"#,
+            r#"enforcer_policy_reloads_total{outcome="refused"} 1"#,
+            "enforcer_policy_reload_refused 1",
             r#"enforcer_map_entries{map="ENF_BINDINGS"} 2"#,
             r#"enforcer_map_max_entries{map="ENF_BINDINGS"} 65536"#,
         ] {
@@ -491,7 +545,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            11,
+            13,
             "{declared:?}"
         );
     }
