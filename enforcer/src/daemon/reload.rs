@@ -9,8 +9,9 @@
 //! place or created as a symlink, that changed the file's stat (after following symlinks); it
 //! is then confirmed by the content's SHA-256: touching the file or replacing it with the same
 //! content reloads nothing. A file still being written is never read. A change through a
-//! symlink into another directory is not seen: SIGHUP reloads it. SIGHUP reloads the file even when it has not changed (for
-//! example to take it back after `enforcer policy apply other.yaml`).
+//! symlink into another directory is not seen: SIGHUP reloads it. SIGHUP reloads the file even
+//! when it has not changed (for example to take it back after `enforcer policy apply
+//! other.yaml`).
 
 use std::{
     os::{fd::AsFd as _, unix::fs::MetadataExt as _},
