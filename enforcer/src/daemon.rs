@@ -498,7 +498,14 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
         restart::Start::Keep => {
             let saved = match saved {
                 Ok(Some(saved)) => saved,
-                Ok(None) => unreachable!("a policy is kept only when one was saved"),
+                // `decide` keeps a policy only when one was saved; should that ever not hold,
+                // refusing is the safe way out.
+                Ok(None) => {
+                    return Err((
+                        Vec::new(),
+                        anyhow::anyhow!("no saved policy to keep; {}", keep_refusal(&file, state)),
+                    ));
+                }
                 Err(err) => return Err((Vec::new(), unreadable_state(&err, &file, state))),
             };
             let origin = saved.origin;
