@@ -215,7 +215,7 @@ pub fn run(options: Options) -> Result<()> {
             socket: options.attest_socket.clone(),
         },
         bundle_warn_before: options.bundle_warn_before,
-        source: reload::Source {
+        source: restart::Source {
             path: policy_path.clone(),
             read,
             at_start,

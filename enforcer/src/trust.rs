@@ -11,7 +11,7 @@ mod spiffe_id;
 mod svid;
 mod tls;
 
-pub use bundle::{Bundle, BundleError};
+pub use bundle::{Bundle, BundleError, hex};
 pub use certificate::leaf;
 pub use spiffe_id::SpiffeId;
 pub use svid::{Svid, Usage, own_id, verify};

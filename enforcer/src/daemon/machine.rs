@@ -73,7 +73,7 @@ pub struct Daemon {
     pub(super) attestation: crate::trust::attestation::Attestation,
     pub(super) bundle_warn_before: std::time::Duration,
     /// Where the policy came from at start, and the reloads of `--policy FILE`.
-    pub(super) source: super::reload::Source,
+    pub(super) source: super::restart::Source,
 }
 
 /// What changed: the generation now in force and the live connections ended.

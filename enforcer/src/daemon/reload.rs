@@ -35,34 +35,6 @@ use super::{
     machine::{ApplyError, Committed, Daemon, parse_with_bundles},
     restart::{self, FileRead},
 };
-use crate::{api::status::PolicySourceStatus, observe::metrics::Reloads};
-
-/// Where the policy came from at start and how reloads of `--policy FILE` went.
-pub struct Source {
-    /// `--policy FILE` as given.
-    pub path: PathBuf,
-    /// The file as the daemon last read it.
-    pub read: FileRead,
-    /// Whether the file took over at start ("taken") or the policy last applied stayed
-    /// ("kept"), and why.
-    pub at_start: &'static str,
-    pub reason: String,
-    /// Why the last reload was refused; `None` once one is applied.
-    pub last_reload_error: Option<String>,
-    pub reloads: Reloads,
-}
-
-impl Source {
-    pub fn status(&self) -> PolicySourceStatus {
-        PolicySourceStatus {
-            file: self.path.display().to_string(),
-            sha256: self.read.sha256.clone(),
-            at_start: self.at_start.into(),
-            reason: self.reason.clone(),
-            last_reload_error: self.last_reload_error.clone(),
-        }
-    }
-}
 
 /// Blocks SIGHUP in this thread and every thread it starts from now on, so that it is read
 /// from [`spawn`]'s signalfd instead of ending the process. Call before starting any thread.

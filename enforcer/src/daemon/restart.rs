@@ -13,20 +13,48 @@
 //! bring back an edge a later apply removed. The daemon then refuses to start and says why;
 //! the enforcement a previous daemon pinned stays in force meanwhile.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::paths::{StateDir, save_json};
+use crate::{
+    api::status::PolicySourceStatus,
+    observe::metrics::Reloads,
+    paths::{StateDir, save_json},
+};
 
 /// The SHA-256 of `text`, in lower-case hex.
 pub fn fingerprint(text: &str) -> String {
-    Sha256::digest(text.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    crate::trust::hex(&Sha256::digest(text.as_bytes()))
+}
+
+/// Where the policy came from at start and how reloads of `--policy FILE` went.
+pub struct Source {
+    /// `--policy FILE` as given.
+    pub path: PathBuf,
+    /// The file as the daemon last read it.
+    pub read: FileRead,
+    /// Whether the file took over at start ("taken") or the policy last applied stayed
+    /// ("kept"), and why.
+    pub at_start: &'static str,
+    pub reason: String,
+    /// Why the last reload was refused; `None` once one is applied.
+    pub last_reload_error: Option<String>,
+    pub reloads: Reloads,
+}
+
+impl Source {
+    pub fn status(&self) -> PolicySourceStatus {
+        PolicySourceStatus {
+            file: self.path.display().to_string(),
+            sha256: self.read.sha256.clone(),
+            at_start: self.at_start.into(),
+            reason: self.reason.clone(),
+            last_reload_error: self.last_reload_error.clone(),
+        }
+    }
 }
 
 /// A `--policy FILE` as the daemon read it: where, and the fingerprint of what it held.

@@ -392,6 +392,16 @@ mod tests {
         }
     }
 
+    /// A change (saving `saving`, if any) that `kernel` refuses: the state after it, and why.
+    fn refused(kernel: &mut Fake, saving: Option<&SavedPolicy<'_>>) -> (State, CommitError) {
+        let mut state = state();
+        let err = state
+            .commit(change(&state), saving, kernel)
+            .err()
+            .expect("refused");
+        (state, err)
+    }
+
     #[test]
     fn the_record_is_saved_before_the_swap_and_connections_are_ended_after_it() {
         let mut state = state();
@@ -417,15 +427,11 @@ mod tests {
 
     #[test]
     fn a_failed_save_changes_nothing_and_takes_the_new_ids_back() {
-        let mut state = state();
         let mut kernel = Fake {
             fail_save: true,
             ..Fake::default()
         };
-        let err = state
-            .commit(change(&state), None, &mut kernel)
-            .err()
-            .expect("refused");
+        let (state, err) = refused(&mut kernel, None);
         assert!(matches!(err, CommitError::Save(_)), "{err:?}");
         assert_eq!(err.to_string(), "disk full");
         assert_eq!(
@@ -438,15 +444,11 @@ mod tests {
 
     #[test]
     fn a_failed_swap_restores_the_saved_record_and_takes_the_new_ids_back() {
-        let mut state = state();
         let mut kernel = Fake {
             fail_swap: true,
             ..Fake::default()
         };
-        let err = state
-            .commit(change(&state), None, &mut kernel)
-            .err()
-            .expect("refused");
+        let (state, err) = refused(&mut kernel, None);
         assert!(matches!(err, CommitError::Swap(_)), "{err:?}");
         assert_eq!(
             kernel.calls,
@@ -466,15 +468,11 @@ mod tests {
 
     #[test]
     fn ids_that_cannot_be_recorded_stop_the_change_before_anything_is_saved() {
-        let mut state = state();
         let mut kernel = Fake {
             fail_record: true,
             ..Fake::default()
         };
-        let err = state
-            .commit(change(&state), None, &mut kernel)
-            .err()
-            .expect("refused");
+        let (state, err) = refused(&mut kernel, None);
         assert!(matches!(err, CommitError::Record(_)), "{err:?}");
         assert_eq!(kernel.calls, ["record domains"]);
         assert_eq!(state.generation, 4);
@@ -544,15 +542,11 @@ mod tests {
 
     #[test]
     fn a_policy_that_cannot_be_saved_changes_nothing() {
-        let mut state = state();
         let mut kernel = Fake {
             fail_save_policy: true,
             ..Fake::default()
         };
-        let err = state
-            .commit(change(&state), Some(&APPLIED), &mut kernel)
-            .err()
-            .expect("refused");
+        let (state, err) = refused(&mut kernel, Some(&APPLIED));
         assert!(matches!(err, CommitError::Save(_)), "{err:?}");
         assert_eq!(
             kernel.calls,
@@ -570,15 +564,11 @@ mod tests {
 
     #[test]
     fn a_failed_swap_puts_the_saved_policy_back() {
-        let mut state = state();
         let mut kernel = Fake {
             fail_swap: true,
             ..Fake::default()
         };
-        state
-            .commit(change(&state), Some(&APPLIED), &mut kernel)
-            .err()
-            .expect("refused");
+        let (state, _) = refused(&mut kernel, Some(&APPLIED));
         assert_eq!(
             kernel.calls,
             [

@@ -179,7 +179,8 @@ fn jwks(bytes: &[u8]) -> Result<Vec<Vec<u8>>, BundleError> {
     Ok(ders)
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// `bytes` in lower-case hex, as SHA-256 fingerprints are shown.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
