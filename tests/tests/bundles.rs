@@ -301,3 +301,78 @@ fn a_lapsing_bundle_stops_its_edge_in_the_kernel_with_the_daemon_stopped() {
     assert_eq!(field(&edge(&sb, "gated"), "state"), "suspended");
     assert_eq!(field(&bundle_status(&sb, PROD), "state"), "expired");
 }
+
+#[test]
+fn an_empty_bundle_is_valid_trusts_nothing_and_suspends_its_edges() {
+    if !privileged("an_empty_bundle_is_valid_trusts_nothing_and_suspends_its_edges") {
+        return;
+    }
+    let mut sb = Sandbox::new("bundle-empty");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let d = sb.dir().to_owned();
+    let (prod_bundle, staging_bundle) = (d.join("prod.json"), d.join("staging.pem"));
+    let ca = Issued::self_signed(&Spec::ca(PROD));
+    fs::write(&prod_bundle, enforcer_tests::pki::jwks(&[&ca])).expect("bundle");
+    fs::write(&staging_bundle, Issued::self_signed(&Spec::ca(STAGING)).pem).expect("bundle");
+    sb.start_daemon(&sb.policy(
+        "p.yaml",
+        &policy(&prod_bundle, &staging_bundle, "'34030-34031'", "34032"),
+    ));
+    let mut sink = sb.sink(&prod, LOCALHOST, 34030);
+    let _gated = sb.listen(&prod, LOCALHOST, 34031);
+    let _open = sb.listen(&prod, LOCALHOST, 34032);
+    let mut stream = sb.stream(&staging, LOCALHOST, 34030);
+    sink.expect_received(3, FLOWING, "staging -> prod over the gated edge");
+
+    // What a bundle endpoint serves while its domain is retired: a document with no keys.
+    fs::write(&prod_bundle, r#"{"keys": []}"#).expect("bundle");
+    sb.wait_daemon_log("edge gated suspended", NOTICED);
+    stream.expect_end(NOTICED, &TCP_ENDED, "prod's bundle became empty");
+    let outcome = sb.connect(&staging, LOCALHOST, 34031);
+    assert_eq!(
+        outcome,
+        Outcome::EPERM,
+        "gated edge, empty bundle: {outcome}"
+    );
+    let outcome = sb.connect(&staging, LOCALHOST, 34032);
+    assert_eq!(outcome, Outcome::greeted(), "the ungated edge: {outcome}");
+    let status = bundle_status(&sb, PROD);
+    assert_eq!(field(&status, "state"), "empty", "{status}");
+    assert!(
+        field(&status, "error").contains("trusts nothing"),
+        "{status}"
+    );
+    assert!(status.get("expires").is_none_or(Json::is_null), "{status}");
+    let gated = edge(&sb, "gated");
+    assert_eq!(field(&gated, "state"), "suspended");
+    assert!(field(&gated, "trust").contains("trusts nothing"), "{gated}");
+
+    // An empty PEM file is a bundle too: checked and applied, and its edges stay suspended.
+    let empty_pem = d.join("empty.pem");
+    fs::write(&empty_pem, "").expect("bundle");
+    let next = sb.policy(
+        "empty.yaml",
+        &policy(&empty_pem, &staging_bundle, "'34030-34031'", "34032"),
+    );
+    let next = next.to_str().expect("utf-8");
+    let check = sb.enforcer(&["policy", "check", next]);
+    assert!(
+        check.status.success(),
+        "check of an empty bundle: {check:?}"
+    );
+    let generation = sb.status().get("generation").and_then(Json::as_u64);
+    let apply = sb.enforcer(&["policy", "apply", next]);
+    assert!(
+        apply.status.success(),
+        "apply of an empty bundle: {apply:?}"
+    );
+    assert_ne!(
+        sb.status().get("generation").and_then(Json::as_u64),
+        generation,
+        "the policy naming an empty bundle was not applied"
+    );
+    assert_eq!(field(&bundle_status(&sb, PROD), "state"), "empty");
+    assert_eq!(sb.connect(&staging, LOCALHOST, 34031), Outcome::EPERM);
+    assert_eq!(field(&edge(&sb, "gated"), "state"), "suspended");
+}

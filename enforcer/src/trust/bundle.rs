@@ -15,6 +15,9 @@ use super::certificate;
 /// Bundles are a handful of certificates; anything far larger is not a bundle.
 const MAX_BYTES: u64 = 1 << 20;
 
+/// Why an empty bundle allows nothing.
+pub const EMPTY: &str = "is empty: it holds no CA certificate and trusts nothing";
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct BundleError(String);
@@ -59,12 +62,10 @@ impl Bundle {
             .iter()
             .find(|b| !b.is_ascii_whitespace())
             .is_some_and(|&b| b == b'{');
+        // No certificate at all is a valid bundle that trusts nothing (SPIFFE Trust Domain and
+        // Bundle 4.1.3): a domain being retired may publish one. It reads as empty, and
+        // `usable_at` keeps the edges that require it suspended.
         let ders = if is_json { jwks(bytes)? } else { pem(bytes)? };
-        if ders.is_empty() {
-            return Err(BundleError(
-                "holds no X.509 CA certificates (an X509-SVID bundle needs at least one)".into(),
-            ));
-        }
         let authorities = ders
             .into_iter()
             .enumerate()
@@ -87,17 +88,18 @@ impl Bundle {
     }
 
     /// The earliest end of an authority's validity: the bundle must be renewed before then.
-    pub fn expires(&self) -> Timestamp {
-        self.authorities
-            .iter()
-            .map(|a| a.not_after)
-            .min()
-            .unwrap_or(Timestamp::MIN)
+    /// None for an empty bundle, which never trusted anything.
+    pub fn expires(&self) -> Option<Timestamp> {
+        self.authorities.iter().map(|a| a.not_after).min()
     }
 
-    /// `Ok(expires)` when every authority is within its validity window at `now`. A bundle is
-    /// trusted only whole: an expired authority means it is due for replacement.
+    /// `Ok(expires)` when the bundle has an authority and every one is within its validity
+    /// window at `now`. A bundle is trusted only whole: an expired authority means it is due
+    /// for replacement. An empty bundle is never usable: it trusts nothing.
     pub fn usable_at(&self, now: Timestamp) -> Result<Timestamp, BundleError> {
+        let Some(expires) = self.expires() else {
+            return Err(BundleError(EMPTY.into()));
+        };
         for (i, a) in self.authorities.iter().enumerate() {
             if now < a.not_before {
                 return Err(BundleError(format!(
@@ -116,7 +118,11 @@ impl Bundle {
                 )));
             }
         }
-        Ok(self.expires())
+        Ok(expires)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.authorities.is_empty()
     }
 }
 
@@ -206,7 +212,7 @@ mod tests {
         let from_jwks = parse(&jwks(&[&a, &b])).expect("jwks");
         assert_eq!(from_pem, from_jwks);
         assert_eq!(from_pem.authorities.len(), 2);
-        assert_eq!(from_pem.expires(), from_pem.authorities[1].not_after);
+        assert_eq!(from_pem.expires(), Some(from_pem.authorities[1].not_after));
         assert_eq!(from_pem.authorities[0].sha256.len(), 64);
         assert_eq!(from_pem.authorities[0].subject, "CN=prod.example.org CA");
     }
@@ -219,12 +225,6 @@ mod tests {
             r#"{"keys":[{"use":"jwt-svid","kty":"EC","kid":"k1"},{"use":"x509-svid","kty":"EC"},"#,
         );
         assert_eq!(parse(&doc).expect("valid").authorities.len(), 1);
-        let only_jwt = r#"{"keys":[{"use":"jwt-svid","kty":"EC","kid":"k1"}]}"#;
-        assert!(
-            parse(only_jwt)
-                .expect_err("no x509")
-                .contains("no X.509 CA")
-        );
         assert!(
             parse(r#"{"keys": 3}"#)
                 .expect_err("keys")
@@ -268,7 +268,6 @@ mod tests {
         let err = parse(&format!("{}{}", leaf.pem, leaf.key_pem)).expect_err("key");
         assert!(err.contains("not a certificate"), "{err}");
         assert!(parse("hello").expect_err("text").contains("neither PEM"));
-        assert!(parse("").expect_err("empty").contains("no X.509 CA"));
     }
 
     #[test]
@@ -292,6 +291,33 @@ mod tests {
                 .expect_err("early")
                 .0
                 .contains("not valid before")
+        );
+    }
+
+    #[test]
+    fn a_bundle_without_certificates_is_empty_and_trusts_nothing() {
+        let now = Timestamp::now();
+        for text in [
+            "",
+            "\n  \n",
+            r#"{"keys": []}"#,
+            r#"{"keys":[{"use":"jwt-svid","kty":"EC","kid":"k1"}]}"#,
+        ] {
+            let bundle = parse(text).unwrap_or_else(|err| panic!("{text:?} refused: {err}"));
+            assert!(bundle.is_empty(), "{text:?}");
+            assert_eq!(bundle.expires(), None, "{text:?}");
+            assert_eq!(
+                bundle.usable_at(now),
+                Err(BundleError(EMPTY.into())),
+                "{text:?}"
+            );
+        }
+        // Still refused: text that is no bundle at all.
+        assert!(parse("hello").expect_err("text").contains("neither PEM"));
+        assert!(
+            parse("{}")
+                .expect_err("no keys")
+                .contains("no `keys` array")
         );
     }
 }

@@ -13,7 +13,7 @@ use jiff::{SignedDuration, Timestamp};
 use crate::{
     api::status::{AuthorityStatus, BundleStatus},
     pipeline::edges::Trust,
-    trust::{self, Bundle},
+    trust::{self, Bundle, bundle},
 };
 
 /// A bundle file as last read.
@@ -116,15 +116,26 @@ impl TrustState {
             let next = read(&entry.path, domain);
             if next.loaded != entry.loaded {
                 changes.push(match &next.loaded {
-                    Ok(b) => (
-                        log::Level::Info,
-                        format!(
-                            "trust bundle of {domain} ({}) read: {} authorit(ies), expires {}",
-                            entry.path.display(),
-                            b.authorities.len(),
-                            b.expires()
+                    Ok(b) => match b.expires() {
+                        Some(expires) => (
+                            log::Level::Info,
+                            format!(
+                                "trust bundle of {domain} ({}) read: {} authorit(ies), expires \
+                                 {expires}",
+                                entry.path.display(),
+                                b.authorities.len(),
+                            ),
                         ),
-                    ),
+                        None => (
+                            log::Level::Warn,
+                            format!(
+                                "trust bundle of {domain} ({}) read: it {}; the edges that \
+                                 require it are suspended",
+                                entry.path.display(),
+                                bundle::EMPTY
+                            ),
+                        ),
+                    },
                     Err(why) => (
                         log::Level::Warn,
                         format!("trust bundle of {domain} is unusable: {why}"),
@@ -197,6 +208,7 @@ impl TrustState {
                     Ok(bundle) => {
                         let state = match bundle.usable_at(now) {
                             Ok(_) => ("valid", None),
+                            Err(why) if bundle.is_empty() => ("empty", Some(why.to_string())),
                             Err(why) if bundle.authorities.iter().any(|a| now < a.not_before) => {
                                 ("not-yet-valid", Some(why.to_string()))
                             }
@@ -211,7 +223,7 @@ impl TrustState {
                                 not_after: a.not_after,
                             })
                             .collect();
-                        (state.0, state.1, Some(bundle.expires()), authorities)
+                        (state.0, state.1, bundle.expires(), authorities)
                     }
                 };
                 let warning = expires
