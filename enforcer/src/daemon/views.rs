@@ -70,35 +70,39 @@ impl Daemon {
             .iter()
             .filter(|b| !self.root.covers(&b.path) || b.cgroup_id.is_none())
             .partition(|b| !self.root.covers(&b.path));
-        let listed =
-            |bindings: &[&compile::Binding], level: log::Level, say: &dyn Fn(&str) -> String| {
-                let mut lines: Vec<(log::Level, String)> = bindings
-                    .iter()
-                    .take(BINDING_WARNINGS)
-                    .map(|b| (level, say(b.path.as_str())))
-                    .collect();
-                if bindings.len() > BINDING_WARNINGS {
-                    lines.push((
-                        level,
-                        say(&format!(
-                            "... and {} more",
-                            bindings.len() - BINDING_WARNINGS
-                        )),
-                    ));
-                }
-                lines
-            };
+        let listed = |bindings: &[&compile::Binding],
+                      level: log::Level,
+                      say: &dyn Fn(&str) -> String,
+                      more: &dyn Fn(usize) -> String| {
+            let mut lines: Vec<(log::Level, String)> = bindings
+                .iter()
+                .take(BINDING_WARNINGS)
+                .map(|b| (level, say(b.path.as_str())))
+                .collect();
+            if bindings.len() > BINDING_WARNINGS {
+                lines.push((level, more(bindings.len() - BINDING_WARNINGS)));
+            }
+            lines
+        };
         let root = &self.root.relative;
-        listed(&outside, log::Level::Warn, &|path| {
-            format!("cgroup {path} is outside --cgroup-root {root}; it is not enforced")
-        })
+        listed(
+            &outside,
+            log::Level::Warn,
+            &|path| format!("cgroup {path} is outside --cgroup-root {root}; it is not enforced"),
+            &|n| format!("... and {n} more cgroup(s) outside --cgroup-root {root}: not enforced"),
+        )
         .into_iter()
-        .chain(listed(&pending, log::Level::Info, &|path| {
-            format!(
-                "cgroup {path} does not exist yet; its binding is pending and takes effect when \
-                 it is created"
-            )
-        }))
+        .chain(listed(
+            &pending,
+            log::Level::Info,
+            &|path| {
+                format!(
+                    "cgroup {path} does not exist yet; its binding is pending and takes effect \
+                     when it is created"
+                )
+            },
+            &|n| format!("... and {n} more cgroup(s) that do not exist yet: pending likewise"),
+        ))
         .chain(
             self.attestation
                 .warning(&self.state.policy)
