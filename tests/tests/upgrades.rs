@@ -1,0 +1,259 @@
+//! Upgrades with no window (issue 19, item 2): a daemon of this build started on the pins of
+//! an earlier build whose maps have another layout takes them over in place, with no
+//! `enforcer teardown` and no moment without enforcement. The earlier build is compiled from
+//! this repository's history by the test (once; later runs reuse it).
+//!
+//! While the upgrade runs, one staging workload retries a connection the policy forbids and
+//! another one it allows, as fast as they can; every attempt of each is counted. Not one
+//! forbidden attempt may connect, and not one allowed attempt may fail. A connection the
+//! policy allows, open before the upgrade, keeps flowing; a grant made through the old daemon
+//! still opens its port after the upgrade and its revocation still ends the connection it
+//! allowed. Ports 38000-38099 belong to this file.
+
+use std::time::{Duration, SystemTime};
+
+use enforcer_tests::{Json, Outcome, Sandbox, enforcer_at, patient, privileged};
+
+/// The newest commit whose pinned maps are laid out differently from this build's: the
+/// parent of a25961a, which shrank `ENF_EDGES` keys from 16 bytes to 12 (`git log --
+/// enforcer-common/src/maps.rs`). Every other map has the same layout there, so this is the
+/// upgrade a host running the previous release makes.
+const PREVIOUS_LAYOUT: &str = "95478a98dc602db8f97cf78cf185ed2d13e3320b";
+
+const LOCALHOST: &str = "127.0.0.1";
+const PROD: &str = "prod.example.org";
+const STAGING: &str = "staging.example.org";
+/// The policy's edge opens these two: a listener for the retried allowed connection, and a
+/// sink for a connection held open across the upgrade.
+const ALLOWED: u16 = 38001;
+const HELD: u16 = 38003;
+/// No edge opens this one.
+const FORBIDDEN: u16 = 38002;
+/// A grant made through the old daemon opens these two: a sink for a connection that its
+/// revocation must end, and a listener for new connections.
+const GRANTED_HELD: u16 = 38004;
+const GRANTED: u16 = 38005;
+const GRANT_ID: &str = "upgrade-grant";
+/// Attempts each client makes before the upgrade starts and after it is done, at least.
+const ATTEMPTS: usize = 200;
+/// How long a stream or a storm gets to show progress: generous, no timing assertion.
+const PROGRESS: Duration = Duration::from_secs(60);
+
+fn policy() -> String {
+    format!(
+        "version: 1
+defaults: {{unlabeled: allow, external: allow}}
+domains:
+  - name: {PROD}
+    cgroups: ['{{root}}/prod']
+  - name: {STAGING}
+    cgroups: ['{{root}}/staging']
+federation:
+  - id: storm
+    from: {STAGING}
+    to: {PROD}
+    protocol: tcp
+    ports: [{ALLOWED}, {HELD}]
+    owner: platform-team
+    reason: upgrade test
+"
+    )
+}
+
+fn u64_at(json: &Json, key: &str) -> u64 {
+    json.get(key)
+        .and_then(Json::as_u64)
+        .unwrap_or_else(|| panic!("{key} is a number in {json}"))
+}
+
+/// The `prog_id` of every program in a `status -o json`.
+fn program_ids(status: &Json) -> Vec<u64> {
+    status
+        .get("programs")
+        .map(Json::as_array)
+        .unwrap_or_default()
+        .iter()
+        .map(|p| u64_at(p, "prog_id"))
+        .collect()
+}
+
+#[test]
+fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
+    if !privileged("an_upgrade_across_a_map_layout_change_keeps_enforcing") {
+        return;
+    }
+    let old = enforcer_at(PREVIOUS_LAYOUT);
+    let mut sb = Sandbox::new("upgrade-layout");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy("p.yaml", &policy());
+    sb.start_daemon_from(&old, &file, &[]);
+    let _allowed = sb.listen(&prod, LOCALHOST, ALLOWED);
+    let _forbidden = sb.listen(&prod, LOCALHOST, FORBIDDEN);
+    let _granted = sb.listen(&prod, LOCALHOST, GRANTED);
+    let mut held_sink = sb.sink(&prod, LOCALHOST, HELD);
+    let mut granted_sink = sb.sink(&prod, LOCALHOST, GRANTED_HELD);
+    let ports = format!("{GRANTED_HELD}-{GRANTED}");
+    let granted = sb.enforcer_from(
+        &old,
+        &[
+            "edge", "grant", "--from", STAGING, "--to", PROD, "--protocol", "tcp", "--ports",
+            &ports, "--ttl", "1h", "--owner", "platform-team", "--reason", "upgrade test",
+            "--id", GRANT_ID,
+        ],
+    );
+    assert!(
+        granted.status.success(),
+        "the old daemon granted nothing: {}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    for (port, expected) in [
+        (ALLOWED, Outcome::greeted()),
+        (GRANTED, Outcome::greeted()),
+        (FORBIDDEN, Outcome::EPERM),
+    ] {
+        let outcome = sb.connect(&staging, LOCALHOST, port);
+        assert_eq!(
+            outcome, expected,
+            "before the upgrade, staging -> prod:{port}: the application saw {outcome}"
+        );
+    }
+    let _held = sb.stream(&staging, LOCALHOST, HELD);
+    let mut granted_stream = sb.stream(&staging, LOCALHOST, GRANTED_HELD);
+    held_sink.expect_received(3, PROGRESS, "the held connection before the upgrade");
+    granted_sink.expect_received(3, PROGRESS, "the granted connection before the upgrade");
+    let before = {
+        let out = sb.enforcer_from(&old, &["status", "-o", "json"]);
+        assert!(out.status.success(), "old status failed");
+        Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("old status prints JSON")
+    };
+
+    let mut allowed = sb.connect_storm(&staging, LOCALHOST, ALLOWED);
+    let mut forbidden = sb.connect_storm(&staging, LOCALHOST, FORBIDDEN);
+    allowed.wait_for_count("", ATTEMPTS + 1, PROGRESS);
+    forbidden.wait_for_count("", ATTEMPTS + 1, PROGRESS);
+
+    // The upgrade: the old daemon is gone (pinned enforcement stays), this build starts on
+    // its pins and state dir. start_daemon returns once the control socket answers, after
+    // every hook runs this build's programs and the policy is applied.
+    sb.kill_daemon();
+    let upgrading = SystemTime::now();
+    sb.start_daemon(&file);
+    let upgraded = SystemTime::now();
+    let at_upgrade = (
+        allowed.lines_so_far().len(),
+        forbidden.lines_so_far().len(),
+    );
+    allowed.wait_for_count("", at_upgrade.0 + ATTEMPTS, PROGRESS);
+    forbidden.wait_for_count("", at_upgrade.1 + ATTEMPTS, PROGRESS);
+
+    let mut report = Vec::new();
+    for (storm, port, expected) in [
+        (&mut allowed, ALLOWED, "connected hi"),
+        (&mut forbidden, FORBIDDEN, "error 1"),
+    ] {
+        // The readiness line first, then one line per attempt.
+        let lines = storm.lines_so_far();
+        let attempts = &lines[1..];
+        let during = attempts
+            .iter()
+            .filter(|l| l.at >= upgrading && l.at <= upgraded)
+            .count();
+        let wrong: Vec<&str> = attempts
+            .iter()
+            .map(|l| l.text.as_str())
+            .filter(|text| *text != expected)
+            .collect();
+        report.push(format!(
+            "staging -> prod:{port}: {} attempts, {during} during the upgrade, {} not `{expected}`",
+            attempts.len(),
+            wrong.len()
+        ));
+        assert!(
+            wrong.is_empty(),
+            "staging -> prod:{port} must always see `{expected}`; across the upgrade {} of {} \
+             attempts saw otherwise, first {:?}",
+            wrong.len(),
+            attempts.len(),
+            &wrong[..wrong.len().min(5)]
+        );
+        assert!(
+            during > 0,
+            "no attempt to prod:{port} was made while the upgrade ran: the test proved nothing"
+        );
+    }
+    drop((allowed, forbidden));
+    eprintln!("upgrade storm: {}", report.join("; "));
+
+    let held = held_sink.received_count();
+    held_sink.expect_received(held + 3, PROGRESS, "the held connection after the upgrade");
+
+    let after = sb.status();
+    let upgraded_maps = after
+        .get("upgraded_maps")
+        .map(Json::as_array)
+        .unwrap_or_default();
+    let edges = upgraded_maps
+        .iter()
+        .find(|m| m.get("map").and_then(Json::as_str) == Some("ENF_EDGES"))
+        .unwrap_or_else(|| panic!("status lists ENF_EDGES among upgraded_maps: {after}"));
+    assert!(
+        u64_at(edges, "entries") > 0,
+        "the policy's and the grant's edges were carried over: {edges}"
+    );
+    let layout = after
+        .get("memory")
+        .and_then(|m| m.find_by("map", "ENF_EDGES"))
+        .unwrap_or_else(|| panic!("status lists the pinned ENF_EDGES under memory: {after}"));
+    assert_eq!(
+        u64_at(layout, "key_size"),
+        12,
+        "the pinned ENF_EDGES has this build's 12-byte keys: {layout}"
+    );
+    let (old_ids, new_ids) = (program_ids(&before), program_ids(&after));
+    assert_eq!(new_ids.len(), 7, "every hook has a program: {after}");
+    assert!(
+        new_ids.iter().all(|id| !old_ids.contains(id)),
+        "every hook runs a program of this build ({new_ids:?}), none of the old daemon's \
+         ({old_ids:?})"
+    );
+    assert!(
+        u64_at(&after, "generation") > u64_at(&before, "generation"),
+        "the generation goes on from the old daemon's ({before})"
+    );
+    assert!(
+        sb.listed_edge(GRANT_ID).is_some(),
+        "the grant made through the old daemon is listed after the upgrade"
+    );
+
+    let outcome = sb.connect(&staging, LOCALHOST, GRANTED);
+    assert_eq!(
+        outcome,
+        Outcome::greeted(),
+        "after the upgrade the old daemon's grant still opens prod:{GRANTED}; the application \
+         saw {outcome}"
+    );
+    let reply = sb.revoke(GRANT_ID);
+    assert!(
+        reply.get("ended").and_then(Json::as_u64).is_some_and(|n| n >= 1),
+        "revoking the grant ends the connection it allowed: {reply}"
+    );
+    granted_stream.expect_end(
+        patient(Duration::from_secs(10)),
+        &["ECONNABORTED", "ECONNRESET"],
+        "the granted connection after its grant was revoked",
+    );
+    let outcome = sb.connect(&staging, LOCALHOST, GRANTED);
+    assert_eq!(
+        outcome,
+        Outcome::EPERM,
+        "after the revocation staging -> prod:{GRANTED} is refused; the application saw \
+         {outcome}"
+    );
+    let held = held_sink.received_count();
+    held_sink.expect_received(
+        held + 3,
+        PROGRESS,
+        "the held connection, which the policy's edge allows, after the revocation",
+    );
+}
