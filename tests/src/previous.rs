@@ -1,6 +1,13 @@
 //! The `enforcer` binary of an earlier commit, for upgrade tests: built once from this
 //! repository's history into `target/upgrade-from/COMMIT/` and reused by later runs.
 
+/// The newest commit whose pinned maps are laid out differently from this build's: the
+/// parent of a25961a, which shrank `ENF_EDGES` keys from 16 bytes to 12 (`git log --
+/// enforcer-common/src/maps.rs`). Every other map has the same layout there, so an upgrade
+/// from it is the one a host running the previous layout makes. Move it on when a commit
+/// changes a layout again (and add that layout to `enforcer/src/kernel/upgrade.rs`).
+pub const PREVIOUS_LAYOUT: &str = "95478a98dc602db8f97cf78cf185ed2d13e3320b";
+
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -41,6 +48,7 @@ pub fn enforcer_at(commit: &str) -> PathBuf {
         .arg("-C")
         .arg(&src)
         .stdin(archive.stdout.take().expect("piped stdout"))
+        .stdout(Stdio::null())
         .status()
         .expect("running tar");
     let archived = archive.wait().expect("waiting for git archive");
@@ -55,7 +63,9 @@ pub fn enforcer_at(commit: &str) -> PathBuf {
     build
         .args(["build", "-p", "enforcer"])
         .current_dir(&src)
-        .env("CARGO_TARGET_DIR", dir.join("target"));
+        .env("CARGO_TARGET_DIR", dir.join("target"))
+        // Standard output is the caller's: `enforcer-previous` prints the path there.
+        .stdout(Stdio::null());
     // The variables cargo sets for this test describe this build's package, not that one.
     for (name, _) in std::env::vars_os() {
         if name.to_string_lossy().starts_with("CARGO_")

@@ -412,6 +412,19 @@ impl Sandbox {
     /// [`Self::start_daemon_with`] running another build's `enforcer` binary (an earlier
     /// version, for upgrades).
     pub fn start_daemon_from(&mut self, binary: &Path, policy: &Path, extra: &[&str]) {
+        if let Err(why) = self.try_start_daemon_from(binary, policy, extra) {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Self::start_daemon_from`], returning what the daemon logged when it exits before it
+    /// is ready instead of failing the test.
+    pub fn try_start_daemon_from(
+        &mut self,
+        binary: &Path,
+        policy: &Path,
+        extra: &[&str],
+    ) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         let mut child = self
             .daemon_command_from(binary, policy, Path::new(&self.root), extra)
@@ -426,15 +439,16 @@ impl Sandbox {
                 Ok(line) => seen.push(line),
                 Err(_) => {
                     let status = child.wait().expect("waiting for the daemon");
-                    panic!(
+                    return Err(format!(
                         "the daemon exited ({status}) before it was ready:\n{}",
                         seen.join("\n")
-                    );
+                    ));
                 }
             }
         }
         self.daemon = Some(child);
         self.daemon_log = Some(lines);
+        Ok(())
     }
 }
 

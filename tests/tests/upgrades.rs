@@ -1,7 +1,10 @@
 //! Upgrades with no window (issue 19, item 2): a daemon of this build started on the pins of
 //! an earlier build whose maps have another layout takes them over in place, with no
-//! `enforcer teardown` and no moment without enforcement. The earlier build is compiled from
-//! this repository's history by the test (once; later runs reuse it).
+//! `enforcer teardown` and no moment without enforcement. The earlier build is commit 95478a9
+//! ([`PREVIOUS_LAYOUT`]), the last before a25961a changed `ENF_EDGES`'s key from 16 bytes to
+//! 12: the newest layout change, so the upgrade a host on the previous layout makes. It is
+//! compiled from this repository's history by the test (once; later runs reuse it), or
+//! shipped prebuilt by `cargo xtask vm-test`, whose guests have neither git nor cargo.
 //!
 //! While the upgrade runs, one staging workload retries a connection the policy forbids and
 //! another one it allows, as fast as they can; every attempt of each is counted. Not one
@@ -12,13 +15,9 @@
 
 use std::time::{Duration, SystemTime};
 
-use enforcer_tests::{Json, Outcome, Sandbox, enforcer_at, patient, privileged};
-
-/// The newest commit whose pinned maps are laid out differently from this build's: the
-/// parent of a25961a, which shrank `ENF_EDGES` keys from 16 bytes to 12 (`git log --
-/// enforcer-common/src/maps.rs`). Every other map has the same layout there, so this is the
-/// upgrade a host running the previous release makes.
-const PREVIOUS_LAYOUT: &str = "95478a98dc602db8f97cf78cf185ed2d13e3320b";
+use enforcer_tests::{
+    Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, privileged,
+};
 
 const LOCALHOST: &str = "127.0.0.1";
 const PROD: &str = "prod.example.org";
@@ -87,7 +86,19 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
     let file = sb.policy("p.yaml", &policy());
-    sb.start_daemon_from(&old, &file, &[]);
+    if let Err(why) = sb.try_start_daemon_from(&old, &file, &[]) {
+        // a25961a itself is what made the programs fit Linux 6.1's verifier: on a kernel that
+        // refuses the previous build there was never anything to upgrade from.
+        assert!(
+            why.contains("kernel lacks"),
+            "the previous build's daemon did not start: {why}"
+        );
+        eprintln!(
+            "\n!!!!!!!! SKIPPED the upgrade test on this kernel: the build of the previous \
+             layout ({PREVIOUS_LAYOUT}) does not load here, so no host could run it. !!!!!!!!\n{why}\n"
+        );
+        return;
+    }
     let _allowed = sb.listen(&prod, LOCALHOST, ALLOWED);
     let _forbidden = sb.listen(&prod, LOCALHOST, FORBIDDEN);
     let _granted = sb.listen(&prod, LOCALHOST, GRANTED);
