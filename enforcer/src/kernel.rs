@@ -141,9 +141,8 @@ pub fn load(pins: &PinDir) -> Result<Loaded> {
     let mut loader = EbpfLoader::new();
     let mut created = Vec::new();
     let mut replaced = Vec::new();
-    let map_pins = MAP_LAYOUTS.map(|(name, key_size, value_size)| {
-        (name, key_size, value_size, pins.map(name))
-    });
+    let map_pins = MAP_LAYOUTS
+        .map(|(name, key_size, value_size)| (name, key_size, value_size, pins.map(name)));
     for (name, key_size, value_size, path) in &map_pins {
         let (name, key_size, value_size) = (*name, *key_size, *value_size);
         // aya pins a map it had to create when it was given a pin path, so the path is

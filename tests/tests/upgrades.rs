@@ -15,9 +15,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use enforcer_tests::{
-    Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, privileged,
-};
+use enforcer_tests::{Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, privileged};
 
 const LOCALHOST: &str = "127.0.0.1";
 const PROD: &str = "prod.example.org";
@@ -108,9 +106,24 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let granted = sb.enforcer_from(
         &old,
         &[
-            "edge", "grant", "--from", STAGING, "--to", PROD, "--protocol", "tcp", "--ports",
-            &ports, "--ttl", "1h", "--owner", "platform-team", "--reason", "upgrade test",
-            "--id", GRANT_ID,
+            "edge",
+            "grant",
+            "--from",
+            STAGING,
+            "--to",
+            PROD,
+            "--protocol",
+            "tcp",
+            "--ports",
+            &ports,
+            "--ttl",
+            "1h",
+            "--owner",
+            "platform-team",
+            "--reason",
+            "upgrade test",
+            "--id",
+            GRANT_ID,
         ],
     );
     assert!(
@@ -151,10 +164,7 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let upgrading = SystemTime::now();
     sb.start_daemon(&file);
     let upgraded = SystemTime::now();
-    let at_upgrade = (
-        allowed.lines_so_far().len(),
-        forbidden.lines_so_far().len(),
-    );
+    let at_upgrade = (allowed.lines_so_far().len(), forbidden.lines_so_far().len());
     allowed.wait_for_count("", at_upgrade.0 + ATTEMPTS, PROGRESS);
     forbidden.wait_for_count("", at_upgrade.1 + ATTEMPTS, PROGRESS);
 
@@ -246,7 +256,10 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     );
     let reply = sb.revoke(GRANT_ID);
     assert!(
-        reply.get("ended").and_then(Json::as_u64).is_some_and(|n| n >= 1),
+        reply
+            .get("ended")
+            .and_then(Json::as_u64)
+            .is_some_and(|n| n >= 1),
         "revoking the grant ends the connection it allowed: {reply}"
     );
     granted_stream.expect_end(

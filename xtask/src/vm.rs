@@ -157,7 +157,10 @@ fn previous_layout(binaries: &[PathBuf]) -> Result<PathBuf> {
         .output()
         .with_context(|| format!("running {}", builder.display()))?;
     if !out.status.success() {
-        bail!("{} could not build the previous layout's enforcer", builder.display());
+        bail!(
+            "{} could not build the previous layout's enforcer",
+            builder.display()
+        );
     }
     Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }

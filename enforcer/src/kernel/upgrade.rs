@@ -242,7 +242,12 @@ mod tests {
                 .into_iter()
                 .find(|(name, _, _)| *name == m.map)
                 .expect("a map of this build");
-            assert_ne!((m.key_size, m.value_size), (key_size, value_size), "{}", m.map);
+            assert_ne!(
+                (m.key_size, m.value_size),
+                (key_size, value_size),
+                "{}",
+                m.map
+            );
         }
         assert_eq!(size_of::<EdgeKeyV1>(), 16);
     }

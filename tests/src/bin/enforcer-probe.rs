@@ -192,7 +192,10 @@ fn connect_storm(addr: SocketAddr, timeout: Duration) -> ExitCode {
     let mut out = io::stdout().lock();
     loop {
         let result = connect(addr, timeout);
-        if writeln!(out, "{result}").and_then(|()| out.flush()).is_err() {
+        if writeln!(out, "{result}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return ExitCode::SUCCESS;
         }
     }
