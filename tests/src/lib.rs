@@ -18,7 +18,7 @@ pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
-pub use previous::{PREVIOUS_LAYOUT, enforcer_at};
+pub use previous::{PREVIOUS_LAYOUT, enforcer_at, pin_foreign_map};
 pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
 pub use sandbox::{Sandbox, cgroup_mount, client, enforcer};
 pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};

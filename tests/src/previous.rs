@@ -81,3 +81,43 @@ pub fn enforcer_at(commit: &str) -> PathBuf {
     );
     binary
 }
+
+/// Pins at `path` a new, empty hash map with `key_size`-byte keys and `value_size`-byte values,
+/// named `name`: a map as a build with a layout no version knows would have pinned it.
+/// `path` must be on bpffs.
+pub fn pin_foreign_map(path: &Path, name: &str, key_size: u32, value_size: u32) {
+    const BPF_MAP_CREATE: libc::c_long = 0;
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    let bpf = |cmd: libc::c_long, attr: &mut [u8; 128]| {
+        // SAFETY: `attr` is a zeroed union bpf_attr of 128 bytes (the kernel accepts a larger
+        // attr whose tail is zero); pointers in it point at live buffers.
+        unsafe { libc::syscall(libc::SYS_bpf, cmd, attr.as_mut_ptr(), attr.len()) }
+    };
+    // union bpf_attr for BPF_MAP_CREATE: map_type, key_size, value_size, max_entries,
+    // map_flags (u32 each from offset 0), ..., map_name char[16] at offset 32.
+    let mut attr = [0u8; 128];
+    for (offset, value) in [BPF_MAP_TYPE_HASH, key_size, value_size, 8]
+        .into_iter()
+        .enumerate()
+    {
+        attr[offset * 4..offset * 4 + 4].copy_from_slice(&value.to_ne_bytes());
+    }
+    attr[32..32 + name.len().min(15)].copy_from_slice(&name.as_bytes()[..name.len().min(15)]);
+    let fd = bpf(BPF_MAP_CREATE, &mut attr);
+    assert!(
+        fd >= 0,
+        "creating a map: {}",
+        std::io::Error::last_os_error()
+    );
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path");
+    // BPF_OBJ_PIN: pathname u64 at 0, bpf_fd u32 at 8.
+    let mut attr = [0u8; 128];
+    attr[..8].copy_from_slice(&(c_path.as_ptr() as u64).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(fd as u32).to_ne_bytes());
+    let pinned = bpf(BPF_OBJ_PIN, &mut attr);
+    let err = std::io::Error::last_os_error();
+    // SAFETY: `fd` is the map's descriptor, which nothing else uses; the pin holds the map.
+    unsafe { libc::close(fd as i32) };
+    assert!(pinned == 0, "pinning a map at {}: {err}", path.display());
+}

@@ -11,11 +11,14 @@
 //! forbidden attempt may connect, and not one allowed attempt may fail. A connection the
 //! policy allows, open before the upgrade, keeps flowing; a grant made through the old daemon
 //! still opens its port after the upgrade and its revocation still ends the connection it
-//! allowed. Ports 38000-38099 belong to this file.
+//! allowed. Pins of a layout no migration knows are still refused, with enforcement left as
+//! it was. Ports 38000-38099 belong to this file.
 
 use std::time::{Duration, SystemTime};
 
-use enforcer_tests::{Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, privileged};
+use enforcer_tests::{
+    Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, pin_foreign_map, privileged,
+};
 
 const LOCALHOST: &str = "127.0.0.1";
 const PROD: &str = "prod.example.org";
@@ -280,4 +283,51 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
         PROGRESS,
         "the held connection, which the policy's edge allows, after the revocation",
     );
+}
+
+#[test]
+fn pins_of_a_layout_no_migration_knows_are_refused_and_enforcement_stays() {
+    if !privileged("pins_of_a_layout_no_migration_knows_are_refused_and_enforcement_stays") {
+        return;
+    }
+    const OPEN: u16 = 38011;
+    const CLOSED: u16 = 38012;
+    let mut sb = Sandbox::new("upgrade-unknown");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy(
+        "p.yaml",
+        &policy().replace(&ALLOWED.to_string(), &OPEN.to_string()),
+    );
+    sb.start_daemon(&file);
+    let _open = sb.listen(&prod, LOCALHOST, OPEN);
+    let _closed = sb.listen(&prod, LOCALHOST, CLOSED);
+    let expect = |sb: &Sandbox, when: &str| {
+        for (port, expected) in [(OPEN, Outcome::greeted()), (CLOSED, Outcome::EPERM)] {
+            let outcome = sb.connect(&staging, LOCALHOST, port);
+            assert_eq!(
+                outcome, expected,
+                "{when}: staging -> prod:{port}: the application saw {outcome}"
+            );
+        }
+    };
+    expect(&sb, "started");
+    sb.kill_daemon();
+    // ENF_EDGES as a build with 20-byte keys would have pinned it: the running programs keep
+    // the real map, only the pin names another.
+    let pin = sb.pin_dir.join("maps/ENF_EDGES");
+    std::fs::remove_file(&pin).expect("removing the ENF_EDGES pin");
+    pin_foreign_map(&pin, "ENF_EDGES", 20, 136);
+    let stderr = sb.daemon_must_fail(&file, &[] as &[&str]);
+    assert!(
+        stderr.contains("key/value sizes 20/136")
+            && stderr.contains("knows no migration")
+            && stderr.contains("enforcer teardown"),
+        "the refusal names the layout and the way out: {stderr}"
+    );
+    assert!(
+        !sb.pin_dir.join("maps/ENF_EDGES-upgrade").exists(),
+        "a refused start stages nothing"
+    );
+    expect(&sb, "after the refused start");
 }
