@@ -21,7 +21,7 @@ pub use netns::RemoteHost;
 pub use previous::{PREVIOUS_LAYOUT, enforcer_at, pin_foreign_map};
 pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
 pub use sandbox::{Sandbox, cgroup_mount, client, enforcer};
-pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
+pub use workload::{HeldSocket, Outcome, Server, Stream, Workload, cgroup_of};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.
 pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";

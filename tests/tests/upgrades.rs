@@ -14,10 +14,14 @@
 //! allowed. Pins of a layout no migration knows are still refused, with enforcement left as
 //! it was. Ports 38000-38099 belong to this file.
 
-use std::time::{Duration, SystemTime};
+use std::{
+    path::Path,
+    time::{Duration, SystemTime},
+};
 
 use enforcer_tests::{
-    Json, Outcome, PREVIOUS_LAYOUT, Sandbox, enforcer_at, patient, pin_foreign_map, privileged,
+    Json, Outcome, PREVIOUS_LAYOUT, Sandbox, Stream, enforcer_at, patient, pin_foreign_map,
+    privileged,
 };
 
 const LOCALHOST: &str = "127.0.0.1";
@@ -77,6 +81,95 @@ fn program_ids(status: &Json) -> Vec<u64> {
         .collect()
 }
 
+/// A staging client retrying the connection the policy allows and one retrying the one it
+/// forbids, each as fast as it can, one result line per attempt.
+struct Storms {
+    allowed: Stream,
+    forbidden: Stream,
+}
+
+impl Storms {
+    /// Both clients, each with [`ATTEMPTS`] attempts made when this returns.
+    fn start(sb: &Sandbox, staging: &str) -> Self {
+        let mut storms = Self {
+            allowed: sb.connect_storm(staging, LOCALHOST, ALLOWED),
+            forbidden: sb.connect_storm(staging, LOCALHOST, FORBIDDEN),
+        };
+        storms.go_on();
+        storms
+    }
+
+    /// Waits until each client has made [`ATTEMPTS`] more attempts.
+    fn go_on(&mut self) {
+        for storm in [&mut self.allowed, &mut self.forbidden] {
+            let made = storm.lines_so_far().len();
+            storm.wait_for_count("", made + ATTEMPTS, PROGRESS);
+        }
+    }
+
+    /// Fails the test if any attempt so far got another answer than the policy's (not one
+    /// forbidden connection may succeed, not one allowed one may fail), or if no attempt was
+    /// made between `from` and `to`, the `window` the test is about. Returns the counts.
+    fn check(&mut self, from: SystemTime, to: SystemTime, window: &str) -> String {
+        let mut report = Vec::new();
+        for (storm, port, expected) in [
+            (&mut self.allowed, ALLOWED, "connected hi"),
+            (&mut self.forbidden, FORBIDDEN, "error 1"),
+        ] {
+            // The readiness line first, then one line per attempt.
+            let lines = storm.lines_so_far();
+            let attempts = &lines[1..];
+            let during = attempts
+                .iter()
+                .filter(|l| l.at >= from && l.at <= to)
+                .count();
+            let wrong: Vec<&str> = attempts
+                .iter()
+                .map(|l| l.text.as_str())
+                .filter(|text| *text != expected)
+                .collect();
+            report.push(format!(
+                "staging -> prod:{port}: {} attempts, {during} during {window}, {} not \
+                 `{expected}`",
+                attempts.len(),
+                wrong.len()
+            ));
+            assert!(
+                wrong.is_empty(),
+                "staging -> prod:{port} must always see `{expected}`; across {window} {} of {} \
+                 attempts saw otherwise, first {:?}",
+                wrong.len(),
+                attempts.len(),
+                &wrong[..wrong.len().min(5)]
+            );
+            assert!(
+                during > 0,
+                "no attempt to prod:{port} was made during {window}: the test proved nothing"
+            );
+        }
+        report.join("; ")
+    }
+}
+
+/// Starts the previous layout's daemon; `false` (after saying so loudly) on a kernel that
+/// refuses that build.
+fn start_previous(sb: &mut Sandbox, old: &Path, file: &Path) -> bool {
+    let Err(why) = sb.try_start_daemon_from(old, file, &[]) else {
+        return true;
+    };
+    // a25961a itself is what made the programs fit Linux 6.1's verifier: on a kernel that
+    // refuses the previous build there was never anything to upgrade from.
+    assert!(
+        why.contains("kernel lacks"),
+        "the previous build's daemon did not start: {why}"
+    );
+    eprintln!(
+        "\n!!!!!!!! SKIPPED the upgrade test on this kernel: the build of the previous layout \
+         ({PREVIOUS_LAYOUT}) does not load here, so no host could run it. !!!!!!!!\n{why}\n"
+    );
+    false
+}
+
 #[test]
 fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     if !privileged("an_upgrade_across_a_map_layout_change_keeps_enforcing") {
@@ -87,17 +180,7 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
     let file = sb.policy("p.yaml", &policy());
-    if let Err(why) = sb.try_start_daemon_from(&old, &file, &[]) {
-        // a25961a itself is what made the programs fit Linux 6.1's verifier: on a kernel that
-        // refuses the previous build there was never anything to upgrade from.
-        assert!(
-            why.contains("kernel lacks"),
-            "the previous build's daemon did not start: {why}"
-        );
-        eprintln!(
-            "\n!!!!!!!! SKIPPED the upgrade test on this kernel: the build of the previous \
-             layout ({PREVIOUS_LAYOUT}) does not load here, so no host could run it. !!!!!!!!\n{why}\n"
-        );
+    if !start_previous(&mut sb, &old, &file) {
         return;
     }
     let _allowed = sb.listen(&prod, LOCALHOST, ALLOWED);
@@ -155,10 +238,7 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
         Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("old status prints JSON")
     };
 
-    let mut allowed = sb.connect_storm(&staging, LOCALHOST, ALLOWED);
-    let mut forbidden = sb.connect_storm(&staging, LOCALHOST, FORBIDDEN);
-    allowed.wait_for_count("", ATTEMPTS + 1, PROGRESS);
-    forbidden.wait_for_count("", ATTEMPTS + 1, PROGRESS);
+    let mut storms = Storms::start(&sb, &staging);
 
     // The upgrade: the old daemon is gone (pinned enforcement stays), this build starts on
     // its pins and state dir. start_daemon returns once the control socket answers, after
@@ -167,47 +247,9 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let upgrading = SystemTime::now();
     sb.start_daemon(&file);
     let upgraded = SystemTime::now();
-    let at_upgrade = (allowed.lines_so_far().len(), forbidden.lines_so_far().len());
-    allowed.wait_for_count("", at_upgrade.0 + ATTEMPTS, PROGRESS);
-    forbidden.wait_for_count("", at_upgrade.1 + ATTEMPTS, PROGRESS);
-
-    let mut report = Vec::new();
-    for (storm, port, expected) in [
-        (&mut allowed, ALLOWED, "connected hi"),
-        (&mut forbidden, FORBIDDEN, "error 1"),
-    ] {
-        // The readiness line first, then one line per attempt.
-        let lines = storm.lines_so_far();
-        let attempts = &lines[1..];
-        let during = attempts
-            .iter()
-            .filter(|l| l.at >= upgrading && l.at <= upgraded)
-            .count();
-        let wrong: Vec<&str> = attempts
-            .iter()
-            .map(|l| l.text.as_str())
-            .filter(|text| *text != expected)
-            .collect();
-        report.push(format!(
-            "staging -> prod:{port}: {} attempts, {during} during the upgrade, {} not `{expected}`",
-            attempts.len(),
-            wrong.len()
-        ));
-        assert!(
-            wrong.is_empty(),
-            "staging -> prod:{port} must always see `{expected}`; across the upgrade {} of {} \
-             attempts saw otherwise, first {:?}",
-            wrong.len(),
-            attempts.len(),
-            &wrong[..wrong.len().min(5)]
-        );
-        assert!(
-            during > 0,
-            "no attempt to prod:{port} was made while the upgrade ran: the test proved nothing"
-        );
-    }
-    drop((allowed, forbidden));
-    eprintln!("upgrade storm: {}", report.join("; "));
+    storms.go_on();
+    let report = storms.check(upgrading, upgraded, "the upgrade");
+    eprintln!("upgrade storm: {report}");
 
     let held = held_sink.received_count();
     held_sink.expect_received(held + 3, PROGRESS, "the held connection after the upgrade");
@@ -330,4 +372,62 @@ fn pins_of_a_layout_no_migration_knows_are_refused_and_enforcement_stays() {
         "a refused start stages nothing"
     );
     expect(&sb, "after the refused start");
+}
+
+#[test]
+fn an_upgrade_stopped_before_its_new_maps_are_pinned_is_finished_by_the_next_start() {
+    if !privileged(
+        "an_upgrade_stopped_before_its_new_maps_are_pinned_is_finished_by_the_next_start",
+    ) {
+        return;
+    }
+    let old = enforcer_at(PREVIOUS_LAYOUT);
+    let mut sb = Sandbox::new("upgrade-resume");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy("p.yaml", &policy());
+    if !start_previous(&mut sb, &old, &file) {
+        return;
+    }
+    let _allowed = sb.listen(&prod, LOCALHOST, ALLOWED);
+    let _forbidden = sb.listen(&prod, LOCALHOST, FORBIDDEN);
+    let mut storms = Storms::start(&sb, &staging);
+    sb.kill_daemon();
+
+    // A directory where the upgrade stages its new ENF_EDGES pin makes the start stop after
+    // every hook got this build's programs and before the new map is pinned: as a crash at
+    // that step would, with the pin still naming the old map.
+    let staged = sb.pin_dir.join("maps/ENF_EDGES-upgrade");
+    std::fs::create_dir(&staged).expect("making a directory on bpffs");
+    let stopping = SystemTime::now();
+    let stderr = sb.daemon_must_fail(&file, &[] as &[&str]);
+    let stopped = SystemTime::now();
+    assert!(
+        stderr.contains("ENF_EDGES-upgrade"),
+        "the start stopped where the new pin is staged: {stderr}"
+    );
+    storms.go_on();
+    let halfway = storms.check(stopping, stopped, "the stopped upgrade");
+    eprintln!("stopped upgrade storm: {halfway}");
+
+    std::fs::remove_dir(&staged).expect("removing the directory");
+    let resuming = SystemTime::now();
+    sb.start_daemon(&file);
+    let resumed = SystemTime::now();
+    storms.go_on();
+    let report = storms.check(resuming, resumed, "the resumed upgrade");
+    eprintln!("resumed upgrade storm: {report}");
+    let status = sb.status();
+    assert!(
+        status
+            .get("upgraded_maps")
+            .and_then(|m| m.find_by("map", "ENF_EDGES"))
+            .is_some(),
+        "the next start upgraded ENF_EDGES: {status}"
+    );
+    let layout = status
+        .get("memory")
+        .and_then(|m| m.find_by("map", "ENF_EDGES"))
+        .unwrap_or_else(|| panic!("status lists the pinned ENF_EDGES under memory: {status}"));
+    assert_eq!(u64_at(layout, "key_size"), 12, "{layout}");
 }
