@@ -244,7 +244,15 @@ pub fn run(options: Options) -> Result<()> {
             for e in &errors {
                 log::error!("{e}");
             }
-            bail!("policy {file} was refused; nothing was changed");
+            if daemon.upgraded.is_empty() {
+                bail!("policy {file} was refused; nothing was changed");
+            }
+            // The upgrade ran first (see `upgrade`): the pins are in this build's layout and
+            // its programs enforce, but what they enforce is what the maps already held.
+            bail!(
+                "policy {file} was refused; the policy in force before stays (the pinned \
+                 maps were upgraded to this version's layout)"
+            );
         }
         Err(ApplyError::Failed(err)) => return Err(err),
     };
