@@ -43,7 +43,10 @@ const ATTEMPTS: usize = 200;
 /// How long a stream or a storm gets to show progress: generous, no timing assertion.
 const PROGRESS: Duration = Duration::from_secs(60);
 
-fn policy() -> String {
+/// The two domains, and the policy's one edge, staging -> prod on `ports`.
+fn policy(ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let ports = ports.join(", ");
     format!(
         "version: 1
 defaults: {{unlabeled: allow, external: allow}}
@@ -57,7 +60,7 @@ federation:
     from: {STAGING}
     to: {PROD}
     protocol: tcp
-    ports: [{ALLOWED}, {HELD}]
+    ports: [{ports}]
     owner: platform-team
     reason: upgrade test
 "
@@ -86,14 +89,18 @@ fn program_ids(status: &Json) -> Vec<u64> {
 struct Storms {
     allowed: Stream,
     forbidden: Stream,
+    /// The ports they connect to.
+    ports: [u16; 2],
 }
 
 impl Storms {
-    /// Both clients, each with [`ATTEMPTS`] attempts made when this returns.
-    fn start(sb: &Sandbox, staging: &str) -> Self {
+    /// Both clients, connecting to `allowed` and `forbidden`, each with [`ATTEMPTS`] attempts
+    /// made when this returns.
+    fn start(sb: &Sandbox, staging: &str, allowed: u16, forbidden: u16) -> Self {
         let mut storms = Self {
-            allowed: sb.connect_storm(staging, LOCALHOST, ALLOWED),
-            forbidden: sb.connect_storm(staging, LOCALHOST, FORBIDDEN),
+            allowed: sb.connect_storm(staging, LOCALHOST, allowed),
+            forbidden: sb.connect_storm(staging, LOCALHOST, forbidden),
+            ports: [allowed, forbidden],
         };
         storms.go_on();
         storms
@@ -112,9 +119,10 @@ impl Storms {
     /// made between `from` and `to`, the `window` the test is about. Returns the counts.
     fn check(&mut self, from: SystemTime, to: SystemTime, window: &str) -> String {
         let mut report = Vec::new();
+        let [allowed, forbidden] = self.ports;
         for (storm, port, expected) in [
-            (&mut self.allowed, ALLOWED, "connected hi"),
-            (&mut self.forbidden, FORBIDDEN, "error 1"),
+            (&mut self.allowed, allowed, "connected hi"),
+            (&mut self.forbidden, forbidden, "error 1"),
         ] {
             // The readiness line first, then one line per attempt.
             let lines = storm.lines_so_far();
@@ -179,7 +187,7 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
     let mut sb = Sandbox::new("upgrade-layout");
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
-    let file = sb.policy("p.yaml", &policy());
+    let file = sb.policy("p.yaml", &policy(&[ALLOWED, HELD]));
     if !start_previous(&mut sb, &old, &file) {
         return;
     }
@@ -238,7 +246,7 @@ fn an_upgrade_across_a_map_layout_change_keeps_enforcing() {
         Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("old status prints JSON")
     };
 
-    let mut storms = Storms::start(&sb, &staging);
+    let mut storms = Storms::start(&sb, &staging, ALLOWED, FORBIDDEN);
 
     // The upgrade: the old daemon is gone (pinned enforcement stays), this build starts on
     // its pins and state dir. start_daemon returns once the control socket answers, after
@@ -337,10 +345,7 @@ fn pins_of_a_layout_no_migration_knows_are_refused_and_enforcement_stays() {
     let mut sb = Sandbox::new("upgrade-unknown");
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
-    let file = sb.policy(
-        "p.yaml",
-        &policy().replace(&ALLOWED.to_string(), &OPEN.to_string()),
-    );
+    let file = sb.policy("p.yaml", &policy(&[OPEN]));
     sb.start_daemon(&file);
     let _open = sb.listen(&prod, LOCALHOST, OPEN);
     let _closed = sb.listen(&prod, LOCALHOST, CLOSED);
@@ -382,16 +387,18 @@ fn an_upgrade_stopped_before_its_new_maps_are_pinned_is_finished_by_the_next_sta
         return;
     }
     let old = enforcer_at(PREVIOUS_LAYOUT);
+    const ALLOWED: u16 = 38021;
+    const FORBIDDEN: u16 = 38022;
     let mut sb = Sandbox::new("upgrade-resume");
     let prod = sb.cgroup("prod");
     let staging = sb.cgroup("staging");
-    let file = sb.policy("p.yaml", &policy());
+    let file = sb.policy("p.yaml", &policy(&[ALLOWED]));
     if !start_previous(&mut sb, &old, &file) {
         return;
     }
     let _allowed = sb.listen(&prod, LOCALHOST, ALLOWED);
     let _forbidden = sb.listen(&prod, LOCALHOST, FORBIDDEN);
-    let mut storms = Storms::start(&sb, &staging);
+    let mut storms = Storms::start(&sb, &staging, ALLOWED, FORBIDDEN);
     sb.kill_daemon();
 
     // A directory where the upgrade stages its new ENF_EDGES pin makes the start stop after
