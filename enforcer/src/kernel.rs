@@ -168,7 +168,7 @@ pub fn load(pins: &PinDir) -> Result<Loaded> {
                 "the pinned map {} has key/value sizes {}/{}, this enforcer needs \
                  {key_size}/{value_size}; it was created by another version, and this one \
                  knows no migration from that layout. Run `enforcer teardown --pin-dir {}` \
-                 first (enforcement is off until this daemon has started)",
+                 first (nothing is enforced from the teardown until this daemon has started)",
                 path.display(),
                 pinned.0,
                 pinned.1,
