@@ -141,6 +141,7 @@ pub fn run(options: Options) -> Result<()> {
     // any hook or policy changes.
     loaded.pin_created(&options.pin_dir)?;
     let mut ebpf = loaded.ebpf;
+    let upgraded = upgrade(loaded.upgrade, &mut ebpf, &root, &options.pin_dir)?;
     let adopting = options.pin_dir.links().exists();
     let maps = PolicyMaps::take(&mut ebpf)?;
     let mut addresses = Addresses::take(&mut ebpf)?;
@@ -202,6 +203,7 @@ pub fn run(options: Options) -> Result<()> {
         },
         ebpf,
         programs: Vec::new(),
+        upgraded,
         state: State::starting(generation, book),
         names: Arc::new(std::sync::RwLock::new(
             Arc::new(machine::InForce::default()),
@@ -242,7 +244,15 @@ pub fn run(options: Options) -> Result<()> {
             for e in &errors {
                 log::error!("{e}");
             }
-            bail!("policy {file} was refused; nothing was changed");
+            if daemon.upgraded.is_empty() {
+                bail!("policy {file} was refused; nothing was changed");
+            }
+            // The upgrade ran first (see `upgrade`): the pins are in this build's layout and
+            // its programs enforce, but what they enforce is what the maps already held.
+            bail!(
+                "policy {file} was refused; the policy in force before stays (the pinned \
+                 maps were upgraded to this version's layout)"
+            );
         }
         Err(ApplyError::Failed(err)) => return Err(err),
     };
@@ -303,6 +313,34 @@ pub fn run(options: Options) -> Result<()> {
     log::info!("control socket {}", options.socket.display());
     serve::serve(&daemon, &listener, &events, options.groups);
     Ok(())
+}
+
+/// When the pins hold maps of an earlier build's layout, migrates them and puts this build's
+/// programs on every hook before any policy is written (`kernel::upgrade` says why in that
+/// order), so that the start then goes on as an ordinary restart over pins of this layout:
+/// an upgrade needs no `enforcer teardown`, and enforcement never stops.
+fn upgrade(
+    upgrade: kernel::upgrade::Upgrade,
+    ebpf: &mut aya::Ebpf,
+    root: &kernel::cgroupfs::CgroupRoot,
+    pins: &PinDir,
+) -> Result<Vec<kernel::upgrade::Migrated>> {
+    if !upgrade.needed() {
+        return Ok(Vec::new());
+    }
+    let migrated = upgrade
+        .run(ebpf, root, pins)
+        .context("upgrading the pinned maps of an earlier version (enforcement stays on)")?;
+    for m in &migrated {
+        log::info!(
+            "upgraded pinned map {} ({}): carried {} entries; every hook runs this build's \
+             programs",
+            m.map,
+            m.change,
+            m.entries
+        );
+    }
+    Ok(migrated)
 }
 
 /// Attaches every program (or finds it attached) once the first policy is in force, and logs

@@ -14,12 +14,13 @@ pub mod memory;
 pub mod policy_maps;
 pub mod revocation;
 pub mod sockdiag;
+pub mod upgrade;
 pub mod usage;
 
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, maps::MapData};
 use enforcer_common::{
     maps::{
         AcceptKey, AddrKey, AddrOwner, BindingKey, ConnState, DomainKey, DomainName, EdgeKey,
@@ -29,13 +30,15 @@ use enforcer_common::{
     names,
 };
 
+use self::upgrade::{MIGRATIONS, Replaced, Upgrade};
 use crate::paths::PinDir;
 
 /// The eBPF object built by build.rs.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
 
 /// (map, key size, value size) as this build lays them out. A pinned map from another build
-/// with a different layout must not be adopted: programs would read garbage from it.
+/// with a different layout must not be adopted: programs would read garbage from it. It is
+/// migrated when [`upgrade::MIGRATIONS`] knows its layout, and refused otherwise.
 const MAP_LAYOUTS: [(&str, usize, usize); 21] = [
     (names::MAP_TAGS, size_of::<i32>(), size_of::<SockTag>()),
     (
@@ -114,15 +117,20 @@ pub struct Loaded {
     /// Maps this run created because no pin existed for them; they are pinned only by
     /// [`Loaded::pin_created`].
     created: Vec<&'static str>,
+    /// Pinned maps of an earlier layout, left pinned as they are; this run created this
+    /// build's instead, which [`Upgrade::run`] fills and pins in their place.
+    pub upgrade: Upgrade,
 }
 
 /// Loads the object and every program, changing nothing on the host: maps already pinned
 /// under `pins` are opened (their contents, and so the enforced policy and every socket's
 /// tag, carry over), missing ones are created without a pin, and then every program goes
-/// through the verifier against those maps. So a program this kernel refuses, or a pinned map
-/// of another layout, stops the daemon with existing pins and enforcement exactly as they
-/// were (a map or program no fd or pin holds is freed by the kernel when this process exits).
-/// Programs are not attached here.
+/// through the verifier against those maps. A pinned map of an earlier layout that
+/// [`upgrade::MIGRATIONS`] knows is left pinned and this build's map is created without a pin
+/// (filled and pinned over it by [`Upgrade::run`]); one of any other layout stops the daemon.
+/// So a program this kernel refuses, or a pinned map that cannot be migrated, stops the
+/// daemon with existing pins and enforcement exactly as they were (a map or program no fd or
+/// pin holds is freed by the kernel when this process exits). Programs are not attached here.
 pub fn load(pins: &PinDir) -> Result<Loaded> {
     if OBJECT.is_empty() {
         bail!(
@@ -132,54 +140,52 @@ pub fn load(pins: &PinDir) -> Result<Loaded> {
     }
     let mut loader = EbpfLoader::new();
     let mut created = Vec::new();
-    let map_pins: Vec<_> = names::ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
-    for (name, path) in &map_pins {
+    let mut replaced = Vec::new();
+    let map_pins = MAP_LAYOUTS
+        .map(|(name, key_size, value_size)| (name, key_size, value_size, pins.map(name)));
+    for (name, key_size, value_size, path) in &map_pins {
+        let (name, key_size, value_size) = (*name, *key_size, *value_size);
         // aya pins a map it had to create when it was given a pin path, so the path is
-        // given only for pins that exist. A pin removed between this check and the load
-        // (a concurrent teardown) would be created and pinned by aya at once.
-        if path.exists() {
-            loader.map_pin_path(name, path.as_path());
-        } else {
-            created.push(*name);
+        // given only for pins that exist and are adopted. A pin removed between this check
+        // and the load (a concurrent teardown) would be created and pinned by aya at once.
+        if !path.exists() {
+            created.push(name);
+            continue;
         }
+        let old = MapData::from_pin(path)
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
+        let info = old.info()?;
+        let pinned = (info.key_size() as usize, info.value_size() as usize);
+        if pinned == (key_size, value_size) {
+            loader.map_pin_path(name, path.as_path());
+            continue;
+        }
+        let Some(migration) = MIGRATIONS
+            .iter()
+            .find(|m| m.map == name && (m.key_size, m.value_size) == pinned)
+        else {
+            bail!(
+                "the pinned map {} has key/value sizes {}/{}, this enforcer needs \
+                 {key_size}/{value_size}; it was created by another version, and this one \
+                 knows no migration from that layout. Run `enforcer teardown --pin-dir {}` \
+                 first (nothing is enforced from the teardown until this daemon has started)",
+                path.display(),
+                pinned.0,
+                pinned.1,
+                pins.path().display()
+            );
+        };
+        replaced.push(Replaced { migration, old });
     }
     let mut ebpf = loader
         .load(OBJECT)
         .context("creating or opening the pinned maps")?;
-    check_layouts(&ebpf, pins)?;
     attach::load_all(&mut ebpf).map_err(features::refused_by_verifier)?;
-    Ok(Loaded { ebpf, created })
-}
-
-/// Refuses pinned maps laid out by another build: programs would read garbage from them.
-fn check_layouts(ebpf: &Ebpf, pins: &PinDir) -> Result<()> {
-    for (name, key_size, value_size) in MAP_LAYOUTS {
-        let map = ebpf
-            .map(name)
-            .with_context(|| format!("the eBPF object has no map {name}"))?;
-        let info = match map {
-            aya::maps::Map::SkStorage(data)
-            | aya::maps::Map::HashMap(data)
-            | aya::maps::Map::LpmTrie(data)
-            | aya::maps::Map::Array(data)
-            | aya::maps::Map::LruHashMap(data)
-            | aya::maps::Map::PerCpuHashMap(data)
-            | aya::maps::Map::PerCpuArray(data)
-            | aya::maps::Map::RingBuf(data) => data.info()?,
-            _ => bail!("map {name} has an unexpected type"),
-        };
-        if (info.key_size() as usize, info.value_size() as usize) != (key_size, value_size) {
-            bail!(
-                "the pinned map {} has key/value sizes {}/{}, this enforcer needs {key_size}/{value_size}; \
-                 it was created by another version. Run `enforcer teardown --pin-dir {}` first",
-                pins.map(name).display(),
-                info.key_size(),
-                info.value_size(),
-                pins.path().display()
-            );
-        }
-    }
-    Ok(())
+    Ok(Loaded {
+        ebpf,
+        created,
+        upgrade: Upgrade { replaced },
+    })
 }
 
 impl Loaded {
@@ -242,6 +248,12 @@ pub fn unpin_maps(pins: &PinDir) -> Result<Vec<&'static str>> {
             std::fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
             removed.push(name);
         }
+        // Left only by an upgrade that crashed before its rename (see `upgrade`).
+        let staged = pins.staged_map(name);
+        if staged.exists() {
+            std::fs::remove_file(&staged)
+                .with_context(|| format!("removing {}", staged.display()))?;
+        }
     }
     for dir in [pins.maps(), pins.links(), pins.path().to_path_buf()] {
         match std::fs::remove_dir(&dir) {
@@ -253,4 +265,15 @@ pub fn unpin_maps(pins: &PinDir) -> Result<Vec<&'static str>> {
         }
     }
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_has_a_layout_to_check() {
+        let laid_out: Vec<&str> = MAP_LAYOUTS.iter().map(|(name, _, _)| *name).collect();
+        assert_eq!(laid_out, names::ALL_MAPS);
+    }
 }

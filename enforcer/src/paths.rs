@@ -36,6 +36,13 @@ impl PinDir {
     pub fn map(&self, map: &str) -> PathBuf {
         self.maps().join(map)
     }
+
+    /// Where an upgrade pins this build's `map` before renaming it over [`Self::map`]. Not
+    /// `MAP.upgrade`: bpffs refuses names with a dot (EPERM, `bpf_lookup` in
+    /// kernel/bpf/inode.c).
+    pub fn staged_map(&self, map: &str) -> PathBuf {
+        self.maps().join(format!("{map}-upgrade"))
+    }
 }
 
 /// Files the daemon keeps in `--state-dir`.

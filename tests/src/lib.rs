@@ -9,6 +9,7 @@ mod json;
 mod lan;
 mod netns;
 pub mod pki;
+mod previous;
 mod prometheus;
 mod sandbox;
 mod workload;
@@ -17,9 +18,10 @@ pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
+pub use previous::{PREVIOUS_LAYOUT, enforcer_at, pin_foreign_map};
 pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
 pub use sandbox::{Sandbox, cgroup_mount, client, enforcer};
-pub use workload::{HeldSocket, Outcome, Server, Workload, cgroup_of};
+pub use workload::{HeldSocket, Outcome, Server, Stream, Workload, cgroup_of};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.
 pub const REQUIRE_ENV: &str = "ENFORCER_REQUIRE_PRIVILEGED";

@@ -116,7 +116,12 @@ impl Sandbox {
 
     /// Runs the `enforcer` CLI with this sandbox's socket or pin dir where the command takes it.
     pub fn enforcer(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(enforcer());
+        self.enforcer_from(&enforcer(), args)
+    }
+
+    /// [`Self::enforcer`] with another build's `enforcer` binary (an earlier version).
+    pub fn enforcer_from(&self, binary: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(binary);
         cmd.args(args);
         match args.first().copied() {
             Some("status") => {
@@ -281,6 +286,12 @@ impl Sandbox {
         self.workload(cgroup).udp_sendto_stream(addr, port)
     }
 
+    /// A TCP client in `cgroup` connecting to `addr:port` over and over (probe
+    /// `connect-storm`), one result line per attempt.
+    pub fn connect_storm(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
+        self.workload(cgroup).connect_storm(addr, port)
+    }
+
     /// A TCP server in `cgroup` on `addr:port` that takes one stream (probe `sink`).
     pub fn sink(&self, cgroup: &str, addr: &str, port: u16) -> Stream {
         self.workload(cgroup).sink(addr, port)
@@ -395,9 +406,28 @@ impl Sandbox {
     /// [`Self::start_daemon`] with `extra` arguments after the sandbox's own
     /// (`--metrics-addr ...`).
     pub fn start_daemon_with(&mut self, policy: &Path, extra: &[&str]) {
+        self.start_daemon_from(&enforcer(), policy, extra);
+    }
+
+    /// [`Self::start_daemon_with`] running another build's `enforcer` binary (an earlier
+    /// version, for upgrades).
+    pub fn start_daemon_from(&mut self, binary: &Path, policy: &Path, extra: &[&str]) {
+        if let Err(why) = self.try_start_daemon_from(binary, policy, extra) {
+            panic!("{why}");
+        }
+    }
+
+    /// [`Self::start_daemon_from`], returning what the daemon logged when it exits before it
+    /// is ready instead of failing the test.
+    pub fn try_start_daemon_from(
+        &mut self,
+        binary: &Path,
+        policy: &Path,
+        extra: &[&str],
+    ) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
         let mut child = self
-            .daemon_command(policy, extra)
+            .daemon_command_from(binary, policy, Path::new(&self.root), extra)
             .spawn()
             .expect("starting the daemon");
         let stderr = child.stderr.take().expect("piped stderr");
@@ -409,15 +439,16 @@ impl Sandbox {
                 Ok(line) => seen.push(line),
                 Err(_) => {
                     let status = child.wait().expect("waiting for the daemon");
-                    panic!(
+                    return Err(format!(
                         "the daemon exited ({status}) before it was ready:\n{}",
                         seen.join("\n")
-                    );
+                    ));
                 }
             }
         }
         self.daemon = Some(child);
         self.daemon_log = Some(lines);
+        Ok(())
     }
 }
 
@@ -435,7 +466,18 @@ impl Sandbox {
         cgroup_root: &Path,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Command {
-        let mut command = Command::new(enforcer());
+        self.daemon_command_from(&enforcer(), policy, cgroup_root, extra)
+    }
+
+    /// [`Self::daemon_command_at`] running `binary`.
+    fn daemon_command_from(
+        &self,
+        binary: &Path,
+        policy: &Path,
+        cgroup_root: &Path,
+        extra: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Command {
+        let mut command = Command::new(binary);
         command
             .arg("daemon")
             .arg("--policy")
@@ -549,6 +591,14 @@ fn target_dir() -> PathBuf {
     } else {
         dir.to_path_buf()
     }
+}
+
+/// The target directory above the profile's (`target/`).
+pub(crate) fn target_root() -> PathBuf {
+    target_dir()
+        .parent()
+        .expect("the profile dir is inside the target dir")
+        .to_path_buf()
 }
 
 pub fn enforcer() -> PathBuf {

@@ -159,6 +159,13 @@ impl Workload {
         self.start_stream("stream", addr, port, "connected")
     }
 
+    /// A TCP client that connects to `addr:port` over and over, a new socket each time, and
+    /// reports every attempt as a `connect` probe would (probe mode `connect-storm`); running
+    /// when this returns.
+    pub fn connect_storm(&self, addr: &str, port: u16) -> Stream {
+        self.start_stream("connect-storm", addr, port, "started")
+    }
+
     /// The same through a connected UDP socket (probe mode `udp-stream`).
     pub fn udp_stream(&self, addr: &str, port: u16) -> Stream {
         self.start_stream("udp-stream", addr, port, "connected")
@@ -454,7 +461,7 @@ pub struct Ended {
 }
 
 /// A probe in one of the stream modes (`stream`, `udp-stream`, `udp-sendto-stream`, `sink`,
-/// `udp-sink`), killed on drop. A thread reads its output as it comes, stamping each line
+/// `udp-sink`, `connect-storm`), killed on drop. A thread reads its output as it comes, stamping each line
 /// with the time it was read; the test waits for lines instead of sleeping.
 pub struct Stream {
     child: Child,

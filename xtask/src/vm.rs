@@ -117,11 +117,12 @@ fn build() -> Result<Built> {
     for p in SUITE_PACKAGES {
         package_args.extend(["-p", p]);
     }
-    let binaries = artifacts(&[&["build"], package_args.as_slice()].concat())?
+    let mut binaries: Vec<PathBuf> = artifacts(&[&["build"], package_args.as_slice()].concat())?
         .into_iter()
         .filter(|a| !a.test)
         .map(|a| a.executable)
         .collect();
+    binaries.push(previous_layout(&binaries)?);
     let tests = artifacts(&[&["test", "--no-run"], package_args.as_slice()].concat())?
         .into_iter()
         .filter(|a| a.test)
@@ -141,6 +142,27 @@ fn build() -> Result<Built> {
         })
         .collect();
     Ok(Built { tests, binaries })
+}
+
+/// The previous map layout's `enforcer`, which the upgrade test starts: built here (once;
+/// `enforcer-previous` reuses it), since guests have neither git nor cargo, and shipped at
+/// the path the test looks for it.
+fn previous_layout(binaries: &[PathBuf]) -> Result<PathBuf> {
+    let builder = binaries
+        .iter()
+        .find(|b| b.file_name().is_some_and(|n| n == "enforcer-previous"))
+        .context("the build produced no enforcer-previous binary")?;
+    let out = Command::new(builder)
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {}", builder.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} could not build the previous layout's enforcer",
+            builder.display()
+        );
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 struct Artifact {

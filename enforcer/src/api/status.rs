@@ -37,6 +37,10 @@ pub struct Status {
     /// went; `None` from a daemon that predates it.
     #[serde(default)]
     pub policy_source: Option<PolicySourceStatus>,
+    /// The pinned maps this daemon's start migrated from an earlier layout (none when the
+    /// pins were already in this build's layout).
+    #[serde(default)]
+    pub upgraded_maps: Vec<UpgradedMap>,
 }
 
 /// The daemon's `--policy FILE`: whether it took over at start, and its reloads.
@@ -181,6 +185,21 @@ pub struct MapMemory {
     /// Kernel memory charged for the map now.
     pub bytes: u64,
     pub max_entries: u32,
+    /// The pinned map's layout (0 from a daemon that predates them).
+    #[serde(default)]
+    pub key_size: u32,
+    #[serde(default)]
+    pub value_size: u32,
+}
+
+/// A pinned map this daemon's start carried over from an earlier build's layout.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UpgradedMap {
+    pub map: String,
+    /// What changed in its layout.
+    pub change: String,
+    /// Entries carried into the new layout.
+    pub entries: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

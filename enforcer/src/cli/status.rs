@@ -113,6 +113,13 @@ impl Display for Status {
                 p.program, p.attach_point, p.link_pin, p.link_id, p.prog_id
             )?;
         }
+        for m in &self.upgraded_maps {
+            writeln!(
+                f,
+                "  upgraded {}: {} ({} entries carried over)",
+                m.map, m.change, m.entries
+            )?;
+        }
         writeln!(f, "features:")?;
         for feature in &self.features {
             let state = if feature.enabled { "on" } else { "OFF" };

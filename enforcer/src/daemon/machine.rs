@@ -32,6 +32,7 @@ use crate::{
         backfill,
         cgroupfs::{CgroupFs, CgroupRoot},
         revocation::Ending,
+        upgrade::Migrated,
     },
     observe::{
         event_feed::NamesBoard,
@@ -58,6 +59,8 @@ pub struct Daemon {
     /// The loaded programs; once attached they also live on in their pinned links.
     pub(super) ebpf: aya::Ebpf,
     pub(super) programs: Vec<AttachedProgram>,
+    /// The pinned maps this start migrated from an earlier build's layout.
+    pub(super) upgraded: Vec<Migrated>,
     /// The policy in force and what it resolved to.
     pub(super) state: State,
     /// Where the event feed finds the names of the policy in force.

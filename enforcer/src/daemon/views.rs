@@ -207,6 +207,15 @@ impl Daemon {
                 .collect(),
             memory: kernel::memory::of_pins(&self.pins),
             policy_source: Some(self.source.status()),
+            upgraded_maps: self
+                .upgraded
+                .iter()
+                .map(|m| status::UpgradedMap {
+                    map: m.map.into(),
+                    change: m.change.into(),
+                    entries: m.entries,
+                })
+                .collect(),
         }
     }
 

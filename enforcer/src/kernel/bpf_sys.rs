@@ -193,19 +193,28 @@ pub fn map_update_batch<K: aya::Pod, V: aya::Pod>(
 /// bucket holding more entries than fit (`ENOSPC`), few enough to keep the buffers small.
 const LOOKUP_ROUND: usize = 16_384;
 
-/// Every key of the (not per-CPU) hash map `map`, whose values are `V`s, read with `BPF_MAP_LOOKUP_BATCH`
-/// (hash maps since Linux 5.6, `htab_map_lookup_batch`) in rounds of [`LOOKUP_ROUND`]
-/// entries instead of a `BPF_MAP_GET_NEXT_KEY` call per key: at 200,000 keys about a quarter
-/// of the time. The command has no keys-only form, so values are read too, and dropped. The
-/// batch cursor is a bucket index (u32) the kernel writes to `out_batch`; the round that
-/// reaches the end fails with `ENOENT` after filling in what it found. Like a key walk, this
-/// is a consistent view only of a map nothing else writes meanwhile.
+/// Every key of the (not per-CPU) hash map `map`, whose values are `V`s: see
+/// [`hash_map_entries`], whose values are dropped.
 pub fn hash_map_keys<K: aya::Pod, V: aya::Pod>(map: impl AsFd) -> io::Result<Vec<K>> {
+    Ok(hash_map_entries::<K, V>(map)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect())
+}
+
+/// Every entry of the (not per-CPU) hash map `map`, read with `BPF_MAP_LOOKUP_BATCH`
+/// (hash maps since Linux 5.6, `htab_map_lookup_batch`) in rounds of [`LOOKUP_ROUND`]
+/// entries instead of a `BPF_MAP_GET_NEXT_KEY` and a lookup call per key: at 200,000 keys
+/// about a quarter of the time. The batch cursor is a bucket index (u32) the kernel writes to
+/// `out_batch`; the round that reaches the end fails with `ENOENT` after filling in what it
+/// found. Like a key walk, this is a consistent view only of a map nothing else writes
+/// meanwhile. `K` and `V` must be laid out exactly as the map's keys and values.
+pub fn hash_map_entries<K: aya::Pod, V: aya::Pod>(map: impl AsFd) -> io::Result<Vec<(K, V)>> {
     let (key_size, value_size) = (size_of::<K>(), size_of::<V>());
     let mut keys_buf = vec![0u8; LOOKUP_ROUND * key_size];
     let mut values_buf = vec![0u8; LOOKUP_ROUND * value_size];
     let (mut cursor, mut next) = (0u32, 0u32);
-    let mut keys = Vec::new();
+    let mut entries = Vec::new();
     for round in 0.. {
         // union bpf_attr, batch commands: see map_update_batch. No in_batch starts at the
         // first bucket.
@@ -220,10 +229,18 @@ pub fn hash_map_keys<K: aya::Pod, V: aya::Pod>(map: impl AsFd) -> io::Result<Vec
         attr.put_u32(36, raw(&map));
         let result = attr.call(BPF_MAP_LOOKUP_BATCH);
         let found = (attr.get_u32(32) as usize).min(LOOKUP_ROUND);
-        keys.extend(keys_buf.chunks_exact(key_size).take(found).map(|bytes| {
-            // SAFETY: `bytes` holds size_of::<K>() bytes the kernel wrote, and K is Pod: every
-            // byte pattern is a valid K. read_unaligned: the buffer is only byte-aligned.
-            unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<K>()) }
+        let keys = keys_buf.chunks_exact(key_size);
+        let values = values_buf.chunks_exact(value_size);
+        entries.extend(keys.zip(values).take(found).map(|(key, value)| {
+            // SAFETY: each slice holds size_of::<K>() (or ::<V>()) bytes the kernel wrote, and
+            // K and V are Pod: every byte pattern is valid. read_unaligned: the buffers are
+            // only byte-aligned.
+            unsafe {
+                (
+                    std::ptr::read_unaligned(key.as_ptr().cast::<K>()),
+                    std::ptr::read_unaligned(value.as_ptr().cast::<V>()),
+                )
+            }
         }));
         match result {
             Ok(_) => cursor = next,
@@ -231,7 +248,7 @@ pub fn hash_map_keys<K: aya::Pod, V: aya::Pod>(map: impl AsFd) -> io::Result<Vec
             Err(err) => return Err(err),
         }
     }
-    Ok(keys)
+    Ok(entries)
 }
 
 /// Deletes every key in `keys` from `map` with one `BPF_MAP_DELETE_BATCH` (hash maps since

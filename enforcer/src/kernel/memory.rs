@@ -21,13 +21,15 @@ pub fn of_pins(pins: &PinDir) -> Vec<MapMemory> {
         .iter()
         .filter_map(|name| {
             let map = MapData::from_pin(pins.map(name)).ok()?;
-            let max_entries = map.info().ok()?.max_entries();
+            let layout = map.info().ok()?;
             let fd = map.fd().as_fd().as_raw_fd();
             let info = fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
             Some(MapMemory {
                 map: (*name).to_owned(),
                 bytes: memlock(&info)?,
-                max_entries,
+                max_entries: layout.max_entries(),
+                key_size: layout.key_size(),
+                value_size: layout.value_size(),
             })
         })
         .collect()

@@ -17,6 +17,9 @@
 //!   the process to another cgroup.
 //! - `connect-loop ADDR PORT SECONDS` (for `cargo xtask bench connect`): opens connections one
 //!   after another, each read to the end, and prints `rate <per second>`.
+//! - `connect-storm ADDR PORT`: prints `started`, then connects over and over, a new socket
+//!   each time, and prints one line per attempt as `connect` does, until it is killed or its
+//!   output is closed: what an application retrying a connection sees, attempt by attempt.
 //!
 //! Streams, for tests of what happens to flows that are already open. Every line a stream
 //! client sends is `seq <n> <unix-time-ms>` (`n` from 0, the time it was sent), one every
@@ -60,7 +63,7 @@ fn main() -> ExitCode {
     let (Some(mode), Some(addr), Some(port)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!(
             "usage: enforcer-probe listen|connect|udp-listen|udp-send|udp-connect|\
-             hold-then-connect|connect-loop|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
+             hold-then-connect|connect-loop|connect-storm|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
              ADDR PORT [SECONDS]"
         );
         return ExitCode::from(2);
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
             let secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2.0);
             connect_loop(addr, Duration::from_secs_f64(secs))
         }
+        "connect-storm" => connect_storm(addr, timeout),
         "stream" => tcp_stream(addr, timeout),
         "sink" => tcp_sink(addr),
         "udp-stream" => udp_stream(addr, timeout, true),
@@ -180,6 +184,20 @@ fn greeting(mut stream: TcpStream, timeout: Duration) -> String {
             failure(&err)
         }
         _ => format!("connected {}", String::from_utf8_lossy(&data)),
+    }
+}
+
+fn connect_storm(addr: SocketAddr, timeout: Duration) -> ExitCode {
+    ready("started");
+    let mut out = io::stdout().lock();
+    loop {
+        let result = connect(addr, timeout);
+        if writeln!(out, "{result}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            return ExitCode::SUCCESS;
+        }
     }
 }
 
