@@ -1,11 +1,13 @@
 //! `cargo xtask bench apply` measures the control plane at scale (see `bench/apply.rs`).
-//! `cargo xtask bench connect | udp-send | ingress`: rates over loopback (and, for ingress,
-//! over a veth pair) from and to bound cgroups, first with no programs attached (the
-//! baseline), then with enforcement and a policy of 1,000 domains and 10,000 edges. Rounds
-//! interleave baseline and enforced measurements; each enforced figure is divided by the
-//! baseline of its own round, and the median of those ratios is printed with their range.
-//! Pairing by round keeps a shared machine's drift (which moves the baseline by ±20% between
-//! rounds here) out of the ratio.
+//! `cargo xtask bench connect | udp-send | ingress | rr | stream`: rates over loopback (and,
+//! for ingress, over a veth pair) from and to bound cgroups, first with no programs attached
+//! (the baseline), then with enforcement and a policy of `--scale` domains (1k: 1,000
+//! domains and 10,000 edges; 10k: 10,000 and 100,000), each domain bound to a cgroup of its
+//! own. With `--peers`, the same workloads also run under an nftables rule set of the same
+//! semantics (`bench/nftables.rs`). Rounds interleave the configurations; each figure is
+//! divided by the baseline of its own round, and the median of those ratios is printed with
+//! their range. Pairing by round keeps a shared machine's drift (which moves the baseline by
+//! ±20% between rounds here) out of the ratio.
 
 use std::{
     fmt::Write as _,
@@ -22,6 +24,7 @@ use clap::{Args, Subcommand};
 use crate::workspace_root;
 
 mod apply;
+mod nftables;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -34,6 +37,10 @@ pub enum Bench {
     Ingress(UdpRun),
     /// Start-up, `policy apply` and memory at 1k to 10k domains and 10k to 100k edges.
     Apply(apply::Sizes),
+    /// Transactions per second of 1-byte requests and responses on one TCP connection.
+    Rr(Run),
+    /// Bytes per second of one bulk TCP connection.
+    Stream(Run),
 }
 
 #[derive(Args, Clone, Copy)]
@@ -44,6 +51,35 @@ pub struct Run {
     /// Interleaved rounds (medians over rounds are reported).
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Policy size: `1k` (1,000 domains, 10,000 edges) or `10k` (10,000 domains, 100,000
+    /// edges).
+    #[arg(long, value_enum, default_value = "1k")]
+    scale: Scale,
+    /// Also run every workload under an nftables rule set with the same semantics.
+    #[arg(long)]
+    peers: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum Scale {
+    #[value(name = "1k")]
+    Thousand,
+    #[value(name = "10k")]
+    TenThousand,
+}
+
+impl Scale {
+    fn domains(self) -> usize {
+        match self {
+            Self::Thousand => 1_000,
+            Self::TenThousand => 10_000,
+        }
+    }
+
+    /// Ten edges per domain, every one between a distinct pair of domains.
+    fn edges(self) -> usize {
+        self.domains() * 10
+    }
 }
 
 #[derive(Args, Clone, Copy)]
@@ -56,9 +92,12 @@ pub struct UdpRun {
     blocking_sink: bool,
 }
 
-const DOMAINS: usize = 1_000;
-const EDGES: usize = 10_000;
 const PORT: u16 = 31_000;
+/// A port no edge opens: what the start-of-run check must see refused.
+const FORBIDDEN_PORT: u16 = 31_001;
+/// A second port of the staging -> prod edge: the start-of-run check's allowed flow, which
+/// must not collide with a workload's server on PORT.
+const CHECK_PORT: u16 = 31_002;
 const LOOPBACK: &str = "127.0.0.1";
 const PROBE: &str = "enforcer-probe";
 const FLOOD: &str = "enforcer-flood";
@@ -72,6 +111,8 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::UdpSend(udp) => udp_send(&env, udp),
         Bench::Ingress(udp) => ingress(&env, udp),
         Bench::Apply(sizes) => apply::run(&env, &sizes),
+        Bench::Rr(run) => rr(&env, run),
+        Bench::Stream(run) => stream(&env, run),
     };
     env.cleanup();
     result
@@ -86,7 +127,7 @@ fn connect(env: &BenchEnv, run: Run) -> Result<()> {
         let out = output(spawn(&Place::Cgroup(env.cgroup_dir(cgroup)), PROBE, &args)?)?;
         Ok(vec![field(&out, "rate")?])
     };
-    let cases = client_cases(connect_loop);
+    let cases = client_cases(connect_loop, run.peers);
     let samples = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "connect+accept per second over loopback, {}",
@@ -104,7 +145,7 @@ fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         let flow = udp_flood(&sink, &Place::Cgroup(env.cgroup_dir(cgroup)), LOOPBACK, udp)?;
         Ok(vec![flow.sent, flow.received, flow.lost])
     };
-    let cases = client_cases(flood);
+    let cases = client_cases(flood, udp.run.peers);
     let samples = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "unconnected UDP sendto() of {PAYLOAD_BYTES}-byte datagrams over loopback, sink in prod \
@@ -116,19 +157,93 @@ fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
     Ok(())
 }
 
+/// One byte there and back on one connection, as fast as the two can take turns.
+fn rr(env: &BenchEnv, run: Run) -> Result<()> {
+    let transactions = |cgroup: &str| {
+        let (sent, _) = tcp_pair(env, cgroup, ["tcp-echo", "tcp-rr"], run.seconds)?;
+        Ok(vec![field(&sent, "rate")?])
+    };
+    let cases = client_cases(transactions, run.peers);
+    let samples = measure(env, "tcp", &cases, run)?;
+    let title = format!(
+        "1-byte request/response transactions per second on one TCP connection over loopback \
+         (server in prod), {}",
+        run.describe()
+    );
+    print_table(&title, &[("transactions/s", 0)], &cases, &samples);
+    Ok(())
+}
+
+/// One bulk-transfer connection, writes of 128 KiB.
+fn stream(env: &BenchEnv, run: Run) -> Result<()> {
+    let bytes = |cgroup: &str| {
+        let (sent, _) = tcp_pair(env, cgroup, ["tcp-drain", "tcp-bulk"], run.seconds)?;
+        Ok(vec![field(&sent, "rate")? / 1e6])
+    };
+    let cases = client_cases(bytes, run.peers);
+    let samples = measure(env, "tcp", &cases, run)?;
+    let title = format!(
+        "one bulk TCP connection over loopback (receiver in prod), {}",
+        run.describe()
+    );
+    print_table(&title, &[("MB/s", 0)], &cases, &samples);
+    Ok(())
+}
+
+/// Runs `modes[0]` as a server in prod and `modes[1]` as its client in `cgroup` for
+/// `seconds`; returns what the client and the server printed.
+fn tcp_pair(
+    env: &BenchEnv,
+    cgroup: &str,
+    modes: [&str; 2],
+    seconds: f64,
+) -> Result<(String, String)> {
+    let (port, seconds) = (PORT.to_string(), seconds.to_string());
+    let server = Ready::spawn(
+        &Place::Cgroup(env.cgroup_dir("prod")),
+        FLOOD,
+        &[modes[0], LOOPBACK, &port, &seconds],
+        "listening",
+    )?;
+    let client = spawn(
+        &Place::Cgroup(env.cgroup_dir(cgroup)),
+        FLOOD,
+        &[modes[1], LOOPBACK, &port, &seconds],
+    )?;
+    let sent = output(client)?;
+    Ok((sent, server.finish()?))
+}
+
 /// The cases of a client talking to a server in prod: baseline and same-domain with the
-/// client in prod, cross-domain (through the policy's one staging -> prod edge) from staging.
-/// `take` measures with the client in the named cgroup.
-fn client_cases<'a>(take: impl Fn(&str) -> Result<Vec<f64>> + Copy + 'a) -> [Case<'a>; 3] {
-    [
-        Case::new("baseline, no programs attached", false, move || {
+/// client in prod, cross-domain (through the policy's one staging -> prod edge) from staging;
+/// with `peers`, the two enforced ones again under nftables. `take` measures with the client
+/// in the named cgroup.
+fn client_cases<'a>(
+    take: impl Fn(&str) -> Result<Vec<f64>> + Copy + 'a,
+    peers: bool,
+) -> Vec<Case<'a>> {
+    let mut cases = vec![
+        Case::new("baseline, no programs attached", By::Nothing, move || {
             take("prod")
         }),
-        Case::new("enforced, same domain", true, move || take("prod")),
-        Case::new("enforced, cross-domain via edge", true, move || {
+        Case::new("enforcer, same domain", By::Enforcer, move || take("prod")),
+        Case::new("enforcer, cross-domain via edge", By::Enforcer, move || {
             take("staging")
         }),
-    ]
+    ];
+    if peers {
+        cases.push(Case::new(
+            "nftables, same domain",
+            By::Nftables,
+            move || take("prod"),
+        ));
+        cases.push(Case::new(
+            "nftables, cross-domain via set element",
+            By::Nftables,
+            move || take("staging"),
+        ));
+    }
+    cases
 }
 
 /// The receiver's rate is the figure; the sender runs outside the enforced subtree (in the
@@ -142,16 +257,42 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
     };
     let via_loopback = || flood(&Place::Outside, LOOPBACK);
     let via_veth = || flood(&Place::Netns(&remote.name), &remote.host_v4);
-    let cases = [
+    let mut cases = vec![
         Case::new(
             "loopback: baseline, no programs attached",
-            false,
+            By::Nothing,
             via_loopback,
         ),
-        Case::new("loopback: enforced, unlabeled sender", true, via_loopback),
-        Case::new("veth: baseline, no programs attached", false, via_veth),
-        Case::new("veth: enforced, external sender", true, via_veth),
+        Case::new(
+            "loopback: enforcer, unlabeled sender",
+            By::Enforcer,
+            via_loopback,
+        ),
     ];
+    if udp.run.peers {
+        cases.push(Case::new(
+            "loopback: nftables, unlabeled sender",
+            By::Nftables,
+            via_loopback,
+        ));
+    }
+    cases.push(Case::new(
+        "veth: baseline, no programs attached",
+        By::Nothing,
+        via_veth,
+    ));
+    cases.push(Case::new(
+        "veth: enforcer, external sender",
+        By::Enforcer,
+        via_veth,
+    ));
+    if udp.run.peers {
+        cases.push(Case::new(
+            "veth: nftables, external sender",
+            By::Nftables,
+            via_veth,
+        ));
+    }
     let samples = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "UDP datagrams of {PAYLOAD_BYTES} bytes received by a socket in prod from a sender \
@@ -166,8 +307,11 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
 impl Run {
     fn describe(&self) -> String {
         format!(
-            "{} interleaved rounds of {}s; policy {DOMAINS} domains, {EDGES} edges",
-            self.rounds, self.seconds
+            "{} interleaved rounds of {}s; policy {} domains, {} edges",
+            self.rounds,
+            self.seconds,
+            self.scale.domains(),
+            self.scale.edges()
         )
     }
 }
@@ -191,47 +335,118 @@ impl UdpRun {
     }
 }
 
-/// One measurement taken in every round: its row label, whether it runs with enforcement,
-/// and how to take it (values in table column order; the first one gets the ratio). An
-/// enforced case is compared with the nearest baseline listed before it.
+/// What enforces a case's flows.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum By {
+    /// Nothing: the baseline.
+    Nothing,
+    /// The enforcer daemon with the bench policy.
+    Enforcer,
+    /// The nftables rule set of `bench/nftables.rs`, same semantics.
+    Nftables,
+}
+
+/// One measurement taken in every round: its row label, what enforces it, and how to take
+/// it (values in table column order; the first one gets the ratio). A case is compared with
+/// the nearest baseline listed before it.
 struct Case<'a> {
     label: &'static str,
-    enforced: bool,
+    by: By,
     take: Box<dyn Fn() -> Result<Vec<f64>> + 'a>,
 }
 
 impl<'a> Case<'a> {
-    fn new(label: &'static str, enforced: bool, take: impl Fn() -> Result<Vec<f64>> + 'a) -> Self {
+    fn new(label: &'static str, by: By, take: impl Fn() -> Result<Vec<f64>> + 'a) -> Self {
         Self {
             label,
-            enforced,
+            by,
             take: Box::new(take),
         }
     }
 }
 
-/// Runs every case once per round, the baselines first, then the enforced cases under one
-/// daemon start, so slow drift of a shared machine affects baseline and enforced figures
-/// alike instead of whichever was measured last. Returns each case's values, round by round.
+/// Runs every case once per round: the baselines first, then the enforcer's cases under one
+/// daemon start, then nftables's under one rule set, so slow drift of a shared machine
+/// affects every configuration alike instead of whichever was measured last. Before the
+/// first round, each enforcing configuration must refuse a forbidden flow and allow the
+/// edge's. Returns each case's values, round by round.
 fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Vec<Vec<Vec<f64>>>> {
+    let (domains, edges) = (run.scale.domains(), run.scale.edges());
+    env.domain_cgroups(domains)?;
     let policy = env.dir.join("bench-policy.yaml");
-    fs::write(&policy, big_policy(&env.root, protocol))?;
+    fs::write(&policy, big_policy(env, protocol, domains, edges))?;
+    let rules = env.dir.join("bench-rules.nft");
+    if run.peers {
+        fs::write(&rules, nftables::rules(env, protocol, domains, edges)?)?;
+    }
     let rounds = run.rounds.max(1);
     let mut samples = vec![Vec::new(); cases.len()];
     for round in 1..=rounds {
-        for enforced in [false, true] {
-            let daemon = enforced.then(|| Daemon::start(env, &policy)).transpose()?;
+        for by in [By::Nothing, By::Enforcer, By::Nftables] {
+            if !cases.iter().any(|c| c.by == by) {
+                continue;
+            }
+            let daemon = (by == By::Enforcer)
+                .then(|| Daemon::start(env, &policy))
+                .transpose()?;
+            let table = (by == By::Nftables)
+                .then(|| nftables::Table::load(&rules))
+                .transpose()?;
+            if round == 1 && by != By::Nothing {
+                check_enforces(env, protocol, by)?;
+            }
             for (case, samples) in cases.iter().zip(&mut samples) {
-                if case.enforced == enforced {
+                if case.by == by {
                     let values = (case.take)()?;
                     eprintln!("round {round}/{rounds}: {}: {values:.1?}", case.label);
                     samples.push(values);
                 }
             }
+            drop(table);
             daemon.map(Daemon::stop).transpose()?;
         }
     }
     Ok(samples)
+}
+
+/// Fails unless `by`, in place now, refuses staging -> prod on a port no edge opens and
+/// allows it on the edge's port: a configuration that enforces nothing would make every
+/// figure meaningless.
+fn check_enforces(env: &BenchEnv, protocol: &str, by: By) -> Result<()> {
+    let (serve, ask, allowed) = match protocol {
+        "udp" => ("udp-listen", "udp-send", "replied hi"),
+        _ => ("listen", "connect", "connected hi"),
+    };
+    for (port, want_allowed) in [(CHECK_PORT, true), (FORBIDDEN_PORT, false)] {
+        let port = port.to_string();
+        let _server = Ready::spawn(
+            &Place::Cgroup(env.cgroup_dir("prod")),
+            PROBE,
+            &[serve, LOOPBACK, &port],
+            "listening",
+        )?;
+        let client = spawn(
+            &Place::Cgroup(env.cgroup_dir("staging")),
+            PROBE,
+            &[ask, LOOPBACK, &port],
+        )?;
+        let seen = String::from_utf8_lossy(&client.wait_with_output()?.stdout)
+            .trim()
+            .to_owned();
+        if (seen == allowed) != want_allowed {
+            bail!(
+                "{by:?} does not enforce the bench policy: staging -> prod {protocol}/{port} \
+                 gave {seen:?}, expected {}",
+                if want_allowed {
+                    "it allowed"
+                } else {
+                    "it refused"
+                }
+            );
+        }
+        eprintln!("check: {by:?}: staging -> prod {protocol}/{port}: {seen}");
+    }
+    Ok(())
 }
 
 fn column_medians(samples: &[Vec<f64>]) -> Vec<f64> {
@@ -263,7 +478,7 @@ fn print_table(title: &str, columns: &[Column], cases: &[Case], samples: &[Vec<V
     report += &format!("\n|---|---|---|{}\n", "---|".repeat(columns.len() - 1));
     let mut baseline: &[Vec<f64>] = &[];
     for (case, rounds) in cases.iter().zip(samples) {
-        if !case.enforced {
+        if case.by == By::Nothing {
             baseline = rounds;
         }
         let ratios: Vec<f64> = rounds
@@ -291,37 +506,75 @@ fn cells(columns: &[Column], values: &[f64], ratios: &[f64]) -> String {
     row + "\n"
 }
 
-/// 1,000 domains; 10,000 edges between distinct pairs, one of which (staging -> prod) opens
-/// the benchmark port for `protocol`. Domain 0 is prod, bound to ROOT/prod; domain 1 is
-/// staging.
-fn big_policy(root: &str, protocol: &str) -> String {
-    let name = |i: usize| format!("d{i}.bench.example.org");
+/// `domains` domains, each bound to its cgroup; `edges` edges between distinct pairs, one of
+/// which (staging -> prod) opens the benchmark port (and the check's) for `protocol`. Domain 0 is prod, bound to
+/// ROOT/prod; domain 1 is staging.
+fn big_policy(env: &BenchEnv, protocol: &str, domains: usize, edges: usize) -> String {
     let mut p =
         String::from("version: 1\ndefaults: {unlabeled: allow, external: allow}\ndomains:\n");
-    for i in 0..DOMAINS {
-        let _ = writeln!(p, "  - name: {}", name(i));
-        match i {
-            0 => p.push_str(&format!("    cgroups: ['{root}/prod']\n")),
-            1 => p.push_str(&format!("    cgroups: ['{root}/staging']\n")),
-            _ => {}
-        }
-    }
-    p.push_str("federation:\n");
-    let mut edge = |from: usize, to: usize, protocol: &str, port: u16| {
+    for i in 0..domains {
         let _ = writeln!(
             p,
-            "  - {{from: {}, to: {}, protocol: {protocol}, ports: [{port}], owner: bench, reason: bench}}",
-            name(from),
-            name(to)
+            "  - {{name: {}, cgroups: ['{}/{}']}}",
+            domain_name(i),
+            env.root,
+            domain_cgroup(i)
         );
-    };
-    edge(1, 0, protocol, PORT);
-    for i in 1..EDGES {
-        let from = i % DOMAINS;
-        let to = (from + 1 + i / DOMAINS) % DOMAINS;
-        edge(from, to, "tcp", 40_000 + (i % 1000) as u16);
+    }
+    p.push_str("federation:\n");
+    for edge in bench_edges(protocol, domains, edges) {
+        let _ = writeln!(
+            p,
+            "  - {{from: {}, to: {}, protocol: {}, ports: {:?}, owner: bench, reason: bench}}",
+            domain_name(edge.from),
+            domain_name(edge.to),
+            edge.protocol,
+            edge.ports
+        );
     }
     p
+}
+
+fn domain_name(i: usize) -> String {
+    format!("d{i}.bench.example.org")
+}
+
+/// The cgroup of domain `i`, under the bench's root.
+fn domain_cgroup(i: usize) -> String {
+    match i {
+        0 => "prod".into(),
+        1 => "staging".into(),
+        _ => format!("d{i}"),
+    }
+}
+
+struct BenchEdge {
+    from: usize,
+    to: usize,
+    protocol: &'static str,
+    ports: Vec<u16>,
+}
+
+/// The bench policy's edges, by domain index: staging -> prod on PORT and CHECK_PORT, then
+/// edges between distinct pairs on ports 40000-40999.
+fn bench_edges(protocol: &str, domains: usize, edges: usize) -> Vec<BenchEdge> {
+    let protocol = if protocol == "udp" { "udp" } else { "tcp" };
+    let mut list = vec![BenchEdge {
+        from: 1,
+        to: 0,
+        protocol,
+        ports: vec![PORT, CHECK_PORT],
+    }];
+    for i in 1..edges {
+        let from = i % domains;
+        list.push(BenchEdge {
+            from,
+            to: (from + 1 + i / domains) % domains,
+            protocol: "tcp",
+            ports: vec![40_000 + (i % 1000) as u16],
+        });
+    }
+    list
 }
 
 struct BenchEnv {
@@ -378,6 +631,15 @@ impl BenchEnv {
         self.cgroup_mount.join(&self.root[1..]).join(sub)
     }
 
+    /// Creates the cgroup of every domain up to `domains` (prod and staging exist already).
+    fn domain_cgroups(&self, domains: usize) -> Result<()> {
+        for i in 2..domains {
+            let dir = self.cgroup_dir(&domain_cgroup(i));
+            fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(())
+    }
+
     /// Removes enforcement: detaches the programs and unpins the maps.
     fn teardown(&self) -> Result<()> {
         let out = Command::new(bin("enforcer"))
@@ -395,9 +657,16 @@ impl BenchEnv {
         let _ = self.teardown();
         let root = self.cgroup_dir("");
         let _ = fs::write(root.join("cgroup.kill"), "1");
-        for sub in ["prod", "staging", ""] {
+        let subs = fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path());
+        for dir in subs.chain([root.clone()]) {
+            // A killed cgroup is removable once its last process has exited.
             for _ in 0..100 {
-                if fs::remove_dir(root.join(sub)).is_ok() {
+                if fs::remove_dir(&dir).is_ok() {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(10));

@@ -1,5 +1,5 @@
-//! A UDP load generator for `cargo xtask bench udp-send` and `cargo xtask bench ingress`.
-//! Every mode prints one result line on stdout:
+//! A load generator for `cargo xtask bench`: UDP floods for `udp-send` and `ingress`, one TCP
+//! connection for `rr` and `stream`. Every mode prints one result line on stdout:
 //!
 //! - `udp-sink ADDR PORT SECONDS`: binds a UDP socket, prints `listening` once bound (the
 //!   readiness signal), then counts the datagrams the application receives, from the first
@@ -18,13 +18,24 @@
 //! - `udp-refused ADDR PORT COUNT`: makes COUNT `sendto()` calls from one unconnected socket
 //!   to a destination enforcement refuses, and prints `refused N other M`: N calls failed
 //!   with `EPERM`, M otherwise (sent, or failed for another reason).
+//! - `tcp-echo ADDR PORT SECONDS`: a TCP server for `tcp-rr`; prints `listening` once the
+//!   socket accepts connections, accepts one connection, sends back every byte it reads until
+//!   the client closes, and prints `echoed N`. Servers ignore SECONDS: the client's run ends
+//!   theirs.
+//! - `tcp-rr ADDR PORT SECONDS`: connects, then for SECONDS sends one byte and waits for it to
+//!   come back, one transaction after another (Nagle off on both ends). Prints
+//!   `transactions N rate R`.
+//! - `tcp-drain ADDR PORT SECONDS`: a TCP server for `tcp-bulk`; prints `listening`, accepts one
+//!   connection, reads until the client closes, and prints `received N` (bytes).
+//! - `tcp-bulk ADDR PORT SECONDS`: connects and writes [`BULK_WRITE`]-byte buffers for SECONDS.
+//!   Prints `sent N rate R`: bytes, and bytes per second.
 //!
 //! A sink given more time than its sender receives everything the sender sent unless the
 //! kernel dropped it (a full receive buffer, or a filter), so N sent minus N received is loss.
 
 use std::{
-    io::{self, Write as _},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket},
+    io::{self, Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     process::ExitCode,
     time::{Duration, Instant},
 };
@@ -37,6 +48,8 @@ const IDLE: Duration = Duration::from_millis(250);
 const FIRST_WAIT: Duration = Duration::from_secs(10);
 /// Sends between two looks at the clock.
 const CLOCK_EVERY: u64 = 64;
+/// Bytes per `write()` of `tcp-bulk`, as a bulk-transfer tool writes (iperf3 uses 128 KiB).
+const BULK_WRITE: usize = 128 * 1024;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Wait {
@@ -76,13 +89,21 @@ fn main() -> ExitCode {
         _ => None,
     };
     let Some((mode, (addr, duration))) = parsed else {
-        eprintln!("usage: enforcer-flood udp-sink|udp-sink-blocking|udp-blast ADDR PORT SECONDS");
+        eprintln!(
+            "usage: enforcer-flood \
+             udp-sink|udp-sink-blocking|udp-blast|tcp-echo|tcp-rr|tcp-drain|tcp-bulk \
+             ADDR PORT SECONDS"
+        );
         return ExitCode::from(2);
     };
     let result = match mode {
         "udp-sink" => sink(addr, duration, Wait::Spin),
         "udp-sink-blocking" => sink(addr, duration, Wait::Block),
         "udp-blast" => blast(addr, duration),
+        "tcp-echo" => serve_one(addr, echo),
+        "tcp-rr" => request_response(addr, duration),
+        "tcp-drain" => serve_one(addr, drain),
+        "tcp-bulk" => bulk(addr, duration),
         _ => return ExitCode::from(2),
     };
     match result {
@@ -210,4 +231,75 @@ fn blast(addr: SocketAddr, duration: Duration) -> io::Result<String> {
 
 fn no_buffer_space(err: &io::Error) -> bool {
     err.kind() == io::ErrorKind::WouldBlock || err.raw_os_error() == Some(libc::ENOBUFS)
+}
+
+/// Serves the first connection with `serve`. A server nobody connects to waits until it is
+/// killed, as the bench does when it gives up.
+fn serve_one(addr: SocketAddr, serve: fn(TcpStream) -> io::Result<String>) -> io::Result<String> {
+    let listener = TcpListener::bind(addr)?;
+    println!("listening");
+    io::stdout().flush()?;
+    let (stream, _) = listener.accept()?;
+    serve(stream)
+}
+
+fn echo(mut stream: TcpStream) -> io::Result<String> {
+    stream.set_nodelay(true)?;
+    let mut buf = [0u8; 4096];
+    let mut echoed = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(format!("echoed {echoed}")),
+            Ok(n) => {
+                stream.write_all(&buf[..n])?;
+                echoed += n as u64;
+            }
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn drain(mut stream: TcpStream) -> io::Result<String> {
+    let mut buf = vec![0u8; BULK_WRITE];
+    let mut received = 0u64;
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Ok(format!("received {received}")),
+            Ok(n) => received += n as u64,
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
+
+fn request_response(addr: SocketAddr, duration: Duration) -> io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_nodelay(true)?;
+    let start = Instant::now();
+    let mut byte = [0x5au8; 1];
+    let mut transactions = 0u64;
+    while !(transactions.is_multiple_of(CLOCK_EVERY) && start.elapsed() >= duration) {
+        stream.write_all(&byte)?;
+        stream.read_exact(&mut byte)?;
+        transactions += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(format!(
+        "transactions {transactions} rate {:.0}",
+        transactions as f64 / secs
+    ))
+}
+
+fn bulk(addr: SocketAddr, duration: Duration) -> io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    let buf = vec![0x5au8; BULK_WRITE];
+    let start = Instant::now();
+    let mut sent = 0u64;
+    while start.elapsed() < duration {
+        stream.write_all(&buf)?;
+        sent += BULK_WRITE as u64;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(format!("sent {sent} rate {:.0}", sent as f64 / secs))
 }
