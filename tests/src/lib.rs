@@ -4,6 +4,7 @@
 //! pods and other machines in network namespaces of their own, also removed on drop; every
 //! probe process, wherever it runs, is placed by a [`Workload`].
 
+mod capabilities;
 mod events;
 mod json;
 mod lan;
@@ -13,6 +14,7 @@ mod prometheus;
 mod sandbox;
 mod workload;
 
+pub use capabilities::{Capabilities, DAEMON_CAPS_ENV, daemon_capabilities};
 pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
