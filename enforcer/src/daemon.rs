@@ -7,6 +7,7 @@ pub mod access;
 pub mod admission;
 mod attest_server;
 mod attested;
+mod capabilities;
 pub mod host;
 pub mod machine;
 mod maintain;
@@ -85,6 +86,9 @@ pub fn run(options: Options) -> Result<()> {
     let sighup = reload::block_sighup()?;
     let stop_signals = stop::block_signals()?;
     let manager = ServiceManager::from_env().map(Arc::new);
+    for warning in capabilities::warnings() {
+        log::warn!("{warning}");
+    }
     if let Some(manager) = &manager {
         manager.status("starting: loading the programs and reading the policy");
     }

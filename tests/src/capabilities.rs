@@ -63,21 +63,30 @@ pub struct Capabilities {
 
 /// The set [`DAEMON_CAPS_ENV`] names, if it is set; panics on a name that is no capability.
 pub fn daemon_capabilities() -> Option<Capabilities> {
-    let value = std::env::var(DAEMON_CAPS_ENV).ok()?;
-    let names = value
-        .split([' ', ','])
-        .filter(|name| !name.is_empty())
-        .map(|name| {
-            let lower = name.to_ascii_lowercase();
-            let bare = lower.strip_prefix("cap_").unwrap_or(&lower);
-            NAMES
-                .iter()
-                .copied()
-                .find(|known| *known == bare)
-                .unwrap_or_else(|| panic!("{DAEMON_CAPS_ENV}: {name} is not a capability"))
-        })
-        .collect();
-    Some(Capabilities { names })
+    std::env::var(DAEMON_CAPS_ENV)
+        .ok()
+        .map(|value| Capabilities::parse(&value))
+}
+
+impl Capabilities {
+    /// The capabilities `list` names as systemd does (`CAP_BPF CAP_NET_ADMIN`, separated by
+    /// spaces or commas); panics on a name that is no capability.
+    pub fn parse(list: &str) -> Self {
+        let names = list
+            .split([' ', ','])
+            .filter(|name| !name.is_empty())
+            .map(|name| {
+                let lower = name.to_ascii_lowercase();
+                let bare = lower.strip_prefix("cap_").unwrap_or(&lower);
+                NAMES
+                    .iter()
+                    .copied()
+                    .find(|known| *known == bare)
+                    .unwrap_or_else(|| panic!("{name} is not a capability"))
+            })
+            .collect();
+        Self { names }
+    }
 }
 
 impl Capabilities {

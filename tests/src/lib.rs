@@ -14,7 +14,6 @@ mod prometheus;
 mod sandbox;
 mod workload;
 
-pub use capabilities::{Capabilities, DAEMON_CAPS_ENV, daemon_capabilities};
 pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};

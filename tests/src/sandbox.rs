@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    capabilities::daemon_capabilities,
+    capabilities::{Capabilities, daemon_capabilities},
     events::EventFollower,
     json::Json,
     workload::{HeldSocket, Outcome, Server, Stream, Workload},
@@ -32,6 +32,9 @@ pub struct Sandbox {
     daemon_log: Option<mpsc::Receiver<String>>,
     /// Environment variables every daemon started from now on gets.
     daemon_env: Vec<(OsString, OsString)>,
+    /// The only capabilities every daemon started from now on gets, if limited here rather
+    /// than by `ENFORCER_TEST_DAEMON_CAPS`.
+    daemon_caps: Option<String>,
     /// How long probes wait for a connect or a reply; `None` is the probe's default (5 s).
     probe_timeout: Option<Duration>,
 }
@@ -56,6 +59,7 @@ impl Sandbox {
             daemon: None,
             daemon_log: None,
             daemon_env: Vec::new(),
+            daemon_caps: None,
             probe_timeout: None,
         }
     }
@@ -92,6 +96,20 @@ impl Sandbox {
     /// Sets `key` to `value` in the environment of every daemon started from now on.
     pub fn set_daemon_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
         self.daemon_env.push((key.into(), value.into()));
+    }
+
+    /// Gives every daemon started from now on only the capabilities `list` names
+    /// (`CAP_BPF CAP_NET_ADMIN ...`), whatever `ENFORCER_TEST_DAEMON_CAPS` says.
+    pub fn limit_daemon_capabilities(&mut self, list: &str) {
+        self.daemon_caps = Some(list.to_owned());
+    }
+
+    /// The capabilities the daemon is limited to, if it is.
+    fn daemon_capabilities(&self) -> Option<Capabilities> {
+        match &self.daemon_caps {
+            Some(list) => Some(Capabilities::parse(list)),
+            None => daemon_capabilities(),
+        }
     }
 
     /// Starts the daemon and returns at once, without waiting for it to be ready; its log
@@ -432,7 +450,7 @@ impl Sandbox {
         loop {
             match lines.recv() {
                 Ok(line) if line.contains("control socket") => {
-                    if let Some(caps) = daemon_capabilities() {
+                    if let Some(caps) = self.daemon_capabilities() {
                         caps.check(child.id());
                     }
                     break;
@@ -466,7 +484,7 @@ impl Sandbox {
         cgroup_root: &Path,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Command {
-        let mut command = match daemon_capabilities() {
+        let mut command = match self.daemon_capabilities() {
             Some(caps) => caps.wrap(&enforcer()),
             None => Command::new(enforcer()),
         };

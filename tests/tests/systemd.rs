@@ -1,6 +1,6 @@
 //! The daemon under a service manager: the sd_notify(3) messages it sends to `NOTIFY_SOCKET`
 //! (here a datagram socket the test owns, at an abstract address as systemd's own), and how
-//! SIGTERM and SIGINT stop it.
+//! SIGTERM and SIGINT stop it, and what it says when it runs short of a capability.
 //!
 //! `READY=1` must arrive only once enforcement is in place: the test stops the daemon
 //! (SIGSTOP) the moment `READY=1` arrives, so a daemon that said it too early could not finish
@@ -287,4 +287,25 @@ fn sigterm_and_sigint_stop_the_daemon_cleanly_and_enforcement_stays() {
     stop_with(&mut sb, &manager, libc::SIGINT, "SIGINT");
     refused(&sb, &staging, 38050, "after SIGINT");
     allowed(&sb, &staging, 38051, "after SIGINT");
+}
+
+#[test]
+fn a_daemon_short_of_a_capability_says_what_it_cannot_do() {
+    if !privileged("a_daemon_short_of_a_capability_says_what_it_cannot_do") {
+        return;
+    }
+    let mut sb = Sandbox::new("sd-caps");
+    let (prod, staging) = (sb.cgroup("prod"), sb.cgroup("staging"));
+    let _server = sb.listen(&prod, LOCALHOST, 38090);
+    let file = sb.policy("policy.yaml", &policy(&[]));
+    // The unit's set but CAP_DAC_READ_SEARCH: enforcement works, events lose their cgroups.
+    sb.limit_daemon_capabilities("CAP_BPF CAP_PERFMON CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE");
+    sb.launch_daemon(&file);
+    let warning = sb.wait_daemon_log("running without", patient(WAIT));
+    assert!(
+        warning.contains("running without CAP_DAC_READ_SEARCH: events cannot name the cgroup"),
+        "{warning}"
+    );
+    sb.wait_daemon_log("control socket", patient(WAIT));
+    refused(&sb, &staging, 38090, "without CAP_DAC_READ_SEARCH");
 }
