@@ -7,6 +7,7 @@ pub mod access;
 pub mod admission;
 mod attest_server;
 mod attested;
+mod capabilities;
 pub mod host;
 pub mod machine;
 mod maintain;
@@ -16,6 +17,7 @@ pub mod remote_admin;
 mod restart;
 pub mod serve;
 pub mod state;
+mod stop;
 mod transitions;
 mod views;
 
@@ -47,9 +49,10 @@ use crate::{
         policy_maps::PolicyMaps, revocation::Connections, usage::Usage,
     },
     observe::{
-        event_feed::{Feed, Followers},
+        event_feed::{Draining, Feed, Followers},
         event_log::EventLog,
         metrics::{self, Commits},
+        systemd::ServiceManager,
     },
     paths::{PinDir, StateDir},
     pipeline::{clock::Clocks, compile, edges::Book},
@@ -78,8 +81,17 @@ pub struct Options {
 
 pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
-    // Before any thread starts, so that every thread leaves SIGHUP to the reload thread.
+    // Before any thread starts, so that every thread leaves SIGHUP to the reload thread, and
+    // SIGTERM and SIGINT to the stop thread.
     let sighup = reload::block_sighup()?;
+    let stop_signals = stop::block_signals()?;
+    let manager = ServiceManager::from_env().map(Arc::new);
+    for warning in capabilities::warnings() {
+        log::warn!("{warning}");
+    }
+    if let Some(manager) = &manager {
+        manager.status("starting: loading the programs and reading the policy");
+    }
     let Prepared {
         loaded,
         load_time,
@@ -225,6 +237,7 @@ pub fn run(options: Options) -> Result<()> {
             last_reload_error: refused,
             reloads: metrics::Reloads::default(),
         },
+        manager: None,
     };
     for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
         log::warn!(
@@ -292,11 +305,23 @@ pub fn run(options: Options) -> Result<()> {
         attestation: attest_server,
         admin: admin_listener,
     };
-    let daemon = services.spawn(daemon, &events, options.attest_socket.as_deref())?;
+    daemon.manager.clone_from(&manager);
+    let (daemon, events_draining) =
+        services.spawn(daemon, &events, options.attest_socket.as_deref())?;
     if let Err(err) = reload::spawn(Arc::clone(&daemon), policy_path, &sighup) {
         // Enforcement is in place; only reloads are missing, which the log says.
         log::error!("--policy will not be reloaded: {err:#}");
     }
+    stop::spawn(
+        stop::Stop {
+            daemon: Arc::clone(&daemon),
+            events: events_draining,
+            sockets: std::iter::once(options.socket.clone())
+                .chain(options.attest_socket.clone())
+                .collect(),
+        },
+        &stop_signals,
+    )?;
     release_freed_memory();
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     log::info!(
@@ -311,6 +336,13 @@ pub fn run(options: Options) -> Result<()> {
         ms(attach_time)
     );
     log::info!("control socket {}", options.socket.display());
+    if let Some(manager) = &manager {
+        let summary = daemon
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .summary();
+        manager.ready(&summary);
+    }
     serve::serve(&daemon, &listener, &events, options.groups);
     Ok(())
 }
@@ -384,19 +416,20 @@ struct Services {
 impl Services {
     /// Starts each service with what it needs of the daemon: the maintenance duties and the
     /// servers share the daemon; the event feed gets only the names in force and the tally,
-    /// and the metrics a snapshot.
+    /// and the metrics a snapshot. Returns the shared daemon and the lock the event feed holds
+    /// while it logs events it took from the kernel.
     fn spawn(
         self,
         daemon: Daemon,
         events: &EventService,
         attest_socket: Option<&Path>,
-    ) -> Result<Arc<Mutex<Daemon>>> {
+    ) -> Result<(Arc<Mutex<Daemon>>, Draining)> {
         let pins = daemon.pins.clone();
         let (names, tally) = (Arc::clone(&daemon.names), Arc::clone(&daemon.tally));
         daemon.publish_names();
         let daemon = Arc::new(Mutex::new(daemon));
         maintain::spawn(Arc::clone(&daemon), self.notify)?;
-        self.feed.spawn(names, tally)?;
+        let events_draining = self.feed.spawn(names, tally)?;
         if let Some(listener) = self.metrics {
             let daemon = Arc::clone(&daemon);
             let snapshot = move || {
@@ -417,7 +450,7 @@ impl Services {
         if let Some(admin) = self.admin {
             admin.spawn(Arc::clone(&daemon), events.clone())?;
         }
-        Ok(daemon)
+        Ok((daemon, events_draining))
     }
 }
 

@@ -2,6 +2,7 @@
 //! control socket, a state directory, and the processes started in them.
 
 use std::{
+    ffi::OsString,
     fs,
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -12,6 +13,7 @@ use std::{
 };
 
 use crate::{
+    capabilities::{Capabilities, daemon_capabilities},
     events::EventFollower,
     json::Json,
     workload::{HeldSocket, Outcome, Server, Stream, Workload},
@@ -28,6 +30,11 @@ pub struct Sandbox {
     pub state_dir: PathBuf,
     daemon: Option<Child>,
     daemon_log: Option<mpsc::Receiver<String>>,
+    /// Environment variables every daemon started from now on gets.
+    daemon_env: Vec<(OsString, OsString)>,
+    /// The only capabilities every daemon started from now on gets, if limited here rather
+    /// than by `ENFORCER_TEST_DAEMON_CAPS`.
+    daemon_caps: Option<String>,
     /// How long probes wait for a connect or a reply; `None` is the probe's default (5 s).
     probe_timeout: Option<Duration>,
 }
@@ -51,6 +58,8 @@ impl Sandbox {
             root,
             daemon: None,
             daemon_log: None,
+            daemon_env: Vec::new(),
+            daemon_caps: None,
             probe_timeout: None,
         }
     }
@@ -82,6 +91,49 @@ impl Sandbox {
     /// `control socket` after enforcement is in place).
     pub fn start_daemon(&mut self, policy: &Path) {
         self.start_daemon_with(policy, &[]);
+    }
+
+    /// Sets `key` to `value` in the environment of every daemon started from now on.
+    pub fn set_daemon_env(&mut self, key: impl Into<OsString>, value: impl Into<OsString>) {
+        self.daemon_env.push((key.into(), value.into()));
+    }
+
+    /// Gives every daemon started from now on only the capabilities `list` names
+    /// (`CAP_BPF CAP_NET_ADMIN ...`), whatever `ENFORCER_TEST_DAEMON_CAPS` says.
+    pub fn limit_daemon_capabilities(&mut self, list: &str) {
+        self.daemon_caps = Some(list.to_owned());
+    }
+
+    /// The capabilities the daemon is limited to, if it is.
+    fn daemon_capabilities(&self) -> Option<Capabilities> {
+        match &self.daemon_caps {
+            Some(list) => Some(Capabilities::parse(list)),
+            None => daemon_capabilities(),
+        }
+    }
+
+    /// Starts the daemon and returns at once, without waiting for it to be ready; its log
+    /// is followed as after [`Self::start_daemon`].
+    pub fn launch_daemon(&mut self, policy: &Path) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let mut child = self
+            .daemon_command(policy, &[] as &[&str])
+            .spawn()
+            .expect("starting the daemon");
+        let stderr = child.stderr.take().expect("piped stderr");
+        self.daemon_log = Some(forward_lines(stderr, &self.name));
+        self.daemon = Some(child);
+    }
+
+    /// Sends `signal` to the daemon.
+    pub fn signal_daemon(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.daemon_pid()).expect("a pid");
+        // SAFETY: kill(2) with a pid this sandbox started and still owns.
+        assert_eq!(
+            unsafe { libc::kill(pid, signal) },
+            0,
+            "signalling the daemon"
+        );
     }
 
     /// Kills the daemon with SIGKILL: no cleanup code of its own runs.
@@ -350,15 +402,7 @@ impl Sandbox {
     /// Stops (SIGSTOP) or resumes (SIGCONT) the daemon process: the kernel keeps enforcing
     /// and writing events while it is stopped.
     pub fn pause_daemon(&self, paused: bool) {
-        let child = self.daemon.as_ref().expect("daemon running");
-        let signal = if paused { libc::SIGSTOP } else { libc::SIGCONT };
-        let pid = libc::pid_t::try_from(child.id()).expect("a pid");
-        // SAFETY: kill(2) with a pid this sandbox started and still owns.
-        assert_eq!(
-            unsafe { libc::kill(pid, signal) },
-            0,
-            "signalling the daemon"
-        );
+        self.signal_daemon(if paused { libc::SIGSTOP } else { libc::SIGCONT });
     }
 
     /// Follows the daemon's decision events from now on.
@@ -435,7 +479,12 @@ impl Sandbox {
         let mut seen = Vec::new();
         loop {
             match lines.recv() {
-                Ok(line) if line.contains("control socket") => break,
+                Ok(line) if line.contains("control socket") => {
+                    if let Some(caps) = self.daemon_capabilities() {
+                        caps.check(child.id());
+                    }
+                    break;
+                }
                 Ok(line) => seen.push(line),
                 Err(_) => {
                     let status = child.wait().expect("waiting for the daemon");
@@ -477,8 +526,12 @@ impl Sandbox {
         cgroup_root: &Path,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Command {
-        let mut command = Command::new(binary);
+        let mut command = match self.daemon_capabilities() {
+            Some(caps) => caps.wrap(binary),
+            None => Command::new(binary),
+        };
         command
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .arg("daemon")
             .arg("--policy")
             .arg(policy)

@@ -27,6 +27,10 @@ enum Task {
     Demo,
     /// Set up, build and run every test, including the privileged end-to-end tests.
     Test {
+        /// Run every daemon the tests start with only the capabilities that
+        /// packaging/enforcer.service grants (its CapabilityBoundingSet=), under setpriv.
+        #[arg(long)]
+        daemon_caps: bool,
         /// Extra arguments for `cargo test` (after `--`).
         #[arg(last = true)]
         args: Vec<String>,
@@ -73,7 +77,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Task::Test { args } => {
+        Task::Test { daemon_caps, args } => {
             setup::run()?;
             cargo(&["build", "-p", "enforcer", "-p", "enforcer-tests"])?;
             let mut test = vec!["test"];
@@ -81,7 +85,12 @@ fn run(cli: Cli) -> Result<()> {
                 test.push("--");
                 test.extend(args.iter().map(String::as_str));
             }
-            cargo(&test)
+            if !daemon_caps {
+                return cargo(&test);
+            }
+            let caps = unit_capabilities()?;
+            println!("xtask: every daemon runs with only {caps}");
+            cargo_with_env(&test, &[("ENFORCER_TEST_DAEMON_CAPS", &caps)])
         }
         Task::Lint => lint::run(),
         Task::VmTest(options) => vm::run(&options),
@@ -113,10 +122,27 @@ pub fn workspace_root() -> std::path::PathBuf {
         .to_path_buf()
 }
 
+/// The capabilities the shipped unit grants the daemon: its `CapabilityBoundingSet=`.
+fn unit_capabilities() -> Result<String> {
+    let unit = workspace_root().join("packaging/enforcer.service");
+    let text =
+        std::fs::read_to_string(&unit).with_context(|| format!("reading {}", unit.display()))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("CapabilityBoundingSet="))
+        .map(|caps| caps.trim().to_owned())
+        .with_context(|| format!("{} sets no CapabilityBoundingSet=", unit.display()))
+}
+
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_with_env(args, &[])
+}
+
+/// `cargo ARGS` with `env` added to its environment.
+fn cargo_with_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(&cargo)
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(workspace_root())
         .status()
         .with_context(|| format!("running cargo {}", args.join(" ")))?;

@@ -38,6 +38,7 @@ use crate::{
         event_feed::NamesBoard,
         event_record::{self, EventRecord},
         metrics::{Commits, Outcome},
+        systemd::ServiceManager,
         tally::Tally,
     },
     paths::PinDir,
@@ -77,6 +78,8 @@ pub struct Daemon {
     pub(super) bundle_warn_before: std::time::Duration,
     /// Where the policy came from at start, and the reloads of `--policy FILE`.
     pub(super) source: super::restart::Source,
+    /// The service manager to tell about each change (`STATUS=`), once the daemon is ready.
+    pub(super) manager: Option<Arc<ServiceManager>>,
 }
 
 /// What changed: the generation now in force and the live connections ended.
@@ -226,6 +229,9 @@ impl Daemon {
         let ended = self.report_ended(committed.endings.as_deref());
         *posted = Arc::new(self.in_force());
         drop(posted);
+        if let Some(manager) = &self.manager {
+            manager.status(&self.summary());
+        }
         Ok(Committed {
             generation: committed.generation,
             ended,

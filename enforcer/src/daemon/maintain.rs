@@ -2,7 +2,9 @@
 //! cgroups as they appear and vanish (inotify on every existing directory along each bound
 //! path), workload namespaces are entered as the programs report them and forgotten when
 //! empty, the host's addresses are kept current, and the daemon exits once `enforcer teardown`
-//! has removed its links.
+//! has removed its links. Each round that gets through its duties pings the service manager's
+//! watchdog when one is due: a daemon whose lock is stuck, or whose loop stopped, misses
+//! pings, and systemd restarts it.
 
 use std::{
     collections::BTreeSet,
@@ -49,6 +51,9 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
     // generation), and every CGROUP_RESCAN.
     let mut cgroups_changed = true;
     let mut watched_generation = None;
+    let manager = lock(daemon).manager.clone();
+    let watchdog = manager.as_ref().and_then(|m| m.watchdog());
+    let mut ping_due = Instant::now();
     loop {
         let generation = lock(daemon).generation();
         // New bindings may name cgroups created before their parents were watched.
@@ -62,7 +67,11 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
             PollFd::new(notify.as_fd(), PollFlags::POLLIN),
         ];
-        let timeout = PollTimeout::try_from(TICK).unwrap_or(PollTimeout::NONE);
+        let wait = match watchdog {
+            Some(_) => TICK.min(ping_due.saturating_duration_since(Instant::now())),
+            None => TICK,
+        };
+        let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::NONE);
         if let Err(err) = poll(&mut fds, timeout)
             && err != Errno::EINTR
         {
@@ -82,6 +91,9 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         let d = &mut *guard;
         if d.torn_down() {
             log::info!("enforcement was torn down (the pinned links are gone); exiting");
+            if let Some(manager) = &manager {
+                manager.stopping("enforcement was torn down");
+            }
             std::process::exit(0);
         }
         d.refresh_bundles();
@@ -98,6 +110,12 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         }
         if let Err(err) = d.refresh_addresses(scan_pods) {
             log::error!("refreshing local addresses failed: {err:#}");
+        }
+        if let (Some(manager), Some(every)) = (&manager, watchdog)
+            && Instant::now() >= ping_due
+        {
+            manager.ping_watchdog();
+            ping_due = Instant::now() + every;
         }
     }
 }

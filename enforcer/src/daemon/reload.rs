@@ -161,7 +161,8 @@ fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     daemon.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Reads `path` and, when it changed since last read or `signalled`, applies it.
+/// Reads `path` and, when it changed since last read or `signalled`, applies it. The service
+/// manager hears `RELOADING=1` before and `READY=1` with the outcome after.
 fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
     let file = path.display().to_string();
     let trigger = if signalled {
@@ -169,30 +170,60 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
     } else {
         "changed on disk"
     };
-    let text = match crate::pipeline::policy_file::read(path) {
-        Ok(text) => text,
-        Err(why) => {
+    let text = crate::pipeline::policy_file::read(path).map(|text| {
+        let read = FileRead::new(
+            &std::path::absolute(path).unwrap_or_else(|_| path.into()),
+            &text,
+        );
+        (text, read)
+    });
+    if !signalled {
+        match &text {
             // A file being replaced by a writer that does not rename may be missing for a
             // moment; only a reload asked for is refused for it.
-            if signalled {
-                refused(&mut lock(daemon), &file, trigger, why);
-            } else {
+            Err(why) => {
                 log::warn!("--policy {file} cannot be read now ({why}); the running policy stays");
+                return;
             }
-            return;
+            Ok((_, read)) if lock(daemon).source.read == *read => return,
+            Ok(_) => {}
+        }
+    }
+    let manager = lock(daemon).manager.clone();
+    if let Some(manager) = &manager {
+        manager.reloading();
+    }
+    let d = match text {
+        Ok((text, read)) => apply(daemon, &file, trigger, text, read),
+        Err(why) => {
+            let mut d = lock(daemon);
+            refused(&mut d, &file, trigger, why);
+            d
         }
     };
-    let read = FileRead::new(
-        &std::path::absolute(path).unwrap_or_else(|_| path.into()),
-        &text,
-    );
-    if !signalled && lock(daemon).source.read == read {
-        return;
+    if let Some(manager) = &manager {
+        let status = match &d.source.last_reload_error {
+            Some(_) => format!("reload of --policy refused (see the log); {}", d.summary()),
+            None => d.summary(),
+        };
+        manager.ready(&status);
     }
+    drop(d);
+    crate::daemon::state::release_freed_memory();
+}
+
+/// Applies `text`, read from `file` as `read`; returns the daemon, still locked.
+fn apply<'a>(
+    daemon: &'a Mutex<Daemon>,
+    file: &str,
+    trigger: &str,
+    text: String,
+    read: FileRead,
+) -> std::sync::MutexGuard<'a, Daemon> {
     // Parsed before the daemon is locked, as a `policy apply` is.
-    let parsed = parse_with_bundles(&file, &text);
+    let parsed = parse_with_bundles(file, &text);
     let mut d = lock(daemon);
-    let result = parsed.and_then(|(policy, trust)| d.apply_parsed(policy, trust, &file, &text));
+    let result = parsed.and_then(|(policy, trust)| d.apply_parsed(policy, trust, file, &text));
     drop(text);
     match result {
         Ok(Committed {
@@ -212,11 +243,11 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
         Err(ApplyError::Failed(err)) => {
             // Not the file's fault: it is not recorded as read, so the next change, SIGHUP
             // or start tries it again.
-            refused(&mut d, &file, trigger, format!("{err:#}"));
-            return;
+            refused(&mut d, file, trigger, format!("{err:#}"));
+            return d;
         }
         Err(err @ ApplyError::Rejected(_)) => {
-            refused(&mut d, &file, trigger, err.to_string());
+            refused(&mut d, file, trigger, err.to_string());
         }
     }
     let refused = d.source.last_reload_error.clone();
@@ -224,8 +255,7 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
         log::warn!("could not record the read of --policy {file}: {err:#}");
     }
     d.source.read = read;
-    drop(d);
-    crate::daemon::state::release_freed_memory();
+    d
 }
 
 fn refused(d: &mut Daemon, file: &str, trigger: &str, why: String) {

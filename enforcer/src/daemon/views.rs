@@ -28,6 +28,17 @@ const BINDING_WARNINGS: usize = 5;
 const DEFAULT_STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 impl Daemon {
+    /// One line on what is enforced, for the service manager's `STATUS=`.
+    pub(super) fn summary(&self) -> String {
+        let state = &self.state;
+        format!(
+            "enforcing policy generation {}: {} domain(s), {} edge(s)",
+            state.generation,
+            state.policy.domains.len(),
+            state.live.len()
+        )
+    }
+
     pub(super) fn edge_views(&self, stale_after: std::time::Duration) -> Vec<EdgeView> {
         let clocks = Clocks::now();
         let used = self.host.usage.edges();

@@ -34,6 +34,9 @@ use crate::{
 /// Where the daemon posts the names of the policy in force, for the feed to name events with.
 pub type NamesBoard = Arc<std::sync::RwLock<Arc<dyn Names + Send + Sync>>>;
 
+/// Held by the feed from taking records out of the ring buffer until they are logged.
+pub type Draining = Arc<Mutex<()>>;
+
 /// How often the ring buffer is read without being woken: the programs wake the feed only
 /// for refusals, so this is how late an allowed crossing can be reported.
 const IDLE: Duration = Duration::from_millis(200);
@@ -113,18 +116,23 @@ impl Feed {
 
     /// Reads events on a thread of its own for the life of the daemon. Each is named from
     /// `names`, which the daemon replaces at each new policy, and counted into `tally`;
-    /// neither needs the daemon's lock.
-    pub fn spawn(mut self, names: NamesBoard, tally: Arc<Mutex<Tally>>) -> Result<()> {
+    /// neither needs the daemon's lock. Returns the lock the feed holds from taking records
+    /// out of the ring buffer until they are logged: holding it, a daemon that stops knows
+    /// that every event taken is in the log and the rest wait in the pinned ring buffer.
+    pub fn spawn(mut self, names: NamesBoard, tally: Arc<Mutex<Tally>>) -> Result<Draining> {
+        let draining = Arc::new(Mutex::new(()));
+        let held = Arc::clone(&draining);
         std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
                 loop {
                     self.wait();
+                    let _draining = held.lock().unwrap_or_else(PoisonError::into_inner);
                     self.drain(&names, &tally);
                 }
             })
             .context("starting the event thread")?;
-        Ok(())
+        Ok(draining)
     }
 
     fn wait(&self) {
