@@ -29,6 +29,7 @@ use crate::{
 #[command(
     name = "enforcer",
     version,
+    long_version = crate::version::LONG,
     about = "Kernel-enforced trust-domain boundaries for Linux workloads"
 )]
 struct Cli {

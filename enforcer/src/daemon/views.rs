@@ -19,6 +19,7 @@ use crate::{
         compile::{self},
         grants::{self, Used},
     },
+    version,
 };
 
 /// Bindings of each kind the log names one by one after an apply; the rest are counted.
@@ -203,6 +204,12 @@ impl Daemon {
                 .collect(),
             memory: kernel::memory::of_pins(&self.pins),
             policy_source: Some(self.source.status()),
+            build: Some(status::Build {
+                version: version::VERSION.into(),
+                commit: version::COMMIT.into(),
+                built: version::BUILT.into(),
+                ebpf_sha256: version::EBPF_SHA256.into(),
+            }),
         }
     }
 
