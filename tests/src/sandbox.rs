@@ -395,11 +395,29 @@ impl Sandbox {
     /// [`Self::start_daemon`] with `extra` arguments after the sandbox's own
     /// (`--metrics-addr ...`).
     pub fn start_daemon_with(&mut self, policy: &Path, extra: &[&str]) {
+        let command = self.daemon_command(policy, extra);
+        self.start(command);
+    }
+
+    /// [`Self::start_daemon`] with every path given as an `ENFORCER_*` environment variable
+    /// instead of a flag.
+    pub fn start_daemon_from_env(&mut self, policy: &Path) {
+        let mut command = Command::new(enforcer());
+        command
+            .arg("daemon")
+            .env("ENFORCER_POLICY", policy)
+            .env("ENFORCER_CGROUP_ROOT", &self.root)
+            .env("ENFORCER_PIN_DIR", &self.pin_dir)
+            .env("ENFORCER_SOCKET", &self.socket)
+            .env("ENFORCER_STATE_DIR", &self.state_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        self.start(command);
+    }
+
+    fn start(&mut self, mut command: Command) {
         assert!(self.daemon.is_none(), "daemon already running");
-        let mut child = self
-            .daemon_command(policy, extra)
-            .spawn()
-            .expect("starting the daemon");
+        let mut child = command.spawn().expect("starting the daemon");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = forward_lines(stderr, &self.name);
         let mut seen = Vec::new();
