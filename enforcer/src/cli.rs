@@ -16,7 +16,7 @@ mod why;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
     api::control::{Request, Response},
@@ -228,6 +228,12 @@ fn parse_period(text: &str) -> Result<std::time::Duration, String> {
 enum Output {
     Text,
     Json,
+}
+
+/// The command line as clap defines it, for generating completions and man pages
+/// (`enforcer/examples/dist-docs.rs`).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parses the command line and runs the verb it names.

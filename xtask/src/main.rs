@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz | dist-docs`.
 
 mod bench;
 mod fuzz;
@@ -47,6 +47,12 @@ enum Task {
         #[command(subcommand)]
         fuzz: fuzz::Fuzz,
     },
+    /// Write enforcer's man pages (OUT/man, one per subcommand) and its bash, zsh and fish
+    /// completions (OUT/completions), generated from its command line.
+    DistDocs {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -90,7 +96,26 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(bench)
         }
         Task::Fuzz { fuzz } => fuzz::run(fuzz),
+        Task::DistDocs { out } => dist_docs(&out),
     }
+}
+
+/// Runs `enforcer/examples/dist-docs.rs`, which generates both from enforcer's clap command.
+fn dist_docs(out: &std::path::Path) -> Result<()> {
+    setup::run()?;
+    // cargo runs in the workspace root; OUT is relative to where xtask was started.
+    let out = std::path::absolute(out).context("resolving --out")?;
+    let out = out.to_str().context("--out is not UTF-8")?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "enforcer",
+        "--example",
+        "dist-docs",
+        "--",
+        out,
+    ])
 }
 
 /// Set-up, then the release binaries the demo and the benchmarks run.
