@@ -400,8 +400,8 @@ impl Sandbox {
     }
 
     /// [`Self::start_daemon`] with every path given as an `ENFORCER_*` environment variable
-    /// instead of a flag.
-    pub fn start_daemon_from_env(&mut self, policy: &Path) {
+    /// instead of a flag, and `extra` variables.
+    pub fn start_daemon_from_env(&mut self, policy: &Path, extra: &[(&str, &str)]) {
         let mut command = Command::new(enforcer());
         command
             .arg("daemon")
@@ -410,6 +410,7 @@ impl Sandbox {
             .env("ENFORCER_PIN_DIR", &self.pin_dir)
             .env("ENFORCER_SOCKET", &self.socket)
             .env("ENFORCER_STATE_DIR", &self.state_dir)
+            .envs(extra.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         self.start(command);

@@ -1,6 +1,7 @@
 //! The conventions every host tool keeps: `--version` naming the build, `ENFORCER_*`
-//! environment variables for the daemon's flags, validated exactly like the flags.
-//! Ports 38000-38099 belong to this file.
+//! environment variables for the daemon's flags, validated exactly like the flags, and a
+//! health check beside the metrics.
+//! Ports 39700-39799 belong to this file.
 
 use std::{
     fs,
@@ -8,7 +9,7 @@ use std::{
     process::{Command, Output},
 };
 
-use enforcer_tests::{Json, Sandbox, enforcer, privileged};
+use enforcer_tests::{Json, Sandbox, enforcer, http_get, privileged};
 use sha2::{Digest as _, Sha256};
 
 /// `enforcer --version`, as `key: value` pairs after the first line (`enforcer VERSION`).
@@ -176,8 +177,8 @@ fn environment_values_are_refused_like_flags() {
     }
 }
 
-/// The daemon started with every path from the environment runs where they say, and `status`
-/// names its build as `--version` does.
+/// The daemon started with every path from the environment runs where they say, `status`
+/// names its build as `--version` does, and `/healthz` says whether enforcement is in place.
 #[test]
 fn daemon_takes_its_paths_from_the_environment() {
     if !privileged("daemon_takes_its_paths_from_the_environment") {
@@ -189,7 +190,8 @@ fn daemon_takes_its_paths_from_the_environment() {
         "policy.yaml",
         "version: 1\ndomains:\n  - name: prod.example.org\n    cgroups: ['{root}/prod']\n",
     );
-    sb.start_daemon_from_env(&policy);
+    let metrics = "127.0.0.1:39701";
+    sb.start_daemon_from_env(&policy, &[("ENFORCER_METRICS_ADDR", metrics)]);
     assert!(
         sb.socket.exists(),
         "the control socket is at ENFORCER_SOCKET"
@@ -238,5 +240,30 @@ fn daemon_takes_its_paths_from_the_environment() {
     assert!(
         text.contains(&format!("ebpf sha256 {}", field(&fields, "ebpf-sha256"))),
         "{text}"
+    );
+
+    let addr = metrics.parse().expect("an address");
+    let health = http_get(addr, "/healthz");
+    assert_eq!((health.status, health.body.as_str()), (200, "ok\n"));
+
+    // A link unpinned under the running daemon would not outlive it: not healthy.
+    let link = status
+        .get("programs")
+        .map(|p| p.as_array().to_vec())
+        .unwrap_or_default()
+        .first()
+        .and_then(|p| p.get("link_pin"))
+        .and_then(Json::as_str)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("status lists the programs' link pins: {status}"));
+    fs::remove_file(&link).expect("unpinning a link");
+    let health = http_get(addr, "/healthz");
+    assert_eq!(health.status, 503, "{}", health.body);
+    assert!(
+        health
+            .body
+            .contains(&format!("no longer pinned at {}", link.display())),
+        "{}",
+        health.body
     );
 }

@@ -213,6 +213,28 @@ impl Daemon {
         }
     }
 
+    /// What `GET /healthz` answers: whether enforcement is in place, as far as is cheap to
+    /// tell. A policy is in force, and every program's link is still pinned: a pinned link is
+    /// attached, and is what keeps enforcement in place across restarts; `teardown` or a hand
+    /// removing pins takes them away under the daemon.
+    pub fn health(&self) -> Result<(), String> {
+        if self.state.generation == 0 {
+            return Err("no policy in force".to_owned());
+        }
+        if self.programs.is_empty() {
+            return Err("no programs attached".to_owned());
+        }
+        match self.programs.iter().find(|p| !p.link_pin.exists()) {
+            Some(gone) => Err(format!(
+                "the link of {} ({}) is no longer pinned at {}",
+                gone.program,
+                gone.attach_point,
+                gone.link_pin.display()
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// What the metrics report, copied out so that the lock is let go before they are
     /// rendered and sent.
     pub fn metrics_snapshot(&self) -> metrics::Snapshot {
