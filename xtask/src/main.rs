@@ -1,6 +1,8 @@
-//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz | dist-docs`.
+//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz | dist-docs |
+//! deb`.
 
 mod bench;
+mod deb;
 mod fuzz;
 mod lint;
 mod setup;
@@ -53,6 +55,9 @@ enum Task {
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
     },
+    /// Build the Debian package (cargo-deb, installed on first use): the binary, the systemd
+    /// unit, an example policy, man pages and completions. Prints the package's path.
+    Deb,
 }
 
 fn main() -> ExitCode {
@@ -97,6 +102,10 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Fuzz { fuzz } => fuzz::run(fuzz),
         Task::DistDocs { out } => dist_docs(&out),
+        Task::Deb => {
+            println!("{}", deb::run()?.display());
+            Ok(())
+        }
     }
 }
 
