@@ -55,13 +55,13 @@ fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// Every eBPF object build.rs left under `target/` (one per build configuration).
+/// Every eBPF object build.rs left under `target/` (one per build configuration); none where
+/// the test runs without its build tree (a VM guest gets the executables alone).
 fn built_objects() -> Vec<PathBuf> {
     let exe = std::env::current_exe().expect("current exe");
-    let profile = exe
-        .ancestors()
-        .find(|dir| dir.join("build").is_dir())
-        .expect("the test runs from a target profile directory");
+    let Some(profile) = exe.ancestors().find(|dir| dir.join("build").is_dir()) else {
+        return Vec::new();
+    };
     fs::read_dir(profile.join("build"))
         .expect("reading target/PROFILE/build")
         .flatten()
