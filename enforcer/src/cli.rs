@@ -16,7 +16,7 @@ mod why;
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::{Result, bail};
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory as _, Parser, Subcommand, ValueEnum};
 
 use crate::{
     api::control::{Request, Response},
@@ -29,6 +29,7 @@ use crate::{
 #[command(
     name = "enforcer",
     version,
+    long_version = crate::version::LONG,
     about = "Kernel-enforced trust-domain boundaries for Linux workloads"
 )]
 struct Cli {
@@ -40,33 +41,33 @@ struct Cli {
 enum Command {
     /// Load, attach and pin the programs, apply the policy, and serve the control socket.
     Daemon {
-        #[arg(long)]
+        #[arg(long, env = "ENFORCER_POLICY")]
         policy: PathBuf,
         /// Where the programs attach: a directory in the cgroup2 mount or a cgroup path
         /// relative to it. Default: the mount's root, i.e. the whole host.
-        #[arg(long)]
+        #[arg(long, env = "ENFORCER_CGROUP_ROOT")]
         cgroup_root: Option<PathBuf>,
-        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        #[arg(long, default_value = DEFAULT_PIN_DIR, env = "ENFORCER_PIN_DIR")]
         pin_dir: PathBuf,
-        #[arg(long, default_value = DEFAULT_SOCKET)]
+        #[arg(long, default_value = DEFAULT_SOCKET, env = "ENFORCER_SOCKET")]
         socket: PathBuf,
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        #[arg(long, default_value = DEFAULT_STATE_DIR, env = "ENFORCER_STATE_DIR")]
         state_dir: PathBuf,
         /// Serve Prometheus metrics at http://ADDR:PORT/metrics (off by default).
-        #[arg(long, value_name = "ADDR:PORT")]
+        #[arg(long, value_name = "ADDR:PORT", env = "ENFORCER_METRICS_ADDR")]
         metrics_addr: Option<std::net::SocketAddr>,
         /// Members of this group (name or gid) may use the control socket as root does.
-        #[arg(long, value_name = "GROUP")]
+        #[arg(long, value_name = "GROUP", env = "ENFORCER_ADMIN_GROUP")]
         admin_group: Option<String>,
         /// Members of this group (name or gid) may read: status, edges, events, why, plan.
-        #[arg(long, value_name = "GROUP")]
+        #[arg(long, value_name = "GROUP", env = "ENFORCER_READ_GROUP")]
         read_group: Option<String>,
         /// Serve the attestation socket here (mode 0666): processes bind their cgroup to an
         /// attested domain by proving they hold an X.509-SVID of it. Off by default.
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", env = "ENFORCER_ATTEST_SOCKET")]
         attest_socket: Option<PathBuf>,
         /// How long before a trust bundle lapses `status` warns about it.
-        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration)]
+        #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration, env = "ENFORCER_BUNDLE_WARN_BEFORE")]
         bundle_warn_before: std::time::Duration,
         #[command(flatten)]
         remote_admin: daemon::remote_admin::Args,
@@ -227,6 +228,12 @@ fn parse_period(text: &str) -> Result<std::time::Duration, String> {
 enum Output {
     Text,
     Json,
+}
+
+/// The command line as clap defines it, for generating completions and man pages
+/// (`enforcer/examples/dist-docs.rs`).
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// Parses the command line and runs the verb it names.

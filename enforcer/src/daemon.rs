@@ -431,14 +431,25 @@ impl Services {
         maintain::spawn(Arc::clone(&daemon), self.notify)?;
         let events_draining = self.feed.spawn(names, tally)?;
         if let Some(listener) = self.metrics {
-            let daemon = Arc::clone(&daemon);
-            let snapshot = move || {
-                daemon
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .metrics_snapshot()
+            let snapshot = {
+                let daemon = Arc::clone(&daemon);
+                move || {
+                    daemon
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .metrics_snapshot()
+                }
             };
-            metrics::spawn(listener, snapshot, &pins)?;
+            let health = {
+                let daemon = Arc::clone(&daemon);
+                move || {
+                    daemon
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .health()
+                }
+            };
+            metrics::spawn(listener, snapshot, health, &pins)?;
         }
         if let Some(server) = self.attestation {
             server.spawn(Arc::clone(&daemon))?;

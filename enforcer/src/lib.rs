@@ -17,8 +17,9 @@
 //!   grants become map entries in `pipeline::compile`.
 //! - [`api`]: the control API's wire types, which the daemon computes and the CLI renders.
 //!
-//! Two leaves at the root serve every wing: [`paths`] (every path the daemon and CLI use) and
-//! [`listener`] (the one way the daemon's endpoints serve connections, bounded).
+//! Three leaves at the root serve every wing: [`paths`] (every path the daemon and CLI use),
+//! [`listener`] (the one way the daemon's endpoints serve connections, bounded) and
+//! [`version`] (which build this is).
 //!
 //! Where a connection's verdict is made: `enforcer_common::verdict::decide`, called by the
 //! programs in `enforcer-ebpf/src/programs/`.
@@ -34,4 +35,5 @@ mod pipeline;
 #[cfg(test)]
 mod privileged_tests;
 mod trust;
+mod version;
 mod why;

@@ -469,11 +469,38 @@ impl Sandbox {
         policy: &Path,
         extra: &[&str],
     ) -> Result<(), String> {
+        let command = self.daemon_command_from(binary, policy, Path::new(&self.root), extra);
+        self.try_start(command)
+    }
+
+    /// [`Self::start_daemon`] with every path given as an `ENFORCER_*` environment variable
+    /// instead of a flag, and `extra` variables.
+    pub fn start_daemon_from_env(&mut self, policy: &Path, extra: &[(&str, &str)]) {
+        let mut command = match self.daemon_capabilities() {
+            Some(caps) => caps.wrap(&enforcer()),
+            None => Command::new(enforcer()),
+        };
+        command
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
+            .arg("daemon")
+            .env("ENFORCER_POLICY", policy)
+            .env("ENFORCER_CGROUP_ROOT", &self.root)
+            .env("ENFORCER_PIN_DIR", &self.pin_dir)
+            .env("ENFORCER_SOCKET", &self.socket)
+            .env("ENFORCER_STATE_DIR", &self.state_dir)
+            .envs(extra.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Err(why) = self.try_start(command) {
+            panic!("{why}");
+        }
+    }
+
+    /// Starts `command` as this sandbox's daemon and waits until it serves its control
+    /// socket; what it logged when it exits before that.
+    fn try_start(&mut self, mut command: Command) -> Result<(), String> {
         assert!(self.daemon.is_none(), "daemon already running");
-        let mut child = self
-            .daemon_command_from(binary, policy, Path::new(&self.root), extra)
-            .spawn()
-            .expect("starting the daemon");
+        let mut child = command.spawn().expect("starting the daemon");
         let stderr = child.stderr.take().expect("piped stderr");
         let lines = forward_lines(stderr, &self.name);
         let mut seen = Vec::new();

@@ -1,6 +1,8 @@
-//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | demo | test | lint | vm-test | bench | fuzz | dist-docs |
+//! deb`.
 
 mod bench;
+mod deb;
 mod fuzz;
 mod lint;
 mod setup;
@@ -51,6 +53,15 @@ enum Task {
         #[command(subcommand)]
         fuzz: fuzz::Fuzz,
     },
+    /// Write enforcer's man pages (OUT/man, one per subcommand) and its bash, zsh and fish
+    /// completions (OUT/completions), generated from its command line.
+    DistDocs {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
+    /// Build the Debian package (cargo-deb, installed on first use): the binary, the systemd
+    /// unit, an example policy, man pages and completions. Prints the package's path.
+    Deb,
 }
 
 fn main() -> ExitCode {
@@ -99,7 +110,30 @@ fn run(cli: Cli) -> Result<()> {
             bench::run(bench)
         }
         Task::Fuzz { fuzz } => fuzz::run(fuzz),
+        Task::DistDocs { out } => dist_docs(&out),
+        Task::Deb => {
+            println!("{}", deb::run()?.display());
+            Ok(())
+        }
     }
+}
+
+/// Runs `enforcer/examples/dist-docs.rs`, which generates both from enforcer's clap command.
+fn dist_docs(out: &std::path::Path) -> Result<()> {
+    setup::run()?;
+    // cargo runs in the workspace root; OUT is relative to where xtask was started.
+    let out = std::path::absolute(out).context("resolving --out")?;
+    let out = out.to_str().context("--out is not UTF-8")?;
+    cargo(&[
+        "run",
+        "--quiet",
+        "-p",
+        "enforcer",
+        "--example",
+        "dist-docs",
+        "--",
+        out,
+    ])
 }
 
 /// Set-up, then the release binaries the demo and the benchmarks run.

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::{setup, workspace_root};
+use crate::{deb, setup, workspace_root};
 use guest::{Accel, Boot, TestRun, Work};
 use image::{Entry, Source};
 use kernels::{Expect, Kernel};
@@ -64,6 +64,14 @@ pub fn run(options: &Options) -> Result<()> {
     let built = build()?;
     let cache = workspace_root().join("target/vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+    // Each kernel that runs the suite also installs and runs the Debian package.
+    let package = if selected.iter().any(|k| k.expect == Expect::Pass) {
+        let deb = deb::run()?;
+        let version = deb::packaged_version(&deb, &cache.join("package"))?;
+        Some(Package { deb, version })
+    } else {
+        None
+    };
     let mut accel = match options.accel {
         Accel::Auto if guest::kvm_available() => Accel::Kvm,
         Accel::Auto => {
@@ -76,8 +84,16 @@ pub fn run(options: &Options) -> Result<()> {
 
     let mut outcomes = Vec::new();
     for kernel in selected {
-        let outcome = run_kernel(kernel, options, &cache, &rootfs, &built, &mut accel)
-            .with_context(|| format!("kernel {}", kernel.version))?;
+        let outcome = run_kernel(
+            kernel,
+            options,
+            &cache,
+            &rootfs,
+            &built,
+            package.as_ref(),
+            &mut accel,
+        )
+        .with_context(|| format!("kernel {}", kernel.version))?;
         outcomes.push(outcome);
     }
     print_table(&outcomes);
@@ -94,6 +110,12 @@ pub fn run(options: &Options) -> Result<()> {
 
 fn say(what: &str) {
     eprintln!("xtask vm-test: {what}");
+}
+
+/// The Debian package, and what its binary's `--version` prints.
+struct Package {
+    deb: PathBuf,
+    version: String,
 }
 
 /// What the host built: the test executables to run and the binaries they start.
@@ -226,6 +248,7 @@ fn run_kernel(
     cache: &Path,
     rootfs: &Path,
     built: &Built,
+    package: Option<&Package>,
     accel: &mut Accel,
 ) -> Result<Outcome> {
     let fetched = kernels::fetch(kernel, cache, options.refresh)?;
@@ -252,7 +275,7 @@ fn run_kernel(
             path,
         });
     }
-    let runs: Vec<TestRun> = built
+    let mut runs: Vec<TestRun> = built
         .tests
         .iter()
         .map(|(_, r)| TestRun {
@@ -260,7 +283,7 @@ fn run_kernel(
             dir: r.dir.clone(),
         })
         .collect();
-    let names: Vec<String> = built.tests.iter().map(|(n, _)| n.clone()).collect();
+    let mut names: Vec<String> = built.tests.iter().map(|(n, _)| n.clone()).collect();
     let policy = policies.join("demo.yaml");
     let work = match kernel.expect {
         Expect::Pass => {
@@ -268,6 +291,23 @@ fn run_kernel(
                 source: Source::Binary(r.exe.clone()),
                 path: r.exe.clone(),
             }));
+            // Last, so that nothing it leaves behind (it runs a daemon on the whole guest) can
+            // touch the suite.
+            if let Some(package) = package {
+                entries.push(Entry {
+                    source: Source::File(package.deb.clone()),
+                    path: PathBuf::from(guest::PACKAGE_DEB),
+                });
+                entries.push(Entry {
+                    source: Source::Script(guest::package_script(&package.version)),
+                    path: PathBuf::from(guest::PACKAGE_CHECK),
+                });
+                runs.push(TestRun {
+                    exe: PathBuf::from(guest::PACKAGE_CHECK),
+                    dir: PathBuf::from("/"),
+                });
+                names.push("package (enforcer.deb)".to_owned());
+            }
             Work::Suite {
                 runs: &runs,
                 args: &options.args,

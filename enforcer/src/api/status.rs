@@ -41,6 +41,22 @@ pub struct Status {
     /// pins were already in this build's layout).
     #[serde(default)]
     pub upgraded_maps: Vec<UpgradedMap>,
+    /// The daemon's own build (`enforcer --version` of its binary); `None` from a daemon that
+    /// predates it.
+    #[serde(default)]
+    pub build: Option<Build>,
+}
+
+/// Which build a binary is.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Build {
+    pub version: String,
+    /// The git commit, with `-dirty` when the sources differed from it; "unknown" outside git.
+    pub commit: String,
+    /// When it was built (RFC 3339).
+    pub built: String,
+    /// The SHA-256 of the embedded eBPF object.
+    pub ebpf_sha256: String,
 }
 
 /// The daemon's `--policy FILE`: whether it took over at start, and its reloads.

@@ -22,6 +22,13 @@ impl Display for Status {
             }
         }
         writeln!(f, "daemon pid:   {}", self.daemon_pid)?;
+        if let Some(build) = &self.build {
+            writeln!(
+                f,
+                "daemon build: {} (commit {}, built {}, ebpf sha256 {})",
+                build.version, build.commit, build.built, build.ebpf_sha256
+            )?;
+        }
         writeln!(f, "pin dir:      {}", self.pin_dir)?;
         writeln!(
             f,

@@ -42,21 +42,43 @@ const LINGER: Duration = Duration::from_secs(1);
 pub struct Args {
     /// Serve the control protocol to remote admins over mutual TLS at ADDR:PORT (off by
     /// default); needs --tls-cert, --tls-key, --admin-bundle and --admin-id.
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "admin_bundle", "admin_id"])]
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "admin_bundle", "admin_id"], env = "ENFORCER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// The daemon's own X.509-SVID (PEM, leaf first), presented to remote admins and to
     /// attestation clients (which otherwise get a self-signed certificate).
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_key",
+        env = "ENFORCER_TLS_CERT"
+    )]
     tls_cert: Option<PathBuf>,
     /// The private key of --tls-cert (PEM).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "tls_cert",
+        env = "ENFORCER_TLS_KEY"
+    )]
     tls_key: Option<PathBuf>,
     /// The trust bundle (PEM or SPIFFE JWKS) of the admin trust domain.
-    #[arg(long, value_name = "FILE", requires = "admin_listen")]
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "admin_listen",
+        env = "ENFORCER_ADMIN_BUNDLE"
+    )]
     admin_bundle: Option<PathBuf>,
     /// A SPIFFE ID allowed to administer this daemon remotely, or `spiffe://DOMAIN/PATH/*` for
-    /// that path and every path below it. Repeatable; all in one trust domain.
-    #[arg(long, value_name = "SPIFFE-ID", requires = "admin_listen")]
+    /// that path and every path below it. Repeatable or comma separated; all in one trust
+    /// domain.
+    #[arg(
+        long,
+        value_name = "SPIFFE-ID",
+        requires = "admin_listen",
+        value_delimiter = ',',
+        env = "ENFORCER_ADMIN_ID"
+    )]
     admin_id: Vec<AdminId>,
 }
 

@@ -19,6 +19,7 @@ use crate::{
         compile::{self},
         grants::{self, Used},
     },
+    version,
 };
 
 /// Bindings of each kind the log names one by one after an apply; the rest are counted.
@@ -227,6 +228,34 @@ impl Daemon {
                     entries: m.entries,
                 })
                 .collect(),
+            build: Some(status::Build {
+                version: version::VERSION.into(),
+                commit: version::COMMIT.into(),
+                built: version::BUILT.into(),
+                ebpf_sha256: version::EBPF_SHA256.into(),
+            }),
+        }
+    }
+
+    /// What `GET /healthz` answers: whether enforcement is in place, as far as is cheap to
+    /// tell. A policy is in force, and every program's link is still pinned: a pinned link is
+    /// attached, and is what keeps enforcement in place across restarts; `teardown` or a hand
+    /// removing pins takes them away under the daemon.
+    pub fn health(&self) -> Result<(), String> {
+        if self.state.generation == 0 {
+            return Err("no policy in force".to_owned());
+        }
+        if self.programs.is_empty() {
+            return Err("no programs attached".to_owned());
+        }
+        match self.programs.iter().find(|p| !p.link_pin.exists()) {
+            Some(gone) => Err(format!(
+                "the link of {} ({}) is no longer pinned at {}",
+                gone.program,
+                gone.attach_point,
+                gone.link_pin.display()
+            )),
+            None => Ok(()),
         }
     }
 

@@ -158,19 +158,25 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener> {
     })
 }
 
-/// Serves `GET /metrics` on `listener` from a thread of its own, for the life of the daemon.
-/// Each scrape takes what the daemon knows from `snapshot`.
+/// Serves `GET /metrics` and `GET /healthz` on `listener` from a thread of its own, for the
+/// life of the daemon. Each scrape takes what the daemon knows from `snapshot`; each probe
+/// asks `health`.
 pub fn spawn(
     listener: TcpListener,
     snapshot: impl Fn() -> Snapshot + Send + Sync + 'static,
+    health: impl Fn() -> Result<(), String> + Send + Sync + 'static,
     pins: &PinDir,
 ) -> Result<()> {
     let addr = listener
         .local_addr()
         .context("reading the metrics address")?;
     let maps = maps::PinnedMaps::open(pins)?;
-    http::spawn(listener, move || render(&snapshot(), &maps.fill()))?;
-    log::info!("serving metrics on http://{addr}/metrics");
+    let pages = http::Pages {
+        render: move || render(&snapshot(), &maps.fill()),
+        health,
+    };
+    http::spawn(listener, pages)?;
+    log::info!("serving metrics on http://{addr}/metrics, health on http://{addr}/healthz");
     Ok(())
 }
 

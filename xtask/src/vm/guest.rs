@@ -99,6 +99,109 @@ mark ready "$(uname -r)"
     s
 }
 
+/// Where the package and its check sit in the guest.
+pub const PACKAGE_DEB: &str = "/enforcer-package/enforcer.deb";
+pub const PACKAGE_CHECK: &str = "/enforcer-package/check";
+/// Under software emulation the verifier alone takes minutes.
+const PACKAGE_START_LIMIT_SECS: u64 = 900;
+
+/// The Debian package's check, run in the guest after the suite as one more executable: it
+/// installs the package and uses it as an administrator would, one libtest-style line per
+/// step (so the host counts them as it counts tests), and exits 1 if any failed. The daemon
+/// runs on the whole guest with the package's own defaults, as the unit starts it.
+/// `version` is what the packaged binary's `--version` must print.
+pub fn package_script(version: &str) -> String {
+    format!(
+        r#"#!/bin/sh
+# Written by `cargo xtask vm-test`: the Debian package, installed and used in the guest.
+expected_version={version}
+failed=0
+# Each step runs in this shell (not a subshell), so that the daemon it starts stays its child.
+check() {{
+    name=$1
+    shift
+    if "$@" >/run/enforcer-package.out 2>&1; then
+        echo "test package::$name ... ok"
+    else
+        cat /run/enforcer-package.out
+        echo "test package::$name ... FAILED"
+        failed=1
+    fi
+}}
+ships() {{
+    for path in "$@"; do
+        dpkg -L enforcer | grep -qx "$path" || {{ echo "the package lacks $path"; return 1; }}
+    done
+}}
+version_matches() {{
+    actual=$(/usr/bin/enforcer --version) || return 1
+    [ "$actual" = "$expected_version" ] || {{ printf 'got:\n%s\nexpected:\n%s\n' "$actual" "$expected_version"; return 1; }}
+}}
+is_conffile() {{
+    dpkg-query -W -f='${{Conffiles}}\n' enforcer | grep -q '^ /etc/enforcer/policy.yaml '
+}}
+unit_runs_the_binary() {{
+    exec_start=$(sed -n 's/^ExecStart=\([^ ]*\).*/\1/p' /usr/lib/systemd/system/enforcer.service)
+    [ -x "$exec_start" ] || {{ echo "the unit's ExecStart names $exec_start, which is not installed"; return 1; }}
+}}
+not_enabled() {{
+    ! ls /etc/systemd/system/*.wants/enforcer.service 2>/dev/null
+}}
+daemon_serves() {{
+    /usr/bin/enforcer daemon --policy /etc/enforcer/policy.yaml >/run/enforcer-package.log 2>&1 &
+    daemon=$!
+    i=0
+    while [ $i -lt {PACKAGE_START_LIMIT_SECS} ]; do
+        if /usr/bin/enforcer status >/run/enforcer-package.status 2>&1; then
+            grep -q '^generation: *1$' /run/enforcer-package.status && return 0
+            cat /run/enforcer-package.status
+            return 1
+        fi
+        if ! kill -0 $daemon 2>/dev/null; then
+            echo "the daemon exited:"
+            cat /run/enforcer-package.log
+            return 1
+        fi
+        sleep 1
+        i=$((i + 1))
+    done
+    echo "the daemon did not answer within {PACKAGE_START_LIMIT_SECS} s:"
+    cat /run/enforcer-package.log
+    return 1
+}}
+stopped_enforcement_stays() {{
+    kill $daemon
+    wait $daemon
+    [ -e /sys/fs/bpf/enforcer ] || {{ echo "the pins went with the daemon"; return 1; }}
+}}
+removal_tears_down() {{
+    dpkg -r enforcer || return 1
+    [ ! -e /sys/fs/bpf/enforcer ] || {{ echo "pins left:"; ls -R /sys/fs/bpf/enforcer; return 1; }}
+    [ -f /etc/enforcer/policy.yaml ] || {{ echo "remove took the conffile"; return 1; }}
+}}
+purge_removes_the_policy() {{
+    dpkg -P enforcer && [ ! -e /etc/enforcer/policy.yaml ]
+}}
+check install dpkg -i {deb}
+check contents ships /usr/bin/enforcer /etc/enforcer/policy.yaml \
+    /usr/lib/systemd/system/enforcer.service /usr/share/man/man1/enforcer-daemon.1.gz \
+    /usr/share/bash-completion/completions/enforcer
+check policy_is_a_conffile is_conffile
+check unit_runs_the_binary unit_runs_the_binary
+check unit_not_enabled not_enabled
+check version version_matches
+check policy_check /usr/bin/enforcer policy check /etc/enforcer/policy.yaml
+check daemon_serves daemon_serves
+check stopped_enforcement_stays stopped_enforcement_stays
+check removal_tears_down removal_tears_down
+check purge_removes_the_policy purge_removes_the_policy
+exit $failed
+"#,
+        version = quote(version),
+        deb = quote(PACKAGE_DEB),
+    )
+}
+
 /// `text` as one word for the guest's shell.
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', r"'\''"))
@@ -298,5 +401,22 @@ mod tests {
     #[test]
     fn quoting_keeps_one_word() {
         assert_eq!(quote("it's"), r"'it'\''s'");
+    }
+
+    /// The package check is only ever run in a guest; its shell syntax, at least, is checked
+    /// on every `cargo test`.
+    #[test]
+    fn the_package_check_is_valid_shell() {
+        let script = package_script("enforcer 0.1.0\ncommit: it's");
+        let out = Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .expect("running sh -n");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(script.contains("expected_version='enforcer 0.1.0\ncommit: it'\\''s'"));
     }
 }

@@ -1,4 +1,4 @@
-//! Just enough HTTP/1.x to answer `GET /metrics`, on std sockets and threads (the daemon has
+//! Just enough HTTP/1.x to answer `GET /metrics` and `GET /healthz`, on std sockets and threads (the daemon has
 //! no async runtime, and one fixed text needs no more). Each connection is answered on a
 //! short-lived thread of its own, with a bounded request and one deadline for reading it and
 //! writing the answer, so a slow or silent client holds up nothing but itself; while
@@ -24,10 +24,18 @@ const MAX_CLIENTS: usize = 8;
 /// How long an answered client may go on sending before its connection is closed.
 const LINGER: Duration = Duration::from_secs(1);
 
-/// Answers requests on `listener` from a thread of its own; `render` makes each 200 body.
-pub fn spawn<F>(listener: TcpListener, render: F) -> Result<()>
+/// What the two paths serve: `render` makes each 200 body of `/metrics`; `health` says
+/// whether `/healthz` answers 200 `ok`, or 503 with the reason.
+pub struct Pages<R, H> {
+    pub render: R,
+    pub health: H,
+}
+
+/// Answers requests on `listener` from a thread of its own.
+pub fn spawn<R, H>(listener: TcpListener, pages: Pages<R, H>) -> Result<()>
 where
-    F: Fn() -> Result<String> + Send + Sync + 'static,
+    R: Fn() -> Result<String> + Send + Sync + 'static,
+    H: Fn() -> Result<(), String> + Send + Sync + 'static,
 {
     let bounds = Bounds {
         name: "metrics",
@@ -38,15 +46,20 @@ where
     listener::serve(
         listener,
         bounds,
-        move |stream, deadline| answer(stream, &render, deadline),
+        move |stream, deadline| answer(stream, &pages.render, &pages.health, deadline),
         drop,
     )
     .context("starting the metrics thread")
 }
 
-fn answer(mut stream: TcpStream, render: &dyn Fn() -> Result<String>, deadline: Instant) {
+fn answer(
+    mut stream: TcpStream,
+    render: &dyn Fn() -> Result<String>,
+    health: &dyn Fn() -> Result<(), String>,
+    deadline: Instant,
+) {
     let response = match read_head(&mut stream, deadline) {
-        Ok(head) => respond(&head, render),
+        Ok(head) => respond(&head, render, health),
         Err(Unreadable::TooLarge) => reply(
             "431 Request Header Fields Too Large",
             "text/plain",
@@ -81,7 +94,11 @@ fn drain(stream: &mut TcpStream, deadline: Instant) {
     }
 }
 
-fn respond(head: &[u8], render: &dyn Fn() -> Result<String>) -> Vec<u8> {
+fn respond(
+    head: &[u8],
+    render: &dyn Fn() -> Result<String>,
+    health: &dyn Fn() -> Result<(), String>,
+) -> Vec<u8> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
     let Ok(line) = std::str::from_utf8(line) else {
         return reply("400 Bad Request", "text/plain", "bad request\n");
@@ -94,12 +111,23 @@ fn respond(head: &[u8], render: &dyn Fn() -> Result<String>) -> Vec<u8> {
         return reply("400 Bad Request", "text/plain", "bad request\n");
     }
     let path = target.split('?').next().unwrap_or_default();
-    if *method != "GET" || path != "/metrics" {
+    if *method != "GET" || !matches!(path, "/metrics" | "/healthz") {
         return reply(
             "404 Not Found",
             "text/plain",
-            "only GET /metrics is served\n",
+            "only GET /metrics and GET /healthz are served\n",
         );
+    }
+    // A probe asks often and must not cost a scrape: it never renders the metrics.
+    if path == "/healthz" {
+        return match health() {
+            Ok(()) => reply("200 OK", "text/plain", "ok\n"),
+            Err(reason) => reply(
+                "503 Service Unavailable",
+                "text/plain",
+                &format!("{reason}\n"),
+            ),
+        };
     }
     match render() {
         Ok(body) => reply("200 OK", CONTENT_TYPE, &body),
@@ -189,7 +217,11 @@ mod tests {
     fn server() -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a test port");
         let addr = listener.local_addr().expect("local addr");
-        spawn(listener, || Ok("enforcer_policy_generation 1\n".to_owned())).expect("serving");
+        let pages = Pages {
+            render: || Ok("enforcer_policy_generation 1\n".to_owned()),
+            health: || Ok(()),
+        };
+        spawn(listener, pages).expect("serving");
         addr
     }
 
@@ -285,9 +317,69 @@ mod tests {
     fn a_render_error_is_a_server_error() {
         let listener = TcpListener::bind("127.0.0.1:0").expect("binding a test port");
         let addr = listener.local_addr().expect("local addr");
-        spawn(listener, || Err(anyhow::anyhow!("maps unreadable"))).expect("serving");
+        let pages = Pages {
+            render: || Err(anyhow::anyhow!("maps unreadable")),
+            health: || Ok(()),
+        };
+        spawn(listener, pages).expect("serving");
         let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
         assert_eq!(status_line(&response), "HTTP/1.1 500 Internal Server Error");
         assert!(response.ends_with("maps unreadable\n"), "{response}");
+    }
+
+    #[test]
+    fn healthz_answers_ok_or_the_reason_without_rendering_metrics() {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicBool, AtomicUsize, Ordering},
+        };
+
+        let renders = Arc::new(AtomicUsize::new(0));
+        let healthy = Arc::new(AtomicBool::new(true));
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding a test port");
+        let addr = listener.local_addr().expect("local addr");
+        let pages = Pages {
+            render: {
+                let renders = Arc::clone(&renders);
+                move || {
+                    renders.fetch_add(1, Ordering::SeqCst);
+                    Ok(String::new())
+                }
+            },
+            health: {
+                let healthy = Arc::clone(&healthy);
+                move || {
+                    if healthy.load(Ordering::SeqCst) {
+                        Ok(())
+                    } else {
+                        Err("link pin /sys/fs/bpf/x/connect4 is gone".to_owned())
+                    }
+                }
+            },
+        };
+        spawn(listener, pages).expect("serving");
+
+        let response = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
+        assert_eq!(status_line(&response), "HTTP/1.1 200 OK", "{response}");
+        assert!(response.ends_with("\r\n\r\nok\n"), "{response}");
+
+        healthy.store(false, Ordering::SeqCst);
+        let response = exchange(addr, b"GET /healthz?verbose HTTP/1.0\r\n\r\n");
+        assert_eq!(
+            status_line(&response),
+            "HTTP/1.1 503 Service Unavailable",
+            "{response}"
+        );
+        assert!(
+            response.ends_with("\r\n\r\nlink pin /sys/fs/bpf/x/connect4 is gone\n"),
+            "{response}"
+        );
+        let response = exchange(addr, b"POST /healthz HTTP/1.1\r\n\r\n");
+        assert_eq!(status_line(&response), "HTTP/1.1 404 Not Found");
+        assert_eq!(
+            renders.load(Ordering::SeqCst),
+            0,
+            "a probe rendered the metrics"
+        );
     }
 }
