@@ -10,6 +10,7 @@ mod json;
 mod lan;
 mod netns;
 pub mod pki;
+pub mod policies;
 mod previous;
 mod prometheus;
 mod sandbox;

@@ -27,32 +27,7 @@ const REFUSED: &str = "refused; the running policy stays";
 /// A policy with one staging -> prod TCP edge on each of `ports` (none: every crossing is
 /// refused).
 fn policy(ports: &[u16]) -> String {
-    let mut yaml = "version: 1
-defaults: {unlabeled: allow, external: allow}
-domains:
-  - name: prod.example.org
-    cgroups: ['{root}/prod']
-  - name: staging.example.org
-    cgroups: ['{root}/staging']
-federation:
-"
-    .to_owned();
-    if ports.is_empty() {
-        yaml = yaml.replace("federation:\n", "federation: []\n");
-    }
-    for port in ports {
-        yaml.push_str(&format!(
-            "  - id: e{port}
-    from: staging.example.org
-    to: prod.example.org
-    protocol: tcp
-    ports: [{port}]
-    owner: platform-team
-    reason: restart test
-"
-        ));
-    }
-    yaml
+    enforcer_tests::policies::staging_to_prod(ports, "restart test")
 }
 
 /// What a staging workload sees connecting to each prod port: `open` ones greet, `closed`

@@ -25,32 +25,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// A policy with one staging -> prod TCP edge on each of `ports`.
 fn policy(ports: &[u16]) -> String {
-    let mut yaml = "version: 1
-defaults: {unlabeled: allow, external: allow}
-domains:
-  - name: prod.example.org
-    cgroups: ['{root}/prod']
-  - name: staging.example.org
-    cgroups: ['{root}/staging']
-federation: []
-"
-    .to_owned();
-    if !ports.is_empty() {
-        yaml = yaml.replace("federation: []\n", "federation:\n");
-    }
-    for port in ports {
-        yaml.push_str(&format!(
-            "  - id: e{port}
-    from: staging.example.org
-    to: prod.example.org
-    protocol: tcp
-    ports: [{port}]
-    owner: platform-team
-    reason: systemd test
-"
-        ));
-    }
-    yaml
+    enforcer_tests::policies::staging_to_prod(ports, "systemd test")
 }
 
 /// The test's end of `NOTIFY_SOCKET`: a datagram socket at an abstract address.
