@@ -8,6 +8,7 @@ pub mod admission;
 mod attest_server;
 mod attested;
 mod capabilities;
+mod heap;
 pub mod host;
 pub mod machine;
 mod maintain;
@@ -37,10 +38,11 @@ use enforcer_common::names;
 use enforcer_policy::Policy;
 
 use self::{
+    heap::release_freed_memory,
     host::Host,
     machine::{ApplyError, Daemon, without_expired_grants},
     serve::{EventService, bind_socket, vacant_socket},
-    state::{State, release_freed_memory},
+    state::State,
 };
 use crate::{
     daemon::remote_admin::RemoteAdmin,
@@ -81,6 +83,7 @@ pub struct Options {
 
 pub fn run(options: Options) -> Result<()> {
     let started = Instant::now();
+    heap::share_one_arena();
     // Before any thread starts, so that every thread leaves SIGHUP to the reload thread, and
     // SIGTERM and SIGINT to the stop thread.
     let sighup = reload::block_sighup()?;

@@ -209,7 +209,7 @@ fn reload(daemon: &Mutex<Daemon>, path: &Path, signalled: bool) {
         manager.ready(&status);
     }
     drop(d);
-    crate::daemon::state::release_freed_memory();
+    crate::daemon::heap::release_freed_memory();
 }
 
 /// Applies `text`, read from `file` as `read`; returns the daemon, still locked.

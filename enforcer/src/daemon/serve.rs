@@ -18,8 +18,8 @@ use anyhow::{Context as _, Result, bail};
 
 use super::{
     access,
+    heap::release_freed_memory,
     machine::{Daemon, parse_with_bundles},
-    state::release_freed_memory,
 };
 use crate::{
     api::control::{self, Channel, Limits, Request, Response},

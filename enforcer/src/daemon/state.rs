@@ -245,18 +245,8 @@ fn retire<T: Send + 'static>(old: T) {
         .name("retire".into())
         .spawn(move || {
             drop(old);
-            release_freed_memory();
+            super::heap::release_freed_memory();
         });
-}
-
-/// Gives the memory freed by a large parse or apply back to the system. glibc keeps freed
-/// heap in its arenas; after the parse of a 100,000-edge policy (whose YAML tree is about 30
-/// times the file) that is a hundred megabytes the daemon no longer uses.
-pub fn release_freed_memory() {
-    // SAFETY: malloc_trim only walks glibc's own arenas; it takes no pointers.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 #[cfg(test)]
