@@ -33,18 +33,25 @@ pub fn resolve(
 ) -> Sender {
     // SAFETY: the context pointer is valid for the whole program run.
     let via_loopback = unsafe { (*ctx.skb.skb).ingress_ifindex } == LOOPBACK_IFINDEX;
-    if via_loopback
-        && let Some(tag) = local::sender(
+    if via_loopback {
+        let from = match local::sender(
             ctx.skb.skb.cast(),
             protocol,
             &packet.src,
             packet.sport,
             &packet.dst,
             packet.dport,
-        )
-    {
+        ) {
+            Some(tag) => destination::tagged(tag),
+            // Loopback carries only this namespace's own packets, so a sender that cannot be
+            // found is a local socket that closed between sending and this check, which
+            // softirq may run milliseconds later (a UDP socket closed right after `sendto`):
+            // never another host, so never external. Whose socket it was is lost with it; it
+            // is judged as a local socket of no known domain.
+            None => Peer::Unlabeled,
+        };
         return Sender {
-            target: Target::Peer(destination::tagged(tag)),
+            target: Target::Peer(from),
             judged: true,
         };
     }

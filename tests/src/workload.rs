@@ -143,6 +143,22 @@ impl Workload {
         self.run(&["udp-send", addr, &port.to_string()])
     }
 
+    /// Sends one datagram to `addr:port` (IPv4) from a port no socket holds (probe mode
+    /// `udp-orphan`): as if its sender had closed before it arrived.
+    pub fn udp_orphan(&self, addr: &str, port: u16) {
+        let out = self
+            .command(&["udp-orphan", addr, &port.to_string()])
+            .output()
+            .expect("running the probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            text.trim(),
+            "sent",
+            "udp-orphan {addr} {port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// What a UDP client sees when it `connect`s to `addr:port` and then `send`s.
     pub fn udp_connect(&self, addr: &str, port: u16) -> Outcome {
         self.run(&["udp-connect", addr, &port.to_string()])

@@ -2,6 +2,8 @@
 //! real processes, real sockets over IPv4 and IPv6, asserting what the applications see.
 //! Every test uses its own ports, so the tests can run in parallel.
 
+use std::time::Duration;
+
 use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, privileged};
 
 const TWO_DOMAINS: &str = "
@@ -223,6 +225,34 @@ fn external_default_and_endpoint_prefixes_govern_other_hosts() {
     assert_eq!(
         sb.connect(&prod, &remote.remote_v4, 25000),
         Outcome::greeted()
+    );
+}
+
+/// Loopback carries only this host's own packets: a datagram whose sending socket closed
+/// before the receiver's check ran (softirq may run it milliseconds later, under load) is
+/// from a local socket that can no longer be found, and was once judged external (issue 18).
+/// Here the sender's port has no socket at all: `external: deny` would drop the datagram, and
+/// `unlabeled: allow` lets a local socket of no known domain through.
+#[test]
+fn a_loopback_datagram_whose_sender_closed_is_never_judged_external() {
+    if !privileged("a_loopback_datagram_whose_sender_closed_is_never_judged_external") {
+        return;
+    }
+    let mut sb = Sandbox::new("orphan");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let policy = sb.policy(
+        "p.yaml",
+        &TWO_DOMAINS.replace("external: allow", "external: deny"),
+    );
+    sb.start_daemon(&policy);
+    let mut sink = sb.udp_sink(&prod, "127.0.0.1", 25500);
+    sb.workload(&staging).udp_orphan("127.0.0.1", 25500);
+    assert!(
+        sink.wait_for("got orphan", Duration::from_secs(5))
+            .is_some(),
+        "the datagram was dropped: {:?}",
+        sink.lines_so_far()
     );
 }
 

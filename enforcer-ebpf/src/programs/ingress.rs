@@ -70,6 +70,13 @@ fn judge(ctx: &SkBuffContext) -> i32 {
         // be found hides its ports, so it is not let through to a judged socket.
         return DROP;
     };
+    // Only a SYN can open a connection at a listener: the rest of a handshake answers a
+    // SYN-ACK that the listener sent only for a SYN this check let through (a SYN cookie too
+    // is the listener's answer to such a SYN), so it needs no judgement of its own. Judging
+    // it would also find no sender when the client closed meanwhile.
+    if proto == PROTO_TCP && !packet::is_tcp_open(ctx, &packet) {
+        return PASS;
+    }
     let tag = identity::tag_in_place(sk.cast());
     let sender = source::resolve(ctx, active.slot, proto, &packet, in_pod(tag));
     let Target::Peer(from) = sender.target else {
@@ -125,11 +132,11 @@ impl settle::Hook for Arrival<'_> {
         HOOK_INGRESS
     }
 
-    /// A TCP flow opens with its SYN (not the handshake's final ACK, which the listener sees
-    /// too); a UDP flow is new when `ENF_FLOWS` did not know it.
+    /// A TCP flow opens with its SYN, the only TCP packet judged here; a UDP flow is new
+    /// when `ENF_FLOWS` did not know it.
     #[inline(always)]
     fn opens(&self, flow: &Flow) -> bool {
-        flow.udp.is_none() && packet::is_tcp_open(self.ctx, self.packet)
+        flow.udp.is_none()
     }
 
     #[inline(always)]

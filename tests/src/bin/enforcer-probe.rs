@@ -11,6 +11,9 @@
 //!   one reply; prints `replied <data>`, `error <errno>` (the send or the receive failed),
 //!   or `timeout`.
 //! - `udp-connect ADDR PORT`: the same through a connected socket (`connect`, `send`, `recv`).
+//! - `udp-orphan ADDR PORT` (IPv4): sends the datagram `orphan` from a port no socket holds
+//!   (bound once to find a free one, then closed), through a raw socket: what a receiver
+//!   sees of a datagram whose sender closed before it arrived. Prints `sent` or `error <errno>`.
 //! - `hold-then-connect ADDR PORT`: creates a TCP socket, prints `ready`, waits for a line on
 //!   stdin, then connects that old socket and a new one and prints `old <result>` and
 //!   `new <result>` (results as for `connect`). Between `ready` and the line the test can move
@@ -63,7 +66,7 @@ fn main() -> ExitCode {
     let (Some(mode), Some(addr), Some(port)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!(
             "usage: enforcer-probe listen|connect|udp-listen|udp-send|udp-connect|\
-             hold-then-connect|connect-loop|connect-storm|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
+             udp-orphan|hold-then-connect|connect-loop|connect-storm|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
              ADDR PORT [SECONDS]"
         );
         return ExitCode::from(2);
@@ -79,6 +82,7 @@ fn main() -> ExitCode {
         "connect" => report(&connect(addr, timeout)),
         "udp-send" => report(&udp_send(addr, timeout)),
         "udp-connect" => report(&udp_connect(addr, timeout)),
+        "udp-orphan" => report(&udp_orphan(addr)),
         "hold-then-connect" => hold_then_connect(addr, timeout),
         "connect-loop" => {
             let secs = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(2.0);
@@ -235,6 +239,47 @@ fn udp_connect(addr: SocketAddr, timeout: Duration) -> String {
 }
 
 /// The socket is created (and so tagged) before the pause, and connected after it.
+fn udp_orphan(addr: SocketAddr) -> String {
+    let SocketAddr::V4(to) = addr else {
+        return format!("error {}", libc::EAFNOSUPPORT);
+    };
+    let sport = match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|s| s.local_addr()) {
+        Ok(bound) => bound.port(),
+        Err(err) => return failure(&err),
+    };
+    let payload = b"orphan";
+    let mut datagram = Vec::with_capacity(8 + payload.len());
+    datagram.extend_from_slice(&sport.to_be_bytes());
+    datagram.extend_from_slice(&to.port().to_be_bytes());
+    datagram.extend_from_slice(&(8 + payload.len() as u16).to_be_bytes());
+    // No checksum: optional for UDP over IPv4.
+    datagram.extend_from_slice(&[0, 0]);
+    datagram.extend_from_slice(payload);
+    // SAFETY: plain socket(2); the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_UDP) };
+    if fd < 0 {
+        return failure(&io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let (sa, len) = sockaddr(addr);
+    // SAFETY: the buffer and the address live across the call.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            datagram.as_ptr().cast(),
+            datagram.len(),
+            0,
+            std::ptr::from_ref(&sa).cast(),
+            len,
+        )
+    };
+    if sent < 0 {
+        return failure(&io::Error::last_os_error());
+    }
+    "sent".into()
+}
+
 fn hold_then_connect(addr: SocketAddr, timeout: Duration) -> ExitCode {
     let old = match tcp_socket(addr, timeout) {
         Ok(fd) => fd,
