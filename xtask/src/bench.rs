@@ -25,6 +25,7 @@ use crate::workspace_root;
 
 mod apply;
 mod nftables;
+mod program_stats;
 
 #[derive(Subcommand)]
 pub enum Bench {
@@ -128,12 +129,12 @@ fn connect(env: &BenchEnv, run: Run) -> Result<()> {
         Ok(vec![field(&out, "rate")?])
     };
     let cases = client_cases(connect_loop, run.peers);
-    let samples = measure(env, "tcp", &cases, run)?;
+    let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "connect+accept per second over loopback, {}",
         run.describe()
     );
-    print_table(&title, &[("connections/s", 0)], &cases, &samples);
+    print_table(&title, &[("connections/s", 0)], &cases, &measured);
     Ok(())
 }
 
@@ -146,14 +147,14 @@ fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         Ok(vec![flow.sent, flow.received, flow.lost])
     };
     let cases = client_cases(flood, udp.run.peers);
-    let samples = measure(env, "udp", &cases, udp.run)?;
+    let measured = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "unconnected UDP sendto() of {PAYLOAD_BYTES}-byte datagrams over loopback, sink in prod \
          (enforced: sendmsg4 + egress at the sender, ingress at the sink), {}",
         udp.describe()
     );
     let columns = [("sent/s", 0), ("received/s", 0), ("lost %", 2)];
-    print_table(&title, &columns, &cases, &samples);
+    print_table(&title, &columns, &cases, &measured);
     Ok(())
 }
 
@@ -164,13 +165,13 @@ fn rr(env: &BenchEnv, run: Run) -> Result<()> {
         Ok(vec![field(&sent, "rate")?])
     };
     let cases = client_cases(transactions, run.peers);
-    let samples = measure(env, "tcp", &cases, run)?;
+    let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "1-byte request/response transactions per second on one TCP connection over loopback \
          (server in prod), {}",
         run.describe()
     );
-    print_table(&title, &[("transactions/s", 0)], &cases, &samples);
+    print_table(&title, &[("transactions/s", 0)], &cases, &measured);
     Ok(())
 }
 
@@ -181,12 +182,12 @@ fn stream(env: &BenchEnv, run: Run) -> Result<()> {
         Ok(vec![field(&sent, "rate")? / 1e6])
     };
     let cases = client_cases(bytes, run.peers);
-    let samples = measure(env, "tcp", &cases, run)?;
+    let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "one bulk TCP connection over loopback (receiver in prod), {}",
         run.describe()
     );
-    print_table(&title, &[("MB/s", 0)], &cases, &samples);
+    print_table(&title, &[("MB/s", 0)], &cases, &measured);
     Ok(())
 }
 
@@ -293,14 +294,14 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
             via_veth,
         ));
     }
-    let samples = measure(env, "udp", &cases, udp.run)?;
+    let measured = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "UDP datagrams of {PAYLOAD_BYTES} bytes received by a socket in prod from a sender \
          outside the enforced subtree (only ingress runs per datagram), {}",
         udp.describe()
     );
     let columns = [("received/s", 0), ("sent/s", 0), ("lost %", 2)];
-    print_table(&title, &columns, &cases, &samples);
+    print_table(&title, &columns, &cases, &measured);
     Ok(())
 }
 
@@ -370,7 +371,15 @@ impl<'a> Case<'a> {
 /// affects every configuration alike instead of whichever was measured last. Before the
 /// first round, each enforcing configuration must refuse a forbidden flow and allow the
 /// edge's. Returns each case's values, round by round.
-fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Vec<Vec<Vec<f64>>>> {
+/// Every case's values, round by round; for the enforcer's cases, the values of one more run
+/// and what each program ran in it; and the seconds each measurement lasted.
+struct Measured {
+    samples: Vec<Vec<Vec<f64>>>,
+    programs: Vec<Option<(Vec<f64>, program_stats::Costs)>>,
+    seconds: f64,
+}
+
+fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Measured> {
     let (domains, edges) = (run.scale.domains(), run.scale.edges());
     env.domain_cgroups(domains)?;
     let policy = env.dir.join("bench-policy.yaml");
@@ -406,7 +415,44 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<V
             daemon.map(Daemon::stop).transpose()?;
         }
     }
-    Ok(samples)
+    Ok(Measured {
+        samples,
+        programs: program_costs(env, &policy, cases)?,
+        seconds: run.seconds,
+    })
+}
+
+/// One more run of each of the enforcer's cases, with the kernel's accounting of program run
+/// time on: it adds two clock reads to every program run, so it stays out of the rounds
+/// whose ratios are reported. Returns what each program ran per case (nothing for the
+/// others) and the case's values in that run.
+fn program_costs(
+    env: &BenchEnv,
+    policy: &Path,
+    cases: &[Case],
+) -> Result<Vec<Option<(Vec<f64>, program_stats::Costs)>>> {
+    if !cases.iter().any(|c| c.by == By::Enforcer) {
+        return Ok(cases.iter().map(|_| None).collect());
+    }
+    let daemon = Daemon::start(env, policy)?;
+    let recording = program_stats::Recording::start(daemon.pid())?;
+    let mut costs = Vec::new();
+    for case in cases {
+        if case.by != By::Enforcer {
+            costs.push(None);
+            continue;
+        }
+        let before = recording.totals()?;
+        let values = (case.take)()?;
+        eprintln!("programs' run: {}: {values:.1?}", case.label);
+        costs.push(Some((
+            values,
+            program_stats::since(&before, &recording.totals()?),
+        )));
+    }
+    drop(recording);
+    daemon.stop()?;
+    Ok(costs)
 }
 
 /// Fails unless `by`, in place now, refuses staging -> prod on a port no edge opens and
@@ -466,7 +512,10 @@ type Column = (&'static str, usize);
 
 /// A markdown table: the flow, the median of the first column, the median and range of its
 /// per-round ratio to the baseline, the medians of the other columns.
-fn print_table(title: &str, columns: &[Column], cases: &[Case], samples: &[Vec<Vec<f64>>]) {
+/// Then, for each of the enforcer's cases, what each program cost per operation (one unit
+/// of the first column times the measurement's seconds).
+fn print_table(title: &str, columns: &[Column], cases: &[Case], measured: &Measured) {
+    let samples = &measured.samples;
     let headings: Vec<_> = columns.iter().map(|c| c.0).collect();
     let mut report = format!(
         "{title}\n| flow | {} | ratio to baseline (median, range over rounds) |",
@@ -489,7 +538,33 @@ fn print_table(title: &str, columns: &[Column], cases: &[Case], samples: &[Vec<V
         report += &format!("| {} |", case.label);
         report += &cells(columns, &column_medians(rounds), &ratios);
     }
+    for (case, programs) in cases.iter().zip(&measured.programs) {
+        if let Some((values, costs)) = programs {
+            let operations = values[0] * measured.seconds;
+            report += &program_table(case.label, columns[0].0, operations, costs);
+        }
+    }
     print!("{report}");
+}
+
+/// Per program: runs per operation, ns per run and ns per operation; then all of them.
+fn program_table(label: &str, unit: &str, operations: f64, costs: &program_stats::Costs) -> String {
+    let operations = operations.max(1.0);
+    let mut table = format!(
+        "\nprograms (bpf_stats, one more run with the accounting on), {label}; an operation is \
+         one of `{unit}`\n| program | runs per operation | ns per run | ns per operation |\n\
+         |---|---|---|---|\n"
+    );
+    for (name, &(ns, runs)) in costs.iter().filter(|(_, c)| c.1 > 0) {
+        table += &format!(
+            "| {name} | {:.2} | {:.0} | {:.0} |\n",
+            runs as f64 / operations,
+            ns as f64 / runs.max(1) as f64,
+            ns as f64 / operations
+        );
+    }
+    let total: u64 = costs.values().map(|c| c.0).sum();
+    table + &format!("| all | | | {:.0} |\n", total as f64 / operations)
 }
 
 /// One row's cells after the label, the ratios after the first value.
@@ -679,10 +754,14 @@ impl BenchEnv {
 /// The daemon enforcing the bench policy on the bench's cgroup subtree.
 struct Daemon<'a> {
     env: &'a BenchEnv,
-    _child: Killed,
+    child: Killed,
 }
 
 impl<'a> Daemon<'a> {
+    fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// Starts the daemon and returns once it serves its control socket (programs attached).
     fn start(env: &'a BenchEnv, policy: &Path) -> Result<Self> {
         let mut child = env
@@ -700,7 +779,7 @@ impl<'a> Daemon<'a> {
             let line = line?;
             if line.contains("control socket") {
                 std::thread::spawn(move || lines.for_each(drop));
-                return Ok(Self { env, _child: child });
+                return Ok(Self { env, child });
             }
             if line.contains("error") {
                 bail!("daemon: {line}");

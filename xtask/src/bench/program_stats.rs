@@ -1,0 +1,80 @@
+//! What each of the daemon's programs costs per operation of a workload (issue 18's
+//! per-program figures), from the kernel's own accounting: with `BPF_ENABLE_STATS` held
+//! open, every program run adds its duration and a count to the program's `run_time_ns` and
+//! `run_cnt`. Only the programs of the bench's own daemon are read (by the ids in its
+//! fdinfo), so another daemon on the machine, a test suite's say, does not count.
+
+use std::{collections::BTreeMap, fs, os::fd::OwnedFd};
+
+use anyhow::{Context as _, Result};
+use aya::{
+    programs::loaded_programs,
+    sys::{Stats, enable_stats},
+};
+
+/// Run time (ns) and run count per program name.
+pub type Costs = BTreeMap<String, (u64, u64)>;
+
+/// The kernel's accounting of program run time, on while this lives (it costs two clock
+/// reads per program run, so it is on only while the enforcer's cases run).
+pub struct Recording {
+    _stats: OwnedFd,
+    programs: Vec<u32>,
+}
+
+impl Recording {
+    /// Starts the accounting for the programs the process `pid` holds.
+    pub fn start(pid: u32) -> Result<Self> {
+        let stats = enable_stats(Stats::RunTime).context("BPF_ENABLE_STATS")?;
+        Ok(Self {
+            _stats: stats,
+            programs: program_ids(pid)?,
+        })
+    }
+
+    /// The programs' totals so far.
+    pub fn totals(&self) -> Result<Costs> {
+        let mut costs = Costs::new();
+        for info in loaded_programs() {
+            let info = info.context("reading a loaded program's info")?;
+            if !self.programs.contains(&info.id()) {
+                continue;
+            }
+            let name = info.name_as_str().unwrap_or("?").to_owned();
+            let entry = costs.entry(name).or_default();
+            entry.0 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
+            entry.1 += info.run_count();
+        }
+        Ok(costs)
+    }
+}
+
+/// What ran between two totals.
+pub fn since(before: &Costs, after: &Costs) -> Costs {
+    after
+        .iter()
+        .map(|(name, &(ns, runs))| {
+            let (ns0, runs0) = before.get(name).copied().unwrap_or_default();
+            (name.clone(), (ns - ns0, runs - runs0))
+        })
+        .collect()
+}
+
+/// The ids of the programs whose descriptors `pid` holds (`prog_id:` in their fdinfo).
+fn program_ids(pid: u32) -> Result<Vec<u32>> {
+    let dir = format!("/proc/{pid}/fdinfo");
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        let Ok(text) = fs::read_to_string(entry?.path()) else {
+            continue;
+        };
+        ids.extend(
+            text.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:"))
+                .filter_map(|id| id.trim().parse::<u32>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
