@@ -375,9 +375,12 @@ impl<'a> Case<'a> {
 /// and what each program ran in it; and the seconds each measurement lasted.
 struct Measured {
     samples: Vec<Vec<Vec<f64>>>,
-    programs: Vec<Option<(Vec<f64>, program_stats::Costs)>>,
+    programs: Vec<Option<ProgramRun>>,
     seconds: f64,
 }
+
+/// A case's values in the run with the accounting on, and what each program ran in it.
+type ProgramRun = (Vec<f64>, program_stats::Costs);
 
 fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<Measured> {
     let (domains, edges) = (run.scale.domains(), run.scale.edges());
@@ -426,11 +429,7 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<M
 /// time on: it adds two clock reads to every program run, so it stays out of the rounds
 /// whose ratios are reported. Returns what each program ran per case (nothing for the
 /// others) and the case's values in that run.
-fn program_costs(
-    env: &BenchEnv,
-    policy: &Path,
-    cases: &[Case],
-) -> Result<Vec<Option<(Vec<f64>, program_stats::Costs)>>> {
+fn program_costs(env: &BenchEnv, policy: &Path, cases: &[Case]) -> Result<Vec<Option<ProgramRun>>> {
     if !cases.iter().any(|c| c.by == By::Enforcer) {
         return Ok(cases.iter().map(|_| None).collect());
     }
