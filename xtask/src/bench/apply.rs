@@ -222,6 +222,10 @@ impl Started {
             }
         });
         for line in lines.iter() {
+            // The daemon's own account of its start: what the start-up time is made of.
+            if line.contains("started in") {
+                eprintln!("daemon: {line}");
+            }
             if line.contains("control socket") {
                 return Ok(Self {
                     pid,
