@@ -12,14 +12,19 @@ use aya::{
     sys::{Stats, enable_stats},
 };
 
-/// Run time (ns) and run count per program name.
+/// Run time (ns) and run count per program name, and under [`DAEMON`] the daemon's own CPU
+/// time (ns, every thread) and 1.
 pub type Costs = BTreeMap<String, (u64, u64)>;
+
+/// The key of the daemon's own CPU time in [`Costs`]: what it spends on events, above all.
+pub const DAEMON: &str = "daemon (CPU, all threads)";
 
 /// The kernel's accounting of program run time, on while this lives (it costs two clock
 /// reads per program run, so it is on only while the enforcer's cases run).
 pub struct Recording {
     _stats: OwnedFd,
     programs: Vec<u32>,
+    pid: u32,
 }
 
 impl Recording {
@@ -29,6 +34,7 @@ impl Recording {
         Ok(Self {
             _stats: stats,
             programs: program_ids(pid)?,
+            pid,
         })
     }
 
@@ -45,6 +51,7 @@ impl Recording {
             entry.0 += u64::try_from(info.run_time().as_nanos()).unwrap_or(u64::MAX);
             entry.1 += info.run_count();
         }
+        costs.insert(DAEMON.to_owned(), (cpu_ns(self.pid)?, 1));
         Ok(costs)
     }
 }
@@ -58,6 +65,25 @@ pub fn since(before: &Costs, after: &Costs) -> Costs {
             (name.clone(), (ns - ns0, runs - runs0))
         })
         .collect()
+}
+
+/// The CPU time of every thread of `pid` so far, in ns: the first field of each thread's
+/// `schedstat` (clock ticks in `stat` are too coarse for a few seconds of events).
+fn cpu_ns(pid: u32) -> Result<u64> {
+    let dir = format!("/proc/{pid}/task");
+    let mut total = 0;
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {dir}"))? {
+        // A thread that ended meanwhile took its time with it; the rest still count.
+        let Ok(text) = fs::read_to_string(entry?.path().join("schedstat")) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
 }
 
 /// The ids of the programs whose descriptors `pid` holds (`prog_id:` in their fdinfo).
