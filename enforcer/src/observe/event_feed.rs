@@ -64,7 +64,7 @@ impl Followers {
         Ok(())
     }
 
-    fn send(&self, text: &str) {
+    fn send(&self, text: &[u8]) {
         self.0
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -72,7 +72,7 @@ impl Followers {
                 let authenticated = stream
                     .expires()
                     .is_none_or(|expires| jiff::Timestamp::now() < expires);
-                authenticated && stream.write_all(text.as_bytes()).is_ok() && stream.flush().is_ok()
+                authenticated && stream.write_all(text).is_ok() && stream.flush().is_ok()
             });
     }
 }
@@ -88,6 +88,9 @@ pub struct Feed {
     /// Connections whose end was reported, with when.
     ended: HashMap<(String, std::net::SocketAddr, std::net::SocketAddr), Instant>,
     lost_reported: u64,
+    /// The lines of a batch, kept between batches so that a steady stream of events reuses
+    /// one buffer instead of allocating a string per event.
+    lines: Vec<u8>,
 }
 
 impl Feed {
@@ -111,6 +114,7 @@ impl Feed {
             ended_by_daemon,
             ended: HashMap::new(),
             lost_reported: 0,
+            lines: Vec::new(),
         })
     }
 
@@ -218,20 +222,22 @@ impl Feed {
         if records.is_empty() {
             return;
         }
-        let mut lines = Vec::with_capacity(records.len());
+        self.lines.clear();
         for record in &mut records {
             record.cgroup = self.cgroups.path(record.cgroup_id);
-            match serde_json::to_string(record) {
-                Ok(line) => lines.push(line),
-                Err(err) => log::error!("could not write a decision event: {err}"),
+            let line_start = self.lines.len();
+            match serde_json::to_writer(&mut self.lines, record) {
+                Ok(()) => self.lines.push(b'\n'),
+                Err(err) => {
+                    self.lines.truncate(line_start);
+                    log::error!("could not write a decision event: {err}");
+                }
             }
         }
-        if let Err(err) = self.log.append(&lines) {
+        if let Err(err) = self.log.append(&self.lines) {
             log::error!("could not append to the event log: {err}");
         }
-        let mut text = lines.join("\n");
-        text.push('\n');
-        self.followers.send(&text);
+        self.followers.send(&self.lines);
     }
 
     fn lost_total(&self) -> u64 {

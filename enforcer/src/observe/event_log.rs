@@ -39,15 +39,11 @@ impl EventLog {
         })
     }
 
-    /// Appends `lines` (each without its newline) and rotates when the file is full.
-    pub fn append(&mut self, lines: &[String]) -> io::Result<()> {
-        let mut text = String::new();
-        for line in lines {
-            text.push_str(line);
-            text.push('\n');
-        }
-        self.file.write_all(text.as_bytes())?;
-        self.size += text.len() as u64;
+    /// Appends `lines` (whole lines, each ending in its newline) and rotates when the file is
+    /// full.
+    pub fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.file.write_all(lines)?;
+        self.size += lines.len() as u64;
         if self.size >= self.max_bytes {
             self.rotate()?;
         }
@@ -121,16 +117,17 @@ mod tests {
         let path = dir.join("events.jsonl");
         let mut log = EventLog::open_with_limit(&path, 20).unwrap();
         let lines: Vec<String> = (0..20).map(|i| format!("line {i:04}")).collect();
-        // Two 9-byte lines per append, so each append fills a file.
+        // Two 10-byte lines per append, so each append fills a file.
         for pair in lines.chunks(2) {
-            log.append(pair).unwrap();
+            log.append(format!("{}\n{}\n", pair[0], pair[1]).as_bytes())
+                .unwrap();
         }
         let kept = read(&path).unwrap();
         assert_eq!(kept, lines[lines.len() - 2 * KEPT..].to_vec());
         assert!(!rotated(&path, KEPT + 1).exists());
         // Appending again after reopening continues the current file.
         let mut log = EventLog::open_with_limit(&path, 20).unwrap();
-        log.append(&["last".into()]).unwrap();
+        log.append(b"last\n").unwrap();
         assert_eq!(
             read(&path).unwrap().last().map(String::as_str),
             Some("last")

@@ -218,8 +218,8 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
     for (key, &count) in &snapshot.decisions {
         decisions
             .get_or_create(&DecisionLabels {
-                verdict: key.verdict.clone(),
-                reason: key.reason.clone(),
+                verdict: key.verdict.to_string(),
+                reason: key.reason.to_string(),
                 from: key.from.clone(),
                 to: key.to.clone(),
             })

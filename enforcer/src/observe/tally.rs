@@ -4,13 +4,15 @@
 
 use std::collections::BTreeMap;
 
+use crate::observe::event_record::Word;
+
 /// One decision kind: `verdict` is `allowed`, `refused` or `audited` (refused by the policy,
 /// let through by audit mode); `reason` a `Reason::name`; `from` and `to` domain names or
 /// `unlabeled` / `external`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct DecisionKey {
-    pub verdict: String,
-    pub reason: String,
+    pub verdict: Word,
+    pub reason: Word,
     pub from: String,
     pub to: String,
 }
@@ -46,7 +48,7 @@ mod tests {
 
     #[test]
     fn counts_each_kind_separately() {
-        let key = |verdict: &str, to: &str| DecisionKey {
+        let key = |verdict: &'static str, to: &str| DecisionKey {
             verdict: verdict.into(),
             reason: "no_edge".into(),
             from: "staging".into(),
