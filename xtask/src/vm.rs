@@ -38,6 +38,11 @@ pub struct Options {
     /// Longest a guest may run its tests before it is killed and reported as failed.
     #[arg(long, value_name = "MINUTES", default_value_t = 45)]
     timeout: u64,
+    /// Run only this test executable (repeatable; its target name, e.g. `fleet`, or
+    /// `enforcer (unit tests)`); every one when left out. A check of new tests in the guests
+    /// before the whole matrix.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
     /// Download each kernel again even if one is cached.
     #[arg(long)]
     refresh: bool,
@@ -61,7 +66,18 @@ pub fn run(options: &Options) -> Result<()> {
     };
     setup::apt_install(&HOST_PACKAGES)?;
     setup::run()?;
-    let built = build()?;
+    let mut built = build()?;
+    if !options.tests.is_empty() {
+        let unknown: Vec<&String> = options
+            .tests
+            .iter()
+            .filter(|t| !built.tests.iter().any(|(name, _)| name == *t))
+            .collect();
+        if !unknown.is_empty() {
+            bail!("no test executable named {unknown:?}");
+        }
+        built.tests.retain(|(name, _)| options.tests.contains(name));
+    }
     let cache = workspace_root().join("target/vm");
     fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
     // Each kernel that runs the suite also installs and runs the Debian package.
