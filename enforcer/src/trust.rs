@@ -5,6 +5,7 @@
 
 pub mod attestation;
 mod bundle;
+pub mod bundle_endpoint;
 pub mod bundles;
 mod certificate;
 mod svid;
