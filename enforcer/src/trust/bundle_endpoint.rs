@@ -62,6 +62,7 @@ const MIN_REFRESH: Duration = Duration::from_secs(10);
 
 /// Daemon flags for bundle endpoints.
 #[derive(Debug, Clone, clap::Args)]
+#[group(id = "bundle_endpoints")]
 pub struct Args {
     /// PEM file of CA certificates that authenticate `https_web` bundle endpoints instead of
     /// the Web PKI roots built in (webpki-roots): for a private CA, or a test's.
