@@ -575,7 +575,7 @@ mod tests {
             r#"enforcer_bundle_endpoint_fetches_total{domain="prod.example.org",outcome="ok"} 3"#,
             r#"enforcer_bundle_endpoint_fetches_total{domain="prod.example.org",outcome="failed"} 2"#,
             r#"enforcer_bundle_endpoint_changes_total{domain="prod.example.org"} 1"#,
-            r#"enforcer_bundle_endpoint_last_success_timestamp_seconds{domain="prod.example.org"} 1795428002"#,
+            r#"enforcer_bundle_endpoint_last_success_timestamp_seconds{domain="prod.example.org"} 1795428002.0"#,
             r#"enforcer_map_entries{map="ENF_BINDINGS"} 2"#,
             r#"enforcer_map_max_entries{map="ENF_BINDINGS"} 65536"#,
         ] {
@@ -626,7 +626,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            13,
+            16,
             "{declared:?}"
         );
     }
