@@ -173,7 +173,9 @@ pub struct BundleStatus {
     pub domain: String,
     /// The file read, or for a bundle fetched from an endpoint its URL.
     pub path: String,
-    /// Where the bundle comes from: "file" or "endpoint".
+    /// Where the bundle comes from: "file" or "endpoint" (absent from daemons before
+    /// bundle endpoints, whose bundles were all files).
+    #[serde(default = "file_source")]
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<EndpointStatus>,
@@ -188,6 +190,10 @@ pub struct BundleStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     pub authorities: Vec<AuthorityStatus>,
+}
+
+fn file_source() -> String {
+    "file".into()
 }
 
 /// How `status` shows a bundle endpoint (SPIFFE Federation) and its fetches.
