@@ -38,6 +38,9 @@ struct Shared {
     serve: Mutex<Option<Serve>>,
     requests: Mutex<u64>,
     counted: Condvar,
+    /// Connections held by `Serve::Hang` that the client has not closed.
+    hanging: Mutex<u64>,
+    hung: Condvar,
     stop: AtomicBool,
 }
 
@@ -107,6 +110,22 @@ impl BundleServer {
         *self.shared.requests.lock().expect("lock")
     }
 
+    /// Waits (at most `limit`) until the hang holds exactly `n` connections the client has
+    /// not closed; panics with the count otherwise.
+    pub fn wait_hanging(&self, n: u64, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let mut count = self.shared.hanging.lock().expect("lock");
+        while *count != n {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "the bundle endpoint holds {} hanging connection(s) after {limit:?}, not {n}",
+                *count
+            );
+            count = self.shared.hung.wait_timeout(count, left).expect("lock").0;
+        }
+    }
+
     /// Waits (at most `limit`) until the server has read `n` requests in all.
     pub fn wait_requests(&self, n: u64, limit: Duration) {
         let deadline = Instant::now() + limit;
@@ -162,9 +181,23 @@ fn answer(stream: TcpStream, config: Arc<ServerConfig>, shared: &Shared) {
         Some(Serve::Document(body)) => body,
         Some(Serve::Garbage) => "\u{1}\u{2}this is not a bundle".to_owned(),
         Some(Serve::Hang) => {
+            *shared.hanging.lock().expect("lock") += 1;
+            shared.hung.notify_all();
+            // Reads until the client gives up and closes, so `hanging` tells whether it does.
+            let _ = tls.sock.set_read_timeout(Some(Duration::from_millis(50)));
             while !shared.stop.load(Ordering::SeqCst) {
-                thread::sleep(Duration::from_millis(50));
+                match tls.sock.read(&mut buf) {
+                    Ok(0) => break,
+                    Err(err)
+                        if matches!(
+                            err.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ) => {}
+                    Ok(_) | Err(_) => break,
+                }
             }
+            *shared.hanging.lock().expect("lock") -= 1;
+            shared.hung.notify_all();
             return;
         }
         Some(Serve::Close) | None => {

@@ -461,6 +461,10 @@ fn a_hanging_endpoint_stalls_neither_the_daemon_nor_other_domains() {
     let line = sb.wait_daemon_log("fetching the trust bundle of prod.example.org", NOTICED);
     assert!(line.contains("no complete answer within 10s"), "{line}");
     assert!(line.contains("no bundle yet"), "{line}");
+    // The next attempt (after 100 ms) hangs too; the one that timed out was closed.
+    let asked = slow.requests();
+    slow.wait_requests(asked + 1, NOTICED);
+    slow.wait_hanging(1, Duration::from_secs(5));
 }
 
 #[test]

@@ -336,8 +336,10 @@ async fn fetch(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|err| format!("HTTP: {err}"))?;
-    // The connection is driven by a task of its own and ends when this fetch does.
-    let driver = tokio::spawn(connection);
+    // The connection is driven by a task of its own, which must end with this fetch however
+    // it ends (a timeout drops it mid-way): a hanging endpoint would otherwise keep one
+    // connection open per attempt.
+    let _driver = Driver(tokio::spawn(connection));
     let request = Request::get(path)
         .header(HOST, authority.as_str())
         .header(USER_AGENT, concat!("enforcer/", env!("CARGO_PKG_VERSION")))
@@ -359,13 +361,21 @@ async fn fetch(
             .map_err(|err| format!("reading the document (limit {MAX_BYTES} bytes): {err}"))
     }
     .await;
-    driver.abort();
     let body = result?;
     let spiffe_svid = match endpoint.profile {
         EndpointProfile::HttpsSpiffe { .. } => Some(presented.as_slice()),
         EndpointProfile::HttpsWeb => None,
     };
     document(domain, &body, spiffe_svid)
+}
+
+/// Aborts the task driving a fetch's connection when the fetch ends.
+struct Driver<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for Driver<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Reads a served document as `domain`'s bundle. `endpoint_svid`: the chain an
