@@ -262,6 +262,22 @@ fn an_https_web_bundle_is_fetched_gates_its_edge_and_rotates() {
             .is_some_and(|n| n >= 2.0),
         "changes counted in the metrics"
     );
+
+    // A server at the same address whose certificate no configured root issued: refused by
+    // Web PKI, and the bundle fetched before stays.
+    let addr = server.addr();
+    drop(server);
+    let mut stranger = Spec::ca("web-pki.test");
+    stranger.uris.clear();
+    let untrusted =
+        Issued::self_signed(&stranger).issue_web_server(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    let third = Issued::self_signed(&Spec::ca(PROD));
+    let _untrusted =
+        BundleServer::start_at(addr, &untrusted, &[], Serve::Document(document(&[&third])));
+    let line = sb.wait_daemon_log("TLS handshake with 127.0.0.1", NOTICED);
+    assert!(line.contains("invalid peer certificate"), "{line}");
+    assert_eq!(fingerprints(&bundle_status(&sb, PROD)), [sha256(&second)]);
+    assert_eq!(sb.connect(&staging, LOCALHOST, 35000), Outcome::greeted());
 }
 
 #[test]
