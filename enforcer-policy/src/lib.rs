@@ -5,6 +5,7 @@
 //! or into every mistake found, each as a `FILE:LINE:COL: message`
 //! [`Diagnostic`].
 
+mod bundle_endpoint;
 mod diagnostic;
 mod free_text;
 mod input;
@@ -12,11 +13,13 @@ mod model;
 mod parse;
 mod ports;
 mod shared_names;
+mod spiffe_id;
 mod time;
 mod trust_domain;
 mod validate;
 mod yaml_tree;
 
+pub use bundle_endpoint::{BundleEndpoint, Profile as EndpointProfile};
 pub use diagnostic::Diagnostic;
 pub use free_text::{FreeTextError, free_text};
 pub use input::{MAX_POLICY_BYTES, decode, oversize};
@@ -26,5 +29,6 @@ pub use model::{
 };
 pub use parse::parse;
 pub use ports::{PortRange, PortRangeError};
+pub use spiffe_id::SpiffeId;
 pub use time::parse_duration;
 pub use trust_domain::{TrustDomain, TrustDomainError, UriPart};

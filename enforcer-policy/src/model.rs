@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 
 use crate::ports::PortRange;
 
+use crate::bundle_endpoint::BundleEndpoint;
 use crate::time::serialize_secs;
 use crate::trust_domain::TrustDomain;
 
@@ -113,6 +114,10 @@ pub struct Domain {
     /// The domain's SPIFFE trust bundle: the CA certificates its SVIDs chain to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle: Option<BundleFile>,
+    /// Where the domain's bundle is fetched from; `bundle` is then the bootstrap, in force
+    /// until the first fetch succeeds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_endpoint: Option<BundleEndpoint>,
     /// Cgroups join this domain only by proving, over the attestation socket, that a process
     /// in them holds an X.509-SVID of it; `cgroups` is then empty.
     #[serde(skip_serializing_if = "is_false")]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use jiff::Timestamp;
 
+use crate::bundle_endpoint::{self, BundleEndpoint, Profile};
 use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::free_text::{FreeTextError, free_text};
 use crate::input;
@@ -21,6 +22,7 @@ use crate::model::{
 };
 use crate::ports::PortRange;
 use crate::shared_names;
+use crate::spiffe_id::SpiffeId;
 use crate::time::{parse_duration, parse_timestamp};
 use crate::trust_domain::{TrustDomain, TrustDomainError};
 use crate::validate::{self, At, Claim, EdgeEnds, EdgeIdSite, Sites};
@@ -36,7 +38,16 @@ const DEFAULTS_KEYS: &[&str] = &[
     "max_grant_ttl",
     "require_bundles",
 ];
-const DOMAIN_KEYS: &[&str] = &["name", "mode", "cgroups", "endpoints", "bundle", "attested"];
+const DOMAIN_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "cgroups",
+    "endpoints",
+    "bundle",
+    "bundle_endpoint",
+    "attested",
+];
+const BUNDLE_ENDPOINT_KEYS: &[&str] = &["url", "profile", "endpoint_id"];
 const EDGE_KEYS: &[&str] = &[
     "id",
     "from",
@@ -492,10 +503,14 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
     let bundle = optional(&fields, "bundle", diags, |v, diags| {
         read_with(v, "a file path", diags, parse_bundle_path)
     });
+    let endpoint = optional(&fields, "bundle_endpoint", diags, read_bundle_endpoint);
     let attested = optional(&fields, "attested", diags, read_bool);
-    // A broken `bundle` or `attested` is reported; the domain is kept so that edges naming
-    // it are not also reported as naming an unknown domain.
-    let (bundle, attested) = (bundle.flatten(), attested.flatten());
+    // A broken `bundle`, `bundle_endpoint` or `attested` is reported; the domain is kept so
+    // that edges naming it are not also reported as naming an unknown domain.
+    let (bundle, endpoint, attested) = (bundle.flatten(), endpoint.flatten(), attested.flatten());
+    if let (Some(name), Some(endpoint)) = (&name, &endpoint) {
+        check_bundle_endpoint(&name.value, bundle.is_some(), endpoint, diags);
+    }
     if let Some(attested) = attested.as_ref().filter(|a| a.value) {
         if bundle.is_none() {
             diags.error(
@@ -520,7 +535,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         domain: name.value.clone(),
         item: item.clone(),
     }));
-    if bundle.is_some() {
+    if bundle.is_some() || endpoint.is_some() {
         sites.bundled.push(name.value.clone());
     }
     Some(Domain {
@@ -533,8 +548,110 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
             line: b.pos.line,
             column: b.pos.column,
         }),
+        bundle_endpoint: endpoint,
         attested: attested.is_some_and(|a| a.value),
     })
+}
+
+/// `bundle_endpoint: {url, profile, endpoint_id}`; `endpoint_id` belongs to `https_spiffe`
+/// alone.
+fn read_bundle_endpoint(v: &Value, diags: &mut Diagnostics) -> Option<BundleEndpoint> {
+    let fields = Fields::new(v, "bundle_endpoint", BUNDLE_ENDPOINT_KEYS, diags)?;
+    let url = fields
+        .required(
+            "url",
+            "bundle_endpoint",
+            "the https:// URL the domain's bundle is fetched from",
+            diags,
+        )
+        .and_then(|u| read_with(&u, "an https:// URL", diags, bundle_endpoint::parse_url));
+    let profile = fields
+        .required(
+            "profile",
+            "bundle_endpoint",
+            "`https_web` or `https_spiffe` says how the endpoint is authenticated",
+            diags,
+        )
+        .and_then(|p| {
+            read_keyword(
+                &p,
+                "`https_web` or `https_spiffe`",
+                diags,
+                |text| match text {
+                    "https_web" => Some(false),
+                    "https_spiffe" => Some(true),
+                    _ => None,
+                },
+            )
+        });
+    let id = fields.get("endpoint_id");
+    let endpoint_id = match (profile?, id) {
+        (false, Some(id)) => {
+            diags.error(
+                id.pos,
+                "`endpoint_id` belongs to profile `https_spiffe`; an `https_web` endpoint is \
+                 authenticated by its Web PKI certificate",
+            );
+            return None;
+        }
+        (false, None) => None,
+        (true, None) => {
+            fields.required(
+                "endpoint_id",
+                "a bundle_endpoint with profile `https_spiffe`",
+                "the SPIFFE ID the endpoint server's SVID must carry",
+                diags,
+            );
+            return None;
+        }
+        (true, Some(id)) => Some(read_parsed::<SpiffeId>(&id, "a SPIFFE ID", diags)?),
+    };
+    let url = url?;
+    Some(BundleEndpoint {
+        url: url.value,
+        profile: match endpoint_id {
+            None => Profile::HttpsWeb,
+            Some(id) => Profile::HttpsSpiffe {
+                endpoint_id: id.value,
+            },
+        },
+        line: v.pos.line,
+        column: v.pos.column,
+    })
+}
+
+/// An `https_spiffe` endpoint is authenticated with the domain's own bundle, so the first
+/// fetch needs one the operator supplied (the `bundle` file), and the endpoint's SVID must be
+/// of this domain: an SVID of another domain could not be checked with this domain's bundle.
+fn check_bundle_endpoint(
+    domain: &TrustDomain,
+    has_bundle: bool,
+    endpoint: &BundleEndpoint,
+    diags: &mut Diagnostics,
+) {
+    let Profile::HttpsSpiffe { endpoint_id } = &endpoint.profile else {
+        return;
+    };
+    let at = Pos {
+        line: endpoint.line,
+        column: endpoint.column,
+    };
+    if !has_bundle {
+        diags.error(
+            at,
+            "a bundle_endpoint with profile `https_spiffe` needs a `bundle` file: the bootstrap \
+             bundle that authenticates the endpoint until its first fetch",
+        );
+    }
+    if &endpoint_id.domain != domain {
+        diags.error(
+            at,
+            format!(
+                "`endpoint_id` {endpoint_id} is not in trust domain {domain}: the endpoint's SVID \
+                 is checked against this domain's bundle"
+            ),
+        );
+    }
 }
 
 /// The policy's edges, read one at a time as the loader reaches them, so that a `federation`

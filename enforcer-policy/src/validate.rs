@@ -157,7 +157,7 @@ fn bundles_named(edge: &EdgeEnds, bundled: &HashSet<&TrustDomain>, diags: &mut D
             diags.error(
                 pos,
                 format!(
-                    "the edge requires the trust bundles of both ends, but domain `{}` names no `bundle`",
+                    "the edge requires the trust bundles of both ends, but domain `{}` names no `bundle` or `bundle_endpoint`",
                     end.value
                 ),
             );

@@ -35,7 +35,8 @@ fn with_edge(edge: &[&str]) -> Vec<String> {
     errors(&lines)
 }
 
-const DOMAIN_KEYS: &str = "expected one of: name, mode, cgroups, endpoints, bundle, attested";
+const DOMAIN_KEYS: &str =
+    "expected one of: name, mode, cgroups, endpoints, bundle, bundle_endpoint, attested";
 const EDGE_KEYS: &str = "expected one of: id, from, to, protocol, ports, owner, reason, not_before, expires, ttl, require_bundles";
 const TD_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
 
@@ -1129,13 +1130,13 @@ mod trust_bundles {
         assert_eq!(
             with(&one_bundle, &["    require_bundles: true"], false),
             [
-                "p.yaml:13:22: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle`"
+                "p.yaml:13:22: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle` or `bundle_endpoint`"
             ]
         );
         assert_eq!(
             with(&one_bundle, &[], true),
             [
-                "p.yaml:9:5: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle`"
+                "p.yaml:9:5: the edge requires the trust bundles of both ends, but domain `b.org` names no `bundle` or `bundle_endpoint`"
             ]
         );
         let two = [
@@ -1184,5 +1185,104 @@ mod trust_bundles {
         .concat();
         let parsed = parse("p.yaml", &policy(&opted_out)).expect("an edge may opt out");
         assert!(!parsed.federation[0].require_bundles);
+    }
+}
+
+mod bundle_endpoints {
+    use enforcer_policy::EndpointProfile;
+
+    use super::*;
+
+    fn domain(lines: &[&str]) -> Vec<String> {
+        let mut all = vec!["version: 1", "domains:", "  - name: a.org"];
+        all.extend_from_slice(lines);
+        errors(&all)
+    }
+
+    #[test]
+    fn both_profiles_parse_and_count_as_bundles() {
+        let text = policy(&[
+            "version: 1",
+            "defaults: {require_bundles: true}",
+            "domains:",
+            "  - name: a.org",
+            "    bundle_endpoint: {url: 'https://a.org/bundle', profile: https_web}",
+            "  - name: b.org",
+            "    bundle: /etc/b.pem",
+            "    bundle_endpoint:",
+            "      url: https://127.0.0.1:8443",
+            "      profile: https_spiffe",
+            "      endpoint_id: spiffe://b.org/spire/server",
+            "federation:",
+            "  - {from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r}",
+        ]);
+        let parsed = parse("p.yaml", &text).expect("valid");
+        let a = parsed.domains[0].bundle_endpoint.as_ref().expect("a");
+        assert_eq!(a.url, "https://a.org/bundle");
+        assert_eq!(a.profile, EndpointProfile::HttpsWeb);
+        let b = parsed.domains[1].bundle_endpoint.as_ref().expect("b");
+        assert_eq!(
+            b.profile,
+            EndpointProfile::HttpsSpiffe {
+                endpoint_id: "spiffe://b.org/spire/server".parse().expect("id")
+            }
+        );
+        assert_eq!((b.line, b.column), (9, 7));
+    }
+
+    #[test]
+    fn mistakes_are_reported_where_they_are() {
+        assert_eq!(
+            domain(&["    bundle_endpoint: {url: 'http://a.org/b', profile: https_web}"]),
+            [
+                "p.yaml:4:28: bundle endpoint URL `http://a.org/b` must start with https:// (SPIFFE Federation serves bundles over TLS only)"
+            ]
+        );
+        assert_eq!(
+            domain(&["    bundle_endpoint: {url: 'https://a.org', profile: spiffe}"]),
+            ["p.yaml:4:54: `profile` must be `https_web` or `https_spiffe`, found `spiffe`"]
+        );
+        assert_eq!(
+            domain(&["    bundle_endpoint: {profile: https_web, port: 1}"]),
+            [
+                "p.yaml:4:22: bundle_endpoint is missing required key `url`: the https:// URL the domain's bundle is fetched from",
+                "p.yaml:4:43: unknown key `port` in bundle_endpoint; expected one of: url, profile, endpoint_id",
+            ]
+        );
+        assert_eq!(
+            domain(&[
+                "    bundle_endpoint: {url: 'https://a.org', profile: https_web, endpoint_id: 'spiffe://a.org/s'}"
+            ]),
+            [
+                "p.yaml:4:78: `endpoint_id` belongs to profile `https_spiffe`; an `https_web` endpoint is authenticated by its Web PKI certificate"
+            ]
+        );
+        assert_eq!(
+            domain(&[
+                "    bundle: /etc/a.pem",
+                "    bundle_endpoint: {url: 'https://a.org', profile: https_spiffe}"
+            ]),
+            [
+                "p.yaml:5:22: a bundle_endpoint with profile `https_spiffe` is missing required key `endpoint_id`: the SPIFFE ID the endpoint server's SVID must carry"
+            ]
+        );
+        assert_eq!(
+            domain(&[
+                "    bundle: /etc/a.pem",
+                "    bundle_endpoint: {url: 'https://a.org', profile: https_spiffe, endpoint_id: 'spiffe://a.org/a/'}"
+            ]),
+            [
+                "p.yaml:5:81: SPIFFE ID `spiffe://a.org/a/` has an empty path segment (or a trailing slash)"
+            ]
+        );
+        assert_eq!(
+            domain(&[
+                "    bundle_endpoint: {url: 'https://a.org', profile: https_spiffe, endpoint_id: 'spiffe://b.org/s'}"
+            ]),
+            [
+                "p.yaml:4:22: a bundle_endpoint with profile `https_spiffe` needs a `bundle` file: the bootstrap bundle that authenticates the endpoint until its first fetch",
+                "p.yaml:4:22: `endpoint_id` spiffe://b.org/s is not in trust domain a.org: the endpoint's SVID is checked against this domain's bundle",
+            ]
+        );
     }
 }

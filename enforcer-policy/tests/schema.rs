@@ -301,6 +301,13 @@ fn each_object_allows_exactly_the_keys_the_parser_knows() {
             format!("version: 1\ndomains: [{{name: a.org, {unknown}}}]\n"),
         ),
         (
+            &schema["$defs"]["bundle_endpoint"],
+            format!(
+                "version: 1\ndomains: [{{name: a.org, bundle_endpoint: {{url: 'https://a.org', \
+                 profile: https_web, {unknown}}}}}]\n"
+            ),
+        ),
+        (
             &schema["$defs"]["edge"],
             format!(
                 "version: 1\ndomains: [{{name: a.org}}]\nfederation: [{{from: a.org, to: a.org, \

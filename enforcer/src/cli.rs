@@ -70,6 +70,8 @@ enum Command {
         #[arg(long, value_name = "DURATION", default_value = "24h", value_parser = enforcer_policy::parse_duration, env = "ENFORCER_BUNDLE_WARN_BEFORE")]
         bundle_warn_before: std::time::Duration,
         #[command(flatten)]
+        bundle_endpoints: crate::trust::bundle_endpoint::Args,
+        #[command(flatten)]
         remote_admin: daemon::remote_admin::Args,
     },
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
@@ -271,21 +273,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
             read_group,
             attest_socket,
             bundle_warn_before,
+            bundle_endpoints,
             remote_admin,
-        } => daemon::run(daemon::Options {
-            policy,
-            cgroup_root,
-            pin_dir: PinDir::new(pin_dir),
-            socket,
-            state_dir: StateDir::new(state_dir),
-            metrics_addr,
-            groups: daemon::access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
-            attest_socket,
-            bundle_warn_before,
-            tls: remote_admin.tls(),
-            remote_admin: daemon::remote_admin::RemoteAdmin::from_args(remote_admin)?,
-        })
-        .map(|()| ExitCode::SUCCESS),
+        } => crate::trust::bundle_endpoint::configure(&bundle_endpoints)
+            .and_then(|()| {
+                daemon::run(daemon::Options {
+                    policy,
+                    cgroup_root,
+                    pin_dir: PinDir::new(pin_dir),
+                    socket,
+                    state_dir: StateDir::new(state_dir),
+                    metrics_addr,
+                    groups: daemon::access::Groups::resolve(
+                        admin_group.as_deref(),
+                        read_group.as_deref(),
+                    )?,
+                    attest_socket,
+                    bundle_warn_before,
+                    tls: remote_admin.tls(),
+                    remote_admin: daemon::remote_admin::RemoteAdmin::from_args(remote_admin)?,
+                })
+            })
+            .map(|()| ExitCode::SUCCESS),
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => Ok(policy::check(&files)),

@@ -16,6 +16,7 @@ mod plan;
 mod reload;
 pub mod remote_admin;
 mod restart;
+pub mod runtime;
 pub mod serve;
 pub mod state;
 mod stop;

@@ -5,15 +5,15 @@
 
 pub mod attestation;
 mod bundle;
+pub mod bundle_endpoint;
 pub mod bundles;
 mod certificate;
-mod spiffe_id;
 mod svid;
 mod tls;
 
 pub use bundle::{Bundle, BundleError, hex};
 pub use certificate::leaf;
-pub use spiffe_id::SpiffeId;
+pub use enforcer_policy::SpiffeId;
 pub use svid::{Svid, Usage, own_id, verify};
 pub use tls::{
     Bundles, Identity, Signatures, SvidClientVerifier, SvidServerVerifier, crypto_provider,

@@ -4,6 +4,7 @@
 //! pods and other machines in network namespaces of their own, also removed on drop; every
 //! probe process, wherever it runs, is placed by a [`Workload`].
 
+pub mod bundle_server;
 mod capabilities;
 mod events;
 mod json;

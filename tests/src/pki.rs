@@ -140,6 +140,20 @@ impl Issued {
         }
     }
 
+    /// A Web PKI server certificate for `ip`, as an `https_web` bundle endpoint presents it.
+    pub fn issue_web_server(&self, ip: std::net::IpAddr) -> Self {
+        let mut spec = Spec::leaf("spiffe://unused.example");
+        spec.uris.clear();
+        spec.common_name = Some(ip.to_string());
+        let key = KeyPair::generate().expect("generating a key");
+        let mut params = spec.params();
+        params.subject_alt_names = vec![SanType::IpAddress(ip)];
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("signing a certificate");
+        Self::new(cert, key, params)
+    }
+
     /// Writes the certificate (followed by `chain`, as a workload presents intermediates) to
     /// `cert` and the key to `key`, mode 0600.
     pub fn write(&self, chain: &[&Issued], cert: &Path, key: &Path) {

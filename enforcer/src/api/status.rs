@@ -171,7 +171,14 @@ pub struct MapFill {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BundleStatus {
     pub domain: String,
+    /// The file read, or for a bundle fetched from an endpoint its URL.
     pub path: String,
+    /// Where the bundle comes from: "file" or "endpoint" (absent from daemons before
+    /// bundle endpoints, whose bundles were all files).
+    #[serde(default = "file_source")]
+    pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<EndpointStatus>,
     /// "valid", "expired", "not-yet-valid" or "unusable" (unreadable or failing the checks).
     pub state: String,
     /// Why it is not valid.
@@ -183,6 +190,35 @@ pub struct BundleStatus {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
     pub authorities: Vec<AuthorityStatus>,
+}
+
+fn file_source() -> String {
+    "file".into()
+}
+
+/// How `status` shows a bundle endpoint (SPIFFE Federation) and its fetches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EndpointStatus {
+    pub url: String,
+    /// "https_web" or "https_spiffe".
+    pub profile: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_id: Option<String>,
+    /// The bundle file in force until the first fetch succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<String>,
+    pub last_attempt: Option<Timestamp>,
+    pub last_success: Option<Timestamp>,
+    /// Why the last fetch failed; absent after a success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    pub next_fetch: Option<Timestamp>,
+    /// The wait between fetches in force: the document's refresh hint, bounded.
+    pub refresh_seconds: u64,
+    pub fetches: u64,
+    pub failures: u64,
+    /// Fetches that brought a bundle different from the one before.
+    pub changes: u64,
 }
 
 /// An optional feature: whether this kernel has it and what is different without it.

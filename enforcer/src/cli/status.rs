@@ -4,7 +4,7 @@ use std::fmt::{self, Display};
 
 use crate::api::{
     edge::{EdgeView, Source},
-    status::{MapMemory, Status},
+    status::{EndpointStatus, MapMemory, Status},
 };
 
 impl Display for Status {
@@ -79,6 +79,9 @@ impl Display for Status {
             }
             if let Some(warning) = &b.warning {
                 writeln!(f, "    warning: {warning}")?;
+            }
+            if let Some(e) = &b.endpoint {
+                write_endpoint(f, e)?;
             }
             for a in &b.authorities {
                 writeln!(
@@ -187,4 +190,31 @@ pub fn write_edge(f: &mut impl fmt::Write, e: &EdgeView) -> fmt::Result {
         "      created {}, expires {expires}, {} connection(s), last used {last}",
         e.created, e.connections
     )
+}
+
+/// A bundle endpoint: what it is, how fetching goes and when it tries next.
+fn write_endpoint(f: &mut fmt::Formatter<'_>, e: &EndpointStatus) -> fmt::Result {
+    let id = e
+        .endpoint_id
+        .as_ref()
+        .map_or_else(String::new, |id| format!(" as {id}"));
+    writeln!(f, "    endpoint {} {}{id}", e.profile, e.url)?;
+    if let Some(bootstrap) = &e.bootstrap {
+        writeln!(f, "    bootstrap {bootstrap}")?;
+    }
+    let when = |t: Option<jiff::Timestamp>| t.map_or_else(|| "never".to_owned(), |t| t.to_string());
+    writeln!(
+        f,
+        "    fetches {} ({} failed, {} changed), last success {}, next {}, every {}s",
+        e.fetches,
+        e.failures,
+        e.changes,
+        when(e.last_success),
+        when(e.next_fetch),
+        e.refresh_seconds
+    )?;
+    if let Some(error) = &e.last_error {
+        writeln!(f, "    last fetch failed: {error}")?;
+    }
+    Ok(())
 }

@@ -272,6 +272,19 @@ impl Daemon {
             commits: self.commits.clone(),
             reloads: self.source.reloads.clone(),
             reload_refused: self.source.last_reload_error.is_some(),
+            bundle_fetches: self
+                .state
+                .trust
+                .fetch_counts()
+                .into_iter()
+                .map(|(domain, r)| metrics::BundleFetches {
+                    domain: domain.to_string(),
+                    fetches: r.fetches,
+                    failures: r.failures,
+                    changes: r.changes,
+                    last_success: r.succeeded,
+                })
+                .collect(),
         }
     }
 }

@@ -52,6 +52,18 @@ pub struct Snapshot {
     /// Reloads of `--policy FILE` by outcome, and whether the last one was refused.
     pub reloads: Reloads,
     pub reload_refused: bool,
+    /// Bundle-endpoint fetches, by domain.
+    pub bundle_fetches: Vec<BundleFetches>,
+}
+
+/// The fetches of one domain's bundle endpoint so far.
+#[derive(Debug, Clone, Default)]
+pub struct BundleFetches {
+    pub domain: String,
+    pub fetches: u64,
+    pub failures: u64,
+    pub changes: u64,
+    pub last_success: Option<jiff::Timestamp>,
 }
 
 /// How a policy change (apply, grant, revoke or expiry) ended.
@@ -203,6 +215,17 @@ struct EdgeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    domain: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DomainLabels {
+    domain: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MapLabels {
     map: &'static str,
 }
@@ -327,6 +350,47 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
         "1 while the last reload of the --policy file was refused (the reason is in status as \
          last_reload_error), 0 otherwise",
         reload_refused,
+    );
+
+    let fetches = Counters::<FetchLabels>::default();
+    let changes = Counters::<DomainLabels>::default();
+    let last_success = Family::<DomainLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for f in &snapshot.bundle_fetches {
+        for (outcome, count) in [("ok", f.fetches - f.failures), ("failed", f.failures)] {
+            fetches
+                .get_or_create(&FetchLabels {
+                    domain: f.domain.clone(),
+                    outcome,
+                })
+                .inc_by(count);
+        }
+        let labels = DomainLabels {
+            domain: f.domain.clone(),
+        };
+        changes.get_or_create(&labels).inc_by(f.changes);
+        if let Some(at) = f.last_success {
+            last_success
+                .get_or_create(&labels)
+                .set(at.as_millisecond() as f64 / 1000.0);
+        }
+    }
+    registry.register(
+        "bundle_endpoint_fetches",
+        "Fetches of each domain's trust bundle from its bundle endpoint, by outcome: ok, or \
+         failed (unreachable, slow, refused or not a bundle of the domain; the last good \
+         bundle stays)",
+        fetches,
+    );
+    registry.register(
+        "bundle_endpoint_changes",
+        "Fetches that brought a bundle different from the one before, by domain",
+        changes,
+    );
+    registry.register(
+        "bundle_endpoint_last_success_timestamp_seconds",
+        "When each domain's bundle was last fetched and accepted, in seconds since the Unix \
+         epoch; absent before the first success",
+        last_success,
     );
 
     let entries = Gauges::<MapLabels>::default();
@@ -459,6 +523,13 @@ mod tests {
                 reloads
             },
             reload_refused: true,
+            bundle_fetches: vec![BundleFetches {
+                domain: "prod.example.org".into(),
+                fetches: 5,
+                failures: 2,
+                changes: 1,
+                last_success: Some("2026-11-23T10:00:02Z".parse().expect("time")),
+            }],
         }
     }
 
@@ -501,6 +572,10 @@ mod tests {
             r#"enforcer_policy_reloads_total{outcome="applied"} 0"#,
             r#"enforcer_policy_reloads_total{outcome="refused"} 1"#,
             "enforcer_policy_reload_refused 1",
+            r#"enforcer_bundle_endpoint_fetches_total{domain="prod.example.org",outcome="ok"} 3"#,
+            r#"enforcer_bundle_endpoint_fetches_total{domain="prod.example.org",outcome="failed"} 2"#,
+            r#"enforcer_bundle_endpoint_changes_total{domain="prod.example.org"} 1"#,
+            r#"enforcer_bundle_endpoint_last_success_timestamp_seconds{domain="prod.example.org"} 1795428002.0"#,
             r#"enforcer_map_entries{map="ENF_BINDINGS"} 2"#,
             r#"enforcer_map_max_entries{map="ENF_BINDINGS"} 65536"#,
         ] {
@@ -551,7 +626,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            13,
+            16,
             "{declared:?}"
         );
     }

@@ -4,26 +4,57 @@
 //! (`Trust`): active only while both ends' bundles are usable, and never past the earliest
 //! expiry among them, which is written into the kernel's edge window so that the kernel stops
 //! such an edge at expiry even when no daemon runs.
+//!
+//! A domain's bundle has one source: its `bundle` file, or its `bundle_endpoint`
+//! (`bundle_endpoint.rs`, whose task this state starts on `adopt` and reads on `refresh`; the
+//! file is then only the bootstrap, in force until the first fetch succeeds).
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
-use enforcer_policy::{Edge, Policy, TrustDomain};
+use enforcer_policy::{BundleEndpoint, Edge, EndpointProfile, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
-    api::status::{AuthorityStatus, BundleStatus},
+    api::status::{AuthorityStatus, BundleStatus, EndpointStatus},
     pipeline::edges::Trust,
-    trust::{self, Bundle, bundle},
+    trust::{
+        self, Bundle, bundle,
+        bundle_endpoint::{Poller, Report},
+    },
 };
 
-/// A bundle file as last read.
+/// A domain's bundle as last read or fetched.
 #[derive(Debug, Clone)]
 struct Entry {
-    path: PathBuf,
+    /// The bundle file; for an endpoint, the bootstrap, if any.
+    path: Option<PathBuf>,
     /// The bundle, or why it could not be used.
     loaded: Result<Bundle, String>,
     /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
     file: Option<(u64, u64, u64, i128)>,
+    endpoint: Option<Fetched>,
+}
+
+/// A bundle fetched from an endpoint.
+#[derive(Debug, Clone)]
+struct Fetched {
+    config: BundleEndpoint,
+    /// Its task, once the daemon adopted this state; shared by copies of the state.
+    poller: Option<Arc<Poller>>,
+    /// The last outcome this state took in (`Report::serial`).
+    seen: u64,
+    report: Report,
+}
+
+impl Entry {
+    /// Where the bundle comes from, for messages.
+    fn origin(&self) -> String {
+        match (&self.endpoint, &self.path) {
+            (Some(f), _) => f.config.url.clone(),
+            (None, Some(path)) => path.display().to_string(),
+            (None, None) => String::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,10 +75,36 @@ fn read(path: &std::path::Path, domain: &TrustDomain) -> Entry {
     // Identity first: a file replaced after it was read is read again on the next look.
     let file = identity(path);
     Entry {
-        path: path.to_owned(),
+        path: Some(path.to_owned()),
         loaded: Bundle::read(path, domain).map_err(|e| e.to_string()),
         file,
+        endpoint: None,
     }
+}
+
+/// A domain whose bundle comes from `endpoint`: the bootstrap file's bundle until a fetch
+/// succeeds.
+fn fetched(
+    bootstrap: Option<&std::path::Path>,
+    domain: &TrustDomain,
+    endpoint: &BundleEndpoint,
+) -> Entry {
+    let mut entry = match bootstrap {
+        Some(path) => read(path, domain),
+        None => Entry {
+            path: None,
+            loaded: Err(format!("not fetched yet from {}", endpoint.url)),
+            file: None,
+            endpoint: None,
+        },
+    };
+    entry.endpoint = Some(Fetched {
+        config: endpoint.clone(),
+        poller: None,
+        seen: 0,
+        report: Report::default(),
+    });
+    entry
 }
 
 impl TrustState {
@@ -59,11 +116,19 @@ impl TrustState {
         let mut entries = BTreeMap::new();
         let mut errors = Vec::new();
         for domain in &policy.domains {
-            let Some(bundle) = &domain.bundle else {
-                continue;
+            let entry = match (&domain.bundle, &domain.bundle_endpoint) {
+                (_, Some(endpoint)) => fetched(
+                    domain.bundle.as_ref().map(|b| b.path.as_path()),
+                    &domain.name,
+                    endpoint,
+                ),
+                (Some(bundle), None) => read(&bundle.path, &domain.name),
+                (None, None) => continue,
             };
-            let entry = read(&bundle.path, &domain.name);
-            if strict && let Err(why) = &entry.loaded {
+            if strict
+                && let Some(bundle) = &domain.bundle
+                && let Err(why) = &entry.loaded
+            {
                 errors.push(format!(
                     "{file}:{}:{}: trust bundle of {}: {why}",
                     bundle.line, bundle.column, domain.name
@@ -82,7 +147,44 @@ impl TrustState {
     }
 
     /// Takes over `next`'s bundles, keeping the shared map verifiers hold, and publishes them.
-    pub fn adopt(&mut self, next: Self) {
+    /// An endpoint both name keeps its task and the bundle it fetched; a new one starts
+    /// fetching on `runtime`, and the tasks of endpoints no longer named stop.
+    pub fn adopt(&mut self, mut next: Self) {
+        for (domain, entry) in &mut next.entries {
+            let Some(fetching) = &mut entry.endpoint else {
+                continue;
+            };
+            let running = self
+                .entries
+                .get(domain)
+                .and_then(|e| e.endpoint.as_ref())
+                .filter(|f| {
+                    f.poller
+                        .as_ref()
+                        .is_some_and(|p| p.fetches(domain, &fetching.config))
+                });
+            match running {
+                Some(old) => {
+                    fetching.poller.clone_from(&old.poller);
+                    fetching.seen = old.seen;
+                    fetching.report = old.report.clone();
+                    if let Some(bundle) = &old.report.bundle {
+                        entry.loaded = Ok(bundle.clone());
+                    }
+                }
+                None => match crate::daemon::runtime::handle() {
+                    Ok(runtime) => {
+                        fetching.poller = Some(Poller::start(
+                            &runtime,
+                            domain,
+                            &fetching.config,
+                            entry.loaded.as_ref().ok().cloned(),
+                        ));
+                    }
+                    Err(err) => entry.loaded = Err(format!("cannot fetch it: {err:#}")),
+                },
+            }
+        }
         self.entries = next.entries;
         self.publish();
     }
@@ -110,10 +212,19 @@ impl TrustState {
     pub fn refresh(&mut self) -> Vec<(log::Level, String)> {
         let mut changes = Vec::new();
         for (domain, entry) in &mut self.entries {
-            if identity(&entry.path) == entry.file && entry.file.is_some() {
+            if let Some(fetching) = &mut entry.endpoint {
+                if let Some(change) = take_report(domain, fetching, &mut entry.loaded) {
+                    changes.push(change);
+                }
                 continue;
             }
-            let next = read(&entry.path, domain);
+            let Some(path) = entry.path.clone() else {
+                continue;
+            };
+            if identity(&path) == entry.file && entry.file.is_some() {
+                continue;
+            }
+            let next = read(&path, domain);
             if next.loaded != entry.loaded {
                 changes.push(match &next.loaded {
                     Ok(b) => match b.expires() {
@@ -122,7 +233,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: {} authorit(ies), expires \
                                  {expires}",
-                                entry.path.display(),
+                                path.display(),
                                 b.authorities.len(),
                             ),
                         ),
@@ -131,7 +242,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: it {}; the edges that \
                                  require it are suspended",
-                                entry.path.display(),
+                                path.display(),
                                 bundle::EMPTY
                             ),
                         ),
@@ -148,6 +259,14 @@ impl TrustState {
             self.publish();
         }
         changes
+    }
+
+    /// Every bundle-endpoint fetch's outcome, as `fetches` and `failures` count them.
+    pub fn fetch_counts(&self) -> Vec<(TrustDomain, Report)> {
+        self.entries
+            .iter()
+            .filter_map(|(d, e)| Some((d.clone(), e.endpoint.as_ref()?.report.clone())))
+            .collect()
     }
 
     /// A warning for each usable bundle that has come within `warn_before` of its expiry since
@@ -170,7 +289,7 @@ impl TrustState {
             lines.push(format!(
                 "the trust bundle of {domain} ({}) expires at {expires}; replace it \
                  before then, or the edges that require it are suspended",
-                entry.path.display()
+                entry.origin()
             ));
         }
         lines
@@ -239,7 +358,17 @@ impl TrustState {
                     });
                 BundleStatus {
                     domain: domain.to_string(),
-                    path: entry.path.display().to_string(),
+                    path: entry.origin(),
+                    source: if entry.endpoint.is_some() {
+                        "endpoint"
+                    } else {
+                        "file"
+                    }
+                    .into(),
+                    endpoint: entry
+                        .endpoint
+                        .as_ref()
+                        .map(|f| endpoint_status(f, entry.path.as_deref())),
                     state: state.into(),
                     error,
                     expires,
@@ -263,6 +392,97 @@ impl TrustState {
                 Some((d.clone(), why))
             })
             .collect()
+    }
+}
+
+/// Takes in the endpoint task's newest outcome, if `fetching` has not seen it: the bundle in
+/// force becomes the one fetched (a failure keeps the last good one), and the outcome is
+/// a line for the log.
+fn take_report(
+    domain: &TrustDomain,
+    fetching: &mut Fetched,
+    loaded: &mut Result<Bundle, String>,
+) -> Option<(log::Level, String)> {
+    let report = fetching.poller.as_ref()?.report();
+    if report.serial == fetching.seen {
+        return None;
+    }
+    fetching.seen = report.serial;
+    let url = &fetching.config.url;
+    let next = report
+        .next
+        .map_or_else(String::new, |t| format!("; next fetch at {t}"));
+    let line = match (&report.error, &report.bundle) {
+        (None, Some(bundle)) => {
+            let changed = loaded.as_ref().ok() != Some(bundle);
+            *loaded = Ok(bundle.clone());
+            let what = match bundle.expires() {
+                Some(expires) => format!(
+                    "{} authorit(ies), expires {expires}",
+                    bundle.authorities.len()
+                ),
+                None => format!(
+                    "it {}; the edges that require it are suspended",
+                    bundle::EMPTY
+                ),
+            };
+            let level = if bundle.is_empty() {
+                log::Level::Warn
+            } else {
+                log::Level::Info
+            };
+            let verb = if changed {
+                "fetched, changed"
+            } else {
+                "fetched, unchanged"
+            };
+            (
+                level,
+                format!("trust bundle of {domain} {verb} from {url}: {what}{next}"),
+            )
+        }
+        (error, _) => {
+            let why = error.as_deref().unwrap_or("no bundle");
+            let kept = match loaded {
+                Ok(b) => match b.expires() {
+                    Some(t) => format!("the bundle in force stays, until it expires at {t}"),
+                    None => "the bundle in force stays".to_owned(),
+                },
+                Err(_) => {
+                    *loaded = Err(format!("no bundle fetched yet from {url}: {why}"));
+                    "it has no bundle yet; the edges that require it are suspended".to_owned()
+                }
+            };
+            (
+                log::Level::Warn,
+                format!(
+                    "fetching the trust bundle of {domain} from {url} failed: {why}; {kept}{next}"
+                ),
+            )
+        }
+    };
+    fetching.report = report;
+    Some(line)
+}
+
+fn endpoint_status(fetching: &Fetched, bootstrap: Option<&std::path::Path>) -> EndpointStatus {
+    let r = &fetching.report;
+    EndpointStatus {
+        url: fetching.config.url.clone(),
+        profile: fetching.config.profile.name().into(),
+        endpoint_id: match &fetching.config.profile {
+            EndpointProfile::HttpsSpiffe { endpoint_id } => Some(endpoint_id.to_string()),
+            EndpointProfile::HttpsWeb => None,
+        },
+        bootstrap: bootstrap.map(|p| p.display().to_string()),
+        last_attempt: r.attempted,
+        last_success: r.succeeded,
+        last_error: r.error.clone(),
+        next_fetch: r.next,
+        refresh_seconds: r.refresh.as_secs(),
+        fetches: r.fetches,
+        failures: r.failures,
+        changes: r.changes,
     }
 }
 

@@ -2,12 +2,11 @@
 //! certificates (section 3.2, 4.1, 4.3) and leaf SVIDs (3.1, 4.1, 4.3, 5.2). Chain signatures
 //! and validity along the path are rustls-webpki's part (see `svid`).
 
+use enforcer_policy::SpiffeId;
 use jiff::Timestamp;
 use x509_parser::{
     certificate::X509Certificate, extensions::GeneralName, prelude::FromDer as _, x509::X509Version,
 };
-
-use super::spiffe_id::SpiffeId;
 
 /// The parts of a certificate the daemon reports and acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]

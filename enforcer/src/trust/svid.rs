@@ -5,11 +5,11 @@
 //! is validated by rustls-webpki (RFC 5280: signatures, validity of every certificate, CA
 //! constraints, path length and name constraints).
 
-use enforcer_policy::TrustDomain;
+use enforcer_policy::{SpiffeId, TrustDomain};
 use jiff::Timestamp;
 use rustls_pki_types::{CertificateDer, UnixTime};
 
-use super::{bundle::Bundle, certificate, spiffe_id::SpiffeId};
+use super::{bundle::Bundle, certificate};
 
 /// What the peer may use the SVID for in this handshake (checked against an extended key
 /// usage extension when the leaf has one).

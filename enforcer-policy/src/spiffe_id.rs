@@ -5,7 +5,7 @@
 
 use std::{fmt, str::FromStr};
 
-use enforcer_policy::TrustDomain;
+use crate::trust_domain::TrustDomain;
 
 const SCHEME: &str = "spiffe://";
 /// The SPIFFE ID standard's limit for a URI SAN.
@@ -21,6 +21,12 @@ pub struct SpiffeId {
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{SCHEME}{}{}", self.domain, self.path)
+    }
+}
+
+impl serde::Serialize for SpiffeId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
     }
 }
 
