@@ -5,6 +5,7 @@
 //! probe process, wherever it runs, is placed by a [`Workload`].
 
 mod capabilities;
+pub mod etcd;
 mod events;
 mod json;
 mod lan;

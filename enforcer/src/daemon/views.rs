@@ -272,6 +272,15 @@ impl Daemon {
             commits: self.commits.clone(),
             reloads: self.source.reloads.clone(),
             reload_refused: self.source.last_reload_error.is_some(),
+            source: {
+                let status = self.source.status();
+                metrics::SourceSnapshot {
+                    revision: status.revision,
+                    last_sync: status.last_sync,
+                    stale: status.stale,
+                    error: status.last_error.is_some(),
+                }
+            },
         }
     }
 }
