@@ -602,8 +602,7 @@ fn a_restart_with_etcd_unreachable_starts_from_the_saved_document() {
     a.wait_revision(second, "before the restart");
     a.sb.kill_daemon();
     // Enforcement is removed too, so what the next start enforces is what it chose.
-    let down =
-        a.sb.enforcer(&["teardown", "--pin-dir", &a.sb.pin_dir.display().to_string()]);
+    let down = a.sb.enforcer(&["teardown"]);
     assert!(down.status.success(), "{down:?}");
     for port in a.ports {
         assert_eq!(

@@ -16,6 +16,11 @@ use crate::{
     pipeline::policy_file,
 };
 
+/// How many times a request that failed is tried, and how long apart: long enough for a
+/// cluster that lost its leader to elect another (about a second with etcd's defaults).
+const ATTEMPTS: u32 = 8;
+const RETRY_AFTER: std::time::Duration = std::time::Duration::from_millis(400);
+
 #[derive(Subcommand)]
 pub enum Command {
     /// Check a policy file here, then make it the fleet's document, with compare-and-swap on
@@ -67,16 +72,45 @@ async fn apply(file: &std::path::Path, expected: Option<i64>, etcd: &EtcdArgs) -
     let keys = etcd.keys()?;
     let client = etcd.connect().await?;
     let mut kv = client::kv(&client);
-    let expected = match expected {
-        Some(revision) => revision,
-        None => client::policy_revision(&mut kv, &keys)
-            .await
-            .with_context(|| format!("reading the revision of {}", keys.policy()))?,
+    let mut attempt = 0;
+    let (expected, written) = loop {
+        attempt += 1;
+        let tried = async {
+            let expected = match expected {
+                Some(revision) => revision,
+                None => client::policy_revision(&mut kv, &keys)
+                    .await
+                    .with_context(|| format!("reading the revision of {}", keys.policy()))?,
+            };
+            let written = client::write_policy(&mut kv, &keys, &text, expected)
+                .await
+                .with_context(|| format!("writing {}", keys.policy()))?;
+            anyhow::Ok((expected, written))
+        }
+        .await;
+        match tried {
+            Ok(done) => break done,
+            // A member lost or a leader being elected fails a request for a moment; the
+            // compare-and-swap makes trying again safe.
+            Err(err) if attempt < ATTEMPTS => {
+                eprintln!("enforcer: {err:#}; trying again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Err(err) => return Err(err),
+        }
     };
-    match client::write_policy(&mut kv, &keys, &text, expected)
-        .await
-        .with_context(|| format!("writing {}", keys.policy()))?
-    {
+    // An earlier attempt that failed on the way back may have written it: that is no
+    // conflict.
+    let written = match written {
+        Written::Conflict { current } if attempt > 1 && current != 0 => {
+            match client::policy(&mut kv, &keys).await {
+                Ok(Some(doc)) if doc.text == text => Written::Written { revision: current },
+                _ => Written::Conflict { current },
+            }
+        }
+        other => other,
+    };
+    match written {
         Written::Written { revision } => {
             println!(
                 "fleet policy {} revision {revision} written from {} (was {}); every node applies \
@@ -129,10 +163,26 @@ async fn status(output: Output, etcd: &EtcdArgs) -> Result<ExitCode> {
     let keys = etcd.keys()?;
     let client = etcd.connect().await?;
     let mut kv = client::kv(&client);
-    let revision = client::policy_revision(&mut kv, &keys).await?;
+    let mut attempt = 0;
+    let (revision, records) = loop {
+        attempt += 1;
+        let read = async {
+            let revision = client::policy_revision(&mut kv, &keys).await?;
+            anyhow::Ok((revision, client::nodes(&mut kv, &keys).await?))
+        }
+        .await;
+        match read {
+            Ok(read) => break read,
+            Err(err) if attempt < ATTEMPTS => {
+                eprintln!("enforcer: {err:#}; trying again");
+                tokio::time::sleep(RETRY_AFTER).await;
+            }
+            Err(err) => return Err(err),
+        }
+    };
     let mut nodes = Vec::new();
     let mut unreadable = Vec::new();
-    for record in client::nodes(&mut kv, &keys).await? {
+    for record in records {
         match record {
             Ok(record) => nodes.push(NodeStatus {
                 current: record.revision == Some(revision) && record.error.is_none(),

@@ -183,23 +183,27 @@ pub(super) fn choose(
     }
 }
 
-/// The fleet's document as etcd has it now, within [`START_WAIT`].
+/// The fleet's document as etcd has it now, from the first member that answers within
+/// [`START_WAIT`].
 fn fetch(etcd: &EtcdArgs, keys: &Keys) -> Result<Option<Document>> {
     runtime::handle()?.block_on(async {
-        timeout(START_WAIT, async {
-            let client = etcd.connect().await?;
-            let mut kv = client::kv(&client);
-            client::policy(&mut kv, keys)
-                .await
-                .with_context(|| format!("reading {} from etcd", keys.policy()))
-        })
-        .await
-        .map_err(|_| {
-            anyhow!(
-                "etcd at {} did not answer within {START_WAIT:?}",
-                etcd.endpoints()
-            )
-        })?
+        let mut errors = Vec::new();
+        for endpoint in &etcd.etcd_endpoints {
+            let read = timeout(START_WAIT, async {
+                let client = etcd.connect_to(std::slice::from_ref(endpoint)).await?;
+                let mut kv = client::kv(&client);
+                client::policy(&mut kv, keys)
+                    .await
+                    .with_context(|| format!("reading {} from {endpoint}", keys.policy()))
+            })
+            .await
+            .unwrap_or_else(|_| Err(anyhow!("{endpoint} did not answer within {START_WAIT:?}")));
+            match read {
+                Ok(document) => return Ok(document),
+                Err(err) => errors.push(format!("{err:#}")),
+            }
+        }
+        bail!("no etcd member answered: {}", errors.join("; "))
     })
 }
 
@@ -210,32 +214,59 @@ pub(super) fn spawn(daemon: Arc<Mutex<Daemon>>, options: FleetOptions) -> Result
     Ok(())
 }
 
+/// Talks to one member at a time and moves to the next when it fails: a member that is down
+/// or cut off from the leader then costs one failed request, not a share of every request
+/// (a client balanced over all members keeps sending some to a dead one). The node reports
+/// itself stale only when a whole round of members failed.
 async fn follow(daemon: Arc<Mutex<Daemon>>, options: FleetOptions, keys: Keys) {
+    let endpoints = &options.etcd.etcd_endpoints;
     let mut backoff = BACKOFF.0;
+    let mut member = 0;
+    let mut failed_in_a_row = 0;
     loop {
-        let Err(err) = session(&daemon, &options, &keys, &mut backoff).await;
-        let why = format!("{err:#}");
+        let endpoint = &endpoints[member % endpoints.len()];
+        member += 1;
+        let mut current = false;
+        let Err(err) = session(&daemon, &options, &keys, endpoint, &mut current).await;
+        if current {
+            failed_in_a_row = 0;
+            backoff = BACKOFF.0;
+        }
+        failed_in_a_row += 1;
+        log::info!("etcd member {endpoint}: {err:#}");
+        if failed_in_a_row < endpoints.len() {
+            continue;
+        }
+        let why = format!("no etcd member answered; the last: {err:#}");
         let was = with_daemon(&daemon, move |d| {
             let fleet = d.source.fleet.as_mut()?;
             fleet.unreachable.replace(why.clone())
         })
         .await;
         if was.is_none() {
-            log::warn!("the fleet's etcd cannot be reached ({err:#}); the policy in force stays");
+            log::warn!(
+                "the fleet's etcd cannot be reached (no member answered; the last: {err:#}); \
+                 the policy in force stays"
+            );
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF.1);
     }
 }
 
-/// One connection to the cluster, until something fails.
+/// One connection to one member, until something fails; `current` is set once the node has
+/// found its document current through it.
 async fn session(
     daemon: &Arc<Mutex<Daemon>>,
     options: &FleetOptions,
     keys: &Keys,
-    backoff: &mut Duration,
+    endpoint: &str,
+    current: &mut bool,
 ) -> Result<std::convert::Infallible> {
-    let client = options.etcd.connect().await?;
+    let client = options
+        .etcd
+        .connect_to(std::slice::from_ref(&endpoint.to_owned()))
+        .await?;
     let mut kv = client::kv(&client);
     let mut leases = client.lease_client();
     let lease = within(
@@ -259,7 +290,7 @@ async fn session(
     )
     .await?;
     heartbeat(daemon, &mut kv, keys, &options.node, lease).await?;
-    *backoff = BACKOFF.0;
+    *current = true;
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {

@@ -134,15 +134,21 @@ impl EtcdArgs {
         Ok(options)
     }
 
-    /// Connects, within [`CONNECT_TIMEOUT`] (plus one request to authenticate).
+    /// Connects to every endpoint, requests spread over them, within [`CONNECT_TIMEOUT`] (plus
+    /// one request to authenticate).
     pub async fn connect(&self) -> Result<Client> {
+        self.connect_to(&self.etcd_endpoints).await
+    }
+
+    /// Connects to `endpoints` only.
+    pub async fn connect_to(&self, endpoints: &[String]) -> Result<Client> {
         let options = self.options()?;
-        let connecting = Client::connect(&self.etcd_endpoints, Some(options));
+        let connecting = Client::connect(endpoints, Some(options));
         tokio::time::timeout(CONNECT_TIMEOUT + REQUEST_TIMEOUT, connecting)
             .await
             .map_err(|_| anyhow::anyhow!("timed out"))
             .and_then(|r| r.map_err(anyhow::Error::from))
-            .with_context(|| format!("connecting to etcd at {}", self.endpoints()))
+            .with_context(|| format!("connecting to etcd at {}", endpoints.join(",")))
     }
 }
 
