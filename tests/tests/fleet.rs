@@ -639,3 +639,148 @@ fn a_restart_with_etcd_unreachable_starts_from_the_saved_document() {
     }
     a.wait_stale(false, "etcd back");
 }
+
+/// Writes `password` to a file of its own in `dir`; returns its path.
+fn password_file(dir: &Path, user: &str, password: &str) -> String {
+    let path = dir.join(format!("{user}.password"));
+    std::fs::write(&path, format!("{password}\n")).expect("writing a password file");
+    path.display().to_string()
+}
+
+#[test]
+fn with_auth_on_a_node_can_write_only_its_own_key() {
+    if !runnable("fleet_auth") {
+        return;
+    }
+    let cluster = EtcdCluster::start("fleet-auth", 3);
+    let endpoints = cluster.endpoints();
+    let mut a = Host::new("fleet-auth-a", [31291, 31292]);
+    let dir = a.sb.dir().to_path_buf();
+    let ctl = |args: &[&str]| {
+        let out = cluster.etcdctl(args);
+        assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
+    };
+    // The roles the README's "Fleet" section sets up: the administrator writes the policy,
+    // each node reads it and writes only its own key.
+    let policy_key = format!("{PREFIX}/policy");
+    let nodes = format!("{PREFIX}/nodes/");
+    let prefix_end = format!("{PREFIX}0");
+    ctl(&["user", "add", "root", "--new-user-password", "root-pw"]);
+    ctl(&["role", "add", "fleet-admin"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "fleet-admin",
+        "readwrite",
+        &format!("{PREFIX}/"),
+        &prefix_end,
+    ]);
+    ctl(&["user", "add", "admin", "--new-user-password", "admin-pw"]);
+    ctl(&["user", "grant-role", "admin", "fleet-admin"]);
+    for node in ["host-a", "host-b"] {
+        let role = format!("node-{node}");
+        ctl(&["role", "add", &role]);
+        ctl(&["role", "grant-permission", &role, "read", &policy_key]);
+        ctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "readwrite",
+            &format!("{nodes}{node}"),
+        ]);
+        ctl(&[
+            "user",
+            "add",
+            &role,
+            "--new-user-password",
+            &format!("{node}-pw"),
+        ]);
+        ctl(&["user", "grant-role", &role, &role]);
+    }
+    ctl(&["auth", "enable"]);
+
+    let admin = password_file(&dir, "admin", "admin-pw");
+    let node_a = password_file(&dir, "node-host-a", "host-a-pw");
+    let as_admin = [
+        "--etcd-user",
+        "admin",
+        "--etcd-password-file",
+        admin.as_str(),
+    ];
+    let as_node_a = [
+        "--etcd-user",
+        "node-host-a",
+        "--etcd-password-file",
+        node_a.as_str(),
+    ];
+    let path = file(&dir, "first", &document(&[&a], Some(0)));
+    let path_text = path.display().to_string();
+    let out = fleet(
+        &endpoints,
+        &[&["apply", path_text.as_str()][..], &as_admin].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "the administrator writes the policy: {out:?}"
+    );
+    let first = revision_in(&String::from_utf8_lossy(&out.stdout));
+
+    let mut flags = fleet_flags(&endpoints, "host-a");
+    flags.extend(as_node_a.iter().map(|s| (*s).to_owned()));
+    if let Err(why) = a.sb.try_start_fleet_daemon(&flags) {
+        panic!("{why}");
+    }
+    a.wait_revision(first, "a node with its own credentials");
+    a.expect(Some(0), "a node with its own credentials");
+
+    // Node a's credentials: not another node's key, not the policy.
+    let node_user = "node-host-a:host-a-pw";
+    for key in [format!("{nodes}host-b"), policy_key.clone()] {
+        let out = cluster.etcdctl(&["--user", node_user, "put", &key, "forged"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains("permission denied"),
+            "node a's credentials must not write {key}: {out:?}"
+        );
+    }
+    let second = file(&dir, "second", &document(&[&a], Some(1)));
+    let second_text = second.display().to_string();
+    let out = fleet(
+        &endpoints,
+        &[&["apply", second_text.as_str()][..], &as_node_a].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("permission denied"),
+        "a node's credentials cannot apply a fleet policy: {stderr}"
+    );
+    let root = "root:root-pw";
+    let stored = cluster.etcdctl(&["--user", root, "get", "--print-value-only", &policy_key]);
+    assert_eq!(
+        String::from_utf8_lossy(&stored.stdout).trim_end(),
+        document(&[&a], Some(0)).trim_end(),
+        "the policy is the administrator's"
+    );
+    let forged = cluster.etcdctl(&["--user", root, "get", &format!("{nodes}host-b")]);
+    assert!(
+        forged.stdout.is_empty(),
+        "nothing was written under host-b: {forged:?}"
+    );
+    // Node a still publishes its own heartbeat, and the administrator sees it.
+    let out = fleet(
+        &endpoints,
+        &[&["status", "-o", "json"][..], &as_admin].concat(),
+    );
+    let status = Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("JSON");
+    let record = status
+        .get("nodes")
+        .and_then(|n| n.find_by("node", "host-a"));
+    assert!(
+        record.is_some_and(|r| r.get("revision").and_then(Json::as_u64) == Some(first)),
+        "{status:?}"
+    );
+    a.expect(
+        Some(0),
+        "nothing a node's credentials tried changed the policy",
+    );
+}

@@ -129,7 +129,10 @@ impl EtcdArgs {
             let text = String::from_utf8(read(file)?)
                 .with_context(|| format!("{} is not UTF-8", file.display()))?;
             let password = text.lines().next().unwrap_or_default().to_owned();
-            options = options.with_user(user.clone(), password);
+            // etcd's tokens expire (5 minutes by default): a daemon runs far longer.
+            options = options
+                .with_user(user.clone(), password)
+                .with_auto_token_refresh(true);
         }
         Ok(options)
     }
