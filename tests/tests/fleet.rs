@@ -767,18 +767,25 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
         "nothing was written under host-b: {forged:?}"
     );
     // Node a still publishes its own heartbeat, and the administrator sees it.
-    let out = fleet(
-        &endpoints,
-        &[&["status", "-o", "json"][..], &as_admin].concat(),
-    );
-    let status = Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("JSON");
-    let record = status
-        .get("nodes")
-        .and_then(|n| n.find_by("node", "host-a"));
-    assert!(
-        record.is_some_and(|r| r.get("revision").and_then(Json::as_u64) == Some(first)),
-        "{status:?}"
-    );
+    let deadline = Instant::now() + patient(REACH);
+    loop {
+        let out = fleet(
+            &endpoints,
+            &[&["status", "-o", "json"][..], &as_admin].concat(),
+        );
+        let status = Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("JSON");
+        let record = status
+            .get("nodes")
+            .and_then(|n| n.find_by("node", "host-a"));
+        if record.is_some_and(|r| r.get("revision").and_then(Json::as_u64) == Some(first)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node a never published its heartbeat: {status:?}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
     a.expect(
         Some(0),
         "nothing a node's credentials tried changed the policy",
