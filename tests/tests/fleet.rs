@@ -16,9 +16,9 @@ use std::{
 };
 
 use enforcer_tests::{
-    Json, Outcome, Sandbox,
+    Exposition, Json, Outcome, Sandbox,
     etcd::{Cut, EtcdCluster},
-    patient, privileged,
+    http_get, patient, privileged,
 };
 
 const LOCALHOST: &str = "127.0.0.1";
@@ -361,8 +361,25 @@ fn a_partitioned_node_keeps_enforcing_reports_stale_and_catches_up() {
         &file(&dir, "first", &document(&[&a, &b], Some(0))),
     );
     a.start(&endpoints, "host-a");
-    b.start(&b_endpoints, "host-b");
+    let metrics = "127.0.0.1:31239";
+    let mut flags = fleet_flags(&b_endpoints, "host-b");
+    flags.extend(["--metrics-addr".to_owned(), metrics.to_owned()]);
+    if let Err(why) = b.sb.try_start_fleet_daemon(&flags) {
+        panic!("{why}");
+    }
     b.wait_revision(first, "at start");
+    let scrape = |what: &str| {
+        let body = http_get(metrics.parse().expect("an address"), "/metrics").body;
+        let exposition = Exposition::parse(&body).expect("the text format");
+        let value = |name: &str| exposition.value(name, &[]);
+        (
+            value("enforcer_policy_source_stale"),
+            value("enforcer_policy_source_revision"),
+            format!("{what}: {body}"),
+        )
+    };
+    let (stale, revision, body) = scrape("connected");
+    assert_eq!((stale, revision), (Some(0.0), Some(first as f64)), "{body}");
 
     for cut in &cuts {
         cut.set_cut(true);
@@ -371,6 +388,14 @@ fn a_partitioned_node_keeps_enforcing_reports_stale_and_catches_up() {
     assert!(
         stale.get("last_error").and_then(Json::as_str).is_some(),
         "a stale node says why: {stale:?}"
+    );
+    let (stale, revision, body) = scrape("cut off");
+    assert_eq!((stale, revision), (Some(1.0), Some(first as f64)), "{body}");
+    let shown = b.sb.enforcer(&["status"]);
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.contains("as node host-b") && shown.contains("STALE"),
+        "status says the node is stale: {shown}"
     );
     let second = apply(
         &endpoints,

@@ -608,7 +608,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            13,
+            17,
             "{declared:?}"
         );
     }
