@@ -22,6 +22,51 @@ pub struct EtcdCluster {
     dir: PathBuf,
     token: String,
     members: Vec<Member>,
+    /// Set when clients must speak TLS and present a certificate of the cluster's CA.
+    pub tls: Option<Tls>,
+}
+
+/// The PEM files of a cluster whose clients speak TLS: its CA, the members' server
+/// certificate (for 127.0.0.1) and a client certificate the CA issued.
+pub struct Tls {
+    pub ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Tls {
+    fn mint(dir: &std::path::Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let mut ca_params = CertificateParams::new(Vec::new()).expect("CA parameters");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("a CA certificate");
+        let issuer = Issuer::new(ca_params, ca_key);
+        let leaf = |names: Vec<String>| {
+            let key = KeyPair::generate().expect("a key");
+            let cert = CertificateParams::new(names)
+                .expect("leaf parameters")
+                .signed_by(&key, &issuer)
+                .expect("a leaf certificate");
+            (cert.pem(), key.serialize_pem())
+        };
+        let write = |name: &str, pem: &str| {
+            let path = dir.join(name);
+            fs::write(&path, pem).expect("writing a PEM file");
+            path
+        };
+        let (server, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client, client_key) = leaf(vec!["fleet-node".into()]);
+        Self {
+            ca: write("ca.pem", &ca.pem()),
+            server_cert: write("server.pem", &server),
+            server_key: write("server-key.pem", &server_key),
+            client_cert: write("client.pem", &client),
+            client_key: write("client-key.pem", &client_key),
+        }
+    }
 }
 
 struct Member {
@@ -56,6 +101,16 @@ pub fn installed() -> bool {
 impl EtcdCluster {
     /// Starts `size` members and waits until every one is healthy.
     pub fn start(test: &str, size: usize) -> Self {
+        Self::start_with(test, size, false)
+    }
+
+    /// [`Self::start`] with clients speaking TLS and required to present a certificate of
+    /// the cluster's CA ([`Self::tls`]).
+    pub fn start_tls(test: &str, size: usize) -> Self {
+        Self::start_with(test, size, true)
+    }
+
+    fn start_with(test: &str, size: usize, tls: bool) -> Self {
         let id = format!("{test}-{}", std::process::id());
         let dir = std::env::temp_dir().join(format!("enforcer-etcd-{id}"));
         let _ = fs::remove_dir_all(&dir);
@@ -68,10 +123,12 @@ impl EtcdCluster {
                 process: None,
             })
             .collect();
+        let tls = tls.then(|| Tls::mint(&dir));
         let mut cluster = Self {
             dir,
             token: id,
             members,
+            tls,
         };
         for i in 0..size {
             cluster.start_member(i);
@@ -91,7 +148,15 @@ impl EtcdCluster {
     }
 
     pub fn endpoint(&self, member: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[member].client)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[member].client
+        )
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
     }
 
     pub fn client_port(&self, member: usize) -> u16 {
@@ -109,9 +174,20 @@ impl EtcdCluster {
         let member = &self.members[i];
         let log = fs::File::create(self.dir.join(format!("{}.log", member.name)))
             .expect("creating a member's log");
-        let client = format!("http://127.0.0.1:{}", member.client);
+        let client = format!("{}://127.0.0.1:{}", self.scheme(), member.client);
         let peer = format!("http://127.0.0.1:{}", member.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--client-cert-auth")
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key);
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(self.dir.join(&member.name))
@@ -160,6 +236,15 @@ impl EtcdCluster {
         let mut command = Command::new("etcdctl");
         if !args.contains(&"--endpoints") {
             command.args(["--endpoints", &self.endpoints()]);
+        }
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cacert")
+                .arg(&tls.ca)
+                .arg("--cert")
+                .arg(&tls.client_cert)
+                .arg("--key")
+                .arg(&tls.client_key);
         }
         command
             .args(["--command-timeout", "3s", "--dial-timeout", "2s"])

@@ -816,3 +816,69 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
         "nothing a node's credentials tried changed the policy",
     );
 }
+
+#[test]
+fn over_tls_a_node_follows_the_fleet_with_its_client_certificate() {
+    if !runnable("fleet_tls") {
+        return;
+    }
+    let cluster = EtcdCluster::start_tls("fleet-tls", 3);
+    let endpoints = cluster.endpoints();
+    let tls = cluster.tls.as_ref().expect("a TLS cluster");
+    let (ca, cert, key) = (
+        tls.ca.display().to_string(),
+        tls.client_cert.display().to_string(),
+        tls.client_key.display().to_string(),
+    );
+    let with_cert = [
+        "--etcd-cacert",
+        ca.as_str(),
+        "--etcd-cert",
+        cert.as_str(),
+        "--etcd-key",
+        key.as_str(),
+    ];
+    let mut a = Host::new("fleet-tls-a", [31293, 31294]);
+    let dir = a.sb.dir().to_path_buf();
+    let path = file(&dir, "first", &document(&[&a], Some(0)));
+    let path_text = path.display().to_string();
+
+    // Without a client certificate the cluster refuses the administrator, and nothing is
+    // written.
+    let out = fleet(
+        &endpoints,
+        &["apply", path_text.as_str(), "--etcd-cacert", ca.as_str()],
+    );
+    assert!(!out.status.success(), "no client certificate: {out:?}");
+    let stored = cluster.etcdctl(&["get", &format!("{PREFIX}/policy")]);
+    assert!(
+        stored.status.success() && stored.stdout.is_empty(),
+        "{stored:?}"
+    );
+
+    let out = fleet(
+        &endpoints,
+        &[&["apply", path_text.as_str()][..], &with_cert].concat(),
+    );
+    assert!(out.status.success(), "with a client certificate: {out:?}");
+    let first = revision_in(&String::from_utf8_lossy(&out.stdout));
+    let mut flags = fleet_flags(&endpoints, "host-a");
+    flags.extend(with_cert.iter().map(|s| (*s).to_owned()));
+    if let Err(why) = a.sb.try_start_fleet_daemon(&flags) {
+        panic!("{why}");
+    }
+    a.wait_revision(first, "over TLS");
+    a.expect(Some(0), "the fleet's document, over TLS");
+    let second = file(&dir, "second", &document(&[&a], Some(1)));
+    let second_text = second.display().to_string();
+    let out = fleet(
+        &endpoints,
+        &[&["apply", second_text.as_str()][..], &with_cert].concat(),
+    );
+    assert!(out.status.success(), "{out:?}");
+    a.wait_revision(
+        revision_in(&String::from_utf8_lossy(&out.stdout)),
+        "over TLS",
+    );
+    a.expect(Some(1), "the fleet's second document, over TLS");
+}
