@@ -224,7 +224,10 @@ async fn follow(daemon: Arc<Mutex<Daemon>>, options: FleetOptions, keys: Keys) {
     let mut member = 0;
     let mut failed_in_a_row = 0;
     loop {
-        let endpoint = &endpoints[member % endpoints.len()];
+        let Some(endpoint) = endpoints.get(member % endpoints.len().max(1)) else {
+            log::error!("no --etcd-endpoints: the fleet's policy will not be followed");
+            return;
+        };
         member += 1;
         let mut current = false;
         let Err(err) = session(&daemon, &options, &keys, endpoint, &mut current).await;
@@ -441,11 +444,16 @@ async fn apply(
         let parsed = parse_with_bundles(&origin, &doc.text);
         (doc, parsed)
     });
-    with_daemon(daemon, move |d| apply_locked(d, &origin, revision, parsed)).await;
+    let key = keys.policy();
+    with_daemon(daemon, move |d| {
+        apply_locked(d, &key, &origin, revision, parsed)
+    })
+    .await;
 }
 
 fn apply_locked(
     d: &mut Daemon,
+    key: &str,
     origin: &str,
     revision: i64,
     parsed: Result<(Document, super::machine::Parsed)>,
@@ -459,9 +467,11 @@ fn apply_locked(
         return;
     }
     let result = match parsed {
-        Ok((doc, parsed)) => parsed.and_then(|(policy, trust)| {
-            d.apply_parsed(policy, trust, origin, &doc.text, Some(revision))
-        }),
+        Ok((doc, parsed)) => parsed
+            .and_then(|(policy, trust)| {
+                d.apply_parsed(policy, trust, origin, &doc.text, Some(revision))
+            })
+            .map(|committed| (committed, FileRead::new(Path::new(key), &doc.text))),
         Err(err) => Err(ApplyError::Rejected(vec![format!("{err:#}")])),
     };
     let generation = d.generation();
@@ -469,7 +479,7 @@ fn apply_locked(
         return;
     };
     match result {
-        Ok(committed) => {
+        Ok((committed, read)) => {
             log::info!(
                 "fleet policy revision {revision} in force ({origin}): policy generation {}; \
                  ended {} connection(s)",
@@ -479,6 +489,7 @@ fn apply_locked(
             fleet.revision = Some(revision);
             fleet.tried = Some(revision);
             fleet.refused = None;
+            d.source.read = read;
         }
         Err(ApplyError::Rejected(errors)) => {
             for e in &errors {
