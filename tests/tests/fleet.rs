@@ -341,6 +341,23 @@ fn a_fleet_apply_reaches_every_node_and_losing_one_member_changes_nothing() {
         );
         host.expect(None, "the fleet's third document, one member down");
     }
+
+    // A node that dies drops out of `fleet status` when its lease runs out; the others stay.
+    b.sb.kill_daemon();
+    let deadline = Instant::now() + patient(REACH);
+    loop {
+        let status = fleet_status(&endpoints);
+        let nodes = status.get("nodes").expect("fleet status lists nodes");
+        if nodes.find_by("node", "host-b").is_none() {
+            assert!(nodes.find_by("node", "host-a").is_some(), "{status:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "host-b is still listed after its daemon was killed: {status:?}"
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
