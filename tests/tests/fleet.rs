@@ -315,6 +315,18 @@ fn a_fleet_apply_reaches_every_node_and_losing_one_member_changes_nothing() {
         );
     }
 
+    let text = fleet(&endpoints, &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains(&format!("{PREFIX}/policy at revision {second}"))
+            && text
+                .lines()
+                .filter(|l| l.starts_with("host-") && l.ends_with("current"))
+                .count()
+                == 2,
+        "fleet status shows both nodes current: {text}"
+    );
+
     // A local apply would make this node differ from the fleet: refused, nothing changes.
     let before = a.generation();
     let local = file(&dir, "local", &document(&[&a, &b], Some(0)));
