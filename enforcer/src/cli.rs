@@ -6,6 +6,7 @@ mod attest;
 mod edge;
 mod endpoint;
 mod events;
+mod fleet;
 mod plan;
 mod policy;
 mod status;
@@ -41,8 +42,18 @@ struct Cli {
 enum Command {
     /// Load, attach and pin the programs, apply the policy, and serve the control socket.
     Daemon {
+        /// The policy file (with --source file, the default): reloaded when it changes.
         #[arg(long, env = "ENFORCER_POLICY")]
-        policy: PathBuf,
+        policy: Option<PathBuf>,
+        /// Where the policy comes from: the --policy file, or the fleet's document in etcd
+        /// (--etcd-endpoints, --etcd-prefix, --node).
+        #[arg(long, value_enum, default_value_t = SourceKind::File, env = "ENFORCER_SOURCE")]
+        source: SourceKind,
+        /// This node's name in the fleet (--source etcd); default: the host name.
+        #[arg(long, value_name = "NAME", env = "ENFORCER_NODE")]
+        node: Option<String>,
+        #[command(flatten)]
+        etcd: crate::fleet::client::EtcdArgs,
         /// Where the programs attach: a directory in the cgroup2 mount or a cgroup path
         /// relative to it. Default: the mount's root, i.e. the whole host.
         #[arg(long, env = "ENFORCER_CGROUP_ROOT")]
@@ -77,6 +88,13 @@ enum Command {
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
     /// the SVID's (attested) trust domain until the SVID expires.
     Attest(attest::Args),
+    /// One policy for a fleet of hosts, kept in etcd: write it, and see every node.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::Command,
+        #[command(flatten)]
+        etcd: crate::fleet::client::EtcdArgs,
+    },
     /// Check, plan or apply policy files.
     Policy {
         #[command(subcommand)]
@@ -226,6 +244,12 @@ fn parse_period(text: &str) -> Result<std::time::Duration, String> {
     enforcer_policy::parse_duration(text)
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SourceKind {
+    File,
+    Etcd,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Output {
     Text,
@@ -264,6 +288,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Daemon {
             policy,
+            source,
+            node,
+            etcd,
             cgroup_root,
             pin_dir,
             socket,
@@ -278,7 +305,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         } => crate::trust::bundle_endpoint::configure(&bundle_endpoints)
             .and_then(|()| {
                 daemon::run(daemon::Options {
-                    policy,
+                    source: policy_source(source, policy, node, etcd)?,
                     cgroup_root,
                     pin_dir: PinDir::new(pin_dir),
                     socket,
@@ -295,6 +322,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 })
             })
             .map(|()| ExitCode::SUCCESS),
+        Command::Fleet { command, etcd } => fleet::run(command, &etcd),
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => Ok(policy::check(&files)),
@@ -342,6 +370,39 @@ fn run(cli: Cli) -> Result<ExitCode> {
             cgroup_root,
         } => {
             teardown::run(&PinDir::new(pin_dir), cgroup_root.as_deref()).map(|()| ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// `--source` with the flags that go with it, checked before anything else happens.
+fn policy_source(
+    source: SourceKind,
+    policy: Option<PathBuf>,
+    node: Option<String>,
+    etcd: crate::fleet::client::EtcdArgs,
+) -> Result<daemon::PolicySource> {
+    match (source, policy) {
+        (SourceKind::File, Some(policy)) => Ok(daemon::PolicySource::File(policy)),
+        (SourceKind::File, None) => bail!("--policy FILE is required (or --source etcd)"),
+        (SourceKind::Etcd, Some(policy)) => bail!(
+            "--policy {} and --source etcd exclude each other: with --source etcd the policy is \
+             the fleet's document (write it with `enforcer fleet apply FILE`)",
+            policy.display()
+        ),
+        (SourceKind::Etcd, None) => {
+            etcd.check()?;
+            let node = match node {
+                Some(node) => node,
+                None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .map_err(|err| anyhow::anyhow!("reading the host name for --node: {err}"))?,
+            };
+            let node = node
+                .parse()
+                .map_err(|err: String| anyhow::anyhow!("--node: {err}"))?;
+            Ok(daemon::PolicySource::Etcd(
+                daemon::fleet_source::FleetOptions { etcd, node },
+            ))
         }
     }
 }

@@ -8,6 +8,7 @@ pub mod admission;
 mod attest_server;
 mod attested;
 mod capabilities;
+pub mod fleet_source;
 mod heap;
 pub mod host;
 pub mod machine;
@@ -62,8 +63,29 @@ use crate::{
     trust::bundles::TrustState,
 };
 
+/// Where the daemon takes its policy from.
+pub enum PolicySource {
+    /// `--policy FILE`, reloaded when it changes.
+    File(PathBuf),
+    /// `--source etcd`: the fleet's document.
+    Etcd(fleet_source::FleetOptions),
+}
+
+impl PolicySource {
+    /// How messages name it: the file, or the fleet's key.
+    fn path(&self) -> PathBuf {
+        match self {
+            Self::File(path) => path.clone(),
+            Self::Etcd(fleet) => fleet
+                .etcd
+                .keys()
+                .map_or_else(|_| "etcd".into(), |k| format!("etcd:{}", k.policy()).into()),
+        }
+    }
+}
+
 pub struct Options {
-    pub policy: PathBuf,
+    pub source: PolicySource,
     pub cgroup_root: Option<PathBuf>,
     pub pin_dir: PinDir,
     pub socket: PathBuf,
@@ -107,9 +129,11 @@ pub fn run(options: Options) -> Result<()> {
         text,
         policy,
         read,
-        start,
+        at_start,
+        reason,
         saved_generation,
         refused,
+        fleet,
     } = chosen;
     // A path that is taken is refused now, not when the socket is bound after pinning.
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
@@ -183,21 +207,7 @@ pub fn run(options: Options) -> Result<()> {
     // The maps hold the generation in force; after a reboot they start again at 0 and the
     // saved policy's generation keeps the numbers from going back.
     let generation = maps.active()?.config.generation.max(saved_generation);
-    let policy_path = options.policy.clone();
-    let (at_start, reason) = match &start {
-        restart::Start::Keep => (
-            "kept",
-            format!(
-                "--policy {} has not changed since the daemon last read it; the policy last \
-                 applied ({file}) stays",
-                policy_path.display()
-            ),
-        ),
-        restart::Start::Take(why) => (
-            "taken",
-            format!("--policy {} takes over: {why}", policy_path.display()),
-        ),
-    };
+    let policy_path = options.source.path();
     log::info!("{reason}");
     if let Some(why) = &refused {
         log::error!(
@@ -240,6 +250,8 @@ pub fn run(options: Options) -> Result<()> {
             reason,
             last_reload_error: refused,
             reloads: metrics::Reloads::default(),
+            last_sync: fleet.is_none().then(jiff::Timestamp::now),
+            fleet,
         },
         manager: None,
     };
@@ -250,7 +262,8 @@ pub fn run(options: Options) -> Result<()> {
         );
     }
     let applying = Instant::now();
-    let applied = daemon.apply_parsed(policy, trust, &file, &text);
+    let revision = daemon.source.fleet.as_ref().and_then(|f| f.revision);
+    let applied = daemon.apply_parsed(policy, trust, &file, &text, revision);
     let apply_time = applying.elapsed();
     // The daemon runs inside this function: the text would otherwise stay for its lifetime.
     drop(text);
@@ -275,11 +288,13 @@ pub fn run(options: Options) -> Result<()> {
     };
     // Recorded once the policy it chose is in force: a start that fails before reads the
     // file again next time.
-    if let Err(err) = restart::save_file_read(
-        &daemon.host.state_dir,
-        &daemon.source.read,
-        daemon.source.last_reload_error.as_deref(),
-    ) {
+    if daemon.source.fleet.is_none()
+        && let Err(err) = restart::save_file_read(
+            &daemon.host.state_dir,
+            &daemon.source.read,
+            daemon.source.last_reload_error.as_deref(),
+        )
+    {
         log::warn!(
             "could not record the read of --policy {}: {err:#}",
             policy_path.display()
@@ -312,9 +327,19 @@ pub fn run(options: Options) -> Result<()> {
     daemon.manager.clone_from(&manager);
     let (daemon, events_draining) =
         services.spawn(daemon, &events, options.attest_socket.as_deref())?;
-    if let Err(err) = reload::spawn(Arc::clone(&daemon), policy_path, &sighup) {
-        // Enforcement is in place; only reloads are missing, which the log says.
-        log::error!("--policy will not be reloaded: {err:#}");
+    match options.source {
+        PolicySource::File(path) => {
+            if let Err(err) = reload::spawn(Arc::clone(&daemon), path, &sighup) {
+                // Enforcement is in place; only reloads are missing, which the log says.
+                log::error!("--policy will not be reloaded: {err:#}");
+            }
+        }
+        // Enforcement is in place; the log says the fleet's changes will not reach it.
+        PolicySource::Etcd(fleet) => {
+            if let Err(err) = fleet_source::spawn(Arc::clone(&daemon), fleet) {
+                log::error!("the fleet's policy will not be followed: {err:#}");
+            }
+        }
     }
     stop::spawn(
         stop::Stop {
@@ -483,13 +508,18 @@ struct Chosen {
     origin: String,
     text: String,
     policy: Policy,
-    /// `--policy FILE` as read now.
+    /// `--policy FILE` as read now (the fleet's document, for `--source etcd`).
     read: restart::FileRead,
-    start: restart::Start,
+    /// Whether the source's policy took over ("taken") or the one last applied stayed
+    /// ("kept"), and why.
+    at_start: &'static str,
+    reason: String,
     /// The generation of the saved policy (0 when none was saved).
     saved_generation: u64,
     /// Why this content of `--policy FILE` was refused when last read, if it was.
     refused: Option<String>,
+    /// How the fleet's document stood at start, for `--source etcd`.
+    fleet: Option<restart::FleetSync>,
 }
 
 /// Loads the programs and reads the policy. The kernel side (probing the kernel, opening or
@@ -534,7 +564,15 @@ fn prepare(options: &Options) -> Result<Prepared> {
 /// or the policy last applied stays (see [`restart`]); reads and checks the one chosen.
 /// Changes nothing.
 fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Error)> {
-    let path = &options.policy;
+    match &options.source {
+        PolicySource::File(path) => choose_file(path, &options.state_dir),
+        PolicySource::Etcd(fleet) => fleet_source::choose(fleet, &options.state_dir),
+    }
+}
+
+/// [`choose_policy`] for `--policy FILE`.
+fn choose_file(path: &Path, state: &StateDir) -> Result<Chosen, (Vec<String>, anyhow::Error)> {
+    let path = &path.to_path_buf();
     let file = path.display().to_string();
     let text = crate::pipeline::policy_file::read(path)
         .map_err(|why| (Vec::new(), anyhow::anyhow!("{why}; nothing was changed")))?;
@@ -542,7 +580,6 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
         &std::path::absolute(path).unwrap_or_else(|_| path.clone()),
         &text,
     );
-    let state = &options.state_dir;
     let saved = restart::load(state);
     let last = match (restart::load_file_read(state), &saved) {
         (Ok(last), _) => last,
@@ -560,7 +597,7 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
         .filter(|_| start == restart::Start::Keep)
         .and_then(|l| l.refused);
     match start {
-        restart::Start::Take(_) => {
+        restart::Start::Take(why) => {
             let saved_generation = match saved {
                 Ok(saved) => saved.map_or(0, |s| s.generation),
                 Err(err) => {
@@ -572,13 +609,15 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
                 format!("policy {file} was refused; nothing was changed")
             })?;
             Ok(Chosen {
+                reason: format!("--policy {file} takes over: {why}"),
                 origin: file,
                 text,
                 policy,
                 read,
-                start,
+                at_start: "taken",
                 saved_generation,
                 refused: None,
+                fleet: None,
             })
         }
         restart::Start::Keep => {
@@ -603,13 +642,18 @@ fn choose_policy(options: &Options) -> Result<Chosen, (Vec<String>, anyhow::Erro
                 )
             })?;
             Ok(Chosen {
+                reason: format!(
+                    "--policy {file} has not changed since the daemon last read it; the policy \
+                     last applied ({origin}) stays"
+                ),
                 origin,
                 text: saved.text,
                 policy,
                 read,
-                start,
+                at_start: "kept",
                 saved_generation: saved.generation,
                 refused,
+                fleet: None,
             })
         }
     }

@@ -10,6 +10,7 @@
 //! - [`why`]: `enforcer why`, the kernel's decision for one flow, reproduced from the live maps
 //!   with the kernel's own classification and verdict code (`enforcer_common`).
 //! - [`observe`]: what the daemon tells people: decision events, metrics, logs.
+//! - [`fleet`]: the fleet's etcd cluster: connecting, the keys, the documents.
 //! - [`trust`]: SPIFFE identity: bundles, SVIDs, TLS, attestation.
 //! - [`kernel`]: everything that touches the kernel: programs, maps, cgroups, sockets,
 //!   netlink.
@@ -27,6 +28,7 @@
 mod api;
 pub mod cli;
 mod daemon;
+mod fleet;
 mod kernel;
 mod listener;
 mod observe;

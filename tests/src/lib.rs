@@ -6,6 +6,7 @@
 
 pub mod bundle_server;
 mod capabilities;
+pub mod etcd;
 mod events;
 mod json;
 mod lan;

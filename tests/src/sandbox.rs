@@ -469,7 +469,18 @@ impl Sandbox {
         policy: &Path,
         extra: &[&str],
     ) -> Result<(), String> {
-        let command = self.daemon_command_from(binary, policy, Path::new(&self.root), extra);
+        let command = self.daemon_command_from(binary, Some(policy), Path::new(&self.root), extra);
+        self.try_start(command)
+    }
+
+    /// Starts a daemon that takes its policy from a fleet (`extra`: `--source etcd` and its
+    /// flags) and waits until it serves its control socket; what it logged when it exits
+    /// before that.
+    pub fn try_start_fleet_daemon(
+        &mut self,
+        extra: &[impl AsRef<std::ffi::OsStr>],
+    ) -> Result<(), String> {
+        let command = self.daemon_command_from(&enforcer(), None, Path::new(&self.root), extra);
         self.try_start(command)
     }
 
@@ -542,14 +553,14 @@ impl Sandbox {
         cgroup_root: &Path,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Command {
-        self.daemon_command_from(&enforcer(), policy, cgroup_root, extra)
+        self.daemon_command_from(&enforcer(), Some(policy), cgroup_root, extra)
     }
 
     /// [`Self::daemon_command_at`] running `binary`.
     fn daemon_command_from(
         &self,
         binary: &Path,
-        policy: &Path,
+        policy: Option<&Path>,
         cgroup_root: &Path,
         extra: &[impl AsRef<std::ffi::OsStr>],
     ) -> Command {
@@ -560,8 +571,11 @@ impl Sandbox {
         command
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .arg("daemon")
-            .arg("--policy")
-            .arg(policy)
+            .args(
+                policy
+                    .iter()
+                    .flat_map(|p| [std::ffi::OsStr::new("--policy"), p.as_os_str()]),
+            )
             .arg("--cgroup-root")
             .arg(cgroup_root)
             .arg("--pin-dir")

@@ -8,11 +8,21 @@ use std::process::Command;
 use anyhow::{Context as _, Result, bail};
 
 const APT_PACKAGES: [&str; 3] = ["llvm-22-dev", "libpolly-22-dev", "libzstd-dev"];
+/// The fleet tests run a real etcd cluster and drive it with `etcdctl`; the `etcd-client`
+/// crate generates its gRPC code with `protoc` at build time, which needs the well-known
+/// types (`google/protobuf/descriptor.proto`) of `libprotobuf-dev`.
+const FLEET_PACKAGES: [&str; 4] = [
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
+    "libprotobuf-dev",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     component("nightly", "rust-src")?;
     llvm()?;
+    apt_install(&FLEET_PACKAGES)?;
     bpf_linker()
 }
 

@@ -74,6 +74,37 @@ pub struct PolicySourceStatus {
     /// Why the last reload of the file was refused (the running policy stayed); `None` when
     /// none was refused since the last one applied.
     pub last_reload_error: Option<String>,
+    /// "file" (`--policy FILE`) or "etcd" (`--source etcd`).
+    #[serde(default = "file_kind")]
+    pub kind: String,
+    /// The revision of the fleet document in force (etcd only).
+    #[serde(default)]
+    pub revision: Option<i64>,
+    /// When the daemon last found its source's policy current: the file read, or the fleet's
+    /// document confirmed as the latest.
+    #[serde(default)]
+    pub last_sync: Option<Timestamp>,
+    /// Whether the daemon cannot confirm it enforces its source's latest policy (etcd
+    /// unreachable or without a quorum); it keeps enforcing the last good one meanwhile.
+    #[serde(default)]
+    pub stale: bool,
+    /// Why the source's last document was refused, or why the source cannot be read.
+    #[serde(default)]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub etcd: Option<EtcdSourceStatus>,
+}
+
+fn file_kind() -> String {
+    "file".into()
+}
+
+/// The fleet's etcd cluster, as `--source etcd` names it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EtcdSourceStatus {
+    pub endpoints: String,
+    pub prefix: String,
+    pub node: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -12,13 +12,38 @@ impl Display for Status {
         writeln!(f, "generation:   {}", self.generation)?;
         writeln!(f, "policy:       {}", self.policy_file)?;
         if let Some(source) = &self.policy_source {
-            writeln!(
-                f,
-                "--policy:     {} ({} at start: {})",
-                source.file, source.at_start, source.reason
-            )?;
-            if let Some(error) = &source.last_reload_error {
-                writeln!(f, "  last reload refused: {error}")?;
+            match &source.etcd {
+                None => {
+                    writeln!(
+                        f,
+                        "--policy:     {} ({} at start: {})",
+                        source.file, source.at_start, source.reason
+                    )?;
+                    if let Some(error) = &source.last_reload_error {
+                        writeln!(f, "  last reload refused: {error}")?;
+                    }
+                }
+                Some(etcd) => {
+                    writeln!(
+                        f,
+                        "source:       etcd {} prefix {} as node {}",
+                        etcd.endpoints, etcd.prefix, etcd.node
+                    )?;
+                    let revision = source
+                        .revision
+                        .map_or_else(|| "none".to_owned(), |r| r.to_string());
+                    let synced = source
+                        .last_sync
+                        .map_or_else(|| "never".to_owned(), |t| t.to_string());
+                    writeln!(
+                        f,
+                        "  revision {revision}, last sync {synced}{}",
+                        if source.stale { ", STALE" } else { "" }
+                    )?;
+                    if let Some(error) = &source.last_error {
+                        writeln!(f, "  last error: {error}")?;
+                    }
+                }
             }
         }
         writeln!(f, "daemon pid:   {}", self.daemon_pid)?;

@@ -125,21 +125,29 @@ pub(super) enum ApplyError {
 impl Daemon {
     fn apply(&mut self, file: &str, text: &str, parsed: Parsed) -> Result<Committed, ApplyError> {
         let (policy, trust) = parsed?;
-        self.apply_parsed(policy, trust, file, text)
+        self.apply_parsed(policy, trust, file, text, None)
     }
 
     /// Compiles and swaps in a policy already parsed from `text` with the bundles it names,
-    /// keeping the grants.
+    /// keeping the grants. `revision` is the document's revision in the fleet's store, when it
+    /// came from there.
     pub(super) fn apply_parsed(
         &mut self,
         policy: Policy,
         trust: TrustState,
         file: &str,
         text: &str,
+        revision: Option<i64>,
     ) -> Result<Committed, ApplyError> {
         let book = self.state.book.clone();
         // Saved with the edge record before the swap: a restart starts from it.
-        let saving = SavedPolicy { origin: file, text };
+        let source = self.source.label();
+        let saving = SavedPolicy {
+            origin: file,
+            text,
+            source: source.as_deref(),
+            revision,
+        };
         let committed = self.commit_saving(policy, book, Some(trust), file, Some(&saving))?;
         self.state.policy_file = file.to_owned();
         // A copy for people to read; written whole or not at all.
@@ -516,6 +524,20 @@ impl Daemon {
             })
         };
         match request {
+            Request::Apply { file, .. } if self.source.fleet.is_some() => {
+                let prefix = self.source.label().unwrap_or_default();
+                log::warn!(
+                    "refused a local policy apply of {file}: the policy comes from {prefix}"
+                );
+                Response::Error {
+                    message: format!(
+                        "this daemon takes its policy from the fleet ({prefix}, --source etcd): \
+                         a local apply would be undone by the fleet's next document and would \
+                         make this node differ from the fleet; nothing changed. Apply it to \
+                         every node with `enforcer fleet apply {file}`"
+                    ),
+                }
+            }
             Request::Apply { file, text } => match self.apply(&file, &text, parsed()) {
                 Ok(committed) => {
                     let Committed {

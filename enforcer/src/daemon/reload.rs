@@ -223,7 +223,8 @@ fn apply<'a>(
     // Parsed before the daemon is locked, as a `policy apply` is.
     let parsed = parse_with_bundles(file, &text);
     let mut d = lock(daemon);
-    let result = parsed.and_then(|(policy, trust)| d.apply_parsed(policy, trust, file, &text));
+    let result =
+        parsed.and_then(|(policy, trust)| d.apply_parsed(policy, trust, file, &text, None));
     drop(text);
     match result {
         Ok(Committed {
@@ -238,6 +239,7 @@ fn apply<'a>(
                 log::log!(level, "{line}");
             }
             d.source.last_reload_error = None;
+            d.source.last_sync = Some(jiff::Timestamp::now());
             d.source.reloads.record(true);
         }
         Err(ApplyError::Failed(err)) => {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
 use crate::{
-    api::status::PolicySourceStatus,
+    api::status::{EtcdSourceStatus, PolicySourceStatus},
     observe::metrics::Reloads,
     paths::{StateDir, save_json},
 };
@@ -43,17 +43,88 @@ pub struct Source {
     /// Why the last reload was refused; `None` once one is applied.
     pub last_reload_error: Option<String>,
     pub reloads: Reloads,
+    /// When the policy last came from the file (read at start or reloaded).
+    pub last_sync: Option<jiff::Timestamp>,
+    /// Set when the policy comes from the fleet's etcd cluster rather than `--policy FILE`.
+    pub fleet: Option<FleetSync>,
 }
 
 impl Source {
     pub fn status(&self) -> PolicySourceStatus {
+        let (kind, revision, last_sync, stale, last_error, etcd) = match &self.fleet {
+            None => (
+                "file",
+                None,
+                self.last_sync,
+                false,
+                self.last_reload_error.clone(),
+                None,
+            ),
+            Some(fleet) => (
+                "etcd",
+                fleet.revision,
+                fleet.last_sync,
+                fleet.stale(),
+                fleet.last_error(),
+                Some(EtcdSourceStatus {
+                    endpoints: fleet.endpoints.clone(),
+                    prefix: fleet.prefix.clone(),
+                    node: fleet.node.clone(),
+                }),
+            ),
+        };
         PolicySourceStatus {
             file: self.path.display().to_string(),
             sha256: self.read.sha256.clone(),
             at_start: self.at_start.into(),
             reason: self.reason.clone(),
             last_reload_error: self.last_reload_error.clone(),
+            kind: kind.into(),
+            revision,
+            last_sync,
+            stale,
+            last_error,
+            etcd,
         }
+    }
+
+    /// What a saved policy records as its source: `None` for a file or a local apply.
+    pub fn label(&self) -> Option<String> {
+        self.fleet.as_ref().map(FleetSync::label)
+    }
+}
+
+/// How the fleet's document reaches this node: what `status` and the heartbeat report.
+#[derive(Debug, Clone, Default)]
+pub struct FleetSync {
+    pub endpoints: String,
+    pub prefix: String,
+    pub node: String,
+    /// The revision of the document in force; `None` before any came from the fleet.
+    pub revision: Option<i64>,
+    /// The last revision tried, in force or refused: a refused one is not tried again.
+    pub tried: Option<i64>,
+    /// The last time the node found the fleet's document current.
+    pub last_sync: Option<jiff::Timestamp>,
+    /// Why the last document tried was refused; `None` once one is in force.
+    pub refused: Option<String>,
+    /// Why the node cannot reach the fleet's cluster now (or it has no quorum): while set,
+    /// the node is stale, enforcing the last good document.
+    pub unreachable: Option<String>,
+}
+
+impl FleetSync {
+    pub fn stale(&self) -> bool {
+        self.unreachable.is_some()
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.unreachable.clone().or_else(|| self.refused.clone())
+    }
+
+    /// The source a saved policy records, so that a start knows it came from this fleet.
+    pub fn label(&self) -> String {
+        format!("etcd {}", self.prefix)
     }
 }
 
@@ -83,12 +154,20 @@ pub struct Saved {
     /// The SHA-256 of `text`, checked when it is read back.
     pub sha256: String,
     pub text: String,
+    /// Where it came from when not a file or a local apply (`etcd PREFIX`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Its revision in that source.
+    #[serde(default)]
+    pub revision: Option<i64>,
 }
 
-/// What an apply saves: the text it put in force and its name.
+/// What an apply saves: the text it put in force, its name, and where it came from.
 pub struct SavedPolicy<'a> {
     pub origin: &'a str,
     pub text: &'a str,
+    pub source: Option<&'a str>,
+    pub revision: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +176,10 @@ struct SavedRef<'a> {
     generation: u64,
     sha256: String,
     text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    source: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<i64>,
 }
 
 /// Saves `policy` as the one in force under `generation`, atomically.
@@ -108,6 +191,8 @@ pub fn save(state: &StateDir, policy: &SavedPolicy<'_>, generation: u64) -> Resu
             generation,
             sha256: fingerprint(policy.text),
             text: policy.text,
+            source: policy.source,
+            revision: policy.revision,
         },
     )
 }
@@ -287,12 +372,18 @@ mod tests {
         let policy = SavedPolicy {
             origin: "other.yaml",
             text: "version: 1\n",
+            source: Some("etcd /enforcer"),
+            revision: Some(12),
         };
         save(&state, &policy, 7).expect("saved");
         let saved = load(&state).expect("readable").expect("saved");
         assert_eq!(
             (saved.origin.as_str(), saved.generation, saved.text.as_str()),
             ("other.yaml", 7, "version: 1\n")
+        );
+        assert_eq!(
+            (saved.source.as_deref(), saved.revision),
+            (Some("etcd /enforcer"), Some(12))
         );
         let file = read("/p.yaml", "x");
         save_file_read(&state, &file, Some("bad")).expect("saved");

@@ -507,6 +507,8 @@ mod tests {
     const APPLIED: SavedPolicy<'static> = SavedPolicy {
         origin: "other.yaml",
         text: "version: 1\ndomains: []\n",
+        source: None,
+        revision: None,
     };
 
     #[test]

@@ -285,6 +285,15 @@ impl Daemon {
                     last_success: r.succeeded,
                 })
                 .collect(),
+            source: {
+                let status = self.source.status();
+                metrics::SourceSnapshot {
+                    revision: status.revision,
+                    last_sync: status.last_sync,
+                    stale: status.stale,
+                    error: status.last_error.is_some(),
+                }
+            },
         }
     }
 }

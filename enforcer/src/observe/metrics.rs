@@ -54,6 +54,8 @@ pub struct Snapshot {
     pub reload_refused: bool,
     /// Bundle-endpoint fetches, by domain.
     pub bundle_fetches: Vec<BundleFetches>,
+    /// Where the policy comes from and how current it is.
+    pub source: SourceSnapshot,
 }
 
 /// The fetches of one domain's bundle endpoint so far.
@@ -64,6 +66,16 @@ pub struct BundleFetches {
     pub failures: u64,
     pub changes: u64,
     pub last_success: Option<jiff::Timestamp>,
+}
+
+/// The policy source's state, for the metrics.
+#[derive(Debug, Clone, Default)]
+pub struct SourceSnapshot {
+    /// The fleet document's revision in force (etcd only).
+    pub revision: Option<i64>,
+    pub last_sync: Option<jiff::Timestamp>,
+    pub stale: bool,
+    pub error: bool,
 }
 
 /// How a policy change (apply, grant, revoke or expiry) ended.
@@ -159,6 +171,40 @@ impl Reloads {
         self.outcomes
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
+    }
+}
+
+fn register_source(registry: &mut Registry, source: &SourceSnapshot) {
+    let gauge = |value: u64| {
+        let gauge = Gauge::<u64, std::sync::atomic::AtomicU64>::default();
+        gauge.set(value);
+        gauge
+    };
+    registry.register(
+        "policy_source_stale",
+        "1 while the daemon cannot confirm it enforces its source's latest policy (etcd \
+         unreachable or without a quorum; the last good policy stays in force), 0 otherwise",
+        gauge(u64::from(source.stale)),
+    );
+    registry.register(
+        "policy_source_error",
+        "1 while the source's last document was refused or the source cannot be read (the \
+         reason is in status as policy_source.last_error), 0 otherwise",
+        gauge(u64::from(source.error)),
+    );
+    if let Some(revision) = source.revision {
+        registry.register(
+            "policy_source_revision",
+            "The etcd revision of the fleet policy document in force",
+            gauge(u64::try_from(revision).unwrap_or(0)),
+        );
+    }
+    if let Some(at) = source.last_sync {
+        registry.register(
+            "policy_source_last_sync_timestamp_seconds",
+            "When the daemon last found its source's policy current (Unix time)",
+            gauge(u64::try_from(at.as_second()).unwrap_or(0)),
+        );
     }
 }
 
@@ -351,6 +397,7 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
          last_reload_error), 0 otherwise",
         reload_refused,
     );
+    register_source(&mut registry, &snapshot.source);
 
     let fetches = Counters::<FetchLabels>::default();
     let changes = Counters::<DomainLabels>::default();
@@ -530,6 +577,12 @@ mod tests {
                 changes: 1,
                 last_success: Some("2026-11-23T10:00:02Z".parse().expect("time")),
             }],
+            source: SourceSnapshot {
+                revision: Some(42),
+                last_sync: Some("2026-11-23T10:00:00Z".parse().expect("timestamp")),
+                stale: true,
+                error: false,
+            },
         }
     }
 
@@ -576,6 +629,10 @@ mod tests {
             r#"enforcer_bundle_endpoint_fetches_total{domain="prod.example.org",outcome="failed"} 2"#,
             r#"enforcer_bundle_endpoint_changes_total{domain="prod.example.org"} 1"#,
             r#"enforcer_bundle_endpoint_last_success_timestamp_seconds{domain="prod.example.org"} 1795428002.0"#,
+            "enforcer_policy_source_stale 1",
+            "enforcer_policy_source_error 0",
+            "enforcer_policy_source_revision 42",
+            "enforcer_policy_source_last_sync_timestamp_seconds 1795428000",
             r#"enforcer_map_entries{map="ENF_BINDINGS"} 2"#,
             r#"enforcer_map_max_entries{map="ENF_BINDINGS"} 65536"#,
         ] {
@@ -626,7 +683,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            16,
+            20,
             "{declared:?}"
         );
     }

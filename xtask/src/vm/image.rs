@@ -23,8 +23,9 @@ const SUITE: &str = "bookworm";
 const MIRROR: &str = "http://deb.debian.org/debian";
 /// What the guest runs besides the test binaries: `ip` (the tests make network namespaces,
 /// veth pairs and bridges), `modprobe` (the kernel calls it to load the modules those need),
-/// and coreutils' `timeout` (minbase) to bound each test binary.
-const PACKAGES: [&str; 2] = ["iproute2", "kmod"];
+/// coreutils' `timeout` (minbase) to bound each test binary, and `etcd` and `etcdctl` (the
+/// fleet tests run a three-member cluster on the guest's loopback; about 40 MB of memory).
+const PACKAGES: [&str; 4] = ["iproute2", "kmod", "etcd-server", "etcd-client"];
 /// Documentation and package caches: nothing in the guest reads them.
 const PRUNE: [&str; 6] = [
     "usr/share/doc",
