@@ -300,10 +300,7 @@ mod tests {
         let r = EventRecord::describe(&e, &Fixed, &Clocks::now()).unwrap();
         assert_eq!((r.pid, r.comm), (None, None));
         assert_eq!(r.edge.as_deref(), Some("#9"));
-        assert_eq!(
-            (&*r.verdict, &*r.reason),
-            ("refused", "edge_expired")
-        );
+        assert_eq!((&*r.verdict, &*r.reason), ("refused", "edge_expired"));
     }
 
     #[test]
