@@ -17,7 +17,8 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::free_text::{FreeTextError, free_text};
 use crate::input;
 use crate::model::{
-    Action, BundleFile, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
+    Action, BundleFile, BundleFrom, BundleSource, CgroupPath, Defaults, Domain, Edge, EdgeEnd,
+    EdgeId, Mode, Policy, Protocol,
 };
 use crate::ports::PortRange;
 use crate::shared_names;
@@ -36,7 +37,15 @@ const DEFAULTS_KEYS: &[&str] = &[
     "max_grant_ttl",
     "require_bundles",
 ];
-const DOMAIN_KEYS: &[&str] = &["name", "mode", "cgroups", "endpoints", "bundle", "attested"];
+const DOMAIN_KEYS: &[&str] = &[
+    "name",
+    "mode",
+    "cgroups",
+    "endpoints",
+    "bundle",
+    "bundle_from",
+    "attested",
+];
 const EDGE_KEYS: &[&str] = &[
     "id",
     "from",
@@ -460,6 +469,14 @@ fn read_bool(v: &Value, diags: &mut Diagnostics) -> Option<At<bool>> {
     Some(At { value, pos: v.pos })
 }
 
+fn read_bundle_source(v: &Value, diags: &mut Diagnostics) -> Option<At<BundleSource>> {
+    let value = read_keyword(v, "`workload_api`", diags, |text| match text {
+        "workload_api" => Some(BundleSource::WorkloadApi),
+        _ => None,
+    })?;
+    Some(At { value, pos: v.pos })
+}
+
 fn read_mode(v: &Value, diags: &mut Diagnostics) -> Option<Mode> {
     read_keyword(v, "`enforce` or `audit`", diags, |text| match text {
         "enforce" => Some(Mode::Enforce),
@@ -492,15 +509,23 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
     let bundle = optional(&fields, "bundle", diags, |v, diags| {
         read_with(v, "a file path", diags, parse_bundle_path)
     });
+    let bundle_from = optional(&fields, "bundle_from", diags, read_bundle_source);
     let attested = optional(&fields, "attested", diags, read_bool);
-    // A broken `bundle` or `attested` is reported; the domain is kept so that edges naming
-    // it are not also reported as naming an unknown domain.
-    let (bundle, attested) = (bundle.flatten(), attested.flatten());
+    // A broken `bundle`, `bundle_from` or `attested` is reported; the domain is kept so that
+    // edges naming it are not also reported as naming an unknown domain.
+    let (bundle, bundle_from, attested) =
+        (bundle.flatten(), bundle_from.flatten(), attested.flatten());
+    if let (Some(_), Some(from)) = (&bundle, &bundle_from) {
+        diags.error(
+            from.pos,
+            "a domain's bundle comes from one place: remove `bundle` or `bundle_from`",
+        );
+    }
     if let Some(attested) = attested.as_ref().filter(|a| a.value) {
-        if bundle.is_none() {
+        if bundle.is_none() && bundle_from.is_none() {
             diags.error(
                 attested.pos,
-                "an attested domain needs a `bundle`: attestation checks SVIDs against it",
+                "an attested domain needs a `bundle` or `bundle_from`: attestation checks SVIDs against it",
             );
         }
         if let Some(first) = cgroups.first() {
@@ -520,7 +545,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         domain: name.value.clone(),
         item: item.clone(),
     }));
-    if bundle.is_some() {
+    if bundle.is_some() || bundle_from.is_some() {
         sites.bundled.push(name.value.clone());
     }
     Some(Domain {
@@ -532,6 +557,11 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
             path: b.value,
             line: b.pos.line,
             column: b.pos.column,
+        }),
+        bundle_from: bundle_from.map(|from| BundleFrom {
+            source: from.value,
+            line: from.pos.line,
+            column: from.pos.column,
         }),
         attested: attested.is_some_and(|a| a.value),
     })

@@ -34,6 +34,7 @@ fn example_parses_to_expected_model() {
                     "fd00:10::/64".parse().expect("valid"),
                 ],
                 bundle: None,
+                bundle_from: None,
                 attested: false,
             },
             Domain {
@@ -42,6 +43,7 @@ fn example_parses_to_expected_model() {
                 cgroups: vec!["/workloads/staging".parse().expect("valid")],
                 endpoints: vec![],
                 bundle: None,
+                bundle_from: None,
                 attested: false,
             },
         ],

@@ -71,6 +71,8 @@ enum Command {
         bundle_warn_before: std::time::Duration,
         #[command(flatten)]
         remote_admin: daemon::remote_admin::Args,
+        #[command(flatten)]
+        workload_api: crate::trust::workload_api::Args,
     },
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
     /// the SVID's (attested) trust domain until the SVID expires.
@@ -272,20 +274,31 @@ fn run(cli: Cli) -> Result<ExitCode> {
             attest_socket,
             bundle_warn_before,
             remote_admin,
-        } => daemon::run(daemon::Options {
-            policy,
-            cgroup_root,
-            pin_dir: PinDir::new(pin_dir),
-            socket,
-            state_dir: StateDir::new(state_dir),
-            metrics_addr,
-            groups: daemon::access::Groups::resolve(admin_group.as_deref(), read_group.as_deref())?,
-            attest_socket,
-            bundle_warn_before,
-            tls: remote_admin.tls(),
-            remote_admin: daemon::remote_admin::RemoteAdmin::from_args(remote_admin)?,
-        })
-        .map(|()| ExitCode::SUCCESS),
+            workload_api,
+        } => {
+            let workload_api = daemon::workload_api(&workload_api, remote_admin.tls().is_some());
+            daemon::run(daemon::Options {
+                policy,
+                cgroup_root,
+                pin_dir: PinDir::new(pin_dir),
+                socket,
+                state_dir: StateDir::new(state_dir),
+                metrics_addr,
+                groups: daemon::access::Groups::resolve(
+                    admin_group.as_deref(),
+                    read_group.as_deref(),
+                )?,
+                attest_socket,
+                bundle_warn_before,
+                tls: remote_admin.tls(),
+                remote_admin: daemon::remote_admin::RemoteAdmin::from_args(
+                    remote_admin,
+                    workload_api.as_ref().and_then(|w| w.svid.as_ref()),
+                )?,
+                workload_api,
+            })
+            .map(|()| ExitCode::SUCCESS)
+        }
         Command::Policy {
             command: PolicyCommand::Check { files },
         } => Ok(policy::check(&files)),

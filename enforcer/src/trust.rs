@@ -7,9 +7,11 @@ pub mod attestation;
 mod bundle;
 pub mod bundles;
 mod certificate;
+pub mod current_svid;
 mod spiffe_id;
 mod svid;
 mod tls;
+pub mod workload_api;
 
 pub use bundle::{Bundle, BundleError, hex};
 pub use certificate::leaf;

@@ -22,6 +22,7 @@ use crate::{
     trust::{
         self, Bundles, Identity, SvidClientVerifier,
         attestation::{Claim, peer::Peer},
+        current_svid::CurrentSvid,
     },
 };
 
@@ -39,19 +40,21 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     daemon::serve::bind_socket(path, true).context("binding the attestation socket")
 }
 
-/// The certificate the daemon shows clients: its own SVID when it has one, otherwise a
-/// self-signed certificate made at start. Clients of the latter trust the daemon by the
-/// socket's path (its directory is root's), not by the certificate.
-pub fn identity(own: Option<Identity>) -> Result<Identity> {
+/// The certificate the daemon shows clients: its own SVID when it has one (files, or the
+/// Workload API's current one), otherwise a self-signed certificate made at start. Clients of
+/// the latter trust the daemon by the socket's path (its directory is root's), not by the
+/// certificate.
+pub fn identity(own: Option<Arc<CurrentSvid>>) -> Result<Arc<CurrentSvid>> {
     if let Some(own) = own {
         return Ok(own);
     }
     let made = rcgen::generate_simple_self_signed(vec!["enforcer-attestation".to_owned()])
         .context("making the attestation socket's certificate")?;
-    Ok(Identity {
+    CurrentSvid::fixed(Identity {
         chain: vec![CertificateDer::from(made.cert.der().to_vec())],
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
     })
+    .context("the attestation socket's certificate and key do not match")
 }
 
 pub struct Server {
@@ -69,7 +72,7 @@ struct Attestations {
 impl Server {
     pub fn new(
         listener: UnixListener,
-        identity: Identity,
+        identity: Arc<CurrentSvid>,
         bundles: Bundles,
         cgroups: CgroupFs,
     ) -> Result<Self> {
@@ -78,8 +81,7 @@ impl Server {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("configuring TLS 1.3")?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(identity.chain, identity.key)
-            .context("the attestation socket's certificate and key do not match")?;
+            .with_cert_resolver(identity);
         Ok(Self {
             listener,
             attestations: Attestations {

@@ -1,29 +1,71 @@
 //! The trust bundles the running policy names, as the daemon holds them: read when a policy is
-//! applied (a bundle that does not parse or check refuses the apply), re-read whenever the
-//! file changes, and judged against the clock. Edges that require bundles are gated on them
+//! applied (a bundle file that does not parse or check refuses the apply), read again whenever
+//! their source changes (a file, or the SPIFFE Workload API's latest set), and judged against
+//! the clock. Edges that require bundles are gated on them
 //! (`Trust`): active only while both ends' bundles are usable, and never past the earliest
 //! expiry among them, which is written into the kernel's edge window so that the kernel stops
 //! such an edge at expiry even when no daemon runs.
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
-use enforcer_policy::{Edge, Policy, TrustDomain};
+use enforcer_policy::{BundleSource, Edge, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
     api::status::{AuthorityStatus, BundleStatus},
     pipeline::edges::Trust,
-    trust::{self, Bundle, bundle},
+    trust::{
+        self, Bundle, bundle,
+        workload_api::{self, Lookup},
+    },
 };
 
-/// A bundle file as last read.
+/// A bundle as last read from its source.
 #[derive(Debug, Clone)]
 struct Entry {
-    path: PathBuf,
+    source: Source,
     /// The bundle, or why it could not be used.
     loaded: Result<Bundle, String>,
-    /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
-    file: Option<(u64, u64, u64, i128)>,
+}
+
+/// Where a domain's bundle comes from, and how to tell that it changed.
+#[derive(Debug, Clone)]
+enum Source {
+    File {
+        path: PathBuf,
+        /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
+        file: Option<(u64, u64, u64, i128)>,
+    },
+    /// The Workload API's set, as of the feed's version `seen` (`None`: no feed at all).
+    WorkloadApi { seen: Option<u64> },
+}
+
+impl Source {
+    /// How `status` and the log name it.
+    fn describe(&self) -> String {
+        match self {
+            Self::File { path, .. } => path.display().to_string(),
+            Self::WorkloadApi { .. } => match workload_api::feed() {
+                Some(feed) => format!("Workload API {}", feed.endpoint),
+                None => "Workload API".into(),
+            },
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File { .. } => "file",
+            Self::WorkloadApi { .. } => "workload_api",
+        }
+    }
+
+    /// Whether the source may have changed since it was read.
+    fn stale(&self) -> bool {
+        match self {
+            Self::File { path, file } => file.is_none() || identity(path) != *file,
+            Self::WorkloadApi { seen } => workload_api::feed().map(|f| f.version()) != *seen,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -44,9 +86,43 @@ fn read(path: &std::path::Path, domain: &TrustDomain) -> Entry {
     // Identity first: a file replaced after it was read is read again on the next look.
     let file = identity(path);
     Entry {
-        path: path.to_owned(),
+        source: Source::File {
+            path: path.to_owned(),
+            file,
+        },
         loaded: Bundle::read(path, domain).map_err(|e| e.to_string()),
-        file,
+    }
+}
+
+/// The bundle the Workload API last delivered for `domain`. Version first, as with files: a
+/// set that arrives meanwhile is read on the next look.
+fn delivered(domain: &TrustDomain) -> Entry {
+    let Some(feed) = workload_api::feed() else {
+        return Entry {
+            source: Source::WorkloadApi { seen: None },
+            loaded: Err(
+                "there is no Workload API to take it from here (the daemon's \
+                         --workload-api or SPIFFE_ENDPOINT_SOCKET)"
+                    .into(),
+            ),
+        };
+    };
+    let seen = Some(feed.version());
+    let loaded = match feed.lookup(domain) {
+        Lookup::Found(bundle) => bundle,
+        Lookup::Missing => Err(format!(
+            "the Workload API {} no longer delivers a bundle for {domain}",
+            feed.endpoint
+        )),
+        Lookup::Pending(error) => Err(format!(
+            "no bundle from the Workload API {} yet{}",
+            feed.endpoint,
+            error.map_or_else(String::new, |e| format!(" ({e})"))
+        )),
+    };
+    Entry {
+        source: Source::WorkloadApi { seen },
+        loaded,
     }
 }
 
@@ -59,6 +135,14 @@ impl TrustState {
         let mut entries = BTreeMap::new();
         let mut errors = Vec::new();
         for domain in &policy.domains {
+            if let Some(from) = &domain.bundle_from {
+                match from.source {
+                    BundleSource::WorkloadApi => {
+                        entries.insert(domain.name.clone(), delivered(&domain.name));
+                    }
+                }
+                continue;
+            }
             let Some(bundle) = &domain.bundle else {
                 continue;
             };
@@ -105,15 +189,18 @@ impl TrustState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = usable;
     }
 
-    /// Re-reads the bundle files that changed since they were read; returns a line for each
-    /// bundle whose content or readability changed, at the level to log it.
+    /// Re-reads the bundles whose source changed since they were read; returns a line for
+    /// each bundle whose content or readability changed, at the level to log it.
     pub fn refresh(&mut self) -> Vec<(log::Level, String)> {
         let mut changes = Vec::new();
         for (domain, entry) in &mut self.entries {
-            if identity(&entry.path) == entry.file && entry.file.is_some() {
+            if !entry.source.stale() {
                 continue;
             }
-            let next = read(&entry.path, domain);
+            let next = match &entry.source {
+                Source::File { path, .. } => read(path, domain),
+                Source::WorkloadApi { .. } => delivered(domain),
+            };
             if next.loaded != entry.loaded {
                 changes.push(match &next.loaded {
                     Ok(b) => match b.expires() {
@@ -122,7 +209,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: {} authorit(ies), expires \
                                  {expires}",
-                                entry.path.display(),
+                                next.source.describe(),
                                 b.authorities.len(),
                             ),
                         ),
@@ -131,7 +218,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: it {}; the edges that \
                                  require it are suspended",
-                                entry.path.display(),
+                                next.source.describe(),
                                 bundle::EMPTY
                             ),
                         ),
@@ -170,7 +257,7 @@ impl TrustState {
             lines.push(format!(
                 "the trust bundle of {domain} ({}) expires at {expires}; replace it \
                  before then, or the edges that require it are suspended",
-                entry.path.display()
+                entry.source.describe()
             ));
         }
         lines
@@ -239,7 +326,8 @@ impl TrustState {
                     });
                 BundleStatus {
                     domain: domain.to_string(),
-                    path: entry.path.display().to_string(),
+                    path: entry.source.describe(),
+                    source: entry.source.kind().into(),
                     state: state.into(),
                     error,
                     expires,
