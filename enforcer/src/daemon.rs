@@ -82,6 +82,11 @@ pub struct Options {
     pub workload_api: Option<WorkloadApi>,
 }
 
+/// How long a starting daemon waits for the Workload API's first bundle set (or its first
+/// failure) before it judges `bundle_from: workload_api` bundles: an agent on the same host
+/// answers in milliseconds.
+const FIRST_BUNDLES: Duration = Duration::from_secs(5);
+
 /// The daemon's Workload API client and, when the daemon's own SVID comes from it (no
 /// `--tls-cert`), that SVID as it rotates.
 pub struct WorkloadApi {
@@ -129,10 +134,15 @@ pub fn run(options: Options) -> Result<()> {
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
         vacant_socket(socket)?;
     }
-    // Started before the bundles are read, so that the agent's first set may already be in
-    // when they are; one that comes later is taken within a second, as a changed file is.
+    // Started, and given a moment to answer, before the bundles are read: a gated edge
+    // judged before the agent's first set would be suspended and its live connections ended
+    // by a mere restart. A set that comes later is taken within a second, as a changed file
+    // is.
     if let Some(client) = &options.workload_api {
         client.feed.start(&runtime::handle()?, client.svid.clone());
+        if policy.domains.iter().any(|d| d.bundle_from.is_some()) {
+            client.feed.wait_settled(FIRST_BUNDLES);
+        }
     }
     // A bundle that cannot be used now suspends the edges that require it, but does not stop
     // the daemon: refusing to start would leave those edges in force in the kernel.

@@ -713,3 +713,82 @@ impl ServerCertVerifier for Recording {
             .supported_schemes()
     }
 }
+
+#[test]
+fn the_attestation_socket_presents_the_workload_api_svid_and_checks_its_bundles() {
+    if !privileged("the_attestation_socket_presents_the_workload_api_svid_and_checks_its_bundles") {
+        return;
+    }
+    let mut sb = Sandbox::new("wapi-attest");
+    let dir = sb.dir().to_owned();
+    let ca = Issued::self_signed(&Spec::ca(PROD));
+    // What a workload uses to check the daemon: its own domain's bundle.
+    std::fs::write(dir.join("prod.pem"), &ca.pem).expect("writing the bundle");
+    let daemon_id = "spiffe://prod.example.org/enforcer";
+    let mut agent = Agent::new(&dir);
+    agent.serve_svid(daemon_id, &ca.issue(&Spec::leaf(daemon_id)), &ca);
+    agent.serve_bundles(&[(PROD, ca.der.clone())]);
+    agent.start();
+    let policy = sb.policy(
+        "p.yaml",
+        &format!(
+            "version: 1\ndomains:\n  - name: {PROD}\n    attested: true\n    bundle_from: workload_api\n"
+        ),
+    );
+    let socket = dir.join("attest.sock");
+    sb.start_daemon_with(
+        &policy,
+        &[
+            "--workload-api",
+            &agent.endpoint(),
+            "--attest-socket",
+            socket.to_str().expect("utf-8"),
+        ],
+    );
+    wait_status(&sb, NOTICED, "the daemon's SVID", |s| {
+        s.get("workload_api")
+            .and_then(|w| w.get("svid"))
+            .and_then(Json::as_str)
+            == Some(daemon_id)
+    });
+    let attest = |sb: &Sandbox, cgroup: &str| {
+        let cgroup = sb.cgroup(cgroup);
+        let (cert, key) = (dir.join("db.pem"), dir.join("db.key"));
+        ca.issue(&Spec::leaf("spiffe://prod.example.org/db"))
+            .write(&[], &cert, &key);
+        let out = sb.workload(&cgroup).enforcer(&[
+            "attest",
+            "--svid",
+            cert.to_str().expect("utf-8"),
+            "--key",
+            key.to_str().expect("utf-8"),
+            "--socket",
+            socket.to_str().expect("utf-8"),
+            "--bundle",
+            dir.join("prod.pem").to_str().expect("utf-8"),
+        ]);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // The workload checks the daemon's SVID against prod's bundle, and the daemon checks the
+    // workload's against the bundle the agent delivered.
+    let (ok, said) = attest(&sb, "w1");
+    assert!(ok && said.contains("to prod.example.org as"), "{said}");
+
+    agent.serve_svid(daemon_id, &ca.issue(&Spec::leaf(daemon_id)), &ca);
+    sb.wait_daemon_log(&format!("the daemon's SVID is now {daemon_id}"), NOTICED);
+    let (ok, said) = attest(&sb, "w2");
+    assert!(ok, "attestation after the rotation: {said}");
+
+    // prod's bundle leaves the agent's set: an SVID of prod proves nothing any more.
+    agent.serve_bundles(&[(STAGING, Issued::self_signed(&Spec::ca(STAGING)).der)]);
+    sb.wait_daemon_log("trust bundle of prod.example.org is unusable", NOTICED);
+    let (ok, said) = attest(&sb, "w3");
+    assert!(!ok, "attested without prod's bundle: {said}");
+}

@@ -12,7 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ServerConfig, ServerConnection, StreamOwned,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::{
@@ -20,7 +24,7 @@ use crate::{
     kernel::cgroupfs::CgroupFs,
     listener::{self, Bounds, remaining},
     trust::{
-        self, Bundles, Identity, SvidClientVerifier,
+        self, Bundles, SvidClientVerifier,
         attestation::{Claim, peer::Peer},
         current_svid::CurrentSvid,
     },
@@ -44,17 +48,37 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
 /// Workload API's current one), otherwise a self-signed certificate made at start. Clients of
 /// the latter trust the daemon by the socket's path (its directory is root's), not by the
 /// certificate.
-pub fn identity(own: Option<Arc<CurrentSvid>>) -> Result<Arc<CurrentSvid>> {
-    if let Some(own) = own {
-        return Ok(own);
-    }
+pub fn identity(own: Option<Arc<CurrentSvid>>) -> Result<Arc<dyn ResolvesServerCert>> {
     let made = rcgen::generate_simple_self_signed(vec!["enforcer-attestation".to_owned()])
         .context("making the attestation socket's certificate")?;
-    CurrentSvid::fixed(Identity {
-        chain: vec![CertificateDer::from(made.cert.der().to_vec())],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
-    })
-    .context("the attestation socket's certificate and key do not match")
+    let made = CertifiedKey::from_der(
+        vec![CertificateDer::from(made.cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
+        &trust::crypto_provider(),
+    )
+    .context("the attestation socket's certificate and key do not match")?;
+    Ok(Arc::new(OwnOrMade {
+        own,
+        made: Arc::new(made),
+    }))
+}
+
+/// The daemon's own SVID when it has one now, else the certificate made at start: an SVID
+/// from the Workload API may not have arrived yet (or the agent issues the daemon none), and
+/// attestation must not stop for it.
+#[derive(Debug)]
+struct OwnOrMade {
+    own: Option<Arc<CurrentSvid>>,
+    made: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for OwnOrMade {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match &self.own {
+            Some(own) => own.resolve(hello).or_else(|| Some(Arc::clone(&self.made))),
+            None => Some(Arc::clone(&self.made)),
+        }
+    }
 }
 
 pub struct Server {
@@ -72,7 +96,7 @@ struct Attestations {
 impl Server {
     pub fn new(
         listener: UnixListener,
-        identity: Arc<CurrentSvid>,
+        identity: Arc<dyn ResolvesServerCert>,
         bundles: Bundles,
         cgroups: CgroupFs,
     ) -> Result<Self> {

@@ -14,7 +14,7 @@
 
 use std::{
     collections::BTreeMap,
-    sync::{Arc, Mutex, OnceLock},
+    sync::{Arc, Condvar, Mutex, OnceLock},
     time::Duration,
 };
 
@@ -75,6 +75,8 @@ pub type Delivered = Result<Bundle, String>;
 pub struct Client {
     pub endpoint: String,
     state: Mutex<ClientState>,
+    /// Signalled when the first bundle set arrives or the first attempt fails.
+    settled: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -129,6 +131,7 @@ impl Client {
             Arc::new(Self {
                 endpoint: endpoint.to_owned(),
                 state: Mutex::new(ClientState::default()),
+                settled: Condvar::new(),
             })
         }))
     }
@@ -137,6 +140,16 @@ impl Client {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Waits, at most `limit`, until the agent delivered a first bundle set or could not be
+    /// reached. A starting daemon waits so that it does not judge gated edges before the
+    /// agent had a chance to speak: suspending them would end their live connections.
+    pub fn wait_settled(&self, limit: Duration) {
+        let state = self.state();
+        let _ = self
+            .settled
+            .wait_timeout_while(state, limit, |s| s.bundles.is_none() && s.error.is_none());
     }
 
     pub fn version(&self) -> u64 {
@@ -296,6 +309,7 @@ impl Client {
             );
             state.error = Some(why);
         }
+        self.settled.notify_all();
     }
 
     fn updated(&self) {
@@ -329,6 +343,7 @@ impl Client {
             state.version += 1;
         }
         drop(state);
+        self.settled.notify_all();
         self.updated();
     }
 }
