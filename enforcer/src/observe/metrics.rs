@@ -574,7 +574,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            13,
+            15,
             "{declared:?}"
         );
     }
