@@ -435,4 +435,75 @@ federation:
         assert!(missing[0].starts_with("p.yaml:5:"), "{missing:?}");
         fs::remove_dir_all(dir).expect("cleanup");
     }
+
+    /// The agent's sets, as the client takes them: each is complete, so a domain left out of
+    /// one has lost its bundle.
+    #[test]
+    fn a_workload_api_bundle_follows_the_agents_latest_set() {
+        let p = enforcer_policy::parse(
+            "p.yaml",
+            "
+version: 1
+domains:
+  - {name: a.org, bundle_from: workload_api}
+  - {name: b.org, bundle_from: workload_api}
+federation:
+  - {id: ab, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, require_bundles: true}
+",
+        )
+        .expect("valid");
+        let client = workload_api::Client::install("unix:/nonexistent/agent.sock");
+        let set = |cas: &[(&str, &Issued)]| {
+            let mut set = spiffe::X509BundleSet::new();
+            for (domain, ca) in cas {
+                let domain = spiffe::TrustDomain::new(domain).expect("a name");
+                set.add_bundle(spiffe::X509Bundle::parse_from_der(domain, &ca.der).expect("DER"));
+            }
+            set
+        };
+        let edge = &p.federation[0];
+        let now = Timestamp::now();
+        // Nothing from the agent yet: an apply is not refused, the edge waits.
+        let mut trust = TrustState::load(&p, "p.yaml", true).expect("loads");
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("no bundle from the Workload API")
+        ));
+        let (a, b) = (
+            Issued::self_signed(&Spec::ca("a.org")),
+            Issued::self_signed(&Spec::ca("b.org")),
+        );
+        client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
+        assert_eq!(trust.refresh().len(), 2, "both bundles arrived");
+        assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
+        assert!(trust.refresh().is_empty(), "nothing new");
+
+        client.take_bundles(&set(&[("a.org", &a)]));
+        let changes = trust.refresh();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("no longer delivers a bundle for b.org")
+        ));
+        let views = trust.views(now, SignedDuration::from_hours(1));
+        assert_eq!(views[1].source, "workload_api");
+        assert_eq!(views[1].state, "unusable");
+        assert_eq!(views[1].path, "Workload API unix:/nonexistent/agent.sock");
+
+        // A bundle that fails our checks is unusable however it was delivered.
+        let mut not_ca = Spec::ca("b.org");
+        not_ca.ca = Some(false);
+        client.take_bundles(&set(&[
+            ("a.org", &a),
+            ("b.org", &Issued::self_signed(&not_ca)),
+        ]));
+        trust.refresh();
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("not a CA")
+        ));
+        client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
+        trust.refresh();
+        assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
+    }
 }

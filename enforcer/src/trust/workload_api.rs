@@ -214,7 +214,7 @@ impl Client {
                         while let Some(message) = stream.next().await {
                             match message {
                                 Ok(set) => {
-                                    self.bundles(&set);
+                                    self.take_bundles(&set);
                                     pause = FIRST_PAUSE;
                                 }
                                 Err(err) => self.failed(format!("a bundle message: {err}")),
@@ -319,7 +319,8 @@ impl Client {
         state.last_update = Some(Timestamp::now());
     }
 
-    fn bundles(&self, set: &X509BundleSet) {
+    /// Takes `set` as the agent's complete current set of bundles.
+    pub(crate) fn take_bundles(&self, set: &X509BundleSet) {
         let mut next = BTreeMap::new();
         for (domain, bundle) in set.iter() {
             let Ok(name) = domain.to_string().parse::<TrustDomain>() else {
