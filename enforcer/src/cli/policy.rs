@@ -35,7 +35,11 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
                                 "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
                                 policy.domains.len(),
                                 policy.federation.len(),
-                                policy.domains.iter().filter(|d| d.bundle.is_some()).count()
+                                policy
+                                    .domains
+                                    .iter()
+                                    .filter(|d| d.bundle.is_some() || d.bundle_from.is_some())
+                                    .count()
                             );
                         }
                         Err(errors) => {

@@ -101,8 +101,8 @@ fn delivered(domain: &TrustDomain) -> Entry {
         return Entry {
             source: Source::WorkloadApi { seen: None },
             loaded: Err(
-                "there is no Workload API to take it from here (the daemon's \
-                         --workload-api or SPIFFE_ENDPOINT_SOCKET)"
+                "it comes from a Workload API, and none is given here: the daemon's \
+                 --workload-api or SPIFFE_ENDPOINT_SOCKET"
                     .into(),
             ),
         };
