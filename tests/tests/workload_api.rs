@@ -211,7 +211,12 @@ impl Agent {
     }
 
     fn serve_svid(&self, id: &str, svid: &Issued, ca: &Issued) {
-        let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes()).expect("the key");
+        self.serve_svid_with_key(id, svid, svid, ca);
+    }
+
+    /// Serves `svid` with `holder`'s key (a mismatch unless they are one).
+    fn serve_svid_with_key(&self, id: &str, svid: &Issued, holder: &Issued, ca: &Issued) {
+        let key = PrivateKeyDer::from_pem_slice(holder.key_pem.as_bytes()).expect("the key");
         self.served.svid.send_replace(Some(wire::X509SvidResponse {
             svids: vec![wire::X509Svid {
                 spiffe_id: id.to_owned(),
@@ -523,6 +528,12 @@ fn an_agent_that_is_absent_goes_away_or_sends_garbage_leaves_enforcement_in_plac
             .is_some_and(|e| e.contains("Not A Domain!") || e.contains("trust domain"))
     });
     assert_eq!(sb.connect(&staging, LOCALHOST, 39410), Outcome::greeted());
+
+    // A message over the size limit (4 MiB) is refused before it is decoded.
+    agent.serve_bundles(&[(PROD, vec![0x30; 5 << 20])]);
+    sb.wait_daemon_log("too large", NOTICED);
+    assert_eq!(field(&bundle_status(&sb, PROD), "state"), "valid");
+    assert_eq!(sb.connect(&staging, LOCALHOST, 39410), Outcome::greeted());
 }
 
 const ADMIN: &str = "spiffe://admin.example.org/ops";
@@ -590,6 +601,18 @@ fn the_daemons_svid_rotates_under_a_live_remote_admin_session() {
     assert!(new.status().contains("\"generation\""));
     // The session opened before the rotation is served as before.
     assert!(old.status().contains("\"generation\""));
+
+    // An SVID whose key is not its own is refused, and the one in use stays.
+    let stranger = ca.issue(&Spec::leaf(DAEMON));
+    agent.serve_svid_with_key(DAEMON, &ca.issue(&Spec::leaf(DAEMON)), &stranger, &ca);
+    sb.wait_daemon_log("the SVID in use stays", NOTICED);
+    let mut after = Session::open(39425, &dir.join("ops"));
+    assert_eq!(
+        sha256(&after.server_cert()),
+        sha256(&second.der),
+        "a refused SVID is never presented"
+    );
+    assert!(after.status().contains("\"generation\""));
     // The CLI, which checks the daemon's SVID against the admin bundle, accepts the new one.
     let out = std::process::Command::new(enforcer_tests::enforcer())
         .args(["status", "--server", "127.0.0.1:39425", "--cert"])
@@ -795,4 +818,45 @@ fn the_attestation_socket_presents_the_workload_api_svid_and_checks_its_bundles(
     sb.wait_daemon_log("trust bundle of prod.example.org is unusable", NOTICED);
     let (ok, said) = attest(&sb, "w3");
     assert!(!ok, "attested without prod's bundle: {said}");
+}
+
+#[test]
+fn an_agent_that_accepts_and_never_answers_stalls_nothing() {
+    if !privileged("an_agent_that_accepts_and_never_answers_stalls_nothing") {
+        return;
+    }
+    let mut sb = Sandbox::new("wapi-silent");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let agent = Agent::new(sb.dir());
+    // A socket that takes every connection into its backlog and never says a word.
+    let _silent = std::os::unix::net::UnixListener::bind(&agent.socket).expect("binding");
+    let policy = sb.policy("p.yaml", &policy("39430", "39431"));
+    let started = Instant::now();
+    sb.start_daemon_with(&policy, &["--workload-api", &agent.endpoint()]);
+    let _gated = sb.listen(&prod, LOCALHOST, 39430);
+    let _open = sb.listen(&prod, LOCALHOST, 39431);
+    // The daemon started, enforces and answers while its client waits on the agent.
+    assert_eq!(sb.connect(&staging, LOCALHOST, 39430), Outcome::EPERM);
+    assert_eq!(sb.connect(&staging, LOCALHOST, 39431), Outcome::greeted());
+    let asked = Instant::now();
+    let status = workload_api_status(&sb);
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "status took {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(
+        status.get("connected").and_then(Json::as_bool),
+        Some(false),
+        "{status}"
+    );
+    // The attempt is given up after 10 s and said so; the daemon tries again.
+    let line = sb.wait_daemon_log("no answer within", Duration::from_secs(30));
+    assert!(
+        started.elapsed() >= Duration::from_secs(10),
+        "gave up after {:?}: {line}",
+        started.elapsed()
+    );
+    assert_eq!(sb.connect(&staging, LOCALHOST, 39430), Outcome::EPERM);
 }

@@ -33,7 +33,8 @@ use super::{
 /// The first pause after a failure, doubled after each failure up to `MAX_PAUSE`.
 const FIRST_PAUSE: Duration = Duration::from_millis(250);
 const MAX_PAUSE: Duration = Duration::from_secs(30);
-/// For opening the connection: an agent that accepts and never answers is given up on.
+/// For opening the connection, and then a stream: an agent that accepts and never answers
+/// is given up on. Between messages there is no limit: an agent sends only on a change.
 const CONNECT: Duration = Duration::from_secs(10);
 
 #[derive(clap::Args)]
@@ -208,7 +209,7 @@ impl Client {
         let mut pause = FIRST_PAUSE;
         loop {
             match self.connect().await {
-                Ok(client) => match client.stream_x509_bundles().await {
+                Ok(client) => match answered(client.stream_x509_bundles()).await {
                     Ok(mut stream) => {
                         self.opened(true);
                         while let Some(message) = stream.next().await {
@@ -235,7 +236,7 @@ impl Client {
         let mut pause = FIRST_PAUSE;
         loop {
             match self.connect().await {
-                Ok(client) => match client.stream_x509_svids().await {
+                Ok(client) => match answered(client.stream_x509_svids()).await {
                     Ok(mut stream) => {
                         self.opened(false);
                         while let Some(message) = stream.next().await {
@@ -346,6 +347,16 @@ impl Client {
         drop(state);
         self.settled.notify_all();
         self.updated();
+    }
+}
+
+/// `opening`'s stream, or why there is none within `CONNECT`.
+async fn answered<T>(
+    opening: impl Future<Output = Result<T, spiffe::WorkloadApiError>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CONNECT, opening).await {
+        Ok(opened) => opened.map_err(|err| err.to_string()),
+        Err(_) => Err(format!("no answer within {CONNECT:?}")),
     }
 }
 
