@@ -234,7 +234,7 @@ impl Daemon {
                 built: version::BUILT.into(),
                 ebpf_sha256: version::EBPF_SHA256.into(),
             }),
-            workload_api: crate::trust::workload_api::feed().map(|feed| {
+            workload_api: crate::trust::workload_api::installed().map(|feed| {
                 let view = feed.view();
                 let svid = view.svid.unwrap_or(crate::trust::current_svid::SvidFacts {
                     id: None,
@@ -289,7 +289,7 @@ impl Daemon {
             commits: self.commits.clone(),
             reloads: self.source.reloads.clone(),
             reload_refused: self.source.last_reload_error.is_some(),
-            workload_api: crate::trust::workload_api::feed().map(|feed| {
+            workload_api: crate::trust::workload_api::installed().map(|feed| {
                 let view = feed.view();
                 (view.connected, view.updates)
             }),

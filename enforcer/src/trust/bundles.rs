@@ -45,7 +45,7 @@ impl Source {
     fn describe(&self) -> String {
         match self {
             Self::File { path, .. } => path.display().to_string(),
-            Self::WorkloadApi { .. } => match workload_api::feed() {
+            Self::WorkloadApi { .. } => match workload_api::installed() {
                 Some(feed) => format!("Workload API {}", feed.endpoint),
                 None => "Workload API".into(),
             },
@@ -63,7 +63,7 @@ impl Source {
     fn stale(&self) -> bool {
         match self {
             Self::File { path, file } => file.is_none() || identity(path) != *file,
-            Self::WorkloadApi { seen } => workload_api::feed().map(|f| f.version()) != *seen,
+            Self::WorkloadApi { seen } => workload_api::installed().map(|f| f.version()) != *seen,
         }
     }
 }
@@ -97,7 +97,7 @@ fn read(path: &std::path::Path, domain: &TrustDomain) -> Entry {
 /// The bundle the Workload API last delivered for `domain`. Version first, as with files: a
 /// set that arrives meanwhile is read on the next look.
 fn delivered(domain: &TrustDomain) -> Entry {
-    let Some(feed) = workload_api::feed() else {
+    let Some(feed) = workload_api::installed() else {
         return Entry {
             source: Source::WorkloadApi { seen: None },
             loaded: Err(

@@ -86,7 +86,7 @@ struct ClientState {
     bundles: Option<BTreeMap<TrustDomain, Delivered>>,
     /// Bumped whenever `bundles` changes, so that readers know when to look again.
     version: u64,
-    /// Whether each stream is open: (bundles, svid).
+    /// Whether each stream is open.
     bundles_open: bool,
     svid_open: bool,
     /// The last failure, until a message arrives on that stream.
@@ -112,7 +112,7 @@ pub struct ClientView {
 static CLIENT: OnceLock<Arc<Client>> = OnceLock::new();
 
 /// The daemon's client, when it was given a Workload API.
-pub fn feed() -> Option<Arc<Client>> {
+pub fn installed() -> Option<Arc<Client>> {
     CLIENT.get().cloned()
 }
 
