@@ -24,8 +24,9 @@ pub use diagnostic::Diagnostic;
 pub use free_text::{FreeTextError, free_text};
 pub use input::{MAX_POLICY_BYTES, decode, oversize};
 pub use model::{
-    Action, BundleFile, CgroupPath, CgroupPathError, Defaults, Domain, Edge, EdgeEnd, EdgeId,
-    EdgeIdError, Mode, Policy, Protocol, ProtocolError, free_text_shared, port_set,
+    Action, BundleFile, BundleFrom, BundleSource, CgroupPath, CgroupPathError, Defaults, Domain,
+    Edge, EdgeEnd, EdgeId, EdgeIdError, Mode, Policy, Protocol, ProtocolError, free_text_shared,
+    port_set,
 };
 pub use parse::parse;
 pub use ports::{PortRange, PortRangeError};

@@ -118,6 +118,9 @@ pub struct Domain {
     /// until the first fetch succeeds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bundle_endpoint: Option<BundleEndpoint>,
+    /// Where the bundle comes from when it is not a file (`bundle_from:`); never with `bundle`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bundle_from: Option<BundleFrom>,
     /// Cgroups join this domain only by proving, over the attestation socket, that a process
     /// in them holds an X.509-SVID of it; `cgroups` is then empty.
     #[serde(skip_serializing_if = "is_false")]
@@ -138,6 +141,31 @@ pub struct BundleFile {
 impl From<BundleFile> for std::path::PathBuf {
     fn from(bundle: BundleFile) -> Self {
         bundle.path
+    }
+}
+
+/// A bundle that a service delivers rather than a file holds, with where the policy says so.
+/// Serialized as the source's keyword alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(into = "BundleSource")]
+pub struct BundleFrom {
+    pub source: BundleSource,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// The services a domain's bundle can come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleSource {
+    /// The SPIFFE Workload API of the local agent: the domain's bundle is the one the agent
+    /// delivers for it, its own or federated.
+    WorkloadApi,
+}
+
+impl From<BundleFrom> for BundleSource {
+    fn from(from: BundleFrom) -> Self {
+        from.source
     }
 }
 

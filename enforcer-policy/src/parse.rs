@@ -18,7 +18,8 @@ use crate::diagnostic::{Diagnostic, Diagnostics, Pos};
 use crate::free_text::{FreeTextError, free_text};
 use crate::input;
 use crate::model::{
-    Action, BundleFile, CgroupPath, Defaults, Domain, Edge, EdgeEnd, EdgeId, Mode, Policy, Protocol,
+    Action, BundleFile, BundleFrom, BundleSource, CgroupPath, Defaults, Domain, Edge, EdgeEnd,
+    EdgeId, Mode, Policy, Protocol,
 };
 use crate::ports::PortRange;
 use crate::shared_names;
@@ -45,6 +46,7 @@ const DOMAIN_KEYS: &[&str] = &[
     "endpoints",
     "bundle",
     "bundle_endpoint",
+    "bundle_from",
     "attested",
 ];
 const BUNDLE_ENDPOINT_KEYS: &[&str] = &["url", "profile", "endpoint_id"];
@@ -471,6 +473,14 @@ fn read_bool(v: &Value, diags: &mut Diagnostics) -> Option<At<bool>> {
     Some(At { value, pos: v.pos })
 }
 
+fn read_bundle_source(v: &Value, diags: &mut Diagnostics) -> Option<At<BundleSource>> {
+    let value = read_keyword(v, "`workload_api`", diags, |text| match text {
+        "workload_api" => Some(BundleSource::WorkloadApi),
+        _ => None,
+    })?;
+    Some(At { value, pos: v.pos })
+}
+
 fn read_mode(v: &Value, diags: &mut Diagnostics) -> Option<Mode> {
     read_keyword(v, "`enforce` or `audit`", diags, |text| match text {
         "enforce" => Some(Mode::Enforce),
@@ -504,18 +514,36 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         read_with(v, "a file path", diags, parse_bundle_path)
     });
     let endpoint = optional(&fields, "bundle_endpoint", diags, read_bundle_endpoint);
+    let bundle_from = optional(&fields, "bundle_from", diags, read_bundle_source);
     let attested = optional(&fields, "attested", diags, read_bool);
-    // A broken `bundle`, `bundle_endpoint` or `attested` is reported; the domain is kept so
-    // that edges naming it are not also reported as naming an unknown domain.
-    let (bundle, endpoint, attested) = (bundle.flatten(), endpoint.flatten(), attested.flatten());
+    // A broken `bundle`, `bundle_endpoint`, `bundle_from` or `attested` is reported; the
+    // domain is kept so that edges naming it are not also reported as naming an unknown
+    // domain.
+    let (bundle, endpoint, bundle_from, attested) = (
+        bundle.flatten(),
+        endpoint.flatten(),
+        bundle_from.flatten(),
+        attested.flatten(),
+    );
     if let (Some(name), Some(endpoint)) = (&name, &endpoint) {
         check_bundle_endpoint(&name.value, bundle.is_some(), endpoint, diags);
     }
+    // A `bundle` beside a `bundle_endpoint` is its bootstrap; beside `bundle_from` it would be
+    // a second source.
+    if let Some(from) = &bundle_from
+        && (bundle.is_some() || endpoint.is_some())
+    {
+        diags.error(
+            from.pos,
+            "a domain's bundle comes from one place: remove `bundle_from`, or `bundle` and \
+             `bundle_endpoint`",
+        );
+    }
     if let Some(attested) = attested.as_ref().filter(|a| a.value) {
-        if bundle.is_none() {
+        if bundle.is_none() && bundle_from.is_none() {
             diags.error(
                 attested.pos,
-                "an attested domain needs a `bundle`: attestation checks SVIDs against it",
+                "an attested domain needs a `bundle` or `bundle_from`: attestation checks SVIDs against it",
             );
         }
         if let Some(first) = cgroups.first() {
@@ -535,7 +563,7 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
         domain: name.value.clone(),
         item: item.clone(),
     }));
-    if bundle.is_some() || endpoint.is_some() {
+    if bundle.is_some() || endpoint.is_some() || bundle_from.is_some() {
         sites.bundled.push(name.value.clone());
     }
     Some(Domain {
@@ -549,6 +577,11 @@ fn read_domain(v: &Value, sites: &mut Sites, diags: &mut Diagnostics) -> Option<
             column: b.pos.column,
         }),
         bundle_endpoint: endpoint,
+        bundle_from: bundle_from.map(|from| BundleFrom {
+            source: from.value,
+            line: from.pos.line,
+            column: from.pos.column,
+        }),
         attested: attested.is_some_and(|a| a.value),
     })
 }

@@ -35,8 +35,7 @@ fn with_edge(edge: &[&str]) -> Vec<String> {
     errors(&lines)
 }
 
-const DOMAIN_KEYS: &str =
-    "expected one of: name, mode, cgroups, endpoints, bundle, bundle_endpoint, attested";
+const DOMAIN_KEYS: &str = "expected one of: name, mode, cgroups, endpoints, bundle, bundle_endpoint, bundle_from, attested";
 const EDGE_KEYS: &str = "expected one of: id, from, to, protocol, ports, owner, reason, not_before, expires, ttl, require_bundles";
 const TD_IS: &str = "a trust domain name is a bare name like `example.org`, optionally written as `spiffe://example.org`";
 
@@ -1106,7 +1105,7 @@ mod trust_bundles {
                 false
             ),
             [
-                "p.yaml:4:15: an attested domain needs a `bundle`: attestation checks SVIDs against it",
+                "p.yaml:4:15: an attested domain needs a `bundle` or `bundle_from`: attestation checks SVIDs against it",
                 "p.yaml:5:15: an attested domain gets its cgroups from attestation; remove `cgroups` or `attested`",
             ]
         );
@@ -1118,6 +1117,47 @@ mod trust_bundles {
             ),
             ["p.yaml:4:15: `attested` must be `true` or `false`, found `yes`"]
         );
+    }
+
+    #[test]
+    fn a_bundle_comes_from_one_source() {
+        assert_eq!(
+            with(
+                &[
+                    "  - name: a.org",
+                    "    bundle: /etc/a.pem",
+                    "    bundle_from: workload_api",
+                    "  - name: b.org",
+                    "    bundle_from: agent",
+                ],
+                &[],
+                false
+            ),
+            [
+                "p.yaml:5:18: a domain's bundle comes from one place: remove `bundle_from`, or `bundle` and `bundle_endpoint`",
+                "p.yaml:7:18: `bundle_from` must be `workload_api`, found `agent`",
+            ]
+        );
+        // A bundle from the Workload API counts as a bundle for attestation and for edges
+        // that require bundles.
+        let mut lines = vec![
+            "version: 1",
+            "domains:",
+            "  - name: a.org",
+            "    attested: true",
+            "    bundle_from: workload_api",
+            "  - name: b.org",
+            "    bundle_from: workload_api",
+            "federation:",
+        ];
+        lines.extend_from_slice(EDGE);
+        lines.push("    require_bundles: true");
+        let policy = parse("p.yaml", &policy(&lines)).expect("a valid policy");
+        assert_eq!(
+            policy.domains[0].bundle_from.as_ref().map(|b| b.source),
+            Some(enforcer_policy::BundleSource::WorkloadApi)
+        );
+        assert!(policy.federation[0].require_bundles);
     }
 
     #[test]

@@ -35,6 +35,7 @@ fn example_parses_to_expected_model() {
                 ],
                 bundle: None,
                 bundle_endpoint: None,
+                bundle_from: None,
                 attested: false,
             },
             Domain {
@@ -44,6 +45,7 @@ fn example_parses_to_expected_model() {
                 endpoints: vec![],
                 bundle: None,
                 bundle_endpoint: None,
+                bundle_from: None,
                 attested: false,
             },
         ],

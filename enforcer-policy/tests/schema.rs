@@ -107,6 +107,9 @@ domains:
   - name: partner.example.org
     attested: true
     bundle: /etc/enforcer/partner.pem
+  - name: federated.example.org
+    attested: true
+    bundle_from: workload_api
 federation:
   - id: staging-to-prod
     from: staging.example.org
@@ -234,6 +237,15 @@ fn the_schema_refuses_what_the_parser_refuses() {
         (
             "attested without bundle",
             "version: 1\ndomains: [{name: a.org, attested: true}]\n".to_owned(),
+        ),
+        (
+            "bundle and bundle_from",
+            "version: 1\ndomains: [{name: a.org, bundle: /b.pem, bundle_from: workload_api}]\n"
+                .to_owned(),
+        ),
+        (
+            "unknown bundle source",
+            "version: 1\ndomains: [{name: a.org, bundle_from: agent}]\n".to_owned(),
         ),
         ("bad edge id", edge("id: Staging")),
         ("no owner", edge_without("owner")),

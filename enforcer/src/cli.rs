@@ -84,6 +84,8 @@ enum Command {
         bundle_endpoints: crate::trust::bundle_endpoint::Args,
         #[command(flatten)]
         remote_admin: daemon::remote_admin::Args,
+        #[command(flatten)]
+        workload_api: crate::trust::workload_api::Args,
     },
     /// Prove to the daemon that this process holds an X.509-SVID, so that its cgroup joins
     /// the SVID's (attested) trust domain until the SVID expires.
@@ -302,8 +304,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             bundle_warn_before,
             bundle_endpoints,
             remote_admin,
+            workload_api,
         } => crate::trust::bundle_endpoint::configure(&bundle_endpoints)
             .and_then(|()| {
+                let workload_api =
+                    daemon::workload_api(&workload_api, remote_admin.tls().is_some());
                 daemon::run(daemon::Options {
                     source: policy_source(source, policy, node, etcd)?,
                     cgroup_root,
@@ -318,7 +323,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     attest_socket,
                     bundle_warn_before,
                     tls: remote_admin.tls(),
-                    remote_admin: daemon::remote_admin::RemoteAdmin::from_args(remote_admin)?,
+                    remote_admin: daemon::remote_admin::RemoteAdmin::from_args(
+                        remote_admin,
+                        workload_api.as_ref().and_then(|w| w.svid.as_ref()),
+                    )?,
+                    workload_api,
                 })
             })
             .map(|()| ExitCode::SUCCESS),

@@ -60,7 +60,7 @@ use crate::{
     },
     paths::{PinDir, StateDir},
     pipeline::{clock::Clocks, compile, edges::Book},
-    trust::bundles::TrustState,
+    trust::{bundles::TrustState, current_svid::CurrentSvid, workload_api},
 };
 
 /// Where the daemon takes its policy from.
@@ -102,6 +102,28 @@ pub struct Options {
     pub bundle_warn_before: std::time::Duration,
     /// The remote admin endpoint, if any, checked but not yet bound.
     pub remote_admin: Option<RemoteAdmin>,
+    /// The SPIFFE Workload API client, if the daemon has one; not started yet.
+    pub workload_api: Option<WorkloadApi>,
+}
+
+/// How long a starting daemon waits for the Workload API's first bundle set (or its first
+/// failure) before it judges `bundle_from: workload_api` bundles: an agent on the same host
+/// answers in milliseconds.
+const FIRST_BUNDLES: Duration = Duration::from_secs(5);
+
+/// The daemon's Workload API client and, when the daemon's own SVID comes from it (no
+/// `--tls-cert`), that SVID as it rotates.
+pub struct WorkloadApi {
+    pub feed: Arc<workload_api::Client>,
+    pub svid: Option<Arc<CurrentSvid>>,
+}
+
+/// The client `args` ask for; `own_files`: the daemon's SVID comes from files instead.
+pub fn workload_api(args: &workload_api::Args, own_files: bool) -> Option<WorkloadApi> {
+    args.endpoint().map(|endpoint| WorkloadApi {
+        feed: workload_api::Client::install(endpoint),
+        svid: (!own_files).then(|| Arc::new(CurrentSvid::default())),
+    })
 }
 
 pub fn run(options: Options) -> Result<()> {
@@ -139,6 +161,16 @@ pub fn run(options: Options) -> Result<()> {
     for socket in std::iter::once(&options.socket).chain(&options.attest_socket) {
         vacant_socket(socket)?;
     }
+    // Started, and given a moment to answer, before the bundles are read: a gated edge
+    // judged before the agent's first set would be suspended and its live connections ended
+    // by a mere restart. A set that comes later is taken within a second, as a changed file
+    // is.
+    if let Some(client) = &options.workload_api {
+        client.feed.start(&runtime::handle()?, client.svid.clone());
+        if policy.domains.iter().any(|d| d.bundle_from.is_some()) {
+            client.feed.wait_settled(FIRST_BUNDLES);
+        }
+    }
     // A bundle that cannot be used now suspends the edges that require it, but does not stop
     // the daemon: refusing to start would leave those edges in force in the kernel.
     let trust = TrustState::load(&policy, &file, false).unwrap_or_default();
@@ -148,11 +180,12 @@ pub fn run(options: Options) -> Result<()> {
         .attest_socket
         .as_ref()
         .map(|_| {
-            let own = options
-                .tls
-                .as_ref()
-                .map(|(cert, key)| crate::trust::Identity::read(cert, key))
-                .transpose()?;
+            let own = match &options.tls {
+                Some((cert, key)) => Some(CurrentSvid::fixed(crate::trust::Identity::read(
+                    cert, key,
+                )?)?),
+                None => options.workload_api.as_ref().and_then(|w| w.svid.clone()),
+            };
             attest_server::identity(own)
         })
         .transpose()?;

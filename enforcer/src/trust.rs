@@ -8,8 +8,10 @@ mod bundle;
 pub mod bundle_endpoint;
 pub mod bundles;
 mod certificate;
+pub mod current_svid;
 mod svid;
 mod tls;
+pub mod workload_api;
 
 pub use bundle::{Bundle, BundleError, hex};
 pub use certificate::leaf;

@@ -380,7 +380,11 @@ fn a_bad_remote_admin_configuration_stops_the_daemon_before_it_changes_anything(
     let mut two_domains = good.clone();
     two_domains.extend(["--admin-id".into(), "spiffe://prod.example.org/ops".into()]);
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (good[..2].to_vec(), "--tls-cert"),
+        (good[..2].to_vec(), "--admin-bundle"),
+        (
+            [&good[..2], &good[6..]].concat(),
+            "--admin-listen needs the daemon's own SVID: --tls-cert and --tls-key, or --workload-api",
+        ),
         (
             with("--admin-bundle", &pki.arg("garbage.pem")),
             "--admin-bundle: ",

@@ -45,6 +45,29 @@ pub struct Status {
     /// predates it.
     #[serde(default)]
     pub build: Option<Build>,
+    /// The SPIFFE Workload API client; `None` when the daemon has none.
+    #[serde(default)]
+    pub workload_api: Option<WorkloadApiStatus>,
+}
+
+/// The daemon's SPIFFE Workload API client.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadApiStatus {
+    /// `unix:/PATH`.
+    pub endpoint: String,
+    /// Whether a stream to the agent is open now.
+    pub connected: bool,
+    /// The last failure (connecting, a stream ending, a message refused), until the next
+    /// message is taken.
+    pub error: Option<String>,
+    /// Messages taken (bundle sets and SVIDs) since the daemon started.
+    pub updates: u64,
+    pub last_update: Option<Timestamp>,
+    /// The trust domains in the agent's last bundle set.
+    pub domains: Vec<String>,
+    /// The daemon's own SVID from it, when it presents one from there.
+    pub svid: Option<String>,
+    pub svid_expires: Option<Timestamp>,
 }
 
 /// Which build a binary is.
@@ -202,10 +225,11 @@ pub struct MapFill {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BundleStatus {
     pub domain: String,
-    /// The file read, or for a bundle fetched from an endpoint its URL.
+    /// The file read, the URL of the endpoint it is fetched from, or `Workload API
+    /// unix:/PATH`.
     pub path: String,
-    /// Where the bundle comes from: "file" or "endpoint" (absent from daemons before
-    /// bundle endpoints, whose bundles were all files).
+    /// Where the bundle comes from: "file", "endpoint" or "workload_api" (absent from daemons
+    /// before bundle endpoints, whose bundles were all files).
     #[serde(default = "file_source")]
     pub source: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

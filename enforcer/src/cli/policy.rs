@@ -38,7 +38,11 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
                                 policy
                                     .domains
                                     .iter()
-                                    .filter(|d| d.bundle.is_some() || d.bundle_endpoint.is_some())
+                                    .filter(|d| {
+                                        d.bundle.is_some()
+                                            || d.bundle_endpoint.is_some()
+                                            || d.bundle_from.is_some()
+                                    })
                                     .count()
                             );
                         }

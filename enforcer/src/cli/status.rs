@@ -91,6 +91,31 @@ impl Display for Status {
                 b.cgroup, b.cgroup_id, b.domain, b.spiffe_id, b.expires, b.pid
             )?;
         }
+        if let Some(w) = &self.workload_api {
+            let state = if w.connected {
+                "connected"
+            } else {
+                "not connected"
+            };
+            let last = w
+                .last_update
+                .map_or_else(String::new, |t| format!(", last at {t}"));
+            writeln!(
+                f,
+                "workload api: {} ({state}, {} update(s){last})",
+                w.endpoint, w.updates
+            )?;
+            if let Some(error) = &w.error {
+                writeln!(f, "  error: {error}")?;
+            }
+            if let Some(svid) = &w.svid {
+                let until = w
+                    .svid_expires
+                    .map_or_else(String::new, |t| format!(" until {t}"));
+                writeln!(f, "  svid: {svid}{until}")?;
+            }
+            writeln!(f, "  bundles for: {}", w.domains.join(", "))?;
+        }
         if !self.bundles.is_empty() {
             writeln!(f, "bundles:")?;
         }

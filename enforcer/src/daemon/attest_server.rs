@@ -12,7 +12,11 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use rustls::{ServerConfig, ServerConnection, StreamOwned};
+use rustls::{
+    ServerConfig, ServerConnection, StreamOwned,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::{
@@ -20,8 +24,9 @@ use crate::{
     kernel::cgroupfs::CgroupFs,
     listener::{self, Bounds, remaining},
     trust::{
-        self, Bundles, Identity, SvidClientVerifier,
+        self, Bundles, SvidClientVerifier,
         attestation::{Claim, peer::Peer},
+        current_svid::CurrentSvid,
     },
 };
 
@@ -39,19 +44,41 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     daemon::serve::bind_socket(path, true).context("binding the attestation socket")
 }
 
-/// The certificate the daemon shows clients: its own SVID when it has one, otherwise a
-/// self-signed certificate made at start. Clients of the latter trust the daemon by the
-/// socket's path (its directory is root's), not by the certificate.
-pub fn identity(own: Option<Identity>) -> Result<Identity> {
-    if let Some(own) = own {
-        return Ok(own);
-    }
+/// The certificate the daemon shows clients: its own SVID when it has one (files, or the
+/// Workload API's current one), otherwise a self-signed certificate made at start. Clients of
+/// the latter trust the daemon by the socket's path (its directory is root's), not by the
+/// certificate.
+pub fn identity(own: Option<Arc<CurrentSvid>>) -> Result<Arc<dyn ResolvesServerCert>> {
     let made = rcgen::generate_simple_self_signed(vec!["enforcer-attestation".to_owned()])
         .context("making the attestation socket's certificate")?;
-    Ok(Identity {
-        chain: vec![CertificateDer::from(made.cert.der().to_vec())],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
-    })
+    let made = CertifiedKey::from_der(
+        vec![CertificateDer::from(made.cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(made.signing_key.serialize_der())),
+        &trust::crypto_provider(),
+    )
+    .context("the attestation socket's certificate and key do not match")?;
+    Ok(Arc::new(OwnOrMade {
+        own,
+        made: Arc::new(made),
+    }))
+}
+
+/// The daemon's own SVID when it has one now, else the certificate made at start: an SVID
+/// from the Workload API may not have arrived yet (or the agent issues the daemon none), and
+/// attestation must not stop for it.
+#[derive(Debug)]
+struct OwnOrMade {
+    own: Option<Arc<CurrentSvid>>,
+    made: Arc<CertifiedKey>,
+}
+
+impl ResolvesServerCert for OwnOrMade {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        match &self.own {
+            Some(own) => own.resolve(hello).or_else(|| Some(Arc::clone(&self.made))),
+            None => Some(Arc::clone(&self.made)),
+        }
+    }
 }
 
 pub struct Server {
@@ -69,7 +96,7 @@ struct Attestations {
 impl Server {
     pub fn new(
         listener: UnixListener,
-        identity: Identity,
+        identity: Arc<dyn ResolvesServerCert>,
         bundles: Bundles,
         cgroups: CgroupFs,
     ) -> Result<Self> {
@@ -78,8 +105,7 @@ impl Server {
             .with_protocol_versions(&[&rustls::version::TLS13])
             .context("configuring TLS 1.3")?
             .with_client_cert_verifier(verifier.clone())
-            .with_single_cert(identity.chain, identity.key)
-            .context("the attestation socket's certificate and key do not match")?;
+            .with_cert_resolver(identity);
         Ok(Self {
             listener,
             attestations: Attestations {

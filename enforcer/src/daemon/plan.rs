@@ -121,7 +121,13 @@ fn domain_spec(policy: &Policy, d: &Domain) -> DomainSpec {
     }
 }
 
+/// Where the domain's bundle comes from, as `plan` shows it: a path, or the service.
 fn bundle_path(d: &Domain) -> String {
+    if let Some(from) = &d.bundle_from {
+        return match from.source {
+            enforcer_policy::BundleSource::WorkloadApi => "workload_api".to_owned(),
+        };
+    }
     d.bundle
         .as_ref()
         .map_or_else(|| "none".to_owned(), |b| b.path.display().to_string())
@@ -621,5 +627,18 @@ federation:
             panic!("the edge now requires bundles: {edges:?}");
         };
         assert_eq!(e.changes[0].field, "require_bundles");
+
+        let from_agent = after.replace("bundle: /b/b.pem", "bundle_from: workload_api");
+        let (_, domains, _) = diff(after, &from_agent, &Book::default());
+        let [b] = &domains.altered[..] else {
+            panic!("b.org's bundle now comes from the Workload API: {domains:?}");
+        };
+        assert_eq!(
+            b.bundle,
+            Some(Change {
+                before: "/b/b.pem".into(),
+                after: "workload_api".into()
+            })
+        );
     }
 }

@@ -28,7 +28,9 @@ use crate::{
     api::control::{self, Channel, Limits, Response},
     daemon::{self, access::Rights, machine::Daemon, serve::EventService},
     listener::{self, Bounds, remaining},
-    trust::{self, Bundle, Bundles, Identity, SvidClientVerifier, Usage},
+    trust::{
+        self, Bundle, Bundles, Identity, SvidClientVerifier, Usage, current_svid::CurrentSvid,
+    },
 };
 
 /// For the TCP connection's whole TLS handshake, from being accepted.
@@ -41,11 +43,13 @@ const LINGER: Duration = Duration::from_secs(1);
 #[derive(clap::Args)]
 pub struct Args {
     /// Serve the control protocol to remote admins over mutual TLS at ADDR:PORT (off by
-    /// default); needs --tls-cert, --tls-key, --admin-bundle and --admin-id.
-    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key", "admin_bundle", "admin_id"], env = "ENFORCER_ADMIN_LISTEN")]
+    /// default); needs --admin-bundle, --admin-id and the daemon's SVID (--tls-cert and
+    /// --tls-key, or --workload-api).
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["admin_bundle", "admin_id"], env = "ENFORCER_ADMIN_LISTEN")]
     admin_listen: Option<SocketAddr>,
     /// The daemon's own X.509-SVID (PEM, leaf first), presented to remote admins and to
-    /// attestation clients (which otherwise get a self-signed certificate).
+    /// attestation clients (which otherwise get the Workload API's SVID, or a self-signed
+    /// certificate).
     #[arg(
         long,
         value_name = "FILE",
@@ -105,35 +109,32 @@ struct Server {
 
 impl RemoteAdmin {
     /// Reads and checks everything `args` names, changing nothing on the host; `None` when
-    /// no remote endpoint is asked for.
-    pub fn from_args(args: Args) -> Result<Option<Self>> {
-        let (Some(listen), Some(cert), Some(key), Some(bundle)) = (
-            args.admin_listen,
-            args.tls_cert,
-            args.tls_key,
-            args.admin_bundle,
-        ) else {
-            // clap makes the four and at least one --admin-id come together.
+    /// no remote endpoint is asked for. `live` is the daemon's SVID from the Workload API,
+    /// used when `args` names no SVID files.
+    pub fn from_args(args: Args, live: Option<&Arc<CurrentSvid>>) -> Result<Option<Self>> {
+        let (Some(listen), Some(bundle)) = (args.admin_listen, args.admin_bundle) else {
+            // clap makes these two and at least one --admin-id come together.
             return Ok(None);
         };
         let admins = Admins::new(args.admin_id).map_err(|err| anyhow!("--admin-id: {err}"))?;
         let bundle = Bundle::read(&bundle, &admins.domain)
             .map_err(|err| anyhow!("--admin-bundle: {err}"))?;
-        let identity = Identity::read(&cert, &key)?;
-        let now = Timestamp::now();
-        let own = trust::own_id(&identity.chain[0], now)
-            .map_err(|err| anyhow!("--tls-cert {}: {err}", cert.display()))?;
-        // The daemon's own domain's bundle is at hand only when it is the admin domain.
-        if own.domain == admins.domain {
-            trust::verify(&identity.chain, |_| Some(&bundle), Usage::Server, now).map_err(
-                |err| {
+        let svid = match (args.tls_cert, args.tls_key, live) {
+            (Some(cert), Some(key), _) => {
+                Self::own_svid(&cert, &key, &admins, &bundle).map_err(|err| {
                     anyhow!(
-                        "--tls-cert {} is not valid for --admin-bundle: {err}",
-                        cert.display()
+                        "--tls-cert {} with --tls-key {}: {err:#}",
+                        cert.display(),
+                        key.display()
                     )
-                },
-            )?;
-        }
+                })?
+            }
+            (_, _, Some(live)) => Arc::clone(live),
+            _ => bail!(
+                "--admin-listen needs the daemon's own SVID: --tls-cert and --tls-key, or \
+                 --workload-api"
+            ),
+        };
         let bundles: Bundles = Arc::new(RwLock::new(BTreeMap::from([(
             admins.domain.clone(),
             bundle,
@@ -142,14 +143,7 @@ impl RemoteAdmin {
         let mut tls = ServerConfig::builder_with_provider(trust::crypto_provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::clone(&verifier) as _)
-            .with_single_cert(identity.chain, identity.key)
-            .map_err(|err| {
-                anyhow!(
-                    "--tls-cert {} with --tls-key {}: {err}",
-                    cert.display(),
-                    key.display()
-                )
-            })?;
+            .with_cert_resolver(svid);
         // No resumption: every connection presents and proves its SVID afresh.
         tls.session_storage = Arc::new(NoServerSessionStorage {});
         tls.send_tls13_tickets = 0;
@@ -161,6 +155,24 @@ impl RemoteAdmin {
                 admins: Arc::new(admins),
             },
         }))
+    }
+
+    /// The SVID files, checked: the SVID rules and validity, and against `bundle` when the
+    /// daemon's own domain is the admin domain (the only bundle of its domain at hand).
+    fn own_svid(
+        cert: &std::path::Path,
+        key: &std::path::Path,
+        admins: &Admins,
+        bundle: &Bundle,
+    ) -> Result<Arc<CurrentSvid>> {
+        let identity = Identity::read(cert, key)?;
+        let now = Timestamp::now();
+        let own = trust::own_id(&identity.chain[0], now).map_err(|err| anyhow!("{err}"))?;
+        if own.domain == admins.domain {
+            trust::verify(&identity.chain, |_| Some(bundle), Usage::Server, now)
+                .map_err(|err| anyhow!("not valid for --admin-bundle: {err}"))?;
+        }
+        Ok(CurrentSvid::fixed(identity)?)
     }
 
     /// Binds the address. Called before anything on the host changes, so an address that

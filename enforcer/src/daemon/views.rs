@@ -234,6 +234,23 @@ impl Daemon {
                 built: version::BUILT.into(),
                 ebpf_sha256: version::EBPF_SHA256.into(),
             }),
+            workload_api: crate::trust::workload_api::installed().map(|feed| {
+                let view = feed.view();
+                let svid = view.svid.unwrap_or(crate::trust::current_svid::SvidFacts {
+                    id: None,
+                    expires: None,
+                });
+                status::WorkloadApiStatus {
+                    endpoint: view.endpoint,
+                    connected: view.connected,
+                    error: view.error,
+                    updates: view.updates,
+                    last_update: view.last_update,
+                    domains: view.domains,
+                    svid: svid.id.map(|id| id.to_string()),
+                    svid_expires: svid.expires,
+                }
+            }),
         }
     }
 
@@ -272,6 +289,10 @@ impl Daemon {
             commits: self.commits.clone(),
             reloads: self.source.reloads.clone(),
             reload_refused: self.source.last_reload_error.is_some(),
+            workload_api: crate::trust::workload_api::installed().map(|feed| {
+                let view = feed.view();
+                (view.connected, view.updates)
+            }),
             bundle_fetches: self
                 .state
                 .trust

@@ -52,6 +52,8 @@ pub struct Snapshot {
     /// Reloads of `--policy FILE` by outcome, and whether the last one was refused.
     pub reloads: Reloads,
     pub reload_refused: bool,
+    /// The Workload API client, if the daemon has one: (connected, messages taken).
+    pub workload_api: Option<(bool, u64)>,
     /// Bundle-endpoint fetches, by domain.
     pub bundle_fetches: Vec<BundleFetches>,
     /// Where the policy comes from and how current it is.
@@ -440,6 +442,24 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
         last_success,
     );
 
+    if let Some((connected, updates)) = snapshot.workload_api {
+        let open = Gauge::<u64, std::sync::atomic::AtomicU64>::default();
+        open.set(u64::from(connected));
+        registry.register(
+            "workload_api_connected",
+            "1 while a stream to the SPIFFE Workload API (--workload-api) is open, 0 while the \
+             daemon is reconnecting",
+            open,
+        );
+        let taken = Counter::<u64>::default();
+        taken.inc_by(updates);
+        registry.register(
+            "workload_api_updates",
+            "Messages (bundle sets and SVIDs) taken from the SPIFFE Workload API",
+            taken,
+        );
+    }
+
     let entries = Gauges::<MapLabels>::default();
     let max_entries = Gauges::<MapLabels>::default();
     for fill in maps {
@@ -570,6 +590,7 @@ mod tests {
                 reloads
             },
             reload_refused: true,
+            workload_api: Some((true, 3)),
             bundle_fetches: vec![BundleFetches {
                 domain: "prod.example.org".into(),
                 fetches: 5,
@@ -617,6 +638,8 @@ mod tests {
             r#"enforcer_edge_connections_total{edge="break-glass",from="staging.example.org",to="prod.example.org",source="grant"} 0"#,
             r#"enforcer_edge_last_used_timestamp_seconds{edge="db",from="staging.example.org",to="prod.example.org",source="file"} 1795428001.5"#,
             "enforcer_policy_generation 4",
+            "enforcer_workload_api_connected 1",
+            "enforcer_workload_api_updates_total 3",
             r#"enforcer_policy_applies_total{outcome="applied"} 1"#,
             r#"enforcer_policy_applies_total{outcome="rejected"} 1"#,
             r#"enforcer_policy_applies_total{outcome="failed"} 0"#,
@@ -683,7 +706,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            20,
+            22,
             "{declared:?}"
         );
     }

@@ -66,6 +66,12 @@ impl Bundle {
         // Bundle 4.1.3): a domain being retired may publish one. It reads as empty, and
         // `usable_at` keeps the edges that require it suspended.
         let ders = if is_json { jwks(bytes)? } else { pem(bytes)? };
+        Self::from_ders(ders, domain)
+    }
+
+    /// The bundle of `domain` from its CA certificates (DER), each checked as `parse` does:
+    /// the form the SPIFFE Workload API delivers.
+    pub fn from_ders(ders: Vec<Vec<u8>>, domain: &TrustDomain) -> Result<Self, BundleError> {
         let authorities = ders
             .into_iter()
             .enumerate()

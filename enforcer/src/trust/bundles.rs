@@ -1,17 +1,19 @@
 //! The trust bundles the running policy names, as the daemon holds them: read when a policy is
-//! applied (a bundle that does not parse or check refuses the apply), re-read whenever the
-//! file changes, and judged against the clock. Edges that require bundles are gated on them
+//! applied (a bundle file that does not parse or check refuses the apply), read again whenever
+//! their source changes (a file, or the SPIFFE Workload API's latest set), and judged against
+//! the clock. Edges that require bundles are gated on them
 //! (`Trust`): active only while both ends' bundles are usable, and never past the earliest
 //! expiry among them, which is written into the kernel's edge window so that the kernel stops
 //! such an edge at expiry even when no daemon runs.
 //!
-//! A domain's bundle has one source: its `bundle` file, or its `bundle_endpoint`
-//! (`bundle_endpoint.rs`, whose task this state starts on `adopt` and reads on `refresh`; the
-//! file is then only the bootstrap, in force until the first fetch succeeds).
+//! A domain's bundle has one source: its `bundle` file, the Workload API (`bundle_from:
+//! workload_api`, `workload_api.rs`), or its `bundle_endpoint` (`bundle_endpoint.rs`, whose
+//! task this state starts on `adopt` and reads on `refresh`; a `bundle` file beside it is
+//! only the bootstrap, in force until the first fetch succeeds).
 
 use std::{collections::BTreeMap, fs, os::unix::fs::MetadataExt as _, path::PathBuf, sync::Arc};
 
-use enforcer_policy::{BundleEndpoint, Edge, EndpointProfile, Policy, TrustDomain};
+use enforcer_policy::{BundleEndpoint, BundleSource, Edge, EndpointProfile, Policy, TrustDomain};
 use jiff::{SignedDuration, Timestamp};
 
 use crate::{
@@ -20,19 +22,33 @@ use crate::{
     trust::{
         self, Bundle, bundle,
         bundle_endpoint::{Poller, Report},
+        workload_api::{self, Lookup},
     },
 };
 
-/// A domain's bundle as last read or fetched.
+/// A bundle as last read from its source.
 #[derive(Debug, Clone)]
 struct Entry {
-    /// The bundle file; for an endpoint, the bootstrap, if any.
-    path: Option<PathBuf>,
+    source: Source,
     /// The bundle, or why it could not be used.
     loaded: Result<Bundle, String>,
-    /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
-    file: Option<(u64, u64, u64, i128)>,
-    endpoint: Option<Fetched>,
+}
+
+/// Where a domain's bundle comes from, and how to tell that it changed.
+#[derive(Debug, Clone)]
+enum Source {
+    File {
+        path: PathBuf,
+        /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
+        file: Option<(u64, u64, u64, i128)>,
+    },
+    /// The Workload API's set, as of the feed's version `seen` (`None`: no feed at all).
+    WorkloadApi { seen: Option<u64> },
+    /// A bundle endpoint, with the file that bootstraps it, if any.
+    Endpoint {
+        bootstrap: Option<PathBuf>,
+        fetching: Fetched,
+    },
 }
 
 /// A bundle fetched from an endpoint.
@@ -46,13 +62,34 @@ struct Fetched {
     report: Report,
 }
 
-impl Entry {
-    /// Where the bundle comes from, for messages.
-    fn origin(&self) -> String {
-        match (&self.endpoint, &self.path) {
-            (Some(f), _) => f.config.url.clone(),
-            (None, Some(path)) => path.display().to_string(),
-            (None, None) => String::new(),
+impl Source {
+    /// How `status` and the log name it.
+    fn describe(&self) -> String {
+        match self {
+            Self::File { path, .. } => path.display().to_string(),
+            Self::WorkloadApi { .. } => match workload_api::installed() {
+                Some(feed) => format!("Workload API {}", feed.endpoint),
+                None => "Workload API".into(),
+            },
+            Self::Endpoint { fetching, .. } => fetching.config.url.clone(),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::File { .. } => "file",
+            Self::WorkloadApi { .. } => "workload_api",
+            Self::Endpoint { .. } => "endpoint",
+        }
+    }
+
+    /// Whether the source may have changed since it was read (an endpoint's task reports
+    /// its fetches itself).
+    fn stale(&self) -> bool {
+        match self {
+            Self::File { path, file } => file.is_none() || identity(path) != *file,
+            Self::WorkloadApi { seen } => workload_api::installed().map(|f| f.version()) != *seen,
+            Self::Endpoint { .. } => false,
         }
     }
 }
@@ -75,10 +112,43 @@ fn read(path: &std::path::Path, domain: &TrustDomain) -> Entry {
     // Identity first: a file replaced after it was read is read again on the next look.
     let file = identity(path);
     Entry {
-        path: Some(path.to_owned()),
+        source: Source::File {
+            path: path.to_owned(),
+            file,
+        },
         loaded: Bundle::read(path, domain).map_err(|e| e.to_string()),
-        file,
-        endpoint: None,
+    }
+}
+
+/// The bundle the Workload API last delivered for `domain`. Version first, as with files: a
+/// set that arrives meanwhile is read on the next look.
+fn delivered(domain: &TrustDomain) -> Entry {
+    let Some(feed) = workload_api::installed() else {
+        return Entry {
+            source: Source::WorkloadApi { seen: None },
+            loaded: Err(
+                "it comes from a Workload API, and none is given here: the daemon's \
+                 --workload-api or SPIFFE_ENDPOINT_SOCKET"
+                    .into(),
+            ),
+        };
+    };
+    let seen = Some(feed.version());
+    let loaded = match feed.lookup(domain) {
+        Lookup::Found(bundle) => bundle,
+        Lookup::Missing => Err(format!(
+            "the Workload API {} no longer delivers a bundle for {domain}",
+            feed.endpoint
+        )),
+        Lookup::Pending(error) => Err(format!(
+            "no bundle from the Workload API {} yet{}",
+            feed.endpoint,
+            error.map_or_else(String::new, |e| format!(" ({e})"))
+        )),
+    };
+    Entry {
+        source: Source::WorkloadApi { seen },
+        loaded,
     }
 }
 
@@ -89,22 +159,22 @@ fn fetched(
     domain: &TrustDomain,
     endpoint: &BundleEndpoint,
 ) -> Entry {
-    let mut entry = match bootstrap {
-        Some(path) => read(path, domain),
-        None => Entry {
-            path: None,
-            loaded: Err(format!("not fetched yet from {}", endpoint.url)),
-            file: None,
-            endpoint: None,
-        },
+    let loaded = match bootstrap {
+        Some(path) => Bundle::read(path, domain).map_err(|e| e.to_string()),
+        None => Err(format!("not fetched yet from {}", endpoint.url)),
     };
-    entry.endpoint = Some(Fetched {
-        config: endpoint.clone(),
-        poller: None,
-        seen: 0,
-        report: Report::default(),
-    });
-    entry
+    Entry {
+        source: Source::Endpoint {
+            bootstrap: bootstrap.map(std::path::Path::to_owned),
+            fetching: Fetched {
+                config: endpoint.clone(),
+                poller: None,
+                seen: 0,
+                report: Report::default(),
+            },
+        },
+        loaded,
+    }
 }
 
 impl TrustState {
@@ -116,6 +186,14 @@ impl TrustState {
         let mut entries = BTreeMap::new();
         let mut errors = Vec::new();
         for domain in &policy.domains {
+            if let Some(from) = &domain.bundle_from {
+                match from.source {
+                    BundleSource::WorkloadApi => {
+                        entries.insert(domain.name.clone(), delivered(&domain.name));
+                    }
+                }
+                continue;
+            }
             let entry = match (&domain.bundle, &domain.bundle_endpoint) {
                 (_, Some(endpoint)) => fetched(
                     domain.bundle.as_ref().map(|b| b.path.as_path()),
@@ -151,13 +229,16 @@ impl TrustState {
     /// fetching on `runtime`, and the tasks of endpoints no longer named stop.
     pub fn adopt(&mut self, mut next: Self) {
         for (domain, entry) in &mut next.entries {
-            let Some(fetching) = &mut entry.endpoint else {
+            let Source::Endpoint { fetching, .. } = &mut entry.source else {
                 continue;
             };
             let running = self
                 .entries
                 .get(domain)
-                .and_then(|e| e.endpoint.as_ref())
+                .and_then(|e| match &e.source {
+                    Source::Endpoint { fetching, .. } => Some(fetching),
+                    _ => None,
+                })
                 .filter(|f| {
                     f.poller
                         .as_ref()
@@ -207,24 +288,25 @@ impl TrustState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = usable;
     }
 
-    /// Re-reads the bundle files that changed since they were read; returns a line for each
-    /// bundle whose content or readability changed, at the level to log it.
+    /// Re-reads the bundles whose source changed since they were read; returns a line for
+    /// each bundle whose content or readability changed, at the level to log it.
     pub fn refresh(&mut self) -> Vec<(log::Level, String)> {
         let mut changes = Vec::new();
         for (domain, entry) in &mut self.entries {
-            if let Some(fetching) = &mut entry.endpoint {
+            if let Source::Endpoint { fetching, .. } = &mut entry.source {
                 if let Some(change) = take_report(domain, fetching, &mut entry.loaded) {
                     changes.push(change);
                 }
                 continue;
             }
-            let Some(path) = entry.path.clone() else {
-                continue;
-            };
-            if identity(&path) == entry.file && entry.file.is_some() {
+            if !entry.source.stale() {
                 continue;
             }
-            let next = read(&path, domain);
+            let next = match &entry.source {
+                Source::File { path, .. } => read(path, domain),
+                Source::WorkloadApi { .. } => delivered(domain),
+                Source::Endpoint { .. } => continue,
+            };
             if next.loaded != entry.loaded {
                 changes.push(match &next.loaded {
                     Ok(b) => match b.expires() {
@@ -233,7 +315,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: {} authorit(ies), expires \
                                  {expires}",
-                                path.display(),
+                                next.source.describe(),
                                 b.authorities.len(),
                             ),
                         ),
@@ -242,7 +324,7 @@ impl TrustState {
                             format!(
                                 "trust bundle of {domain} ({}) read: it {}; the edges that \
                                  require it are suspended",
-                                path.display(),
+                                next.source.describe(),
                                 bundle::EMPTY
                             ),
                         ),
@@ -265,7 +347,10 @@ impl TrustState {
     pub fn fetch_counts(&self) -> Vec<(TrustDomain, Report)> {
         self.entries
             .iter()
-            .filter_map(|(d, e)| Some((d.clone(), e.endpoint.as_ref()?.report.clone())))
+            .filter_map(|(d, e)| match &e.source {
+                Source::Endpoint { fetching, .. } => Some((d.clone(), fetching.report.clone())),
+                _ => None,
+            })
             .collect()
     }
 
@@ -289,7 +374,7 @@ impl TrustState {
             lines.push(format!(
                 "the trust bundle of {domain} ({}) expires at {expires}; replace it \
                  before then, or the edges that require it are suspended",
-                entry.origin()
+                entry.source.describe()
             ));
         }
         lines
@@ -358,17 +443,15 @@ impl TrustState {
                     });
                 BundleStatus {
                     domain: domain.to_string(),
-                    path: entry.origin(),
-                    source: if entry.endpoint.is_some() {
-                        "endpoint"
-                    } else {
-                        "file"
-                    }
-                    .into(),
-                    endpoint: entry
-                        .endpoint
-                        .as_ref()
-                        .map(|f| endpoint_status(f, entry.path.as_deref())),
+                    path: entry.source.describe(),
+                    source: entry.source.kind().into(),
+                    endpoint: match &entry.source {
+                        Source::Endpoint {
+                            bootstrap,
+                            fetching,
+                        } => Some(endpoint_status(fetching, bootstrap.as_deref())),
+                        _ => None,
+                    },
                     state: state.into(),
                     error,
                     expires,
@@ -566,5 +649,76 @@ federation:
         assert_eq!(missing.len(), 1);
         assert!(missing[0].starts_with("p.yaml:5:"), "{missing:?}");
         fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// The agent's sets, as the client takes them: each is complete, so a domain left out of
+    /// one has lost its bundle.
+    #[test]
+    fn a_workload_api_bundle_follows_the_agents_latest_set() {
+        let p = enforcer_policy::parse(
+            "p.yaml",
+            "
+version: 1
+domains:
+  - {name: a.org, bundle_from: workload_api}
+  - {name: b.org, bundle_from: workload_api}
+federation:
+  - {id: ab, from: a.org, to: b.org, protocol: tcp, ports: [1], owner: o, reason: r, require_bundles: true}
+",
+        )
+        .expect("valid");
+        let client = workload_api::Client::install("unix:/nonexistent/agent.sock");
+        let set = |cas: &[(&str, &Issued)]| {
+            let mut set = spiffe::X509BundleSet::new();
+            for (domain, ca) in cas {
+                let domain = spiffe::TrustDomain::new(domain).expect("a name");
+                set.add_bundle(spiffe::X509Bundle::parse_from_der(domain, &ca.der).expect("DER"));
+            }
+            set
+        };
+        let edge = &p.federation[0];
+        let now = Timestamp::now();
+        // Nothing from the agent yet: an apply is not refused, the edge waits.
+        let mut trust = TrustState::load(&p, "p.yaml", true).expect("loads");
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("no bundle from the Workload API")
+        ));
+        let (a, b) = (
+            Issued::self_signed(&Spec::ca("a.org")),
+            Issued::self_signed(&Spec::ca("b.org")),
+        );
+        client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
+        assert_eq!(trust.refresh().len(), 2, "both bundles arrived");
+        assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
+        assert!(trust.refresh().is_empty(), "nothing new");
+
+        client.take_bundles(&set(&[("a.org", &a)]));
+        let changes = trust.refresh();
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("no longer delivers a bundle for b.org")
+        ));
+        let views = trust.views(now, SignedDuration::from_hours(1));
+        assert_eq!(views[1].source, "workload_api");
+        assert_eq!(views[1].state, "unusable");
+        assert_eq!(views[1].path, "Workload API unix:/nonexistent/agent.sock");
+
+        // A bundle that fails our checks is unusable however it was delivered.
+        let mut not_ca = Spec::ca("b.org");
+        not_ca.ca = Some(false);
+        client.take_bundles(&set(&[
+            ("a.org", &a),
+            ("b.org", &Issued::self_signed(&not_ca)),
+        ]));
+        trust.refresh();
+        assert!(matches!(
+            trust.gate(edge, now),
+            Trust::Suspended(why) if why.contains("not a CA")
+        ));
+        client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
+        trust.refresh();
+        assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
     }
 }
