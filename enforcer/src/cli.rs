@@ -39,6 +39,10 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "parsed once per run; boxing the daemon's flags would only move them"
+)]
 enum Command {
     /// Load, attach and pin the programs, apply the policy, and serve the control socket.
     Daemon {

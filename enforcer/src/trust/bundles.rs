@@ -47,7 +47,7 @@ enum Source {
     /// A bundle endpoint, with the file that bootstraps it, if any.
     Endpoint {
         bootstrap: Option<PathBuf>,
-        fetching: Fetched,
+        fetching: Box<Fetched>,
     },
 }
 
@@ -166,12 +166,12 @@ fn fetched(
     Entry {
         source: Source::Endpoint {
             bootstrap: bootstrap.map(std::path::Path::to_owned),
-            fetching: Fetched {
+            fetching: Box::new(Fetched {
                 config: endpoint.clone(),
                 poller: None,
                 seen: 0,
                 report: Report::default(),
-            },
+            }),
         },
         loaded,
     }
