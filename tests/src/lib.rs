@@ -45,6 +45,38 @@ pub fn patient(limit: std::time::Duration) -> std::time::Duration {
     limit * factor
 }
 
+/// The fixed ports the tests listen on that lie in Linux's default ephemeral range
+/// (32768-60999).
+const TEST_PORTS: &str = "32768-40999";
+
+/// Takes [`TEST_PORTS`] out of the kernel's choice of ephemeral ports (`ip_local_reserved_ports`;
+/// a bind that names a port still gets it). A client connection's ephemeral port lingers in
+/// TIME_WAIT for a minute after it closes and, unless the client set SO_REUSEADDR, makes
+/// `bind()` of that port fail with EADDRINUSE: a test's fixed port then collides, at random,
+/// with one of the thousands of connections the suite makes (seen: a sink on 34020 after the
+/// bundle-endpoint tests' HTTPS fetches). The setting lasts until reboot; once per process.
+fn reserve_test_ports() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let path = "/proc/sys/net/ipv4/ip_local_reserved_ports";
+        let Ok(current) = std::fs::read_to_string(path) else {
+            return;
+        };
+        let current = current.trim();
+        if current.split(',').any(|r| r == TEST_PORTS) {
+            return;
+        }
+        let wanted = if current.is_empty() {
+            TEST_PORTS.to_owned()
+        } else {
+            format!("{current},{TEST_PORTS}")
+        };
+        if let Err(err) = std::fs::write(path, wanted) {
+            eprintln!("could not reserve the tests' ports {TEST_PORTS} in {path}: {err}");
+        }
+    });
+}
+
 /// Whether privileged tests can run here. When they cannot, says so loudly, and panics if
 /// [`REQUIRE_ENV`] is set.
 pub fn privileged(test: &str) -> bool {
@@ -55,7 +87,10 @@ pub fn privileged(test: &str) -> bool {
             .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"))
     });
     let reason = match (root, cgroup2) {
-        (true, true) => return true,
+        (true, true) => {
+            reserve_test_ports();
+            return true;
+        }
         (false, _) => "not running as root",
         (true, false) => "no cgroup v2 hierarchy is mounted",
     };
