@@ -76,12 +76,28 @@ struct Member {
     process: Option<Child>,
 }
 
-/// A port nothing listens on now, from the kernel.
+/// The ports the clusters' members are given: inside the range the tests take out of the
+/// kernel's ephemeral ports (`crate::TEST_PORTS`), so no client connection's port in
+/// TIME_WAIT ever holds one, and handed out once per test process, so two clusters started
+/// side by side never pick the same. (Asking the kernel for port 0 does neither: with ports
+/// reserved, its picks bunch up just past the reserved range, and a port it returns is free
+/// again for the next test to be given before this one's member binds it.)
+const MEMBER_PORTS: std::ops::Range<u16> = 40_500..41_000;
+
+/// A port nothing listens on now and no other cluster of this process was given.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.1")
-        .port()
+    static NEXT: std::sync::atomic::AtomicU16 =
+        std::sync::atomic::AtomicU16::new(MEMBER_PORTS.start);
+    loop {
+        let port = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            MEMBER_PORTS.contains(&port),
+            "the etcd members used up ports {MEMBER_PORTS:?}"
+        );
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Whether `etcd` and `etcdctl` are installed (`cargo xtask setup` installs them).

@@ -46,7 +46,7 @@ pub fn patient(limit: std::time::Duration) -> std::time::Duration {
 }
 
 /// The fixed ports the tests listen on that lie in Linux's default ephemeral range
-/// (32768-60999).
+/// (32768-60999), and the etcd members' ports (`etcd::free_port`).
 const TEST_PORTS: &str = "32768-40999";
 
 /// Takes [`TEST_PORTS`] out of the kernel's choice of ephemeral ports (`ip_local_reserved_ports`;
