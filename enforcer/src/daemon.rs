@@ -17,7 +17,6 @@ mod plan;
 mod reload;
 pub mod remote_admin;
 mod restart;
-pub mod runtime;
 pub mod serve;
 pub mod state;
 mod stop;
@@ -166,7 +165,9 @@ pub fn run(options: Options) -> Result<()> {
     // by a mere restart. A set that comes later is taken within a second, as a changed file
     // is.
     if let Some(client) = &options.workload_api {
-        client.feed.start(&runtime::handle()?, client.svid.clone());
+        client
+            .feed
+            .start(&crate::runtime::handle()?, client.svid.clone());
         if policy.domains.iter().any(|d| d.bundle_from.is_some()) {
             client.feed.wait_settled(FIRST_BUNDLES);
         }

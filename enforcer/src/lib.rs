@@ -36,6 +36,7 @@ mod paths;
 mod pipeline;
 #[cfg(test)]
 mod privileged_tests;
+mod runtime;
 mod trust;
 mod version;
 mod why;

@@ -28,7 +28,6 @@ use super::{
     Chosen, check_policy,
     machine::{ApplyError, Daemon, parse_with_bundles},
     restart::{self, FileRead, FleetSync},
-    runtime,
 };
 use crate::{
     fleet::{
@@ -36,6 +35,7 @@ use crate::{
         keys::{Keys, NodeName, NodeRecord},
     },
     paths::StateDir,
+    runtime,
 };
 
 /// How long a start waits for the fleet's document before starting from the saved one.

@@ -21,14 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     kernel::revocation::{Ending, plain},
-    observe::tally::DecisionKey,
+    observe::tally::{DecisionKey, Word},
     pipeline::clock::Clocks,
 };
-
-/// A word of a fixed vocabulary (a verdict, reason, hook or protocol): borrowed when the
-/// daemon names an event, so that naming thousands of events a second allocates none of
-/// them; owned when an event is read back.
-pub type Word = Cow<'static, str>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {

@@ -2,9 +2,12 @@
 //! the events the kernel could not deliver. The metrics endpoint serves these counts; the
 //! per-pair kernel counters stay the exact figures when events were lost.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
-use crate::observe::event_record::Word;
+/// A word of a fixed vocabulary (a verdict, reason, hook or protocol): borrowed when the
+/// daemon names an event, so that naming thousands of events a second allocates none of
+/// them; owned when an event is read back.
+pub type Word = Cow<'static, str>;
 
 /// One decision kind: `verdict` is `allowed`, `refused` or `audited` (refused by the policy,
 /// let through by audit mode); `reason` a `Reason::name`; `from` and `to` domain names or

@@ -253,7 +253,7 @@ impl TrustState {
                         entry.loaded = Ok(bundle.clone());
                     }
                 }
-                None => match crate::daemon::runtime::handle() {
+                None => match crate::runtime::handle() {
                     Ok(runtime) => {
                         fetching.poller = Some(Poller::start(
                             &runtime,
