@@ -66,7 +66,8 @@ pub enum Destination<S, P> {
     /// A local address where no socket would receive the flow: the kernel refuses it, so
     /// nothing here needs to judge it.
     NoReceiver { via: Via },
-    /// An address of a pod on this host, in another namespace than the source's.
+    /// An address of a pod on this host, in another namespace than the source's, or of a pod
+    /// on another node of the fleet (`netns` is then `NETNS_REMOTE`).
     Pod { domain: u32, netns: u64 },
     /// One of the host's own addresses seen from a pod: shared by every host workload, it
     /// names no domain, and the receiving socket's ingress check judges the flow.
@@ -160,7 +161,7 @@ mod tests {
     use core::{cell::RefCell, convert::Infallible, net::IpAddr};
 
     use super::*;
-    use crate::maps::{ADDR_HOST, ORIGIN_CREATOR};
+    use crate::maps::{ADDR_HOST, NETNS_REMOTE, ORIGIN_CREATOR};
 
     const OURS: u64 = 10;
     const POD: u64 = 20;
@@ -379,6 +380,29 @@ mod tests {
             classify_ip("10.244.0.8", &unlabeled_pod).peer(),
             Some(Peer::Unlabeled)
         );
+    }
+
+    #[test]
+    fn a_pod_on_another_node_is_its_domain_from_any_namespace() {
+        let fake = Fake {
+            owners: vec![(ip("10.244.1.9"), owner(6, ADDR_POD, NETNS_REMOTE))],
+            endpoints: vec![(ip("10.244.0.0"), 16, 2)],
+            ..Fake::default()
+        };
+        let found = classify_ip("10.244.1.9", &fake);
+        assert_eq!(
+            found,
+            Destination::Pod {
+                domain: 6,
+                netns: NETNS_REMOTE
+            }
+        );
+        assert_eq!(
+            found.peer(),
+            Some(Peer::Domain(6)),
+            "the published domain, not the endpoint prefix around it"
+        );
+        assert!(!fake.asked.borrow().contains(&"receiver"));
     }
 
     #[test]

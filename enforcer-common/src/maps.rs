@@ -105,6 +105,11 @@ pub struct SockTag {
 
 /// `AddrOwner::kind`: an address of a workload namespace (a pod) whose sockets carry `domain`.
 pub const ADDR_POD: u32 = 1;
+/// `AddrOwner::netns` of an `ADDR_POD` address that another node of the fleet published for
+/// one of its pods: no namespace here has this cookie (the kernel numbers namespace cookies
+/// from 1), so the address is never taken for one of this host's own, and a build that
+/// predates the fleet's addresses still judges it as a pod elsewhere, by its domain.
+pub const NETNS_REMOTE: u64 = 0;
 /// `AddrOwner::kind`: an address of the host's own network namespace, shared by every
 /// host workload, so it names no single domain.
 pub const ADDR_HOST: u32 = 2;
@@ -127,7 +132,8 @@ pub struct AddrOwner {
     pub domain: u32,
     /// `ADDR_POD` or `ADDR_HOST`.
     pub kind: u32,
-    /// Cookie of the namespace that holds the address.
+    /// Cookie of the namespace that holds the address; [`NETNS_REMOTE`] for a pod on
+    /// another node.
     pub netns: u64,
 }
 

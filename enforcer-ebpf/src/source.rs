@@ -1,8 +1,12 @@
 //! Where an arriving packet comes from, judged at the receiving socket: the sending socket's
-//! tag when it is in this namespace, a pod's domain, a domain's endpoint prefix, or external.
+//! tag when it is in this namespace, a pod's domain (on this host or, as the fleet published
+//! it, on another), a domain's endpoint prefix, or external.
 
 use aya_ebpf::programs::SkBuffContext;
-use enforcer_common::{maps::ADDR_POD, verdict::Peer};
+use enforcer_common::{
+    maps::{ADDR_POD, NETNS_REMOTE},
+    verdict::Peer,
+};
 
 use crate::{
     destination::{self, Target},
@@ -58,10 +62,11 @@ pub fn resolve(
     // SAFETY: the owner is copied out at once.
     match unsafe { ADDRS.get(packet.src.key()) }.copied() {
         // A pod reaching another pod knows its destination's domain and judged the flow; a pod
-        // reaching a host address cannot, and left it to this check (`Target::Deferred`).
+        // reaching a host address cannot, and left it to this check (`Target::Deferred`). A
+        // pod on another node of the fleet was judged there, not by any hook of this host.
         Some(owner) if owner.kind == ADDR_POD => Sender {
             target: Target::Peer(Peer::of_domain(owner.domain)),
-            judged: at_pod,
+            judged: at_pod && owner.netns != NETNS_REMOTE,
         },
         // One of the host's own addresses, shared by every host workload: the sender's
         // connect() or sendmsg() was judged where its socket lives.

@@ -715,9 +715,11 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
         assert!(out.status.success(), "etcdctl {args:?}: {out:?}");
     };
     // The roles the README's "Fleet" section sets up: the administrator writes the policy,
-    // each node reads it and writes only its own key.
+    // each node reads it and every node's addresses, and writes only its own keys.
     let policy_key = format!("{PREFIX}/policy");
     let nodes = format!("{PREFIX}/nodes/");
+    let addresses = format!("{PREFIX}/addresses/");
+    let addresses_end = format!("{PREFIX}/addresses0");
     let prefix_end = format!("{PREFIX}0");
     ctl(&["user", "add", "root", "--new-user-password", "root-pw"]);
     ctl(&["role", "add", "fleet-admin"]);
@@ -741,6 +743,21 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
             &role,
             "readwrite",
             &format!("{nodes}{node}"),
+        ]);
+        ctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "readwrite",
+            &format!("{addresses}{node}"),
+        ]);
+        ctl(&[
+            "role",
+            "grant-permission",
+            &role,
+            "read",
+            &addresses,
+            &addresses_end,
         ]);
         ctl(&[
             "user",
@@ -789,7 +806,11 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
 
     // Node a's credentials: not another node's key, not the policy.
     let node_user = "node-host-a:host-a-pw";
-    for key in [format!("{nodes}host-b"), policy_key.clone()] {
+    for key in [
+        format!("{nodes}host-b"),
+        format!("{addresses}host-b"),
+        policy_key.clone(),
+    ] {
         let out = cluster.etcdctl(&["--user", node_user, "put", &key, "forged"]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -815,10 +836,48 @@ fn with_auth_on_a_node_can_write_only_its_own_key() {
         document(&[&a], Some(0)).trim_end(),
         "the policy is the administrator's"
     );
-    let forged = cluster.etcdctl(&["--user", root, "get", &format!("{nodes}host-b")]);
+    for key in [format!("{nodes}host-b"), format!("{addresses}host-b")] {
+        let forged = cluster.etcdctl(&["--user", root, "get", &key]);
+        assert!(
+            forged.stdout.is_empty(),
+            "nothing was written at {key}: {forged:?}"
+        );
+    }
+    // Its own address record is within its role: published, with no error.
+    let deadline = Instant::now() + patient(REACH);
+    let published = loop {
+        let out = cluster.etcdctl(&[
+            "--user",
+            root,
+            "get",
+            "--print-value-only",
+            &format!("{addresses}host-a"),
+        ]);
+        if !out.stdout.is_empty() {
+            break out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node a never published its addresses: {out:?}; {:?}",
+            a.source()
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    let record = Json::parse(&String::from_utf8_lossy(&published.stdout))
+        .unwrap_or_else(|e| panic!("node a's address record: {e}: {published:?}"));
+    assert_eq!(
+        record.get("node").and_then(Json::as_str),
+        Some("host-a"),
+        "{record:?}"
+    );
+    let source = a.source();
+    let address_error = source
+        .get("etcd")
+        .and_then(|e| e.get("addresses"))
+        .and_then(|a| a.get("last_error"));
     assert!(
-        forged.stdout.is_empty(),
-        "nothing was written under host-b: {forged:?}"
+        address_error.is_some_and(Json::is_null),
+        "node a's role lets it publish and read addresses: {source:?}"
     );
     // Node a still publishes its own heartbeat, and the administrator sees it.
     let deadline = Instant::now() + patient(REACH);
@@ -910,4 +969,198 @@ fn over_tls_a_node_follows_the_fleet_with_its_client_certificate() {
         "over TLS",
     );
     a.expect(Some(1), "the fleet's second document, over TLS");
+}
+
+/// Identity across hosts (issue 20, item 3): two hosts whose pods are network namespaces on
+/// one bridge, and a policy that lists no address (`external: deny`). Host a's staging pod
+/// reaches host b's prod pod exactly where the edge allows it, over TCP and UDP, IPv4 and
+/// IPv6, because each node published its pods' addresses and the other loaded them. A
+/// process in host a's pod namespace that host a does not enforce shows that host b's
+/// ingress judges by the published domain on its own. When host a's daemon dies its lease
+/// runs out, host b withdraws its addresses, and the same flows are external again.
+#[test]
+fn a_cross_host_flow_is_judged_by_the_domains_nodes_publish() {
+    if !runnable("fleet_cross_host") {
+        return;
+    }
+    const OPEN: u16 = 31295;
+    const CLOSED: u16 = 31296;
+    const PROBE: Duration = Duration::from_secs(2);
+    let cluster = EtcdCluster::start("fleet-xhost", 3);
+    let endpoints = cluster.endpoints();
+    let lan = enforcer_tests::Lan::new(41);
+    let (pod_a, pod_b) = (lan.node(2), lan.node(3));
+    let mut a = Sandbox::new("fleet-xhost-a");
+    let mut b = Sandbox::new("fleet-xhost-b");
+    a.set_probe_timeout(PROBE);
+    let staging = a.cgroup("staging");
+    let prod = b.cgroup("prod");
+    let text = format!(
+        "version: 1
+defaults: {{unlabeled: allow, external: deny}}
+domains:
+  - name: prod.example.org
+    cgroups: ['{}/prod']
+  - name: staging.example.org
+    cgroups: ['{}/staging']
+federation:
+  - id: cross-host
+    from: staging.example.org
+    to: prod.example.org
+    protocol: any
+    ports: [{OPEN}]
+    owner: platform-team
+    reason: fleet cross-host test
+",
+        b.root, a.root
+    );
+    let path = file(a.dir(), "cross-host", &text);
+    let out = fleet(&endpoints, &["apply", path.to_str().expect("UTF-8 path")]);
+    assert!(out.status.success(), "fleet apply: {out:?}");
+    for (sb, node) in [(&mut a, "host-a"), (&mut b, "host-b")] {
+        if let Err(why) = sb.try_start_fleet_daemon(&fleet_flags(&endpoints, node)) {
+            panic!("{why}");
+        }
+    }
+    // The pods' first sockets make each node scan its pod's namespace and publish it.
+    let published = Instant::now();
+    let mut servers = Vec::new();
+    for addr in [&pod_b.v4, &pod_b.v6] {
+        for port in [OPEN, CLOSED] {
+            let server = pod_b.pod(&b, &prod);
+            servers.push(server.listen(addr, port));
+            servers.push(server.udp_listen(addr, port));
+        }
+    }
+    let _held = pod_a.pod(&a, &staging).listen(&pod_a.v4, OPEN);
+    let loaded = |sb: &Sandbox| {
+        let status = sb.status();
+        ["policy_source", "etcd", "addresses", "loaded"]
+            .iter()
+            .try_fold(&status, |j, k| j.get(k))
+            .and_then(Json::as_u64)
+            .unwrap_or(0)
+    };
+    let wait_loaded = |sb: &Sandbox, done: &dyn Fn(u64) -> bool, when: &str| {
+        let deadline = Instant::now() + patient(REACH);
+        loop {
+            let n = loaded(sb);
+            if done(n) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{when}: {} holds {n} of the other node's addresses; status: {:?}",
+                sb.root,
+                sb.status().get("policy_source")
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait_loaded(&a, &|n| n >= 2, "host a learns host b's pod");
+    wait_loaded(&b, &|n| n >= 2, "host b learns host a's pod");
+    println!(
+        "both pods' addresses were known on the other node {} ms after the pods' first sockets",
+        published.elapsed().as_millis()
+    );
+
+    let client = pod_a.pod(&a, &staging);
+    let unenforced = pod_a.remote().with_timeout(Some(PROBE));
+    for addr in [&pod_b.v4, &pod_b.v6] {
+        let cases = [
+            ("tcp", OPEN, client.connect(addr, OPEN), Outcome::greeted()),
+            ("tcp", CLOSED, client.connect(addr, CLOSED), Outcome::EPERM),
+            ("udp", OPEN, client.udp_send(addr, OPEN), Outcome::replied()),
+            ("udp", CLOSED, client.udp_send(addr, CLOSED), Outcome::EPERM),
+            // Judged by host b alone: its ingress drops what no edge allows.
+            (
+                "tcp",
+                OPEN,
+                unenforced.connect(addr, OPEN),
+                Outcome::greeted(),
+            ),
+            (
+                "tcp",
+                CLOSED,
+                unenforced.connect(addr, CLOSED),
+                Outcome::Timeout,
+            ),
+            (
+                "udp",
+                OPEN,
+                unenforced.udp_send(addr, OPEN),
+                Outcome::replied(),
+            ),
+            (
+                "udp",
+                CLOSED,
+                unenforced.udp_send(addr, CLOSED),
+                Outcome::Timeout,
+            ),
+        ];
+        for (i, (proto, port, seen, expected)) in cases.into_iter().enumerate() {
+            let who = if i < 4 {
+                "staging pod"
+            } else {
+                "unenforced process"
+            };
+            assert_eq!(
+                seen, expected,
+                "{who} on host a -> prod pod on host b {proto} [{addr}]:{port}; the application \
+                 saw {seen}"
+            );
+        }
+    }
+
+    // `why` on host a names the published address as what decided.
+    let held = client.hold_socket("127.0.0.1", CLOSED);
+    let pid = held.pid().to_string();
+    for (port, decision) in [(OPEN, "allowed"), (CLOSED, "refused")] {
+        let to = format!("{}:{port}", pod_b.v4);
+        let socket = a.socket.display().to_string();
+        let out = a.enforcer(&[
+            "why",
+            "--socket",
+            &socket,
+            "--from-pid",
+            &pid,
+            "--to",
+            &to,
+            "-o",
+            "json",
+        ]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let why = Json::parse(&text).unwrap_or_else(|e| panic!("why -o json: {e}: {out:?}"));
+        let at = |path: &[&str]| {
+            path.iter()
+                .try_fold(&why, |j, k| j.get(k))
+                .and_then(Json::as_str)
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            at(&["destination", "found_by"]).as_deref(),
+            Some("fleet_address"),
+            "{text}"
+        );
+        assert_eq!(
+            at(&["destination", "end", "domain"]).as_deref(),
+            Some("prod.example.org"),
+            "{text}"
+        );
+        assert_eq!(at(&["verdict", "decision"]).as_deref(), Some(decision), "{text}");
+    }
+
+    // Host a dies: its lease runs out and host b withdraws host a's pod addresses, which are
+    // external again there.
+    a.kill_daemon();
+    wait_loaded(&b, &|n| n == 0, "host a's lease ran out");
+    for addr in [&pod_b.v4, &pod_b.v6] {
+        let seen = unenforced.connect(addr, OPEN);
+        assert_eq!(
+            seen,
+            Outcome::Timeout,
+            "after host a's addresses were withdrawn, host b judges them external (denied): \
+             [{addr}]:{OPEN}; the application saw {seen}"
+        );
+    }
 }

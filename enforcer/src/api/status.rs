@@ -128,6 +128,29 @@ pub struct EtcdSourceStatus {
     pub endpoints: String,
     pub prefix: String,
     pub node: String,
+    /// The pod addresses nodes publish for each other; `None` from a daemon that predates
+    /// them.
+    #[serde(default)]
+    pub addresses: Option<FleetAddressStatus>,
+}
+
+/// Identity across hosts: this node's pod addresses as it publishes them, and the other
+/// nodes' as its kernel holds them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FleetAddressStatus {
+    /// This node's pod addresses (of pods in a domain) it last published.
+    pub published: usize,
+    /// The other nodes whose address records it holds.
+    pub peer_nodes: usize,
+    /// The other nodes' addresses in the kernel's address map now.
+    pub loaded: usize,
+    /// Addresses two nodes published with different domains: loaded for neither.
+    pub conflicts: usize,
+    /// Addresses published with a domain this node's policy does not have: not loaded.
+    pub unknown_domain: usize,
+    /// Why this node cannot publish its addresses or read the other nodes' (its etcd role
+    /// lacks the keys, say); the policy is followed all the same.
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -134,6 +134,9 @@ pub enum FoundBy {
     LocalSocket,
     /// An address of a pod on this host (ENF_ADDRS): the pod's domain.
     PodAddress,
+    /// An address another node of the fleet published for one of its pods (ENF_ADDRS, with
+    /// `--source etcd`): the domain it published.
+    FleetAddress,
     /// A domain's endpoint prefix (ENF_ENDPOINTS, longest prefix).
     EndpointPrefix,
     /// None of the above.

@@ -43,6 +43,17 @@ impl Display for Status {
                     if let Some(error) = &source.last_error {
                         writeln!(f, "  last error: {error}")?;
                     }
+                    if let Some(a) = &etcd.addresses {
+                        writeln!(
+                            f,
+                            "  addresses: {} of this node's pods published; {} loaded from {} \
+                             other node(s) ({} conflicting, {} of domains not in the policy)",
+                            a.published, a.loaded, a.peer_nodes, a.conflicts, a.unknown_domain
+                        )?;
+                        if let Some(error) = &a.last_error {
+                            writeln!(f, "  addresses error: {error}")?;
+                        }
+                    }
                 }
             }
         }

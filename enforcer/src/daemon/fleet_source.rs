@@ -31,6 +31,7 @@ use super::{
 };
 use crate::{
     fleet::{
+        addresses::{AddressRecord, MAX_ADDRESSES_PER_NODE, PodAddress},
         client::{self, Document, EtcdArgs, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT},
         keys::{Keys, NodeName, NodeRecord},
     },
@@ -292,11 +293,31 @@ async fn session(
         "watching the fleet policy",
     )
     .await?;
+    // The addresses are not the policy: a node whose credentials do not reach them (or a
+    // cluster that refuses them) still follows the policy, and says why in `status`.
+    let mut address_stream =
+        match follow_peer_addresses(daemon, &mut kv, &mut watches, keys, &options.node).await {
+            Ok(stream) => Some(stream),
+            Err(err) => {
+                address_error(daemon, &err).await;
+                None
+            }
+        };
     heartbeat(daemon, &mut kv, keys, &options.node, lease).await?;
+    // What this session published: a new lease needs the record written again.
+    let mut published = None;
+    publish_addresses(daemon, &mut kv, keys, &options.node, lease, &mut published).await;
     *current = true;
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
+            message = next_message(address_stream.as_mut()) => {
+                let response = message?.ok_or_else(|| anyhow!("etcd ended the address watch"))?;
+                if response.canceled() {
+                    bail!("etcd cancelled the address watch: {}", response.cancel_reason());
+                }
+                peer_address_events(daemon, keys, &options.node, response.events()).await;
+            }
             message = stream.message() => {
                 let response = message?.ok_or_else(|| anyhow!("etcd ended the watch"))?;
                 if response.canceled() {
@@ -325,6 +346,8 @@ async fn session(
                 }
                 sync(daemon, &mut kv, keys).await?;
                 heartbeat(daemon, &mut kv, keys, &options.node, lease).await?;
+                publish_addresses(daemon, &mut kv, keys, &options.node, lease, &mut published)
+                    .await;
             }
         }
     }
@@ -414,6 +437,209 @@ async fn heartbeat(
     )
     .await?;
     Ok(())
+}
+
+/// Publishes this node's pod addresses under its key, with its lease, when they differ from
+/// what this session last published.
+async fn publish_addresses(
+    daemon: &Arc<Mutex<Daemon>>,
+    kv: &mut etcd_client::KvClient,
+    keys: &Keys,
+    node: &NodeName,
+    lease: i64,
+    published: &mut Option<Vec<PodAddress>>,
+) {
+    let mut addresses = with_daemon(daemon, |d| d.own_pod_addresses()).await;
+    if published.as_ref() == Some(&addresses) {
+        return;
+    }
+    if addresses.len() > MAX_ADDRESSES_PER_NODE {
+        log::warn!(
+            "this node has {} pod addresses; only the first {MAX_ADDRESSES_PER_NODE} are \
+             published to the fleet",
+            addresses.len()
+        );
+        addresses.truncate(MAX_ADDRESSES_PER_NODE);
+    }
+    let record = AddressRecord {
+        node: node.to_string(),
+        addresses,
+    };
+    let value = serde_json::to_vec(&record).unwrap_or_default();
+    let put = within(
+        kv.put(
+            keys.addresses_of(node),
+            value,
+            Some(PutOptions::new().with_lease(lease)),
+        ),
+        "publishing this node's pod addresses",
+    )
+    .await;
+    if let Err(err) = put {
+        // Tried again at the next heartbeat.
+        address_error(daemon, &err).await;
+        return;
+    }
+    let count = record.addresses.len();
+    with_daemon(daemon, move |d| {
+        if let Some(fleet) = d.source.fleet.as_mut() {
+            fleet.addresses.published = count;
+            fleet.addresses.error = None;
+        }
+    })
+    .await;
+    *published = Some(record.addresses);
+}
+
+/// Records why the fleet's addresses cannot be read or written; the policy is followed all
+/// the same.
+async fn address_error(daemon: &Arc<Mutex<Daemon>>, err: &anyhow::Error) {
+    let why = format!("{err:#}");
+    let first = with_daemon(daemon, move |d| {
+        let fleet = d.source.fleet.as_mut()?;
+        let was = fleet.addresses.error.replace(why.clone());
+        (was.as_ref() != Some(&why)).then_some(why)
+    })
+    .await;
+    if let Some(why) = first {
+        log::warn!("the fleet's pod addresses: {why}");
+    }
+}
+
+/// The next message of `stream`, or never without one.
+async fn next_message(
+    stream: Option<&mut etcd_client::WatchStream>,
+) -> Result<Option<etcd_client::WatchResponse>, etcd_client::Error> {
+    match stream {
+        Some(stream) => stream.message().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Loads the other nodes' addresses as they are now, then watches them for changes from
+/// that read on.
+async fn follow_peer_addresses(
+    daemon: &Arc<Mutex<Daemon>>,
+    kv: &mut etcd_client::KvClient,
+    watches: &mut etcd_client::WatchClient,
+    keys: &Keys,
+    node: &NodeName,
+) -> Result<etcd_client::WatchStream> {
+    let read_at = read_peer_addresses(daemon, kv, keys, node).await?;
+    within(
+        watches.watch(
+            keys.addresses(),
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_start_revision(read_at + 1),
+            ),
+        ),
+        "watching the fleet's addresses",
+    )
+    .await
+}
+
+/// Reads every other node's address record and loads them in place of what the node held;
+/// returns the cluster's revision at that read.
+async fn read_peer_addresses(
+    daemon: &Arc<Mutex<Daemon>>,
+    kv: &mut etcd_client::KvClient,
+    keys: &Keys,
+    node: &NodeName,
+) -> Result<i64> {
+    let response = within(
+        kv.get(
+            keys.addresses(),
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_limit(client::MAX_NODES),
+            ),
+        ),
+        "reading the fleet's addresses",
+    )
+    .await?;
+    let at = response.header().map_or(0, |h| h.revision());
+    let records: Vec<AddressRecord> = response
+        .kvs()
+        .iter()
+        .filter_map(|kv| peer_record(keys, node, kv.key(), kv.value()).flatten())
+        .collect();
+    with_daemon(daemon, move |d| {
+        if let Some(fleet) = d.source.fleet.as_mut() {
+            fleet.addresses.peers.replace(records);
+            fleet.addresses.error = None;
+        }
+        d.sync_peer_addresses(false);
+    })
+    .await;
+    Ok(at)
+}
+
+/// Takes the changes to other nodes' address records: a record put replaces that node's, a
+/// record deleted (its lease ran out) withdraws them.
+async fn peer_address_events(
+    daemon: &Arc<Mutex<Daemon>>,
+    keys: &Keys,
+    node: &NodeName,
+    events: &[etcd_client::Event],
+) {
+    let changes: Vec<(String, Option<AddressRecord>)> = events
+        .iter()
+        .filter_map(|event| {
+            let kv = event.kv()?;
+            let name = peer_name(keys, node, kv.key())?;
+            match event.event_type() {
+                EventType::Put => {
+                    peer_record(keys, node, kv.key(), kv.value()).map(|record| (name, record))
+                }
+                EventType::Delete => Some((name, None)),
+            }
+        })
+        .collect();
+    if changes.is_empty() {
+        return;
+    }
+    with_daemon(daemon, move |d| {
+        if let Some(fleet) = d.source.fleet.as_mut() {
+            for (name, record) in changes {
+                match record {
+                    Some(record) => fleet.addresses.peers.set(record),
+                    None => fleet.addresses.peers.remove(&name),
+                }
+            }
+        }
+        d.sync_peer_addresses(false);
+    })
+    .await;
+}
+
+/// The node an address key belongs to, unless it is this node's own.
+fn peer_name(keys: &Keys, node: &NodeName, key: &[u8]) -> Option<String> {
+    let key = std::str::from_utf8(key).ok()?;
+    let name = key.strip_prefix(&keys.addresses())?;
+    let parsed: NodeName = name.parse().ok()?;
+    (parsed != *node).then(|| name.to_owned())
+}
+
+/// Another node's record under `key`: `None` for this node's own key or one that names no
+/// node; `Some(None)` for a record that is refused (logged), so that it withdraws whatever
+/// that node published before.
+fn peer_record(
+    keys: &Keys,
+    node: &NodeName,
+    key: &[u8],
+    value: &[u8],
+) -> Option<Option<AddressRecord>> {
+    let name = peer_name(keys, node, key)?;
+    match AddressRecord::parse(&name, value) {
+        Ok(record) => Some(Some(record)),
+        Err(why) => {
+            log::warn!("{why}; none of its addresses are loaded");
+            Some(None)
+        }
+    }
 }
 
 /// Runs `f` on the daemon on a blocking thread: an apply may hold the lock for seconds, and

@@ -717,6 +717,7 @@ impl Daemon {
                 .addresses
                 .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
         }
+        self.sync_peer_addresses(pods);
         Ok(())
     }
 

@@ -70,6 +70,7 @@ impl Source {
                     endpoints: fleet.endpoints.clone(),
                     prefix: fleet.prefix.clone(),
                     node: fleet.node.clone(),
+                    addresses: Some(fleet.addresses.status()),
                 }),
             ),
         };
@@ -111,6 +112,8 @@ pub struct FleetSync {
     /// Why the node cannot reach the fleet's cluster now (or it has no quorum): while set,
     /// the node is stale, enforcing the last good document.
     pub unreachable: Option<String>,
+    /// The pod addresses this node publishes and the other nodes' it loads.
+    pub addresses: super::fleet_addresses::FleetAddresses,
 }
 
 impl FleetSync {

@@ -313,6 +313,7 @@ impl Daemon {
                     last_sync: status.last_sync,
                     stale: status.stale,
                     error: status.last_error.is_some(),
+                    addresses: status.etcd.and_then(|e| e.addresses),
                 }
             },
         }

@@ -22,7 +22,7 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest gRPC message read from etcd: a whole document with room for the envelope.
 pub const MAX_MESSAGE_BYTES: usize = MAX_POLICY_BYTES + 64 * 1024;
 /// The most node records `fleet status` lists.
-const MAX_NODES: i64 = 10_000;
+pub const MAX_NODES: i64 = 10_000;
 
 /// Where the fleet's etcd cluster is and how to prove who we are to it. Global, so that
 /// `fleet apply` and `fleet status` take them after the verb too.

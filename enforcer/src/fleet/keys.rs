@@ -5,6 +5,9 @@
 //!   and what every node reports.
 //! - `/enforcer/nodes/NAME`: a node's heartbeat ([`NodeRecord`], JSON), written by that node
 //!   under a lease of its own, so that a node that stops also stops being listed.
+//! - `/enforcer/addresses/NAME`: the addresses of that node's pods with their domains
+//!   (`fleet::addresses`), under the same lease, so that a node that stops also stops
+//!   vouching for them.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -41,6 +44,15 @@ impl Keys {
 
     pub fn node(&self, node: &NodeName) -> String {
         format!("{}{}", self.nodes(), node.0)
+    }
+
+    /// The prefix every node's address record starts with.
+    pub fn addresses(&self) -> String {
+        format!("{}/addresses/", self.prefix)
+    }
+
+    pub fn addresses_of(&self, node: &NodeName) -> String {
+        format!("{}{}", self.addresses(), node.0)
     }
 }
 
@@ -100,6 +112,10 @@ mod tests {
         let node: NodeName = "host-1.example".parse().expect("valid");
         assert_eq!(keys.node(&node), "/enforcer/nodes/host-1.example");
         assert_eq!(keys.policy(), "/enforcer/policy");
+        assert_eq!(
+            keys.addresses_of(&node),
+            "/enforcer/addresses/host-1.example"
+        );
         for bad in ["", "a/b", "..", ".hidden", "a b", "a\nb"] {
             assert!(bad.parse::<NodeName>().is_err(), "{bad:?}");
         }

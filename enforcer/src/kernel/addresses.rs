@@ -19,7 +19,10 @@ use std::{
 use anyhow::{Context as _, Result, anyhow};
 use aya::maps::{Array, HashMap, Map, MapData};
 use enforcer_common::{
-    maps::{ADDR_HOST, ADDR_POD, AddrKey, AddrOwner, FAMILY_V4, FAMILY_V6, HostConfig, NetnsSeen},
+    maps::{
+        ADDR_HOST, ADDR_POD, AddrKey, AddrOwner, FAMILY_V4, FAMILY_V6, HostConfig, NETNS_REMOTE,
+        NetnsSeen, UNLABELED,
+    },
     names,
 };
 use nix::{
@@ -124,6 +127,65 @@ impl Addresses {
                 Some((cookie, seen.pid as i32))
             })
             .collect()
+    }
+
+    /// This host's pod addresses whose pods are in a domain, with the domain's id: what the
+    /// fleet's other nodes are told (`fleet::addresses`).
+    pub fn labeled_pods(&self) -> Vec<(IpAddr, u32)> {
+        self.addrs
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, o)| o.kind == ADDR_POD && o.netns != NETNS_REMOTE && o.domain != UNLABELED)
+            .map(|(key, o)| (ip_of(&key), o.domain))
+            .collect()
+    }
+
+    /// Makes the other nodes' pod addresses in ENF_ADDRS exactly `wanted` (address, domain
+    /// id); returns how many of them it holds. An address this host or one of its pods holds
+    /// stays theirs: what the kernel sees here is more certain than what a peer says.
+    pub fn sync_remote(&mut self, wanted: &BTreeMap<IpAddr, u32>) -> Result<usize> {
+        let current = self.current();
+        let wanted: BTreeMap<AddrKey, u32> = wanted
+            .iter()
+            .filter_map(|(&ip, &domain)| Some((key_of(ip)?, domain)))
+            .collect();
+        for (key, old) in &current {
+            if is_remote(old) && wanted.get(key) != Some(&old.domain) {
+                let _ = self.addrs.remove(key);
+            }
+        }
+        let mut held = 0;
+        let mut full = None;
+        for (key, &domain) in &wanted {
+            match current.get(key) {
+                Some(old) if !is_remote(old) => continue,
+                Some(old) if old.domain == domain => {
+                    held += 1;
+                    continue;
+                }
+                // An earlier domain of the same address was removed above.
+                Some(_) | None => {}
+            }
+            let owner = AddrOwner {
+                domain,
+                kind: ADDR_POD,
+                netns: NETNS_REMOTE,
+            };
+            // NOEXIST: a pod of this host whose first packet the egress program learned since
+            // `current` was read keeps its address.
+            match self.addrs.insert(key, owner, backfill::BPF_NOEXIST) {
+                Ok(()) => held += 1,
+                Err(err) => full = Some(err),
+            }
+        }
+        if let Some(err) = full {
+            log::warn!(
+                "ENF_ADDRS holds {held} of the {} addresses the fleet's other nodes published; \
+                 the rest are judged as if unpublished: {err}",
+                wanted.len()
+            );
+        }
+        Ok(held)
     }
 
     /// Who owns `ip` in ENF_ADDRS, as the programs look it up.
@@ -300,6 +362,20 @@ fn key_of(ip: IpAddr) -> Option<AddrKey> {
     }
 }
 
+/// Whether `owner` is a pod address another node of the fleet published.
+fn is_remote(owner: &AddrOwner) -> bool {
+    owner.kind == ADDR_POD && owner.netns == NETNS_REMOTE
+}
+
+/// The address an ENF_ADDRS key holds.
+fn ip_of(key: &AddrKey) -> IpAddr {
+    if key.family == FAMILY_V4 {
+        IpAddr::from([key.addr[0], key.addr[1], key.addr[2], key.addr[3]])
+    } else {
+        IpAddr::from(key.addr)
+    }
+}
+
 /// The ENF_ADDRS key of `ip`: IPv4 in the first four bytes.
 fn raw_key(ip: IpAddr) -> AddrKey {
     let mut addr = [0u8; 16];
@@ -334,6 +410,10 @@ mod tests {
         assert_eq!(v6.family, FAMILY_V6);
         assert_eq!(v6.addr[0], 0xfd);
         assert_eq!(v6.addr[15], 1);
+        for ip in ["10.1.2.3", "fd00::1"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_of(&key_of(ip).unwrap()), ip);
+        }
     }
 
     #[test]

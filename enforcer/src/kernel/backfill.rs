@@ -27,7 +27,8 @@ use crate::{
     pipeline::compile::Compiled,
 };
 
-const BPF_NOEXIST: u64 = 1;
+/// `bpf_map_update_elem` flag (uapi/linux/bpf.h): create only, never replace.
+pub const BPF_NOEXIST: u64 = 1;
 const BPF_ANY: u64 = 0;
 /// `SO_NETNS_COOKIE` (asm-generic/socket.h, Linux 5.14).
 const SO_NETNS_COOKIE: libc::c_int = 71;

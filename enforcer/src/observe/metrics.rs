@@ -78,6 +78,8 @@ pub struct SourceSnapshot {
     pub last_sync: Option<jiff::Timestamp>,
     pub stale: bool,
     pub error: bool,
+    /// The fleet's pod addresses (etcd only).
+    pub addresses: Option<crate::api::status::FleetAddressStatus>,
 }
 
 /// How a policy change (apply, grant, revoke or expiry) ended.
@@ -199,6 +201,25 @@ fn register_source(registry: &mut Registry, source: &SourceSnapshot) {
             "policy_source_revision",
             "The etcd revision of the fleet policy document in force",
             gauge(u64::try_from(revision).unwrap_or(0)),
+        );
+    }
+    if let Some(addresses) = &source.addresses {
+        let count = |n: usize| gauge(u64::try_from(n).unwrap_or(u64::MAX));
+        registry.register(
+            "fleet_addresses_published",
+            "This node's pod addresses (of pods in a domain) it last published to the fleet",
+            count(addresses.published),
+        );
+        registry.register(
+            "fleet_peer_addresses_loaded",
+            "The fleet's other nodes' pod addresses in the kernel's address map",
+            count(addresses.loaded),
+        );
+        registry.register(
+            "fleet_peer_address_conflicts",
+            "Addresses two nodes of the fleet published with different domains (loaded for \
+             neither)",
+            count(addresses.conflicts),
         );
     }
     if let Some(at) = source.last_sync {
@@ -603,6 +624,14 @@ mod tests {
                 last_sync: Some("2026-11-23T10:00:00Z".parse().expect("timestamp")),
                 stale: true,
                 error: false,
+                addresses: Some(crate::api::status::FleetAddressStatus {
+                    published: 3,
+                    peer_nodes: 2,
+                    loaded: 7,
+                    conflicts: 1,
+                    unknown_domain: 0,
+                    last_error: None,
+                }),
             },
         }
     }
@@ -656,6 +685,9 @@ mod tests {
             "enforcer_policy_source_error 0",
             "enforcer_policy_source_revision 42",
             "enforcer_policy_source_last_sync_timestamp_seconds 1795428000",
+            "enforcer_fleet_addresses_published 3",
+            "enforcer_fleet_peer_addresses_loaded 7",
+            "enforcer_fleet_peer_address_conflicts 1",
             r#"enforcer_map_entries{map="ENF_BINDINGS"} 2"#,
             r#"enforcer_map_max_entries{map="ENF_BINDINGS"} 65536"#,
         ] {

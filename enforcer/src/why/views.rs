@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 
 use anyhow::Result;
 use enforcer_common::{
-    maps::{NEVER, ORIGIN_BACKFILL, ORIGIN_CREATOR, ORIGIN_FIRST_USE, SockTag},
+    maps::{NETNS_REMOTE, NEVER, ORIGIN_BACKFILL, ORIGIN_CREATOR, ORIGIN_FIRST_USE, SockTag},
     verdict::{Peer, Reason, Verdict},
 };
 
@@ -130,6 +130,18 @@ pub fn destination_view(
                 bound_exactly: receiver.bound_exactly,
                 others: receiver.others,
             });
+        }
+        Target::Pod {
+            domain,
+            netns: NETNS_REMOTE,
+        } => {
+            view.found_by = FoundBy::FleetAddress;
+            view.detail = format!(
+                "{} is an address another node of the fleet published for a pod whose workload \
+                 is in {}",
+                to.ip(),
+                names.peer(Peer::of_domain(*domain))
+            );
         }
         Target::Pod { domain, netns } => {
             view.found_by = FoundBy::PodAddress;
