@@ -1147,7 +1147,11 @@ federation:
             Some("prod.example.org"),
             "{text}"
         );
-        assert_eq!(at(&["verdict", "decision"]).as_deref(), Some(decision), "{text}");
+        assert_eq!(
+            at(&["verdict", "decision"]).as_deref(),
+            Some(decision),
+            "{text}"
+        );
     }
 
     // Host a dies: its lease runs out and host b withdraws host a's pod addresses, which are

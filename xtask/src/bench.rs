@@ -1,4 +1,6 @@
-//! `cargo xtask bench apply` measures the control plane at scale (see `bench/apply.rs`).
+//! `cargo xtask bench apply` measures the control plane at scale (see `bench/apply.rs`);
+//! `cargo xtask bench fleet` how quickly pod addresses travel between the fleet's nodes (see
+//! `tests/src/bin/enforcer-fleet-bench.rs`, which reuses the tests' etcd cluster and hosts).
 //! `cargo xtask bench connect | udp-send | ingress | rr | stream`: rates over loopback (and,
 //! for ingress, over a veth pair) from and to bound cgroups, first with no programs attached
 //! (the baseline), then with enforcement and a policy of `--scale` domains (1k: 1,000
@@ -42,6 +44,16 @@ pub enum Bench {
     Rr(Run),
     /// Bytes per second of one bulk TCP connection.
     Stream(Run),
+    /// How quickly a new pod's address becomes known on the fleet's other nodes (a real etcd
+    /// cluster and two daemons; `tests/src/bin/enforcer-fleet-bench.rs`).
+    Fleet(FleetRun),
+}
+
+#[derive(Args, Clone, Copy)]
+pub struct FleetRun {
+    /// Pods started one after another, each timed on its own.
+    #[arg(long, default_value_t = 10)]
+    pods: u8,
 }
 
 #[derive(Args, Clone, Copy)]
@@ -114,9 +126,22 @@ pub fn run(bench: Bench) -> Result<()> {
         Bench::Apply(sizes) => apply::run(&env, &sizes),
         Bench::Rr(run) => rr(&env, run),
         Bench::Stream(run) => stream(&env, run),
+        Bench::Fleet(run) => fleet(run),
     };
     env.cleanup();
     result
+}
+
+/// Runs `enforcer-fleet-bench`, which needs none of the other workloads' set-up.
+fn fleet(run: FleetRun) -> Result<()> {
+    let status = Command::new(bin("enforcer-fleet-bench"))
+        .arg(run.pods.to_string())
+        .status()
+        .context("starting enforcer-fleet-bench")?;
+    if !status.success() {
+        bail!("enforcer-fleet-bench failed: {status}");
+    }
+    Ok(())
 }
 
 fn connect(env: &BenchEnv, run: Run) -> Result<()> {

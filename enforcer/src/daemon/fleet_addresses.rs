@@ -2,7 +2,9 @@
 //! pods, and how the other nodes' reach `ENF_ADDRS`. `fleet_source` reads and writes etcd;
 //! this is the part that holds the daemon's lock.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, sync::Arc};
+
+use tokio::sync::Notify;
 
 use super::machine::Daemon;
 use crate::{
@@ -26,6 +28,9 @@ pub struct FleetAddresses {
     pub published: usize,
     /// Why they cannot be published or the other nodes' read, until they can.
     pub error: Option<String>,
+    /// Raised after each scan of this host's pods, so that a new pod's addresses are
+    /// published at once rather than at the next heartbeat.
+    pub scanned: Arc<Notify>,
 }
 
 impl FleetAddresses {

@@ -306,6 +306,14 @@ async fn session(
     heartbeat(daemon, &mut kv, keys, &options.node, lease).await?;
     // What this session published: a new lease needs the record written again.
     let mut published = None;
+    let scanned = with_daemon(daemon, |d| {
+        d.source
+            .fleet
+            .as_ref()
+            .map(|f| Arc::clone(&f.addresses.scanned))
+    })
+    .await
+    .unwrap_or_default();
     publish_addresses(daemon, &mut kv, keys, &options.node, lease, &mut published).await;
     *current = true;
     let mut tick = tokio::time::interval(HEARTBEAT);
@@ -335,6 +343,10 @@ async fn session(
                         (EventType::Put, None) => {}
                     }
                 }
+            }
+            () = scanned.notified() => {
+                publish_addresses(daemon, &mut kv, keys, &options.node, lease, &mut published)
+                    .await;
             }
             _ = tick.tick() => {
                 within(keeper.keep_alive(), "renewing the heartbeat lease").await?;

@@ -718,6 +718,9 @@ impl Daemon {
                 .refresh_pods(|pid| backfill::domain_of_pid(compiled, pid))?;
         }
         self.sync_peer_addresses(pods);
+        if pods && let Some(fleet) = &self.source.fleet {
+            fleet.addresses.scanned.notify_one();
+        }
         Ok(())
     }
 

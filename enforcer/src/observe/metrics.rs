@@ -738,7 +738,7 @@ mod tests {
                 .iter()
                 .filter(|(_, (help, kind))| *help && !kind.is_empty())
                 .count(),
-            22,
+            25,
             "{declared:?}"
         );
     }
