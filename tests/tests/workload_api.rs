@@ -432,6 +432,31 @@ fn a_bundle_from_the_workload_api_gates_its_edge_as_it_changes_disappears_and_re
     assert_eq!(sb.connect(&staging, LOCALHOST, 39401), Outcome::EPERM);
     let status = bundle_status(&sb, PROD);
     assert!(field(&status, "error").contains("not a CA"), "{status}");
+
+    // An empty bundle is a valid bundle that trusts nothing (Trust Domain and Bundle 4.1.3):
+    // taken as such, not refused as a bad message (which would keep the last bundle in use).
+    // The edge is suspended and the connection it carries ends.
+    agent.serve_bundles(&[
+        (PROD, renewed.der.clone()),
+        (STAGING, staging_ca.der.clone()),
+    ]);
+    wait_status(&sb, NOTICED, "the gated edge active again", |s| {
+        edge_state(s, "gated").as_deref() == Some("active")
+    });
+    // The first sink ended with its connection.
+    let mut sink = sb.sink(&prod, LOCALHOST, 39400);
+    let mut stream = sb.stream(&staging, LOCALHOST, 39400);
+    sink.expect_received(3, FLOWING, "staging -> prod over the gated edge, again");
+    agent.serve_bundles(&[(PROD, Vec::new()), (STAGING, staging_ca.der.clone())]);
+    wait_status(&sb, NOTICED, "prod's empty bundle", |s| {
+        s.get("bundles")
+            .and_then(|b| b.find_by("domain", PROD))
+            .and_then(|b| b.get("state"))
+            .and_then(Json::as_str)
+            == Some("empty")
+    });
+    stream.expect_end(NOTICED, &TCP_ENDED, "prod's bundle became empty");
+    assert_eq!(sb.connect(&staging, LOCALHOST, 39401), Outcome::EPERM);
     let wapi = workload_api_status(&sb);
     assert_eq!(
         wapi.get("connected").and_then(Json::as_bool),
