@@ -384,6 +384,17 @@ impl Sandbox {
         Json::parse(&String::from_utf8_lossy(&out.stdout)).expect("status prints JSON")
     }
 
+    /// How many of the fleet's other nodes' pod addresses this daemon's kernel holds
+    /// (`policy_source.etcd.addresses.loaded` of its status; 0 outside a fleet).
+    pub fn fleet_addresses_loaded(&self) -> u64 {
+        let status = self.status();
+        ["policy_source", "etcd", "addresses", "loaded"]
+            .iter()
+            .try_fold(&status, |j, k| j.get(k))
+            .and_then(Json::as_u64)
+            .unwrap_or(0)
+    }
+
     /// Waits (at most `limit`) for the daemon to log a line containing `text`; panics if it
     /// does not. Lines logged since the last wait are searched too.
     pub fn wait_daemon_log(&mut self, text: &str, limit: Duration) -> String {

@@ -1033,18 +1033,10 @@ federation:
         }
     }
     let _held = pod_a.pod(&a, &staging).listen(&pod_a.v4, OPEN);
-    let loaded = |sb: &Sandbox| {
-        let status = sb.status();
-        ["policy_source", "etcd", "addresses", "loaded"]
-            .iter()
-            .try_fold(&status, |j, k| j.get(k))
-            .and_then(Json::as_u64)
-            .unwrap_or(0)
-    };
     let wait_loaded = |sb: &Sandbox, done: &dyn Fn(u64) -> bool, when: &str| {
         let deadline = Instant::now() + patient(REACH);
         loop {
-            let n = loaded(sb);
+            let n = sb.fleet_addresses_loaded();
             if done(n) {
                 return;
             }

@@ -2,49 +2,10 @@
 //! pods, and how the other nodes' reach `ENF_ADDRS`. `fleet_source` reads and writes etcd;
 //! this is the part that holds the daemon's lock.
 
-use std::{collections::BTreeSet, sync::Arc};
-
-use tokio::sync::Notify;
+use std::collections::BTreeSet;
 
 use super::machine::Daemon;
-use crate::{
-    api::status::FleetAddressStatus,
-    fleet::addresses::{Peers, PodAddress, Resolved},
-};
-
-/// The other nodes' addresses as last read, and what the last write to the kernel made of
-/// them.
-#[derive(Debug, Clone, Default)]
-pub struct FleetAddresses {
-    pub peers: Peers,
-    /// The peers' version and the policy generation at the last write: a new policy may
-    /// know a domain it did not, or no longer know one.
-    written: Option<(u64, u64)>,
-    /// How many of the peers' addresses `ENF_ADDRS` held after the last write.
-    held: usize,
-    conflicts: usize,
-    unknown_domain: usize,
-    /// How many of this node's pod addresses it last published.
-    pub published: usize,
-    /// Why they cannot be published or the other nodes' read, until they can.
-    pub error: Option<String>,
-    /// Raised after each scan of this host's pods, so that a new pod's addresses are
-    /// published at once rather than at the next heartbeat.
-    pub scanned: Arc<Notify>,
-}
-
-impl FleetAddresses {
-    pub fn status(&self) -> FleetAddressStatus {
-        FleetAddressStatus {
-            published: self.published,
-            peer_nodes: self.peers.nodes(),
-            loaded: self.held,
-            conflicts: self.conflicts,
-            unknown_domain: self.unknown_domain,
-            last_error: self.error.clone(),
-        }
-    }
-}
+use crate::fleet::addresses::{PodAddress, Resolved};
 
 impl Daemon {
     /// This node's pod addresses whose pods are in a domain of the policy in force, as the

@@ -113,7 +113,7 @@ pub struct FleetSync {
     /// the node is stale, enforcing the last good document.
     pub unreachable: Option<String>,
     /// The pod addresses this node publishes and the other nodes' it loads.
-    pub addresses: super::fleet_addresses::FleetAddresses,
+    pub addresses: crate::fleet::addresses::FleetAddresses,
 }
 
 impl FleetSync {

@@ -11,9 +11,13 @@
 use std::{
     collections::{BTreeMap, btree_map::Entry},
     net::IpAddr,
+    sync::Arc,
 };
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+use crate::api::status::FleetAddressStatus;
 
 /// The most addresses one node may publish; a record with more is refused whole.
 pub const MAX_ADDRESSES_PER_NODE: usize = 16_384;
@@ -156,6 +160,40 @@ impl Peers {
             }
         }
         resolved
+    }
+}
+
+/// A node's side of the fleet's addresses: the other nodes' as last read, what the last
+/// write to the kernel made of them (`daemon::fleet_addresses`), and what it published.
+#[derive(Debug, Clone, Default)]
+pub struct FleetAddresses {
+    pub peers: Peers,
+    /// The peers' version and the policy generation at the last write: a new policy may
+    /// know a domain it did not, or no longer know one.
+    pub written: Option<(u64, u64)>,
+    /// How many of the peers' addresses `ENF_ADDRS` held after the last write.
+    pub held: usize,
+    pub conflicts: usize,
+    pub unknown_domain: usize,
+    /// How many of this node's pod addresses it last published.
+    pub published: usize,
+    /// Why they cannot be published or the other nodes' read, until they can.
+    pub error: Option<String>,
+    /// Raised after each scan of this host's pods, so that a new pod's addresses are
+    /// published at once rather than at the next heartbeat.
+    pub scanned: Arc<Notify>,
+}
+
+impl FleetAddresses {
+    pub fn status(&self) -> FleetAddressStatus {
+        FleetAddressStatus {
+            published: self.published,
+            peer_nodes: self.peers.nodes(),
+            loaded: self.held,
+            conflicts: self.conflicts,
+            unknown_domain: self.unknown_domain,
+            last_error: self.error.clone(),
+        }
     }
 }
 

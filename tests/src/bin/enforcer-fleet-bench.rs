@@ -78,7 +78,7 @@ fn main() {
             if known_here.is_none() && local_addresses(&a) >= local_before + want {
                 known_here = Some(started.elapsed());
             }
-            if known_there.is_none() && loaded(&b) >= want {
+            if known_there.is_none() && b.fleet_addresses_loaded() >= want {
                 known_there = Some(started.elapsed());
             }
             std::thread::sleep(POLL);
@@ -142,16 +142,6 @@ fn local_addresses(sb: &Sandbox) -> u64 {
         .iter()
         .find(|m| m.get("map").and_then(Json::as_str) == Some("ENF_ADDRS"))
         .and_then(|m| m.get("entries"))
-        .and_then(Json::as_u64)
-        .unwrap_or(0)
-}
-
-/// The other nodes' addresses node `sb` holds in its kernel.
-fn loaded(sb: &Sandbox) -> u64 {
-    let status = sb.status();
-    ["policy_source", "etcd", "addresses", "loaded"]
-        .iter()
-        .try_fold(&status, |j, k| j.get(k))
         .and_then(Json::as_u64)
         .unwrap_or(0)
 }
