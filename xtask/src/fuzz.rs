@@ -370,9 +370,14 @@ fn check_diagnostic(text: &str, d: &Diagnostic) -> Result<(), String> {
 }
 
 fn yaml_lines(text: &str) -> Vec<&str> {
-    let mut lines: Vec<&str> = text
-        .split('\n')
+    let mut segments: Vec<&str> = text.split('\n').collect();
+    // Only a segment that a `\n` follows can end in the `\r` of a `\r\n`; a `\r` that ends
+    // the text is a line break of its own.
+    let last = segments.pop().unwrap_or_default();
+    let mut lines: Vec<&str> = segments
+        .into_iter()
         .flat_map(|line| line.strip_suffix('\r').unwrap_or(line).split('\r'))
+        .chain(last.split('\r'))
         .collect();
     // A final line break ends the last line rather than starting an empty one.
     if lines.len() > 1 && lines.last() == Some(&"") {
@@ -1056,6 +1061,18 @@ mod tests {
         assert!(check_diagnostic("a: 1\n", &diagnostic(2, 2, "bad")).is_err());
         assert!(check_diagnostic("a: 1\n", &diagnostic(3, 1, "bad")).is_err());
         assert!(check_diagnostic("a: 1\n", &diagnostic(0, 1, "bad")).is_err());
+    }
+
+    #[test]
+    fn every_kind_of_line_break_ends_a_line() {
+        assert_eq!(yaml_lines("a\r\nb\rc\nd"), ["a", "b", "c", "d"]);
+        assert_eq!(yaml_lines("a\r\n"), ["a"]);
+        assert_eq!(yaml_lines("a\r"), ["a"]);
+        // A lone `\r` after a `\n` ends an empty second line (a fuzz finding: `? \n\r`, whose
+        // diagnostic at 3:1, just past the end, was taken for a line outside the input).
+        assert_eq!(yaml_lines("? \n\r"), ["? ", ""]);
+        assert!(check_diagnostic("? \n\r", &diagnostic(3, 1, "bad")).is_ok());
+        assert!(check_diagnostic("? \n\r", &diagnostic(4, 1, "bad")).is_err());
     }
 
     #[test]
