@@ -614,9 +614,23 @@ fn the_daemons_svid_rotates_under_a_live_remote_admin_session() {
         "the first SVID is presented"
     );
 
-    let second = ca.issue(&Spec::leaf(DAEMON));
+    // The second SVID expires a day after the first, so that status tells them apart (a wait
+    // for the log line "the daemon's SVID is now ..." could return on the first one's, which
+    // is logged after the daemon is ready on a slow machine).
+    let expires = |s: &Json| {
+        s.get("workload_api")
+            .and_then(|w| w.get("svid_expires"))
+            .and_then(Json::as_str)
+            .map(str::to_owned)
+    };
+    let first_expires = expires(&sb.status());
+    let mut later = Spec::leaf(DAEMON);
+    later.not_after += time::Duration::days(1);
+    let second = ca.issue(&later);
     agent.serve_svid(DAEMON, &second, &ca);
-    sb.wait_daemon_log(&format!("the daemon's SVID is now {DAEMON}"), NOTICED);
+    wait_status(&sb, NOTICED, "the second SVID in use", |s| {
+        expires(s).is_some() && expires(s) != first_expires
+    });
     let mut new = Session::open(39425, &dir.join("ops"));
     assert_eq!(
         sha256(&new.server_cert()),
