@@ -161,7 +161,7 @@ mod tests {
     use core::{cell::RefCell, convert::Infallible, net::IpAddr};
 
     use super::*;
-    use crate::maps::{ADDR_HOST, NETNS_REMOTE, ORIGIN_CREATOR};
+    use crate::maps::{ADDR_HOST, FLOW_UNKNOWN, NETNS_REMOTE, ORIGIN_CREATOR};
 
     const OURS: u64 = 10;
     const POD: u64 = 20;
@@ -250,6 +250,8 @@ mod tests {
         Some(SockTag {
             domain,
             origin: ORIGIN_CREATOR,
+            flow: FLOW_UNKNOWN,
+            _pad: [0; 2],
             cgroup_id: 1,
             netns: OURS,
         })

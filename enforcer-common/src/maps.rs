@@ -56,13 +56,27 @@ pub mod capacity {
 pub const MAX_DOMAIN_NAME: usize = 255;
 
 /// `SockTag::origin`: tagged by `sock_create` from the creating task's cgroup.
-pub const ORIGIN_CREATOR: u32 = 1;
+pub const ORIGIN_CREATOR: u8 = 1;
 /// `SockTag::origin`: created before enforcement; tagged by the daemon from the socket's
 /// creation cgroup as reported by `sock_diag`.
-pub const ORIGIN_BACKFILL: u32 = 2;
+pub const ORIGIN_BACKFILL: u8 = 2;
 /// `SockTag::origin`: created before enforcement and used before the daemon reached it;
 /// tagged at `connect()` from the calling task's cgroup.
-pub const ORIGIN_FIRST_USE: u32 = 3;
+pub const ORIGIN_FIRST_USE: u8 = 3;
+
+/// `SockTag::flow`: not known from the tag. The socket was tagged by the daemon or by a build
+/// before the flow byte (whose `origin` was a u32 below 256, so this byte was 0), or its
+/// TCP connection was accepted and has not been seen yet (a listener's tag, copied to every
+/// socket it accepts, says this). Its judged flow, if any, is in `ENF_CONNS` or, for an
+/// accepted connection, in `ENF_ACCEPTS`: the programs look there.
+pub const FLOW_UNKNOWN: u8 = 0;
+/// `SockTag::flow`: the socket's connection was judged as a flow nothing can revoke or
+/// expire (same domain, no domain, or judged elsewhere), and it has no `ENF_CONNS` value:
+/// its packets pass after this one read.
+pub const FLOW_FREE: u8 = 1;
+/// `SockTag::flow`: the socket's connection is judged by the policy in force, packet by
+/// packet, from its `ENF_CONNS` value.
+pub const FLOW_TRACKED: u8 = 2;
 
 /// `PolicyConfig` action values.
 pub const ACTION_ALLOW: u32 = 0;
@@ -94,7 +108,14 @@ pub struct SockTag {
     /// Domain id, or [`UNLABELED`].
     pub domain: u32,
     /// One of the `ORIGIN_*` values: how the tag was decided.
-    pub origin: u32,
+    pub origin: u8,
+    /// One of the `FLOW_*` values: what the socket's connection needs checked, so that a
+    /// packet of a flow nothing can revoke costs this one storage read. It shares the four
+    /// bytes that were a u32 `origin` in earlier builds, whose values fit the first byte
+    /// (little-endian), so their pinned tags read here as `FLOW_UNKNOWN` and the layout, and
+    /// with it the pinned map, stays the same across an upgrade.
+    pub flow: u8,
+    pub _pad: [u8; 2],
     /// cgroup id of the task that created (or first used) the socket: lets the daemon re-tag
     /// exactly the sockets created in a cgroup whose binding landed after they were made.
     pub cgroup_id: u64,
@@ -408,6 +429,9 @@ pub struct DomainName {
 
 const _: () = {
     assert!(size_of::<SockTag>() == 24);
+    // Where earlier builds' u32 `origin` kept its value (see `SockTag::flow`).
+    assert!(core::mem::offset_of!(SockTag, origin) == 4);
+    assert!(core::mem::offset_of!(SockTag, flow) == 5);
     assert!(size_of::<AddrKey>() == 20);
     assert!(size_of::<AddrOwner>() == 16);
     assert!(size_of::<HostConfig>() == 8);

@@ -8,7 +8,7 @@ use aya_ebpf::{
     },
 };
 use core::ffi::c_void;
-use enforcer_common::maps::{MAX_CGROUP_DEPTH, SockTag, UNLABELED};
+use enforcer_common::maps::{FLOW_UNKNOWN, MAX_CGROUP_DEPTH, SockTag, UNLABELED};
 
 use crate::{maps::TAGS, policy};
 
@@ -34,10 +34,12 @@ pub fn current_domain(slot: u32) -> u32 {
 
 /// A tag for a socket the current task creates (or uses first) in namespace `netns`.
 #[inline(always)]
-pub fn new_tag(slot: u32, origin: u32, netns: u64) -> SockTag {
+pub fn new_tag(slot: u32, origin: u8, netns: u64) -> SockTag {
     SockTag {
         domain: current_domain(slot),
         origin,
+        flow: FLOW_UNKNOWN,
+        _pad: [0; 2],
         // SAFETY: the helper takes no arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         netns,
@@ -73,6 +75,19 @@ pub fn tag_in_place(sk: *mut c_void) -> Option<&'static SockTag> {
         bpf_sk_storage_get(TAGS.as_ptr(), sk, core::ptr::null_mut(), 0)
             .cast::<SockTag>()
             .as_ref()
+    }
+}
+
+/// The tag stored on `sk`, in place and writable, for the programs that keep its `flow` byte
+/// (see `conns`). Read in place for the reason given at [`tag_in_place`].
+#[inline(always)]
+pub fn tag_mut(sk: *mut c_void) -> Option<&'static mut SockTag> {
+    // SAFETY: as in `tag_in_place`; the storage is the socket's own, and a program only ever
+    // writes its one-byte `flow` field, which any reader sees whole.
+    unsafe {
+        bpf_sk_storage_get(TAGS.as_ptr(), sk, core::ptr::null_mut(), 0)
+            .cast::<SockTag>()
+            .as_mut()
     }
 }
 

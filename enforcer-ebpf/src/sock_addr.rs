@@ -151,10 +151,12 @@ impl settle::Hook for Caller<'_> {
             flow.active,
         );
         conns::remember(self.sk, state);
-        if let Some(key) = flow.udp
-            && flow.verdict.revocable()
-        {
-            conns::remember_udp(key.cookie, &state);
+        if let Some(key) = flow.udp {
+            if flow.verdict.revocable() {
+                conns::remember_udp(key.cookie, &state);
+            } else {
+                conns::forget_udp(key.cookie);
+            }
         }
     }
 

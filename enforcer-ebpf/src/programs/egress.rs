@@ -29,8 +29,9 @@ pub fn enf_egress(ctx: SkBuffContext) -> i32 {
     if sk.is_null() {
         return PASS;
     }
-    if let Some(tag) = identity::tag_of(sk.cast()) {
-        learn(&ctx, &tag);
+    let tag = identity::tag_mut(sk.cast());
+    if let Some(tag) = tag.as_deref() {
+        learn(&ctx, tag);
     }
     // SAFETY: checked non-null; a full socket's fields are readable.
     let (ip_protocol, state) = unsafe { ((*sk).protocol, (*sk).state) };
@@ -41,7 +42,7 @@ pub fn enf_egress(ctx: SkBuffContext) -> i32 {
     if state == TCP_LISTEN {
         return PASS;
     }
-    let allowed = conns::check(&ctx, sk.cast(), proto, true);
+    let allowed = conns::check(&ctx, sk.cast(), tag, proto, true);
     if allowed { PASS } else { DROP }
 }
 

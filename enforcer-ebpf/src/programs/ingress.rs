@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     event::HOOK_INGRESS,
-    maps::{FLOW_INBOUND, PROTO_TCP, PROTO_UDP, SockTag},
+    maps::{FLOW_INBOUND, FLOW_UNKNOWN, PROTO_TCP, PROTO_UDP, SockTag},
     verdict::Peer,
 };
 
@@ -59,7 +59,8 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     // An established TCP connection was judged when it was set up; each packet is only
     // checked against that judgement.
     if proto == PROTO_TCP && state != TCP_LISTEN {
-        let allowed = conns::check(ctx, sk.cast(), proto, false);
+        let tag = identity::tag_mut(sk.cast());
+        let allowed = conns::check(ctx, sk.cast(), tag, proto, false);
         return if allowed { PASS } else { DROP };
     }
     let Some(active) = policy::active() else {
@@ -77,7 +78,16 @@ fn judge(ctx: &SkBuffContext) -> i32 {
     if proto == PROTO_TCP && !packet::is_tcp_open(ctx, &packet) {
         return PASS;
     }
-    let tag = identity::tag_in_place(sk.cast());
+    let mut tag = identity::tag_mut(sk.cast());
+    if proto == PROTO_TCP
+        && let Some(listener) = tag.as_deref_mut()
+        && listener.flow != FLOW_UNKNOWN
+    {
+        // A socket that connected once (and was disconnected) can listen; the sockets it
+        // accepts get a copy of its tag, which must not claim a flow for them.
+        listener.flow = FLOW_UNKNOWN;
+    }
+    let tag = tag.as_deref();
     let sender = source::resolve(ctx, active.slot, proto, &packet, in_pod(tag));
     let Target::Peer(from) = sender.target else {
         return PASS;

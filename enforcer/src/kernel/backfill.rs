@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::maps::{Map, MapData, SkStorage};
 use enforcer_common::{
-    maps::{ORIGIN_BACKFILL, SockTag, UNLABELED},
+    maps::{FLOW_UNKNOWN, ORIGIN_BACKFILL, SockTag, UNLABELED},
     names,
 };
 use enforcer_policy::CgroupPath;
@@ -48,6 +48,8 @@ pub fn tag_existing(
         let tag = SockTag {
             domain: nearest_bound(&bound, cgroup.as_str()),
             origin: ORIGIN_BACKFILL,
+            flow: FLOW_UNKNOWN,
+            _pad: [0; 2],
             cgroup_id: cgroups.id(cgroup).unwrap_or_default(),
             netns: netns_cookie(socket).unwrap_or_default(),
         };
@@ -88,7 +90,15 @@ pub fn retag_under(
         if tag.domain == domain || Some(tag.cgroup_id) != cgroups.id(cgroup) {
             return;
         }
-        if tags.insert(&fd, SockTag { domain, ..tag }, BPF_ANY).is_ok() {
+        // The whole value is written back, so a flow byte a program set since the read would
+        // be overwritten: FLOW_UNKNOWN makes the programs look the flow up again instead of
+        // trusting a stale FLOW_FREE.
+        let retagged_tag = SockTag {
+            domain,
+            flow: FLOW_UNKNOWN,
+            ..tag
+        };
+        if tags.insert(&fd, retagged_tag, BPF_ANY).is_ok() {
             retagged += 1;
         }
     })?;

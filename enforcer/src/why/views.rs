@@ -196,7 +196,7 @@ fn via_text(via: Via) -> &'static str {
     }
 }
 
-fn origin_text(origin: u32) -> &'static str {
+fn origin_text(origin: u8) -> &'static str {
     match origin {
         ORIGIN_CREATOR => "set when it was created",
         ORIGIN_BACKFILL => "set by the daemon for a socket older than enforcement",
