@@ -199,6 +199,12 @@ impl Workload {
         self.start_stream("sink", addr, port, "listening")
     }
 
+    /// A [`Self::sink`] whose listening socket was a connected client first (probe mode
+    /// `sink-after-connect`).
+    pub fn sink_after_connect(&self, addr: &str, port: u16) -> Stream {
+        self.start_stream("sink-after-connect", addr, port, "listening")
+    }
+
     /// A UDP socket on `addr:port` that reports every datagram (probe mode `udp-sink`); bound
     /// when this returns.
     pub fn udp_sink(&self, addr: &str, port: u16) -> Stream {

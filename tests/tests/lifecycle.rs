@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use enforcer_tests::{Json, Outcome, Sandbox, privileged};
+use enforcer_tests::{Json, Lan, Outcome, Sandbox, privileged};
 
 const PROD: &str = "prod.example.org";
 const STAGING: &str = "staging.example.org";
@@ -239,6 +239,94 @@ fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
     eprintln!(
         "ttl_edge_expires_in_the_kernel_with_the_daemon_stopped: {before} line(s) before the \
          deadline, none after; the client is {client}"
+    );
+}
+
+/// The LAN of [`a_listener_that_was_a_client_first_still_has_its_connections_expire`]: its
+/// own subnet, which no other test uses.
+const REUSED_LISTENER_LAN: u8 = 44;
+
+/// A listener's tag is copied to every socket it accepts. A socket whose connect was judged
+/// as a flow nothing can revoke (here to an address of its own domain, which then failed)
+/// and which then listens must not hand that judgement to the connections it accepts: a
+/// connection from another machine through a 6 s edge must still stop in the kernel at the
+/// edge's expiry, with the daemon dead. The client is outside every enforced subtree, so only
+/// the listener's host judges its packets.
+#[test]
+fn a_listener_that_was_a_client_first_still_has_its_connections_expire() {
+    if !privileged("a_listener_that_was_a_client_first_still_has_its_connections_expire") {
+        return;
+    }
+    let mut sb = Sandbox::new("ttl-relisten");
+    let prod = sb.cgroup("prod");
+    let lan = Lan::new(REUSED_LISTENER_LAN);
+    let node = lan.node(2);
+    let policy = format!(
+        "
+version: 1
+defaults: {{unlabeled: allow, external: deny}}
+domains:
+  - name: {PROD}
+    cgroups: ['{{root}}/prod']
+    endpoints: ['224.0.0.1/32']
+  - name: {STAGING}
+    endpoints: ['{}/32']
+federation:
+{}",
+        node.v4,
+        file_edge("short", "tcp", "['31090']", &["ttl: 6s"])
+    );
+    sb.start_daemon(&sb.policy("base.yaml", DOMAINS));
+    let before_start = SystemTime::now();
+    sb.apply(&sb.policy("p.yaml", &policy));
+    let mut sink = sb.workload(&prod).sink_after_connect(&lan.host_v4, 31090);
+    let mut stream = node.remote().stream(&lan.host_v4, 31090);
+    sink.expect_received(
+        3,
+        FLOWING,
+        "staging (another machine) -> prod while the edge lives",
+    );
+
+    let deadline = expires_of(&sb, "short");
+    assert!(
+        deadline >= before_start + Duration::from_secs(5),
+        "a `ttl: 6s` edge expires 6 s after it was applied, at {} ms; applied at {} ms",
+        ms(deadline),
+        ms(before_start)
+    );
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_millis(300),
+        "setting up took too long: only {left:?} left before the edge expires"
+    );
+    sb.kill_daemon();
+
+    wait_until(deadline + Duration::from_secs(1));
+    sink.expect_nothing_sent_after(
+        ms(deadline) + 200,
+        "the edge expired with the daemon dead: the kernel drops the accepted connection of \
+         a listener that was a client first",
+    );
+    let before = sink
+        .received()
+        .iter()
+        .filter(|r| r.sent_ms < ms(deadline))
+        .count();
+    assert!(
+        before >= 3,
+        "the sink received {before} line(s) sent before the deadline, expected the flow to \
+         work until then"
+    );
+    let client = if stream.has_ended() {
+        "ended"
+    } else {
+        "still writing"
+    };
+    eprintln!(
+        "a_listener_that_was_a_client_first_still_has_its_connections_expire: {before} \
+         line(s) before the deadline, none after; the client is {client}"
     );
 }
 

@@ -66,7 +66,7 @@ fn main() -> ExitCode {
     let (Some(mode), Some(addr), Some(port)) = (args.get(1), args.get(2), args.get(3)) else {
         eprintln!(
             "usage: enforcer-probe listen|connect|udp-listen|udp-send|udp-connect|\
-             udp-orphan|hold-then-connect|connect-loop|connect-storm|stream|sink|udp-stream|udp-sendto-stream|udp-sink \
+             udp-orphan|hold-then-connect|connect-loop|connect-storm|stream|sink|sink-after-connect|udp-stream|udp-sendto-stream|udp-sink \
              ADDR PORT [SECONDS]"
         );
         return ExitCode::from(2);
@@ -91,6 +91,7 @@ fn main() -> ExitCode {
         "connect-storm" => connect_storm(addr, timeout),
         "stream" => tcp_stream(addr, timeout),
         "sink" => tcp_sink(addr),
+        "sink-after-connect" => tcp_sink_after_connect(addr),
         "udp-stream" => udp_stream(addr, timeout, true),
         "udp-sendto-stream" => udp_stream(addr, timeout, false),
         "udp-sink" => udp_sink(addr),
@@ -526,13 +527,92 @@ fn tcp_stream(addr: SocketAddr, timeout: Duration) -> ExitCode {
 }
 
 fn tcp_sink(addr: SocketAddr) -> ExitCode {
-    let listener = match TcpListener::bind(addr) {
-        Ok(l) => l,
+    match TcpListener::bind(addr) {
+        Ok(listener) => sink_on(listener),
         Err(err) => {
             println!("error {}", err.raw_os_error().unwrap_or(0));
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `sink` on a socket that tried to connect first: to a multicast address of `addr`'s family
+/// on `addr`'s port (`224.0.0.1`, `ff02::1`), which the kernel refuses with ENETUNREACH
+/// after the connect hook judged it, leaving the socket free to bind and listen (a socket
+/// whose connect reached the peer cannot listen any more). The sockets it accepts must be
+/// judged as their own flows, whatever that attempt was judged as.
+fn tcp_sink_after_connect(addr: SocketAddr) -> ExitCode {
+    match listener_after_connect(addr) {
+        Ok(listener) => sink_on(listener),
+        Err(err) => {
+            println!("error {}", err.raw_os_error().unwrap_or(0));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn listener_after_connect(addr: SocketAddr) -> io::Result<TcpListener> {
+    let (family, multicast) = if addr.is_ipv4() {
+        (
+            libc::AF_INET,
+            SocketAddr::from((Ipv4Addr::new(224, 0, 0, 1), addr.port())),
+        )
+    } else {
+        (
+            libc::AF_INET6,
+            SocketAddr::from((Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), addr.port())),
+        )
+    };
+    // SAFETY: plain socket creation; the descriptor is owned at once.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (peer, len) = sockaddr(multicast);
+    // SAFETY: `peer` holds a sockaddr of `len` bytes for `fd`'s family.
+    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const peer).cast(), len) };
+    let refused = io::Error::last_os_error();
+    if rc == 0 || refused.raw_os_error() != Some(libc::ENETUNREACH) {
+        return Err(io::Error::other(format!(
+            "a connect to {multicast} was expected to fail with ENETUNREACH, it gave {}",
+            if rc == 0 {
+                "success".to_owned()
+            } else {
+                refused.to_string()
+            }
+        )));
+    }
+    let call = |rc: libc::c_int| {
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     };
+    // As `TcpListener::bind` does, so that an earlier run's TIME_WAIT does not hold the port.
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is a valid int option value of the size given.
+    call(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const on).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    let (local, len) = sockaddr(addr);
+    // SAFETY: `local` holds a sockaddr of `len` bytes for `fd`'s family.
+    call(unsafe { libc::bind(fd.as_raw_fd(), (&raw const local).cast(), len) })?;
+    // SAFETY: `fd` is a bound TCP socket.
+    call(unsafe { libc::listen(fd.as_raw_fd(), 16) })?;
+    Ok(TcpListener::from(fd))
+}
+
+/// Reports the lines of the first connection `listener` accepts.
+fn sink_on(listener: TcpListener) -> ExitCode {
     ready("listening");
     let stream = loop {
         match listener.accept() {
