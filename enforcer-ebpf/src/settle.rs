@@ -55,17 +55,19 @@ pub trait Hook {
 pub fn settle(flow: &Flow, hook: &impl Hook) -> bool {
     let verdict = flow.verdict;
     if verdict.allow {
-        let mut new_flow = hook.opens(flow);
-        if let Some(key) = flow.udp {
-            // Evaluated whatever `new_flow` is: a connected UDP socket's flow is remembered
-            // too, so that its replies pass.
-            new_flow |= flows::open(key, flow.from, flow.to, flow.port, flow.direction);
-        }
-        if new_flow && !hook.judged_elsewhere() {
-            counters::allowed(verdict, flow.from, flow.to, flow.now);
-            // A crossing is reported once per connection or UDP flow; flows inside a
-            // domain are not reported at all.
-            if verdict.revocable() {
+        // A flow inside one domain (or between no domains) is neither counted nor reported,
+        // and its replies are judged the same way (both verdicts are symmetric), so it needs
+        // no entry in the UDP flow table either: one map lookup less per datagram.
+        if verdict.revocable() {
+            let mut new_flow = hook.opens(flow);
+            if let Some(key) = flow.udp {
+                // Evaluated whatever `new_flow` is: a connected UDP socket's flow is
+                // remembered too, so that its replies pass.
+                new_flow |= flows::open(key, flow.from, flow.to, flow.port, flow.direction);
+            }
+            // A crossing is counted and reported once per connection or UDP flow.
+            if new_flow && !hook.judged_elsewhere() {
+                counters::allowed(verdict, flow.from, flow.to, flow.now);
                 report(flow, hook);
             }
         }
