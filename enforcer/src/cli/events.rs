@@ -22,7 +22,7 @@ pub fn run(
     };
     let mut stdout = std::io::stdout().lock();
     endpoint::events(endpoint, follow, ready, |event| {
-        if domain.is_some_and(|d| event.from != d && event.to != d) {
+        if domain.is_some_and(|d| *event.from != *d && *event.to != *d) {
             return Ok(());
         }
         match output {

@@ -502,6 +502,7 @@ impl Daemon {
             compiled: Arc::clone(&self.state.compiled),
             live: Arc::clone(&self.state.live),
             live_at: Arc::clone(&self.state.live_at),
+            ..InForce::default()
         }
     }
 
@@ -511,7 +512,7 @@ impl Daemon {
     }
 
     pub(super) fn peer_name(&self, code: u32) -> String {
-        event_record::Names::peer(&self.in_force(), code)
+        event_record::Names::peer(&self.in_force(), code).to_string()
     }
 
     /// Answers `request`; an apply or a plan comes with its policy already parsed.
@@ -738,23 +739,36 @@ impl Daemon {
 }
 
 /// The names behind the ids of the policy in force.
-#[derive(Default)]
 pub struct InForce {
     compiled: Arc<Compiled>,
     live: Arc<Vec<LiveEdge>>,
     live_at: Arc<std::collections::HashMap<u32, usize>>,
+    unlabeled: Arc<str>,
+    external: Arc<str>,
+}
+
+impl Default for InForce {
+    fn default() -> Self {
+        Self {
+            compiled: Arc::default(),
+            live: Arc::default(),
+            live_at: Arc::default(),
+            unlabeled: "unlabeled".into(),
+            external: "external".into(),
+        }
+    }
 }
 
 impl event_record::Names for InForce {
-    fn peer(&self, code: u32) -> String {
+    fn peer(&self, code: u32) -> Arc<str> {
         match Peer::decode(code) {
-            Peer::Unlabeled => "unlabeled".into(),
-            Peer::External => "external".into(),
+            Peer::Unlabeled => Arc::clone(&self.unlabeled),
+            Peer::External => Arc::clone(&self.external),
             Peer::Domain(id) => self
                 .compiled
                 .registry
-                .name_of(id)
-                .map_or_else(|| format!("domain #{id}"), str::to_owned),
+                .shared_name_of(id)
+                .map_or_else(|| format!("domain #{id}").into(), Arc::clone),
         }
     }
 

@@ -8,6 +8,7 @@ use std::{
     fs::File,
     os::fd::{AsRawFd as _, FromRawFd as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 /// `FILEID_KERNFS` from include/linux/exportfs.h.
@@ -18,7 +19,7 @@ const CACHE_LIMIT: usize = 16_384;
 pub struct CgroupPaths {
     mount: PathBuf,
     mount_dir: Option<File>,
-    cache: HashMap<u64, Option<String>>,
+    cache: HashMap<u64, Option<Arc<str>>>,
 }
 
 /// `struct file_handle` with room for the 8-byte kernfs id.
@@ -40,7 +41,7 @@ impl CgroupPaths {
 
     /// The path of cgroup `id` relative to the cgroup2 mount (`/a/b`), or `None` when it no
     /// longer exists. A removed cgroup is remembered as gone: ids are never reused.
-    pub fn path(&mut self, id: u64) -> Option<String> {
+    pub fn path(&mut self, id: u64) -> Option<Arc<str>> {
         if let Some(known) = self.cache.get(&id) {
             return known.clone();
         }
@@ -52,7 +53,7 @@ impl CgroupPaths {
         found
     }
 
-    fn lookup(&self, id: u64) -> Option<String> {
+    fn lookup(&self, id: u64) -> Option<Arc<str>> {
         let mount_dir = self.mount_dir.as_ref()?;
         let mut handle = KernfsHandle {
             handle_bytes: 8,
@@ -75,7 +76,7 @@ impl CgroupPaths {
         let dir = unsafe { File::from_raw_fd(fd) };
         let full = std::fs::read_link(format!("/proc/self/fd/{}", dir.as_raw_fd())).ok()?;
         let relative = full.strip_prefix(&self.mount).ok()?;
-        Some(format!("/{}", relative.display()))
+        Some(format!("/{}", relative.display()).into())
     }
 }
 

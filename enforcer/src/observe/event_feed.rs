@@ -14,7 +14,10 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, PerCpuArray, RingBuf};
-use enforcer_common::{event::HOOK_ESTABLISHED, names};
+use enforcer_common::{
+    event::{Event, HOOK_ESTABLISHED},
+    names,
+};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout, poll},
@@ -91,6 +94,10 @@ pub struct Feed {
     /// The lines of a batch, kept between batches so that a steady stream of events reuses
     /// one buffer instead of allocating a string per event.
     lines: Vec<u8>,
+    /// The kernel's records of a batch and their named forms, kept between batches for the
+    /// same reason: grown once to a busy batch's size, not again at every batch.
+    batch: Vec<Event>,
+    records: Vec<EventRecord>,
 }
 
 impl Feed {
@@ -115,6 +122,8 @@ impl Feed {
             ended: HashMap::new(),
             lost_reported: 0,
             lines: Vec::new(),
+            batch: Vec::new(),
+            records: Vec::new(),
         })
     }
 
@@ -152,7 +161,8 @@ impl Feed {
 
     fn drain(&mut self, names: &NamesBoard, tally: &Mutex<Tally>) {
         loop {
-            let mut batch = Vec::new();
+            let mut batch = std::mem::take(&mut self.batch);
+            batch.clear();
             while batch.len() < BATCH {
                 let Some(item) = self.ring.next() else { break };
                 match event_record::decode(&item) {
@@ -165,7 +175,8 @@ impl Feed {
             }
             let lost = self.lost_total();
             let full = batch.len() == BATCH;
-            let mut records = Vec::with_capacity(batch.len());
+            let mut records = std::mem::take(&mut self.records);
+            records.clear();
             {
                 let names = Arc::clone(&names.read().unwrap_or_else(PoisonError::into_inner));
                 let mut tally = tally.lock().unwrap_or_else(PoisonError::into_inner);
@@ -191,7 +202,10 @@ impl Feed {
                     records.push(record);
                 }
             }
-            self.publish(records);
+            self.publish(&mut records);
+            records.clear();
+            self.records = records;
+            self.batch = batch;
             if !full {
                 // Reported once the buffer is drained, so everything that did arrive is
                 // already logged when the loss is.
@@ -218,12 +232,12 @@ impl Feed {
             .is_none()
     }
 
-    fn publish(&mut self, mut records: Vec<EventRecord>) {
+    fn publish(&mut self, records: &mut [EventRecord]) {
         if records.is_empty() {
             return;
         }
         self.lines.clear();
-        for record in &mut records {
+        for record in records {
             record.cgroup = self.cgroups.path(record.cgroup_id);
             let line_start = self.lines.len();
             match serde_json::to_writer(&mut self.lines, record) {

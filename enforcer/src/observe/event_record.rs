@@ -6,6 +6,7 @@ use std::{
     borrow::Cow,
     fmt,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::Arc,
 };
 
 use enforcer_common::{
@@ -38,16 +39,17 @@ pub struct EventRecord {
     /// ended a live connection the new policy refuses).
     pub hook: Word,
     pub protocol: Word,
-    /// Domain names, `unlabeled` or `external`.
-    pub from: String,
-    pub to: String,
+    /// Domain names, `unlabeled` or `external`: shared with the policy's registry, so naming
+    /// thousands of events a second copies none of them.
+    pub from: Arc<str>,
+    pub to: Arc<str>,
     /// The id of the edge that allowed the flow.
     pub edge: Option<String>,
     pub src: SocketAddr,
     pub dst: SocketAddr,
     pub cgroup_id: u64,
     /// Relative to the cgroup2 mount; absent when the cgroup no longer exists.
-    pub cgroup: Option<String>,
+    pub cgroup: Option<Arc<str>>,
     /// The calling process, known in the `connect` and `sendmsg` hooks only.
     pub pid: Option<u32>,
     pub comm: Option<String>,
@@ -57,7 +59,7 @@ pub struct EventRecord {
 /// What only the daemon knows: the names behind ids.
 pub trait Names {
     /// The name of an encoded peer (`Peer::encode`).
-    fn peer(&self, code: u32) -> String;
+    fn peer(&self, code: u32) -> Arc<str>;
     /// The id of the edge with kernel index `index`.
     fn edge(&self, index: u32) -> Option<String>;
 }
@@ -159,8 +161,8 @@ impl EventRecord {
         DecisionKey {
             verdict: self.verdict.clone(),
             reason: self.reason.clone(),
-            from: self.from.clone(),
-            to: self.to.clone(),
+            from: Arc::clone(&self.from),
+            to: Arc::clone(&self.to),
         }
     }
 
@@ -223,8 +225,8 @@ mod tests {
     struct Fixed;
 
     impl Names for Fixed {
-        fn peer(&self, code: u32) -> String {
-            format!("d{code}")
+        fn peer(&self, code: u32) -> Arc<str> {
+            format!("d{code}").into()
         }
 
         fn edge(&self, index: u32) -> Option<String> {
@@ -273,7 +275,7 @@ mod tests {
         assert_eq!(r.reason, "edge_allowed");
         assert_eq!(r.hook, "connect");
         assert_eq!(r.protocol, "tcp");
-        assert_eq!((r.from.as_str(), r.to.as_str()), ("d2", "d3"));
+        assert_eq!((&*r.from, &*r.to), ("d2", "d3"));
         assert_eq!(r.edge.as_deref(), Some("edge-db"));
         assert_eq!(r.src, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(r.dst, "10.0.0.2:5432".parse().unwrap());

@@ -312,8 +312,8 @@ fn render(snapshot: &Snapshot, maps: &[MapFill]) -> Result<String> {
             .get_or_create(&DecisionLabels {
                 verdict: key.verdict.to_string(),
                 reason: key.reason.to_string(),
-                from: key.from.clone(),
-                to: key.to.clone(),
+                from: key.from.to_string(),
+                to: key.to.to_string(),
             })
             .inc_by(count);
     }

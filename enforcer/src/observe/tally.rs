@@ -2,7 +2,7 @@
 //! the events the kernel could not deliver. The metrics endpoint serves these counts; the
 //! per-pair kernel counters stay the exact figures when events were lost.
 
-use std::{borrow::Cow, collections::BTreeMap};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc};
 
 /// A word of a fixed vocabulary (a verdict, reason, hook or protocol): borrowed when the
 /// daemon names an event, so that naming thousands of events a second allocates none of
@@ -16,8 +16,8 @@ pub type Word = Cow<'static, str>;
 pub struct DecisionKey {
     pub verdict: Word,
     pub reason: Word,
-    pub from: String,
-    pub to: String,
+    pub from: Arc<str>,
+    pub to: Arc<str>,
 }
 
 #[derive(Debug, Default)]
