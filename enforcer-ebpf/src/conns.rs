@@ -126,7 +126,7 @@ pub fn remember_udp(cookie: u64, state: &ConnState) {
 /// peer nothing can revoke: the daemon must not end it for its earlier peer.
 #[inline(always)]
 pub fn forget_udp(cookie: u64) {
-    let _ = UDP_CONNS.remove(&cookie);
+    let _ = UDP_CONNS.remove(cookie);
 }
 
 /// Leaves a handshake's judged flow for the socket the listener will accept.
