@@ -31,7 +31,7 @@ use super::{
 };
 use crate::{
     fleet::{
-        addresses::{AddressRecord, MAX_ADDRESSES_PER_NODE, PodAddress},
+        addresses::{AddressRecord, MAX_ADDRESSES_PER_NODE, MAX_PEER_NODES, PodAddress},
         client::{self, Document, EtcdArgs, MAX_MESSAGE_BYTES, REQUEST_TIMEOUT},
         keys::{Keys, NodeName, NodeRecord},
     },
@@ -299,7 +299,7 @@ async fn session(
         match follow_peer_addresses(daemon, &mut kv, &mut watches, keys, &options.node).await {
             Ok(stream) => Some(stream),
             Err(err) => {
-                address_error(daemon, &err).await;
+                address_error(daemon, AddressSide::Follow, &err).await;
                 None
             }
         };
@@ -360,6 +360,16 @@ async fn session(
                 heartbeat(daemon, &mut kv, keys, &options.node, lease).await?;
                 publish_addresses(daemon, &mut kv, keys, &options.node, lease, &mut published)
                     .await;
+                // A failed read of the others' addresses is tried again at every heartbeat,
+                // not only when the session starts over.
+                if address_stream.is_none() {
+                    match follow_peer_addresses(daemon, &mut kv, &mut watches, keys, &options.node)
+                        .await
+                    {
+                        Ok(stream) => address_stream = Some(stream),
+                        Err(err) => address_error(daemon, AddressSide::Follow, &err).await,
+                    }
+                }
             }
         }
     }
@@ -489,27 +499,40 @@ async fn publish_addresses(
     .await;
     if let Err(err) = put {
         // Tried again at the next heartbeat.
-        address_error(daemon, &err).await;
+        address_error(daemon, AddressSide::Publish, &err).await;
         return;
     }
     let count = record.addresses.len();
     with_daemon(daemon, move |d| {
         if let Some(fleet) = d.source.fleet.as_mut() {
             fleet.addresses.published = count;
-            fleet.addresses.error = None;
+            fleet.addresses.publish_error = None;
         }
     })
     .await;
     *published = Some(record.addresses);
 }
 
+/// Which side of the fleet's addresses failed.
+#[derive(Clone, Copy)]
+enum AddressSide {
+    /// Writing this node's own record.
+    Publish,
+    /// Reading or watching the other nodes' records.
+    Follow,
+}
+
 /// Records why the fleet's addresses cannot be read or written; the policy is followed all
 /// the same.
-async fn address_error(daemon: &Arc<Mutex<Daemon>>, err: &anyhow::Error) {
+async fn address_error(daemon: &Arc<Mutex<Daemon>>, side: AddressSide, err: &anyhow::Error) {
     let why = format!("{err:#}");
     let first = with_daemon(daemon, move |d| {
         let fleet = d.source.fleet.as_mut()?;
-        let was = fleet.addresses.error.replace(why.clone());
+        let held = match side {
+            AddressSide::Publish => &mut fleet.addresses.publish_error,
+            AddressSide::Follow => &mut fleet.addresses.follow_error,
+        };
+        let was = held.replace(why.clone());
         (was.as_ref() != Some(&why)).then_some(why)
     })
     .await;
@@ -581,7 +604,7 @@ async fn read_peer_addresses(
     with_daemon(daemon, move |d| {
         if let Some(fleet) = d.source.fleet.as_mut() {
             fleet.addresses.peers.replace(records);
-            fleet.addresses.error = None;
+            fleet.addresses.follow_error = None;
         }
         d.sync_peer_addresses(false);
     })
@@ -617,7 +640,14 @@ async fn peer_address_events(
         if let Some(fleet) = d.source.fleet.as_mut() {
             for (name, record) in changes {
                 match record {
-                    Some(record) => fleet.addresses.peers.set(record),
+                    Some(record) => {
+                        if !fleet.addresses.peers.set(record) {
+                            log::warn!(
+                                "node {name}'s addresses are not loaded: this node already \
+                                 holds the records of {MAX_PEER_NODES} other nodes"
+                            );
+                        }
+                    }
                     None => fleet.addresses.peers.remove(&name),
                 }
             }

@@ -21,6 +21,10 @@ use crate::api::status::FleetAddressStatus;
 
 /// The most addresses one node may publish; a record with more is refused whole.
 pub const MAX_ADDRESSES_PER_NODE: usize = 16_384;
+/// The most other nodes whose records a node holds: the fleet's node limit
+/// ([`super::client::MAX_NODES`]), so that keys written under the prefix by anyone allowed to
+/// cannot grow a node's memory without bound.
+pub const MAX_PEER_NODES: usize = super::client::MAX_NODES as usize;
 
 /// What one node publishes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -105,12 +109,18 @@ impl Peers {
         self.by_node.len()
     }
 
-    /// Puts `node`'s record in place of what it published before.
-    pub fn set(&mut self, record: AddressRecord) {
+    /// Puts `node`'s record in place of what it published before. A node not held yet is
+    /// refused once [`MAX_PEER_NODES`] are: what a node holds stays bounded whatever keys
+    /// appear under the prefix. Returns whether the record is held.
+    pub fn set(&mut self, record: AddressRecord) -> bool {
+        if !self.by_node.contains_key(&record.node) && self.by_node.len() >= MAX_PEER_NODES {
+            return false;
+        }
         if self.by_node.get(&record.node) != Some(&record.addresses) {
             self.by_node.insert(record.node, record.addresses);
             self.version += 1;
         }
+        true
     }
 
     /// Withdraws everything `node` published.
@@ -120,10 +130,14 @@ impl Peers {
         }
     }
 
-    /// Replaces every node's record at once (a fresh read of the whole prefix).
+    /// Replaces every node's record at once (a fresh read of the whole prefix), keeping the
+    /// first [`MAX_PEER_NODES`].
     pub fn replace(&mut self, records: impl IntoIterator<Item = AddressRecord>) {
-        let by_node: BTreeMap<String, Vec<PodAddress>> =
-            records.into_iter().map(|r| (r.node, r.addresses)).collect();
+        let by_node: BTreeMap<String, Vec<PodAddress>> = records
+            .into_iter()
+            .take(MAX_PEER_NODES)
+            .map(|r| (r.node, r.addresses))
+            .collect();
         if by_node != self.by_node {
             self.by_node = by_node;
             self.version += 1;
@@ -177,8 +191,12 @@ pub struct FleetAddresses {
     pub unknown_domain: usize,
     /// How many of this node's pod addresses it last published.
     pub published: usize,
-    /// Why they cannot be published or the other nodes' read, until they can.
-    pub error: Option<String>,
+    /// Why this node's addresses cannot be published, until they can.
+    pub publish_error: Option<String>,
+    /// Why the other nodes' addresses cannot be read or followed, until they can: kept apart
+    /// from the publishing error, so that a write that succeeds does not hide a read that
+    /// still fails.
+    pub follow_error: Option<String>,
     /// Raised after each scan of this host's pods, so that a new pod's addresses are
     /// published at once rather than at the next heartbeat.
     pub scanned: Arc<Notify>,
@@ -192,7 +210,11 @@ impl FleetAddresses {
             loaded: self.held,
             conflicts: self.conflicts,
             unknown_domain: self.unknown_domain,
-            last_error: self.error.clone(),
+            last_error: match (&self.follow_error, &self.publish_error) {
+                (Some(follow), Some(publish)) => Some(format!("{follow}; {publish}")),
+                (Some(one), None) | (None, Some(one)) => Some(one.clone()),
+                (None, None) => None,
+            },
         }
     }
 }
@@ -247,6 +269,43 @@ mod tests {
         let many: Vec<(&str, &str)> = many.iter().map(|(a, d)| (a.as_str(), *d)).collect();
         let value = serde_json::to_vec(&record("a", &many)).unwrap();
         assert!(AddressRecord::parse("a", &value).is_err());
+    }
+
+    #[test]
+    fn a_node_holds_the_records_of_at_most_max_peer_nodes_others() {
+        let mut peers = Peers::default();
+        peers.replace((0..=MAX_PEER_NODES).map(|i| record(&format!("n{i}"), &[])));
+        assert_eq!(peers.nodes(), MAX_PEER_NODES);
+        let version = peers.version();
+        assert!(!peers.set(record("one-too-many", &[("10.9.0.2", "prod.example.org")])));
+        assert_eq!((peers.nodes(), peers.version()), (MAX_PEER_NODES, version));
+        // A node already held may still change what it publishes, and a place freed is
+        // taken again.
+        assert!(peers.set(record("n0", &[("10.9.0.3", "prod.example.org")])));
+        peers.remove("n1");
+        assert!(peers.set(record("one-too-many", &[])));
+        assert_eq!(peers.nodes(), MAX_PEER_NODES);
+    }
+
+    #[test]
+    fn a_publish_that_succeeds_does_not_hide_a_read_that_fails() {
+        let mut addresses = FleetAddresses {
+            follow_error: Some("reading the fleet's addresses: permission denied".into()),
+            ..FleetAddresses::default()
+        };
+        assert_eq!(
+            addresses.status().last_error.as_deref(),
+            Some("reading the fleet's addresses: permission denied")
+        );
+        addresses.publish_error = Some("publishing: no answer".into());
+        assert_eq!(
+            addresses.status().last_error.as_deref(),
+            Some("reading the fleet's addresses: permission denied; publishing: no answer")
+        );
+        addresses.publish_error = None;
+        assert!(addresses.status().last_error.is_some());
+        addresses.follow_error = None;
+        assert!(addresses.status().last_error.is_none());
     }
 
     #[test]
