@@ -131,7 +131,13 @@ fn from_uri(input: &str, after_scheme: &str) -> Result<TrustDomain, TrustDomainE
     if authority.contains('@') {
         return extra(UriPart::UserInfo);
     }
-    if authority.contains(':') {
+    // RFC 3986 3.2.3: a port is the digits after the authority's last ':'.
+    // Any other ':' (an IPv6 literal like `[::1]`, which SPIFFE-ID 2.1
+    // excludes, or `a:b`) is reported below as a character not allowed.
+    if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+    {
         return extra(UriPart::Port);
     }
     match tail.chars().next() {
@@ -311,6 +317,193 @@ mod tests {
         assert_eq!(
             serde_json::to_string(&td).expect("serializes"),
             r#""a.org""#
+        );
+    }
+
+    // Vectors from the SPIFFE ID standard (spiffe/spiffe standards/SPIFFE-ID.md) and the
+    // cases go-spiffe v2's `spiffeid` package tests `TrustDomainFromString` with, written
+    // as tables.
+
+    fn accepts(input: &str, want: &str) {
+        match input.parse::<TrustDomain>() {
+            Ok(td) => assert_eq!(td.as_str(), want, "{input:?}"),
+            Err(e) => panic!("{input:?} refused: {e}"),
+        }
+    }
+
+    fn refuses(input: &str, want: TrustDomainError) {
+        assert_eq!(input.parse::<TrustDomain>(), Err(want), "{input:?}");
+    }
+
+    fn bad_char(input: &str, character: char) -> TrustDomainError {
+        TrustDomainError::InvalidCharacter {
+            name: input.to_owned(),
+            character,
+        }
+    }
+
+    fn extra(input: &str, part: UriPart) -> TrustDomainError {
+        TrustDomainError::ExtraUriPart {
+            input: input.to_owned(),
+            part,
+        }
+    }
+
+    /// SPIFFE-ID 2.1: [a-z0-9.-_] only, character by character over U+0000..=U+00FF (the
+    /// code points above U+007F are two UTF-8 bytes each), as go-spiffe's
+    /// `TestTrustDomainFromString` does, both as a bare name and after `spiffe://`.
+    #[test]
+    fn characters_follow_spec_2_1() {
+        let mut accepted = 0;
+        for byte in 0..=u8::MAX {
+            let c = char::from(byte);
+            let name = format!("trustdomain{c}");
+            let uri = format!("spiffe://{name}");
+            if matches!(c, 'a'..='z' | '0'..='9' | '.' | '-' | '_') {
+                accepts(&name, &name);
+                accepts(&uri, &name);
+                accepted += 1;
+                continue;
+            }
+            refuses(&name, bad_char(&name, c));
+            let want = match c {
+                '/' => extra(&uri, UriPart::Path),
+                ':' => extra(&uri, UriPart::Port),
+                '@' => extra(&uri, UriPart::UserInfo),
+                '?' => extra(&uri, UriPart::Query),
+                '#' => extra(&uri, UriPart::Fragment),
+                _ => bad_char(&uri, c),
+            };
+            refuses(&uri, want);
+            if c.is_ascii_uppercase() {
+                let message = bad_char(&name, c).to_string();
+                assert!(message.contains("uppercase is not folded"), "{message}");
+            }
+        }
+        assert_eq!(accepted, 26 + 10 + 3);
+    }
+
+    /// go-spiffe's `TrustDomainFromString` cases (empty, scheme, missing name, trailing
+    /// slash, percent-encoding), plus more scheme spellings. SPIFFE-ID 2: the scheme is
+    /// `spiffe`; go-spiffe accepts only lowercase `spiffe://` and so does this parser.
+    #[test]
+    fn go_spiffe_string_vectors() {
+        refuses("", TrustDomainError::Empty);
+        accepts("spiffe://trustdomain", "trustdomain");
+        accepts("trustdomain", "trustdomain");
+        for input in [
+            "spiffe:/trustdomain/path",
+            "spiffe:/trustdomain",
+            "Spiffe://trustdomain",
+            "SPIFFE://trustdomain",
+            "https://trustdomain",
+            "://trustdomain",
+            "trustdomain:/",
+        ] {
+            refuses(
+                input,
+                TrustDomainError::WrongScheme {
+                    input: input.to_owned(),
+                },
+            );
+        }
+        for input in ["spiffe://", "spiffe:///path", "spiffe:///"] {
+            refuses(
+                input,
+                TrustDomainError::MissingName {
+                    input: input.to_owned(),
+                },
+            );
+        }
+        for input in [
+            "spiffe://trustdomain/",
+            "spiffe://trustdomain/path/",
+            "spiffe://trustdomain/%F0%9F%A4%AF",
+        ] {
+            refuses(input, extra(input, UriPart::Path));
+        }
+        // Percent-encoded names (SPIFFE-ID 2.1: no percent-encoded characters).
+        refuses("%62%61%64", bad_char("%62%61%64", '%'));
+        refuses("spiffe://%62%61%64", bad_char("spiffe://%62%61%64", '%'));
+        refuses(
+            "spiffe://%F0%9F%A4%AF",
+            bad_char("spiffe://%F0%9F%A4%AF", '%'),
+        );
+        // No ":/" in it, so it is read as a bare name, as go-spiffe does.
+        refuses("spiffe:trustdomain", bad_char("spiffe:trustdomain", ':'));
+    }
+
+    /// Deliberate difference from go-spiffe (see the module comment): go-spiffe's
+    /// `TrustDomainFromString("spiffe://trustdomain/path")` returns `trustdomain`; here an
+    /// ID with a path is refused, since a trust domain was asked for.
+    #[test]
+    fn an_id_with_a_path_is_refused_unlike_go_spiffe() {
+        for input in ["spiffe://trustdomain/path", "spiffe://trustdomain/a/b"] {
+            refuses(input, extra(input, UriPart::Path));
+        }
+    }
+
+    /// SPIFFE-ID 2.1: user info and port must be empty; IPv6 literals are excluded (their
+    /// characters are not allowed) while IPv4 dotted quads are ordinary names. SPIFFE-ID 2:
+    /// no query or fragment.
+    #[test]
+    fn authority_query_and_fragment_vectors() {
+        for (input, part) in [
+            ("spiffe://trustdomain:443", UriPart::Port),
+            ("spiffe://trustdomain:", UriPart::Port),
+            ("spiffe://[::1]:443", UriPart::Port),
+            ("spiffe://trustdomain:443/path", UriPart::Port),
+            ("spiffe://user@trustdomain", UriPart::UserInfo),
+            ("spiffe://user:pw@trustdomain", UriPart::UserInfo),
+            ("spiffe://@trustdomain", UriPart::UserInfo),
+            ("spiffe://trustdomain?", UriPart::Query),
+            ("spiffe://trustdomain?q=1", UriPart::Query),
+            ("spiffe://trustdomain#", UriPart::Fragment),
+            ("spiffe://trustdomain#f", UriPart::Fragment),
+        ] {
+            refuses(input, extra(input, part));
+        }
+        // A ':' not followed by digits is no port, just a character not allowed.
+        refuses("spiffe://[::1]", bad_char("spiffe://[::1]", '['));
+        refuses("spiffe://a:b", bad_char("spiffe://a:b", ':'));
+        refuses("spiffe://a:443x", bad_char("spiffe://a:443x", ':'));
+        // Without `spiffe://` there is no URI to take apart: the first bad character counts.
+        refuses("trustdomain:443", bad_char("trustdomain:443", ':'));
+        refuses("user@trustdomain", bad_char("user@trustdomain", '@'));
+        refuses("[::1]", bad_char("[::1]", '['));
+        refuses("trustdomain?q", bad_char("trustdomain?q", '?'));
+        refuses("trustdomain#f", bad_char("trustdomain#f", '#'));
+        for name in ["192.168.0.1", "10.0.0.1", "127.0.0.1"] {
+            accepts(name, name);
+            accepts(&format!("spiffe://{name}"), name);
+        }
+    }
+
+    /// SPIFFE-ID 2.1: the name must be lowercase; it is not folded.
+    #[test]
+    fn uppercase_vectors() {
+        for (input, c) in [
+            ("TRUSTDOMAIN", 'T'),
+            ("trustDomain", 'D'),
+            ("spiffe://Trustdomain", 'T'),
+            ("spiffe://trustdomaiN", 'N'),
+        ] {
+            refuses(input, bad_char(input, c));
+        }
+    }
+
+    /// SPIFFE-ID 2.3: a trust domain name is at most 255 bytes, mixed characters included.
+    #[test]
+    fn length_limit_vectors() {
+        let name = "a.b-c_9".repeat(36) + "xyz";
+        assert_eq!(name.len(), 255);
+        accepts(&name, &name);
+        accepts(&format!("spiffe://{name}"), &name);
+        let long = format!("{name}q");
+        refuses(&long, TrustDomainError::TooLong { len: 256 });
+        refuses(
+            &format!("spiffe://{long}"),
+            TrustDomainError::TooLong { len: 256 },
         );
     }
 }
