@@ -8,6 +8,7 @@ pub mod admission;
 mod attest_server;
 mod attested;
 mod capabilities;
+mod cgroup_watch;
 mod fleet_addresses;
 pub mod fleet_source;
 mod heap;

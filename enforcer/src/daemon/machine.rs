@@ -3,7 +3,7 @@
 //! through the state (`state.rs`) and the kernel side (`host.rs`), then logged and answered.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     fs,
     net::SocketAddr,
     path::PathBuf,
@@ -626,6 +626,28 @@ impl Daemon {
             }
         }
         dirs
+    }
+
+    /// Whether a directory in `changed` (created, removed or moved) is a bound cgroup or one
+    /// of its ancestors: only then can a binding's cgroup have come or gone. A batch names a
+    /// few directories, each compared with every bound path as a prefix: no allocation and
+    /// no hashing per binding, so a host whose other cgroups churn pays little for them.
+    pub fn bindings_affected_by(&self, changed: &HashSet<PathBuf>) -> bool {
+        let changed: Vec<String> = changed
+            .iter()
+            .filter_map(|dir| {
+                let relative = dir.strip_prefix(self.cgroups.mount()).ok()?;
+                Some(format!("/{}", relative.to_str()?))
+            })
+            .collect();
+        self.state.compiled.bindings.iter().any(|binding| {
+            let bound = binding.path.as_str();
+            changed.iter().any(|dir| {
+                bound
+                    .strip_prefix(dir.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            })
+        })
     }
 
     /// Re-resolves every binding's cgroup. A cgroup that appeared gets its binding at once

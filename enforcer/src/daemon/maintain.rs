@@ -7,9 +7,7 @@
 //! pings, and systemd restarts it.
 
 use std::{
-    collections::BTreeSet,
     os::fd::AsFd,
-    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -19,10 +17,13 @@ use aya::maps::{MapData, RingBuf};
 use nix::{
     errno::Errno,
     poll::{PollFd, PollFlags, PollTimeout, poll},
-    sys::inotify::{AddWatchFlags, InitFlags, Inotify},
+    sys::inotify::{InitFlags, Inotify},
 };
 
-use crate::daemon::machine::Daemon;
+use crate::daemon::{
+    cgroup_watch::{Changes, Watches},
+    machine::Daemon,
+};
 
 /// How often everything is checked even without an event: a safety net for a lost inotify
 /// or ring buffer event, and the period of the host address and teardown checks.
@@ -46,11 +47,16 @@ pub fn spawn(daemon: Arc<Mutex<Daemon>>, notify: RingBuf<MapData>) -> Result<()>
 
 fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) {
     let mut last_pod_scan = Instant::now();
+    // The once-a-tick duties (bundles, expiries, the host's addresses) look at every edge and
+    // address: they run once per TICK, not at every wake-up, since a host whose other cgroups
+    // churn wakes this loop many times a second.
+    let mut last_tick: Option<Instant> = None;
     let mut last_cgroup_scan = Instant::now();
     // Cgroups are looked at when inotify reports a change, when the bindings changed (a new
     // generation), and every CGROUP_RESCAN.
     let mut cgroups_changed = true;
     let mut watched_generation = None;
+    let mut watches = Watches::default();
     let manager = lock(daemon).manager.clone();
     let watchdog = manager.as_ref().and_then(|m| m.watchdog());
     let mut ping_due = Instant::now();
@@ -60,7 +66,7 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         let rewatched = cgroups_changed || watched_generation != Some(generation);
         if rewatched {
             let dirs = lock(daemon).watched_dirs();
-            watch(inotify, &dirs);
+            watches.watch(inotify, &dirs);
             watched_generation = Some(generation);
         }
         let mut fds = [
@@ -77,9 +83,13 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         {
             log::error!("maintenance poll failed: {err}");
         }
-        // The events only say that something changed; each duty re-reads the current state.
-        cgroups_changed = inotify.read_events().is_ok_and(|events| !events.is_empty())
-            || last_cgroup_scan.elapsed() >= CGROUP_RESCAN;
+        // The events only say where something changed; each duty re-reads the current state.
+        let bound_changed = match watches.read(inotify) {
+            Changes::None => false,
+            Changes::Unknown => true,
+            Changes::Dirs(dirs) => lock(daemon).bindings_affected_by(&dirs),
+        };
+        cgroups_changed = bound_changed || last_cgroup_scan.elapsed() >= CGROUP_RESCAN;
         if cgroups_changed {
             last_cgroup_scan = Instant::now();
         }
@@ -96,9 +106,13 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             }
             std::process::exit(0);
         }
-        d.refresh_bundles();
-        d.expire_edges();
-        d.expire_attested();
+        let tick_due = last_tick.is_none_or(|at| at.elapsed() >= TICK);
+        if tick_due {
+            last_tick = Some(Instant::now());
+            d.refresh_bundles();
+            d.expire_edges();
+            d.expire_attested();
+        }
         if (cgroups_changed || rewatched)
             && let Err(err) = d.follow_cgroups()
         {
@@ -108,7 +122,9 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         if scan_pods {
             last_pod_scan = Instant::now();
         }
-        if let Err(err) = d.refresh_addresses(scan_pods) {
+        if (tick_due || scan_pods)
+            && let Err(err) = d.refresh_addresses(scan_pods)
+        {
             log::error!("refreshing local addresses failed: {err:#}");
         }
         if let (Some(manager), Some(every)) = (&manager, watchdog)
@@ -126,17 +142,4 @@ fn lock(daemon: &Mutex<Daemon>) -> std::sync::MutexGuard<'_, Daemon> {
     daemon
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Watches `dirs` for children created, removed or renamed. Adding an existing watch again is
-/// a no-op in the kernel; watches on removed directories disappear by themselves.
-fn watch(inotify: &Inotify, dirs: &BTreeSet<PathBuf>) {
-    let mask = AddWatchFlags::IN_CREATE
-        | AddWatchFlags::IN_DELETE
-        | AddWatchFlags::IN_MOVED_FROM
-        | AddWatchFlags::IN_MOVED_TO
-        | AddWatchFlags::IN_ONLYDIR;
-    for dir in dirs {
-        let _ = inotify.add_watch(dir.as_path(), mask);
-    }
 }
