@@ -15,7 +15,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use enforcer_tests::{Json, Lan, Outcome, Sandbox, privileged};
+use enforcer_tests::{Json, Lan, Outcome, Sandbox, Stream, privileged};
 
 const PROD: &str = "prod.example.org";
 const STAGING: &str = "staging.example.org";
@@ -150,6 +150,37 @@ fn settle<T>(limit: Duration, mut read: impl FnMut() -> T, done: impl Fn(&T) -> 
     }
 }
 
+/// Checks that more than 300 ms are left before `deadline`, so that the daemon can be killed
+/// before the edge expires.
+fn expect_time_left(deadline: SystemTime) {
+    let left = deadline
+        .duration_since(SystemTime::now())
+        .unwrap_or_default();
+    assert!(
+        left > Duration::from_millis(300),
+        "setting up took too long: only {left:?} left before the edge expires"
+    );
+}
+
+/// With the daemon dead, waits a second past `deadline` (anything let through would arrive
+/// within it, retransmissions included) and checks that `sink` got the flow until the
+/// deadline and nothing sent after it; returns how many lines came before it.
+fn expect_cut_at(sink: &mut Stream, deadline: SystemTime, context: &str) -> usize {
+    wait_until(deadline + Duration::from_secs(1));
+    sink.expect_nothing_sent_after(ms(deadline) + 200, context);
+    let before = sink
+        .received()
+        .iter()
+        .filter(|r| r.sent_ms < ms(deadline))
+        .count();
+    assert!(
+        before >= 3,
+        "the sink received {before} line(s) sent before the deadline, expected the flow to \
+         work until then"
+    );
+    before
+}
+
 #[test]
 fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
     if !privileged("ttl_edge_expires_in_the_kernel_with_the_daemon_stopped") {
@@ -190,13 +221,7 @@ fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
         ms(after_start),
         ms(deadline)
     );
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    assert!(
-        left > Duration::from_millis(300),
-        "setting up took too long: only {left:?} left before the edge expires"
-    );
+    expect_time_left(deadline);
     sb.kill_daemon();
 
     wait_until(deadline + Duration::from_millis(300));
@@ -214,22 +239,10 @@ fn ttl_edge_expires_in_the_kernel_with_the_daemon_stopped() {
         "prod -> prod:31001 (same domain) with the daemon dead: the application saw {outcome}"
     );
 
-    // A second of the client writing into a flow the kernel must drop: on loopback anything
-    // let through would arrive within this window, retransmissions included.
-    wait_until(deadline + Duration::from_secs(1));
-    sink.expect_nothing_sent_after(
-        ms(deadline) + 200,
+    let before = expect_cut_at(
+        &mut sink,
+        deadline,
         "the edge expired with the daemon dead: the kernel drops the flow",
-    );
-    let before = sink
-        .received()
-        .iter()
-        .filter(|r| r.sent_ms < ms(deadline))
-        .count();
-    assert!(
-        before >= 3,
-        "the sink received {before} line(s) sent before the deadline, expected the flow to \
-         work until then"
     );
     let client = if stream.has_ended() {
         "ended"
@@ -294,30 +307,14 @@ federation:
         ms(deadline),
         ms(before_start)
     );
-    let left = deadline
-        .duration_since(SystemTime::now())
-        .unwrap_or_default();
-    assert!(
-        left > Duration::from_millis(300),
-        "setting up took too long: only {left:?} left before the edge expires"
-    );
+    expect_time_left(deadline);
     sb.kill_daemon();
 
-    wait_until(deadline + Duration::from_secs(1));
-    sink.expect_nothing_sent_after(
-        ms(deadline) + 200,
+    let before = expect_cut_at(
+        &mut sink,
+        deadline,
         "the edge expired with the daemon dead: the kernel drops the accepted connection of \
          a listener that was a client first",
-    );
-    let before = sink
-        .received()
-        .iter()
-        .filter(|r| r.sent_ms < ms(deadline))
-        .count();
-    assert!(
-        before >= 3,
-        "the sink received {before} line(s) sent before the deadline, expected the flow to \
-         work until then"
     );
     let client = if stream.has_ended() {
         "ended"
