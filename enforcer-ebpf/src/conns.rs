@@ -81,7 +81,8 @@ pub fn remember(sk: *mut c_void, state: ConnState) {
         && let Some(tag) = tag.as_deref_mut()
     {
         // A socket connected before (a UDP socket connects again, a TCP one after a refused
-        // attempt) keeps its old value: it must not name a flow the daemon would end.
+        // attempt) may hold an earlier value: it is overwritten, so that it names no flow the
+        // daemon would end.
         // SAFETY: flags 0 never creates; a non-null result points at a live ConnState.
         let earlier = unsafe { bpf_sk_storage_get(CONNS.as_ptr(), sk, core::ptr::null_mut(), 0) };
         if !earlier.is_null() {
