@@ -7,7 +7,7 @@ use std::{
     fs,
     net::SocketAddr,
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError, mpsc},
+    sync::{Arc, LazyLock, Mutex, PoisonError, mpsc},
 };
 
 use anyhow::Result;
@@ -502,7 +502,6 @@ impl Daemon {
             compiled: Arc::clone(&self.state.compiled),
             live: Arc::clone(&self.state.live),
             live_at: Arc::clone(&self.state.live_at),
-            ..InForce::default()
         }
     }
 
@@ -761,31 +760,22 @@ impl Daemon {
 }
 
 /// The names behind the ids of the policy in force.
+#[derive(Default)]
 pub struct InForce {
     compiled: Arc<Compiled>,
     live: Arc<Vec<LiveEdge>>,
     live_at: Arc<std::collections::HashMap<u32, usize>>,
-    unlabeled: Arc<str>,
-    external: Arc<str>,
 }
 
-impl Default for InForce {
-    fn default() -> Self {
-        Self {
-            compiled: Arc::default(),
-            live: Arc::default(),
-            live_at: Arc::default(),
-            unlabeled: "unlabeled".into(),
-            external: "external".into(),
-        }
-    }
-}
+/// The names of the peers that are no domain, made once and shared by every event.
+static UNLABELED: LazyLock<Arc<str>> = LazyLock::new(|| "unlabeled".into());
+static EXTERNAL: LazyLock<Arc<str>> = LazyLock::new(|| "external".into());
 
 impl event_record::Names for InForce {
     fn peer(&self, code: u32) -> Arc<str> {
         match Peer::decode(code) {
-            Peer::Unlabeled => Arc::clone(&self.unlabeled),
-            Peer::External => Arc::clone(&self.external),
+            Peer::Unlabeled => Arc::clone(&UNLABELED),
+            Peer::External => Arc::clone(&EXTERNAL),
             Peer::Domain(id) => self
                 .compiled
                 .registry

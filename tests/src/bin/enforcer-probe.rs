@@ -552,24 +552,12 @@ fn tcp_sink_after_connect(addr: SocketAddr) -> ExitCode {
 }
 
 fn listener_after_connect(addr: SocketAddr) -> io::Result<TcpListener> {
-    let (family, multicast) = if addr.is_ipv4() {
-        (
-            libc::AF_INET,
-            SocketAddr::from((Ipv4Addr::new(224, 0, 0, 1), addr.port())),
-        )
+    let multicast = if addr.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::new(224, 0, 0, 1), addr.port()))
     } else {
-        (
-            libc::AF_INET6,
-            SocketAddr::from((Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), addr.port())),
-        )
+        SocketAddr::from((Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1), addr.port()))
     };
-    // SAFETY: plain socket creation; the descriptor is owned at once.
-    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fd = tcp_socket(addr, timeout())?;
     let (peer, len) = sockaddr(multicast);
     // SAFETY: `peer` holds a sockaddr of `len` bytes for `fd`'s family.
     let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const peer).cast(), len) };
