@@ -17,12 +17,16 @@ const FLEET_PACKAGES: [&str; 4] = [
     "protobuf-compiler",
     "libprotobuf-dev",
 ];
+/// The daemon's allocator, jemalloc, is built from C source by `tikv-jemalloc-sys`, whose
+/// build runs `make` (and the C compiler that linking Rust needs anyway).
+const ALLOCATOR_PACKAGES: [&str; 2] = ["make", "gcc"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     component("nightly", "rust-src")?;
     llvm()?;
     apt_install(&FLEET_PACKAGES)?;
+    apt_install(&ALLOCATOR_PACKAGES)?;
     bpf_linker()
 }
 
