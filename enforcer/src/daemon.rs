@@ -28,7 +28,6 @@ mod views;
 use std::{
     fs,
     net::{SocketAddr, TcpListener},
-    os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
     sync::{Arc, Mutex, PoisonError, mpsc},
     thread,
@@ -54,13 +53,15 @@ use crate::{
         policy_maps::PolicyMaps, revocation::Connections, usage::Usage,
     },
     observe::{
-        event_feed::{Draining, Feed, Followers},
+        event_feed::{Draining, Feed},
+        event_followers::Followers,
         event_log::EventLog,
         metrics::{self, Commits},
         systemd::ServiceManager,
     },
     paths::{PinDir, StateDir},
     pipeline::{clock::Clocks, compile, edges::Book},
+    state_files,
     trust::{bundles::TrustState, current_svid::CurrentSvid, workload_api},
 };
 
@@ -127,9 +128,8 @@ pub fn workload_api(args: &workload_api::Args, own_files: bool) -> Option<Worklo
     })
 }
 
-pub fn run(options: Options) -> Result<()> {
+pub fn run(mut options: Options) -> Result<()> {
     let started = Instant::now();
-    heap::share_one_arena();
     // Before any thread starts, so that every thread leaves SIGHUP to the reload thread, and
     // SIGTERM and SIGINT to the stop thread.
     let sighup = reload::block_sighup()?;
@@ -140,6 +140,11 @@ pub fn run(options: Options) -> Result<()> {
     }
     if let Some(manager) = &manager {
         manager.status("starting: loading the programs and reading the policy");
+    }
+    // Checked before the policy is chosen, which reads the policy saved there; made (when
+    // missing) only once the policy is known to be good.
+    if let Some(dir) = state_files::checked_dir(options.state_dir.path())? {
+        options.state_dir = StateDir::new(dir);
     }
     let Prepared {
         loaded,
@@ -195,11 +200,7 @@ pub fn run(options: Options) -> Result<()> {
     let admin_listener = options.remote_admin.map(RemoteAdmin::bind).transpose()?;
     let cgroups = CgroupFs::discover()?;
     let root = cgroups.root(options.cgroup_root.as_deref())?;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(options.state_dir.path())
-        .with_context(|| format!("creating state dir {}", options.state_dir.path().display()))?;
+    options.state_dir = StateDir::new(state_files::prepare_dir(options.state_dir.path())?);
     let _lock = lock(&options.state_dir)?;
     let book = without_expired_grants(Book::load(&options.state_dir)?);
     let attested = attested::load(&options.state_dir, &cgroups)?;
@@ -737,11 +738,7 @@ fn check_policy(
 
 /// Takes an exclusive `flock` on the state dir's lock file for the life of the process.
 fn lock(state: &StateDir) -> Result<fs::File> {
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(state.lock())
+    let file = state_files::lock_file(&state.lock())
         .with_context(|| format!("opening {}", state.lock().display()))?;
     // SAFETY: flock on a file descriptor we own.
     let ret = unsafe {

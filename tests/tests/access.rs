@@ -13,7 +13,7 @@ use std::{
     process::{Command, Output},
 };
 
-use enforcer_tests::{Json, Sandbox, enforcer, privileged};
+use enforcer_tests::{Json, Sandbox, enforcer, privileged, retry_busy};
 
 const POLICY: &str = "
 version: 1
@@ -39,18 +39,10 @@ fn open_to_others(sb: &Sandbox) -> PathBuf {
 
 /// Runs the CLI copy as `uid`/`gid` (and no supplementary groups) with `args`.
 fn run_as(cli: &PathBuf, uid: u32, args: &[&str]) -> Output {
-    // The copy's write descriptor can live on for a moment in a child another test thread is
-    // forking, and exec fails with ETXTBSY until that child execs: nothing to wait on but
-    // time, so the run is retried briefly.
-    for _ in 0..50 {
-        match Command::new(cli).args(args).uid(uid).gid(uid).output() {
-            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            result => return result.expect("running the CLI as another user"),
-        }
-    }
-    panic!("{} stayed busy (ETXTBSY) for a second", cli.display());
+    retry_busy(
+        Command::new(cli).args(args).uid(uid).gid(uid),
+        Command::output,
+    )
 }
 
 fn stderr(out: &Output) -> String {

@@ -10,14 +10,14 @@ use std::{
     fs,
     io::{BufRead as _, BufReader, Write as _},
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Output, Stdio},
     sync::mpsc,
     thread,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use enforcer_tests::{Sandbox, client, enforcer, patient, privileged};
+use enforcer_tests::{Sandbox, client, enforcer, patient, privileged, retry_busy};
 
 const POLICY: &str = "
 version: 1
@@ -111,21 +111,6 @@ impl Setup {
         assert_eq!(first.as_deref(), Some("connected"), "the client connects");
         client
     }
-}
-
-/// The copies' write descriptors can live on for a moment in a child another test thread is
-/// forking, and exec fails with ETXTBSY until that child execs: nothing to wait on but time,
-/// so the start is retried briefly.
-fn retry_busy<T>(command: &mut Command, run: impl Fn(&mut Command) -> std::io::Result<T>) -> T {
-    for _ in 0..50 {
-        match run(command) {
-            Err(err) if err.kind() == std::io::ErrorKind::ExecutableFileBusy => {
-                thread::sleep(Duration::from_millis(20));
-            }
-            result => return result.expect("running a program as another user"),
-        }
-    }
-    panic!("{command:?} stayed busy (ETXTBSY) for a second");
 }
 
 /// `enforcer-client` as another user: what it prints, line by line.
@@ -314,4 +299,239 @@ fn a_reader_may_hold_only_its_bound_of_connections_and_root_is_still_served() {
         stderr(&cli)
     );
     drop(held);
+}
+
+/// The daemon's thread count (`Threads` in /proc/PID/status).
+fn threads(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("the daemon's status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Threads in /proc/PID/status")
+}
+
+#[test]
+fn events_requests_that_are_never_read_keep_the_daemons_memory_bounded() {
+    if !privileged("events_requests_that_are_never_read_keep_the_daemons_memory_bounded") {
+        return;
+    }
+    let setup = Setup::new("socket-events-unread");
+    // A full log, written as the daemon rotates it: 4 older files of 8 MiB of event lines.
+    let line = r#"{"time":"2026-01-01T00:00:00Z","verdict":"refused","reason":"no_edge","hook":"sendmsg","protocol":"udp","from":"staging.example.org","to":"prod.example.org","edge":null,"src":"0.0.0.0:0","dst":"127.0.0.1:32651","cgroup_id":1,"cgroup":null,"pid":1,"comm":"enforcer-flood","generation":1}"#;
+    let file = format!("{line}\n").repeat((8 << 20) / (line.len() + 1));
+    for n in 1..=4 {
+        fs::write(setup.sb.state_dir.join(format!("events.jsonl.{n}")), &file)
+            .expect("writing a rotated event log");
+    }
+    let pid = setup.sb.daemon_pid();
+    let before = peak_kib(pid);
+    // Each client reads its answer and the first bytes of the log, then nothing more. The
+    // daemon before this fix had read the whole log into memory, twice over, by then.
+    let unread: Vec<_> = (0..6)
+        .map(|_| {
+            let (mut stream, answer) = setup
+                .sb
+                .request_unread(r#"{"request":"events","follow":false}"#);
+            assert_eq!(answer, r#"{"result":"events"}"#);
+            let mut first = [0; 4096];
+            let read = std::io::Read::read(&mut stream, &mut first).expect("the log's first bytes");
+            assert!(
+                first[..read].starts_with(b"{\"time\""),
+                "the log follows the answer"
+            );
+            stream
+        })
+        .collect();
+    let grown = peak_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 64 << 10,
+        "the daemon's peak memory grew by {grown} KiB for 6 unread answers of a 32 MiB log"
+    );
+    let status = setup.sb.enforcer(&["status"]);
+    assert!(status.status.success(), "{}", stderr(&status));
+    drop(unread);
+}
+
+#[test]
+fn clients_that_leave_before_their_answer_do_not_flood_the_daemons_log() {
+    if !privileged("clients_that_leave_before_their_answer_do_not_flood_the_daemons_log") {
+        return;
+    }
+    let mut setup = Setup::new("socket-gone-clients");
+    let pid = setup.sb.daemon_pid();
+    let idle = threads(pid);
+    for _ in 0..300 {
+        let mut stream =
+            std::os::unix::net::UnixStream::connect(&setup.sb.socket).expect("connecting");
+        writeln!(stream, r#"{{"request":"status"}}"#).expect("sending status");
+    }
+    // Each client is answered on a thread of its own, which ends once its answer failed.
+    let deadline = std::time::Instant::now() + patient(PROMPT);
+    while threads(pid) > idle {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon still has {} threads, {idle} when idle",
+            threads(pid)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // A line the daemon logs after everything the clients caused.
+    let stranger = setup.cli_as(STRANGER, &["status"]);
+    assert!(!stranger.status.success());
+    let logged = setup.sb.daemon_log_until(
+        &format!("permission denied: uid {STRANGER}"),
+        patient(PROMPT),
+    );
+    let unanswered: Vec<_> = logged
+        .iter()
+        .filter(|l| l.contains("could not answer"))
+        .collect();
+    assert!(
+        unanswered.is_empty(),
+        "{} lines for clients that left, such as {:?}",
+        unanswered.len(),
+        unanswered.first()
+    );
+}
+
+/// A reader's plan that names bundle files: the daemon reads bundle files as root, so it must
+/// not read those of a reader's choosing. Before this was refused, a FIFO held the reader's
+/// request (and its connection slot) for ever, and a FIFO the reader wrote into or `/dev/zero`
+/// grew the daemon's memory without bound; other paths told the reader what root-only files
+/// hold (`/etc/shadow`: "is neither PEM certificates nor ...") or whether they exist.
+#[test]
+fn a_readers_plan_may_not_make_the_daemon_read_bundle_files_of_its_choosing() {
+    if !privileged("a_readers_plan_may_not_make_the_daemon_read_bundle_files_of_its_choosing") {
+        return;
+    }
+    let setup = Setup::new("socket-plan-bundle");
+    let sb = &setup.sb;
+    let fifo = sb.dir().join("fifo");
+    let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: mkfifo with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+    let pid = sb.daemon_pid();
+    let before = peak_kib(pid);
+    let missing = sb.dir().join("missing.pem");
+    for bundle in [
+        fifo.as_path(),
+        Path::new("/dev/zero"),
+        Path::new("/etc/shadow"),
+        missing.as_path(),
+    ] {
+        let file = sb.dir().join("bundle.yaml");
+        let text = format!(
+            "{}    bundle: {}\n",
+            POLICY.replace("{root}", &sb.root),
+            bundle.display()
+        );
+        fs::write(&file, text).expect("writing the policy");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod policy");
+        let started = Instant::now();
+        let plan = setup.cli_as(NOBODY, &["policy", "plan", file.to_str().expect("utf-8")]);
+        let took = started.elapsed();
+        let said = stderr(&plan);
+        assert!(!plan.status.success(), "a reader's plan naming {bundle:?}");
+        assert!(
+            said.contains(&format!(
+                "trust bundle of prod.example.org: {}: the policy in force names no such bundle \
+                 file, and a member of the read group may plan only with those",
+                bundle.display()
+            )) && said.contains("run `policy plan` as root or a member of the admin group"),
+            "a reader's plan naming {bundle:?} said:\n{said}"
+        );
+        assert!(
+            took < patient(PROMPT),
+            "a reader's plan naming {bundle:?} took {took:?}"
+        );
+    }
+    let status = sb.enforcer(&["status"]);
+    assert!(
+        status.status.success(),
+        "root's status: {}",
+        stderr(&status)
+    );
+    let reader = setup.cli_as(NOBODY, &["status"]);
+    assert!(
+        reader.status.success(),
+        "the reader's status: {}",
+        stderr(&reader)
+    );
+    let grown = peak_kib(pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 10,
+        "the daemon's peak memory grew by {grown} KiB for plans it refused"
+    );
+}
+
+/// A grant that would start after it ends would be shown `not-yet-valid` and never allow
+/// anything; a policy file's edge with such a window is refused, and so is the grant, by the
+/// CLI and by the daemon (sent raw, as another client could).
+#[test]
+fn a_grant_that_would_start_after_it_ends_is_refused() {
+    if !privileged("a_grant_that_would_start_after_it_ends_is_refused") {
+        return;
+    }
+    let setup = Setup::new("socket-grant-window");
+    let sb = &setup.sb;
+    sb.cgroup("staging");
+    let two = sb.policy(
+        "two.yaml",
+        &format!("{POLICY}  - name: staging.example.org\n    cgroups: ['{{root}}/staging']\n"),
+    );
+    sb.apply(&two);
+    let late = "9999-12-30T00:00:00Z";
+    let cli = sb.enforcer(&[
+        "edge",
+        "grant",
+        "--from",
+        "staging.example.org",
+        "--to",
+        "prod.example.org",
+        "--protocol",
+        "tcp",
+        "--ports",
+        "5432",
+        "--ttl",
+        "1m",
+        "--owner",
+        "dba",
+        "--reason",
+        "r",
+        "--not-before",
+        late,
+    ]);
+    assert!(!cli.status.success(), "the CLI refuses the grant");
+    assert!(
+        stderr(&cli).contains(&format!(
+            "--not-before {late} must be before the grant's end"
+        )),
+        "{}",
+        stderr(&cli)
+    );
+    let mut raw = std::os::unix::net::UnixStream::connect(&sb.socket).expect("connecting");
+    raw.set_read_timeout(Some(patient(PROMPT)))
+        .expect("a read timeout");
+    writeln!(
+        raw,
+        r#"{{"request":"grant","from":"staging.example.org","to":"prod.example.org","protocol":"tcp","ports":["5432"],"ttl_ms":60000,"owner":"dba","reason":"r","id":null,"not_before":"{late}"}}"#
+    )
+    .expect("sending a raw grant");
+    let mut reply = String::new();
+    BufReader::new(raw)
+        .read_line(&mut reply)
+        .expect("the daemon's reply to a raw grant that starts after it ends");
+    assert!(
+        reply.contains(r#""result":"rejected""#)
+            && reply.contains(&format!(
+                "--not-before {late} must be before the grant's end"
+            )),
+        "{reply}"
+    );
+    let edges = sb.edges();
+    assert!(
+        edges.get("edges").map(|e| e.as_array().len()) == Some(0),
+        "nothing was granted: {edges}"
+    );
 }

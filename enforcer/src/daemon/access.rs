@@ -1,12 +1,14 @@
 //! Who may use the control socket. The kernel tells the daemon who is on the other end of
 //! each connection (`SO_PEERCRED`, `SO_PEERGROUPS`), so nothing a client says about itself is
 //! trusted. Root may do everything; members of `--admin-group` may too; members of
-//! `--read-group` may only read (status, edges, events, why, plan); everyone else is refused.
+//! `--read-group` may only read (status, edges, events, why, plan, the last naming no bundle
+//! file but those in force); everyone else is refused.
 //! Without either group the socket is also mode 0600, so only root can even connect.
 
-use std::{io, os::unix::net::UnixStream};
+use std::{collections::BTreeSet, io, os::unix::net::UnixStream, path::PathBuf};
 
 use anyhow::{Context as _, Result, bail};
+use enforcer_policy::Policy;
 use nix::{
     sys::socket::{getsockopt, sockopt::PeerCredentials},
     unistd::{Gid, Group},
@@ -113,6 +115,43 @@ impl Rights {
     }
 }
 
+/// Whether a reader's `plan` of `policy` (from `file`) may make the daemon read the bundle
+/// files it names; if not, an error at each `bundle:` line it may not have read. The daemon
+/// reads bundle files as root, so a path of the reader's choosing would let it learn what it
+/// may not read itself (whether a file exists, whether it holds certificates, which) and
+/// point the daemon at whatever it likes. The files the policy in force names (`in_force`) are
+/// the administrators' choice and read by the daemon anyway, their state shown by `status`:
+/// a reader may plan with those.
+pub fn reader_may_read_bundles(
+    file: &str,
+    policy: &Policy,
+    in_force: &BTreeSet<PathBuf>,
+) -> Result<(), Vec<String>> {
+    let refused: Vec<String> = policy
+        .domains
+        .iter()
+        .filter_map(|d| Some((d, d.bundle.as_ref()?)))
+        .filter(|(_, bundle)| !in_force.contains(&bundle.path))
+        .map(|(d, bundle)| {
+            format!(
+                "{file}:{}:{}: trust bundle of {}: {}: the policy in force names no such bundle \
+                 file, and a member of the read group may plan only with those (the daemon reads \
+                 bundle files as root); run `policy plan` as root or a member of the admin \
+                 group, or check the file on this host with `enforcer policy check`",
+                bundle.line,
+                bundle.column,
+                d.name,
+                bundle.path.display()
+            )
+        })
+        .collect();
+    if refused.is_empty() {
+        Ok(())
+    } else {
+        Err(refused)
+    }
+}
+
 fn gid(name: &str, flag: &str) -> Result<u32> {
     if let Ok(gid) = name.parse::<u32>() {
         return Ok(gid);
@@ -191,6 +230,26 @@ mod tests {
             .check(&peer(1000, &[100]), &status)
             .unwrap_err();
         assert!(refused.contains("only root may use it"), "{refused}");
+    }
+
+    #[test]
+    fn a_readers_plan_may_name_only_the_bundle_files_in_force() {
+        let policy = enforcer_policy::parse(
+            "p.yaml",
+            "version: 1\ndomains:\n  - {name: a.org, bundle: /b/a.pem}\n  - {name: b.org, bundle: /etc/shadow}\n  - {name: c.org}\n",
+        )
+        .expect("valid");
+        let in_force: BTreeSet<PathBuf> = [PathBuf::from("/b/a.pem")].into();
+        let refused = reader_may_read_bundles("p.yaml", &policy, &in_force).expect_err("refused");
+        let [only] = &refused[..] else {
+            panic!("one refusal, for b.org: {refused:?}");
+        };
+        assert!(
+            only.starts_with("p.yaml:4:27: trust bundle of b.org: /etc/shadow: the policy in force names no such bundle file"),
+            "{only}"
+        );
+        let all: BTreeSet<PathBuf> = ["/b/a.pem", "/etc/shadow"].map(PathBuf::from).into();
+        assert_eq!(reader_may_read_bundles("p.yaml", &policy, &all), Ok(()));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use crate::{
     daemon::{self, machine::Daemon},
     kernel::cgroupfs::CgroupFs,
-    listener::{self, Bounds, remaining},
+    listener::{self, Admitted, Bounds, remaining},
     trust::{
         self, Bundles, SvidClientVerifier,
         attestation::{Claim, peer::Peer},
@@ -130,7 +130,9 @@ impl Server {
         listener::serve(
             listener,
             bounds,
-            move |stream, handshake_by| attestations.answer(stream, handshake_by, &daemon),
+            move |stream, handshake_by, admitted| {
+                attestations.answer(stream, handshake_by, admitted, &daemon);
+            },
             |_| log::warn!("attestation refused: too many clients at once"),
         )
         .context("starting the attestation thread")
@@ -138,7 +140,13 @@ impl Server {
 }
 
 impl Attestations {
-    fn answer(&self, stream: UnixStream, handshake_by: Instant, daemon: &Mutex<Daemon>) {
+    fn answer(
+        &self,
+        stream: UnixStream,
+        handshake_by: Instant,
+        admitted: &Admitted,
+        daemon: &Mutex<Daemon>,
+    ) {
         // Taken first: the kernel recorded the client when it connected.
         let peer = match Peer::of(&stream) {
             Ok(peer) => peer,
@@ -178,7 +186,7 @@ impl Attestations {
                 return;
             }
         }
-        let reply = self.judge(&tls, &peer, daemon);
+        let reply = admitted.working(|| self.judge(&tls, &peer, daemon));
         // Sending the answer (and reading the client's goodbye) gets time of its own: waiting
         // for the daemon was not the client's doing.
         if let Err(err) = tls

@@ -4,7 +4,6 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    fs,
     net::SocketAddr,
     path::PathBuf,
     sync::{Arc, LazyLock, Mutex, PoisonError, mpsc},
@@ -15,6 +14,7 @@ use enforcer_common::verdict::Peer;
 use enforcer_policy::{CgroupPath, Policy};
 
 use super::{
+    access,
     host::Host,
     plan,
     restart::SavedPolicy,
@@ -47,7 +47,7 @@ use crate::{
         compile::{self, Compiled},
         edges::{Book, LiveEdge, Trust},
     },
-    trust::bundles::TrustState,
+    trust::bundles::{self, TrustState},
     why,
 };
 
@@ -152,10 +152,9 @@ impl Daemon {
         self.state.policy_file = file.to_owned();
         // A copy for people to read; written whole or not at all.
         let copy = self.host.state_dir.active_policy();
-        let tmp = copy.with_extension("yaml.new");
-        if let Err(err) = fs::write(&tmp, text).and_then(|()| fs::rename(&tmp, &copy)) {
+        if let Err(err) = crate::state_files::save_text(&copy, text) {
             log::warn!(
-                "could not save a copy of the active policy in {}: {err}",
+                "could not save a copy of the active policy in {}: {err:#}",
                 copy.display()
             );
         }
@@ -382,12 +381,27 @@ impl Daemon {
         );
     }
 
-    /// Re-reads bundle files that changed and re-judges the edges that require bundles; when
-    /// one is suspended or resumes (a bundle removed, replaced, lapsed or renewed), puts that
-    /// in force under a new generation, ending the connections a suspension refuses, exactly
-    /// as a revocation does. Runs every tick.
-    pub fn refresh_bundles(&mut self) {
-        for (level, change) in self.state.trust.refresh() {
+    /// The paths of the bundle files the policy in force names.
+    pub fn bundle_paths(&self) -> BTreeSet<PathBuf> {
+        self.state
+            .policy
+            .domains
+            .iter()
+            .filter_map(|d| d.bundle.as_ref().map(|b| b.path.clone()))
+            .collect()
+    }
+
+    /// The bundle files in force, to be read again without the daemon's lock.
+    pub fn bundle_files(&self) -> bundles::Files {
+        self.state.trust.files()
+    }
+
+    /// Takes in the bundle files that changed, read again (`bundle_files`), and re-judges the
+    /// edges that require bundles; when one is suspended or resumes (a bundle removed,
+    /// replaced, lapsed or renewed), puts that in force under a new generation, ending the
+    /// connections a suspension refuses, exactly as a revocation does. Runs every tick.
+    pub fn refresh_bundles(&mut self, files: bundles::FilesRead) {
+        for (level, change) in self.state.trust.refresh(files) {
             log::log!(level, "{change}");
         }
         let now = Clocks::now().wall_now();
@@ -797,12 +811,25 @@ pub(super) type Parsed = Result<(Policy, TrustState), ApplyError>;
 
 /// A policy text with the bundles it names, checked as an apply checks them: a bundle that
 /// cannot be read or fails the checks refuses the policy, at the spot that names it.
-pub(super) fn parse_with_bundles(
-    file: &str,
-    text: &str,
-) -> Result<(Policy, TrustState), ApplyError> {
-    let policy = enforcer_policy::parse(file, text)
-        .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))?;
+pub(super) fn parse_with_bundles(file: &str, text: &str) -> Parsed {
+    let policy = parse(file, text)?;
+    with_bundles(policy, file)
+}
+
+/// A policy text for the `plan` of a client that may only read: as `parse_with_bundles`, but
+/// refused if it names a bundle file that the policy in force (`in_force`) does not.
+pub(super) fn parse_for_reader(file: &str, text: &str, in_force: &BTreeSet<PathBuf>) -> Parsed {
+    let policy = parse(file, text)?;
+    access::reader_may_read_bundles(file, &policy, in_force).map_err(ApplyError::Rejected)?;
+    with_bundles(policy, file)
+}
+
+fn parse(file: &str, text: &str) -> Result<Policy, ApplyError> {
+    enforcer_policy::parse(file, text)
+        .map_err(|ds| ApplyError::Rejected(ds.iter().map(ToString::to_string).collect()))
+}
+
+fn with_bundles(policy: Policy, file: &str) -> Parsed {
     let trust = TrustState::load(&policy, file, true).map_err(ApplyError::Rejected)?;
     Ok((policy, trust))
 }

@@ -97,6 +97,13 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
         while notify.next().is_some() {
             new_namespace = true;
         }
+        let tick_due = last_tick.is_none_or(|at| at.elapsed() >= TICK);
+        // Bundle files are read before the daemon is locked: they are at paths others may be
+        // able to replace, and whatever is there, reading it must not hold up the daemon.
+        let bundles = tick_due.then(|| {
+            let files = lock(daemon).bundle_files();
+            files.reread()
+        });
         let mut guard = lock(daemon);
         let d = &mut *guard;
         if d.torn_down() {
@@ -106,10 +113,9 @@ fn run(daemon: &Mutex<Daemon>, inotify: &Inotify, mut notify: RingBuf<MapData>) 
             }
             std::process::exit(0);
         }
-        let tick_due = last_tick.is_none_or(|at| at.elapsed() >= TICK);
-        if tick_due {
+        if let Some(bundles) = bundles {
             last_tick = Some(Instant::now());
-            d.refresh_bundles();
+            d.refresh_bundles(bundles);
             d.expire_edges();
             d.expire_attested();
         }

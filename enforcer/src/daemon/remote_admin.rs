@@ -27,7 +27,7 @@ pub use self::admins::{AdminId, Admins};
 use crate::{
     api::control::{self, Channel, Limits, Response},
     daemon::{self, access::Rights, machine::Daemon, serve::EventService},
-    listener::{self, Bounds, remaining},
+    listener::{self, Admitted, Bounds, remaining},
     trust::{
         self, Bundle, Bundles, Identity, SvidClientVerifier, Usage, current_svid::CurrentSvid,
     },
@@ -209,7 +209,9 @@ impl Listening {
         listener::serve(
             listener,
             bounds,
-            move |stream, handshake_by| server.answer(stream, handshake_by, &daemon, &events),
+            move |stream, handshake_by, admitted| {
+                server.answer(stream, handshake_by, admitted, &daemon, &events);
+            },
             |stream| {
                 log::warn!(
                     "remote admin: refused {}: {MAX_CLIENTS} clients are being answered",
@@ -228,6 +230,7 @@ impl Server {
         &self,
         mut tcp: TcpStream,
         handshake_by: Instant,
+        admitted: &Admitted,
         daemon: &Mutex<Daemon>,
         events: &EventService,
     ) {
@@ -256,6 +259,8 @@ impl Server {
                 return;
             }
         };
+        // An administrator who proved who they are is never made to give way to a newcomer.
+        admitted.keep();
         let stream = AdminStream {
             tls: StreamOwned::new(
                 tls,
@@ -277,7 +282,7 @@ impl Server {
             return;
         }
         let id = svid.id;
-        daemon::serve::answer(daemon, events, stream, limits, |request| {
+        daemon::serve::answer(daemon, events, stream, limits, Rights::Full, |request| {
             log::info!("remote admin: {id} from {peer}: {}", request.kind());
             Ok(())
         });

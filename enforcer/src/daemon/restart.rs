@@ -22,7 +22,8 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     api::status::{EtcdSourceStatus, PolicySourceStatus},
     observe::metrics::Reloads,
-    paths::{StateDir, save_json},
+    paths::StateDir,
+    state_files::save_json,
 };
 
 /// The SHA-256 of `text`, in lower-case hex.
@@ -252,11 +253,7 @@ pub fn load_file_read(state: &StateDir) -> Result<Option<FileRecord>> {
 }
 
 fn read_if_present(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
-    }
+    crate::state_files::read_if_present(path).with_context(|| format!("reading {}", path.display()))
 }
 
 /// Which policy a starting daemon puts in force.

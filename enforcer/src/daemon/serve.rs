@@ -19,15 +19,15 @@ use anyhow::{Context as _, Result, bail};
 use super::{
     access,
     heap::release_freed_memory,
-    machine::{Daemon, parse_with_bundles},
+    machine::{Daemon, parse_for_reader, parse_with_bundles},
 };
 use crate::{
     api::control::{self, Channel, Limits, Request, Response},
-    daemon::admission::{Admitted, Clients, Refusals},
-    observe::{
-        event_feed::Followers,
-        event_log::{self},
+    daemon::{
+        access::Rights,
+        admission::{Admitted, Clients, Refusals},
     },
+    observe::{event_followers::Followers, event_log},
 };
 
 /// Where `enforcer events` requests are answered from.
@@ -39,35 +39,52 @@ pub struct EventService {
 
 impl EventService {
     /// Answers an events request on its own thread: the log may be long and a follower
-    /// stays connected, and neither may hold up other requests.
+    /// stays connected, and neither may hold up other requests. The log is written as it is
+    /// read, a chunk at a time, so a client that reads slowly or never holds one chunk of
+    /// the daemon's memory, not the log.
     fn answer(&self, mut stream: impl Channel, follow: bool) {
         let log_path = self.log.clone();
         let followers = self.followers.clone();
         let answered = std::thread::Builder::new()
             .name("events-client".into())
             .spawn(move || {
+                if follow {
+                    followers.follow(stream);
+                    return;
+                }
                 let result =
                     control::write_response(&mut stream, &Response::Events).and_then(|()| {
-                        if follow {
-                            return followers.add(Box::new(stream));
-                        }
-                        let lines = event_log::read(&log_path)
+                        event_log::copy(&log_path, &mut stream)
                             .with_context(|| format!("reading {}", log_path.display()))?;
-                        let mut text = lines.join("\n");
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        stream.write_all(text.as_bytes())?;
                         stream.finish()?;
                         Ok(())
                     });
                 if let Err(err) = result {
-                    log::warn!("could not answer an events request: {err:#}");
+                    log_unanswered("an events request", &err);
                 }
             });
         if let Err(err) = answered {
             log::warn!("could not answer an events request: {err}");
         }
+    }
+}
+
+/// Logs why a request went unanswered. A client that went away before its answer is no fault
+/// of the daemon's, and any client may do it in a loop: that is logged at debug level only,
+/// so it cannot flood the log.
+fn log_unanswered(what: &str, err: &anyhow::Error) {
+    let gone = err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|err| {
+            matches!(
+                err.kind(),
+                ErrorKind::BrokenPipe | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted
+            )
+        })
+    });
+    if gone {
+        log::debug!("could not answer {what}: the client went away ({err:#})");
+    } else {
+        log::warn!("could not answer {what}: {err:#}");
     }
 }
 
@@ -128,7 +145,7 @@ pub fn serve(
         let spawned = thread::Builder::new()
             .name("control-client".into())
             .spawn(move || {
-                answer(&daemon, &events, stream, limits, |request| {
+                answer(&daemon, &events, stream, limits, rights, |request| {
                     let allowed = groups.check(&peer, request);
                     if let Err(message) = &allowed {
                         note_refusal(&refusals, peer.uid, message);
@@ -168,13 +185,15 @@ fn note_refusal(refusals: &Mutex<Refusals>, uid: u32, message: &str) {
 }
 
 /// Reads one request from `stream` within `limits` and answers it, if `allowed` (which logs
-/// any refusal) accepts it; otherwise answers with its message and serves nothing. Both
-/// transports, the control socket and the remote admin endpoint, come through here.
+/// any refusal) accepts it from a client with `rights`; otherwise answers with its message and
+/// serves nothing. Both transports, the control socket and the remote admin endpoint, come
+/// through here.
 pub fn answer(
     daemon: &Mutex<Daemon>,
     events: &EventService,
     mut stream: impl Channel,
     limits: Limits,
+    rights: Rights,
     allowed: impl FnOnce(&Request) -> Result<(), String>,
 ) {
     let response = match control::read_request(&mut stream, limits) {
@@ -188,6 +207,13 @@ pub fn answer(
                     // Parsed before the daemon is locked: at 100,000 edges parsing is most
                     // of an apply, and `status` or `edge revoke` need not wait for it.
                     let parsed = match &request {
+                        Request::Plan { file, text } if rights == Rights::Read => {
+                            let in_force = daemon
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .bundle_paths();
+                            Some(parse_for_reader(file, text, &in_force))
+                        }
                         Request::Apply { file, text } | Request::Plan { file, text } => {
                             Some(parse_with_bundles(file, text))
                         }
@@ -210,7 +236,7 @@ pub fn answer(
     if let Err(err) =
         control::write_response(&mut stream, &response).and_then(|()| Ok(stream.finish()?))
     {
-        log::warn!("could not answer a control request: {err:#}");
+        log_unanswered("a control request", &err);
     }
 }
 

@@ -12,7 +12,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 
-use crate::listener::{self, Bounds, remaining};
+use crate::listener::{self, Admitted, Bounds, remaining};
 
 /// The Prometheus text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -46,7 +46,9 @@ where
     listener::serve(
         listener,
         bounds,
-        move |stream, deadline| answer(stream, &pages.render, &pages.health, deadline),
+        move |stream, deadline, admitted| {
+            answer(stream, &pages.render, &pages.health, deadline, admitted);
+        },
         drop,
     )
     .context("starting the metrics thread")
@@ -57,9 +59,10 @@ fn answer(
     render: &dyn Fn() -> Result<String>,
     health: &dyn Fn() -> Result<(), String>,
     deadline: Instant,
+    admitted: &Admitted,
 ) {
     let response = match read_head(&mut stream, deadline) {
-        Ok(head) => respond(&head, render, health),
+        Ok(head) => admitted.working(|| respond(&head, render, health)),
         Err(Unreadable::TooLarge) => reply(
             "431 Request Header Fields Too Large",
             "text/plain",
@@ -309,6 +312,19 @@ mod tests {
             .map(|_| TcpStream::connect(addr).expect("connecting"))
             .collect();
         let response = exchange(addr, b"GET /metrics HTTP/1.1\r\n\r\n");
+        assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
+        drop(silent);
+    }
+
+    /// The audit's attack: more idle connections than there are places, reopened as they
+    /// end, kept `/healthz` from answering at all.
+    #[test]
+    fn idle_connections_beyond_the_bound_do_not_keep_healthz_from_answering() {
+        let addr = server();
+        let silent: Vec<TcpStream> = (0..3 * MAX_CLIENTS)
+            .map(|_| TcpStream::connect(addr).expect("connecting"))
+            .collect();
+        let response = exchange(addr, b"GET /healthz HTTP/1.1\r\n\r\n");
         assert_eq!(status_line(&response), "HTTP/1.1 200 OK");
         drop(silent);
     }
