@@ -13,6 +13,31 @@ pub enum FreeTextError {
         u32::from(*.0)
     )]
     ControlCharacter(char),
+    #[error(
+        "contains the invisible formatting character U+{:04X}, which can make the text show \
+         differently from what it holds; remove it",
+        u32::from(*.0)
+    )]
+    FormatCharacter(char),
+}
+
+/// Whether `c` shows as itself on a terminal: control characters (C0, DEL, C1) can move the
+/// cursor or start an escape sequence; the bidi controls (U+061C, U+200E-F, U+202A-E,
+/// U+2066-9) reorder the text around them, the zero-width ones (U+200B-D) and the BOM
+/// (U+FEFF) hide; U+2028 and U+2029 end a line in some log viewers.
+pub fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') || invisible_format(c)
+}
+
+fn invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061c}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}'
+    )
 }
 
 /// `text` without surrounding blanks, if it is one non-empty line of printable text.
@@ -21,11 +46,8 @@ pub fn free_text(text: &str) -> Result<&str, FreeTextError> {
     if text.is_empty() {
         return Err(FreeTextError::Empty);
     }
-    // U+2028 and U+2029 are not control characters, but some log viewers end a line at them.
-    match text
-        .chars()
-        .find(|c| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}'))
-    {
+    match text.chars().find(|&c| unprintable(c)) {
+        Some(c) if invisible_format(c) => Err(FreeTextError::FormatCharacter(c)),
         Some(c) => Err(FreeTextError::ControlCharacter(c)),
         None => Ok(text),
     }
@@ -48,6 +70,15 @@ mod tests {
             assert_eq!(
                 free_text(&format!("a{c}b")),
                 Err(FreeTextError::ControlCharacter(c))
+            );
+        }
+        for c in [
+            '\u{202e}', '\u{2066}', '\u{2069}', '\u{200e}', '\u{200f}', '\u{61c}', '\u{200b}',
+            '\u{200d}', '\u{feff}',
+        ] {
+            assert_eq!(
+                free_text(&format!("a{c}b")),
+                Err(FreeTextError::FormatCharacter(c))
             );
         }
         assert_eq!(

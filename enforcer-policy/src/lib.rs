@@ -21,7 +21,7 @@ mod yaml_tree;
 
 pub use bundle_endpoint::{BundleEndpoint, Profile as EndpointProfile};
 pub use diagnostic::Diagnostic;
-pub use free_text::{FreeTextError, free_text};
+pub use free_text::{FreeTextError, free_text, unprintable};
 pub use input::{MAX_POLICY_BYTES, decode, oversize};
 pub use model::{
     Action, BundleFile, BundleFrom, BundleSource, CgroupPath, CgroupPathError, Defaults, Domain,

@@ -453,6 +453,12 @@ pub enum CgroupPathError {
     #[error("cgroup path `{}` contains a {what}", .path.escape_debug())]
     ForbiddenCharacter { path: String, what: &'static str },
     #[error(
+        "cgroup path `{}` contains U+{code:04X}, a control or invisible formatting character, \
+         which would not show as itself; write cgroup paths in printable characters",
+        .path.escape_debug()
+    )]
+    Unprintable { path: String, code: u32 },
+    #[error(
         "cgroup path `{}` must start with `/`: paths are relative to the cgroup2 mount root, as in /proc/PID/cgroup{}",
         .path.escape_debug(),
         if .path.starts_with("0::") { " (leave out the `0::` prefix)" } else { "" }
@@ -487,6 +493,12 @@ impl FromStr for CgroupPath {
                     what,
                 });
             }
+        }
+        if let Some(c) = path.chars().find(|&c| crate::free_text::unprintable(c)) {
+            return Err(CgroupPathError::Unprintable {
+                path: owned(),
+                code: u32::from(c),
+            });
         }
         let Some(relative) = path.strip_prefix('/') else {
             return Err(CgroupPathError::NotAbsolute { path: owned() });
@@ -596,6 +608,14 @@ mod tests {
             ),
             ("/a\0b", "cgroup path `/a\\0b` contains a NUL byte"),
             ("/a\nb", "cgroup path `/a\\nb` contains a newline"),
+            (
+                "/x/a\u{1b}]0;PWN\u{7}\rFAKE",
+                "cgroup path `/x/a\\u{1b}]0;PWN\\u{7}\\rFAKE` contains U+001B, a control or invisible formatting character, which would not show as itself; write cgroup paths in printable characters",
+            ),
+            (
+                "/x/\u{202e}gpj",
+                "cgroup path `/x/\\u{202e}gpj` contains U+202E, a control or invisible formatting character, which would not show as itself; write cgroup paths in printable characters",
+            ),
         ];
         for (path, want) in cases {
             match path.parse::<CgroupPath>() {

@@ -88,6 +88,9 @@ pub fn parse(file: &str, text: &str) -> Result<Policy, Vec<Diagnostic>> {
 
 /// Returns `None` only after reporting why.
 fn read(text: &str, diags: &mut Diagnostics) -> Option<Policy> {
+    // Some editors start a UTF-8 file with a byte order mark; it is no part of the text, and
+    // columns count from the first character shown, after it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if let Some((at, message)) = input::check(text) {
         diags.error(at, message);
         return None;

@@ -700,6 +700,66 @@ mod federation {
             ]
         );
     }
+
+    /// Bidi overrides and zero-width characters make a terminal show another text than the
+    /// one held (Trojan Source).
+    #[test]
+    fn owner_and_reason_hold_no_invisible_formatting() {
+        assert_eq!(
+            with_edge(&[
+                "  - from: a.org",
+                "    to: b.org",
+                "    protocol: tcp",
+                "    ports: [443]",
+                "    owner: \"dba\\u202Eerp\"",
+                "    reason: \"ok\\u200B\"",
+            ]),
+            [
+                "p.yaml:10:12: `owner` contains the invisible formatting character U+202E, which can make the text show differently from what it holds; remove it",
+                "p.yaml:11:13: `reason` contains the invisible formatting character U+200B, which can make the text show differently from what it holds; remove it",
+            ]
+        );
+    }
+}
+
+/// Cgroup paths are printed by `status` and `plan`: one written with YAML escapes must not
+/// carry a terminal escape or a carriage return there.
+#[test]
+fn cgroup_paths_hold_no_control_characters() {
+    assert_eq!(
+        errors(&[
+            "version: 1",
+            "domains:",
+            "  - name: a.org",
+            "    cgroups: [\"/x/a\\e]0;PWN\\a\\rFAKE\"]",
+        ]),
+        [
+            "p.yaml:4:15: cgroup path `/x/a\\u{1b}]0;PWN\\u{7}\\rFAKE` contains U+001B, a control or invisible formatting character, which would not show as itself; write cgroup paths in printable characters",
+        ]
+    );
+}
+
+/// A byte order mark, as some editors write at the start of a file, is not a key.
+#[test]
+fn a_leading_byte_order_mark_is_skipped() {
+    let text = format!(
+        "\u{feff}{}",
+        policy(&[
+            "version: 1",
+            "domains:",
+            "  - name: a.org",
+            "    mode: audit",
+            "    colour: blue"
+        ])
+    );
+    assert_eq!(
+        errors_in(&text),
+        [format!(
+            "p.yaml:5:5: unknown key `colour` in domain; {DOMAIN_KEYS}"
+        )]
+    );
+    let ok = policy(&["version: 1", "domains:", "  - name: a.org"]);
+    assert!(parse("p.yaml", &format!("\u{feff}{ok}")).is_ok());
 }
 
 mod modes {

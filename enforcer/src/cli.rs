@@ -12,6 +12,7 @@ mod policy;
 mod status;
 mod svid;
 mod teardown;
+mod terminal;
 mod why;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -283,8 +284,9 @@ pub fn main() -> ExitCode {
             log::error!("{err:#}");
             ExitCode::FAILURE
         }
+        Err(err) if err.is::<terminal::StdoutClosed>() => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("enforcer: error: {err:#}");
+            terminal::warn(format_args!("enforcer: error: {err:#}"));
             ExitCode::FAILURE
         }
     }
@@ -338,7 +340,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Fleet { command, etcd } => fleet::run(command, &etcd),
         Command::Policy {
             command: PolicyCommand::Check { files },
-        } => Ok(policy::check(&files)),
+        } => policy::check(&files),
         Command::Policy {
             command: PolicyCommand::Apply { file, endpoint },
         } => policy::apply(&file, &endpoint),
@@ -354,12 +356,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match endpoint::call(&endpoint, &Request::Status)? {
                 Response::Status(status) => {
                     match output {
-                        Output::Text => print!("{status}"),
-                        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+                        Output::Text => terminal::text(status)?,
+                        Output::Json => {
+                            terminal::raw(format_args!(
+                                "{}\n",
+                                serde_json::to_string_pretty(&status)?
+                            ))?;
+                        }
                     }
                     Ok(ExitCode::SUCCESS)
                 }
-                other => bail!("unexpected reply from the daemon: {other:?}"),
+                other => Err(endpoint::unexpected(other)),
             }
         }
         Command::Edge {

@@ -18,7 +18,9 @@
 //!   grants become map entries in `pipeline::compile`.
 //! - [`api`]: the control API's wire types, which the daemon computes and the CLI renders.
 //!
-//! Three leaves at the root serve every wing: [`paths`] (every path the daemon and CLI use),
+//! Five leaves at the root serve every wing: [`paths`] (every path the daemon and CLI use),
+//! [`state_files`] (the one way files in the state dir are opened),
+//! [`regular_file`] (the one way files others may control are read, bounded),
 //! [`listener`] (the one way the daemon's endpoints serve connections, bounded) and
 //! [`version`] (which build this is).
 //!
@@ -36,7 +38,9 @@ mod paths;
 mod pipeline;
 #[cfg(test)]
 mod privileged_tests;
+mod regular_file;
 mod runtime;
+mod state_files;
 mod trust;
 mod version;
 mod why;

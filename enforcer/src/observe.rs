@@ -3,6 +3,7 @@
 //! manager hears (readiness, status, watchdog).
 
 pub mod event_feed;
+pub mod event_followers;
 pub mod event_log;
 pub mod event_record;
 pub mod log;

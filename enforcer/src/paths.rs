@@ -85,21 +85,3 @@ impl StateDir {
         self.0.join("events.jsonl")
     }
 }
-
-/// Writes `value` as JSON to `path` atomically (a new file renamed over the old one), so a
-/// crash leaves either the old record or the new one, never half of one. Compact and
-/// streamed: the record of 100,000 edges is saved before every apply takes effect, and
-/// indenting it doubled its size (10.6 MB) and the time to write it.
-pub fn save_json(path: &Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
-    use std::io::Write as _;
-
-    use anyhow::Context as _;
-    let tmp = path.with_extension("json.new");
-    let written = std::fs::File::create(&tmp).and_then(|file| {
-        let mut out = std::io::BufWriter::with_capacity(1 << 16, file);
-        serde_json::to_writer(&mut out, value)?;
-        out.flush()
-    });
-    written.with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))
-}

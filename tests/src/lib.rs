@@ -5,6 +5,7 @@
 //! probe process, wherever it runs, is placed by a [`Workload`].
 
 pub mod bundle_server;
+mod busy;
 mod capabilities;
 pub mod etcd;
 mod events;
@@ -18,13 +19,14 @@ mod prometheus;
 mod sandbox;
 mod workload;
 
+pub use busy::retry_busy;
 pub use events::EventFollower;
 pub use json::Json;
 pub use lan::{Lan, Node};
 pub use netns::RemoteHost;
 pub use previous::{PREVIOUS_LAYOUT, enforcer_at, pin_foreign_map};
 pub use prometheus::{Exposition, HttpResponse, Sample, http_get};
-pub use sandbox::{Sandbox, cgroup_mount, client, enforcer};
+pub use sandbox::{Sandbox, cgroup_mount, client, enforcer, probe};
 pub use workload::{HeldSocket, Outcome, Server, Stream, Workload, cgroup_of};
 
 /// Set by CI: a privileged test that cannot run is a failure, not a skip.

@@ -4,7 +4,8 @@
 use std::{
     ffi::OsString,
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     process::{Child, ChildStderr, Command, Output, Stdio},
     sync::mpsc,
@@ -398,16 +399,50 @@ impl Sandbox {
     /// Waits (at most `limit`) for the daemon to log a line containing `text`; panics if it
     /// does not. Lines logged since the last wait are searched too.
     pub fn wait_daemon_log(&mut self, text: &str, limit: Duration) -> String {
+        self.daemon_log_until(text, limit)
+            .pop()
+            .expect("the matching line")
+    }
+
+    /// [`Self::wait_daemon_log`], returning every line logged up to and including the match.
+    pub fn daemon_log_until(&mut self, text: &str, limit: Duration) -> Vec<String> {
         let lines = self.daemon_log.as_ref().expect("daemon running");
         let deadline = std::time::Instant::now() + limit;
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match lines.recv_timeout(left) {
-                Ok(line) if line.contains(text) => return line,
-                Ok(_) => {}
+                Ok(line) => {
+                    let found = line.contains(text);
+                    seen.push(line);
+                    if found {
+                        return seen;
+                    }
+                }
                 Err(_) => panic!("the daemon did not log {text:?} within {limit:?}"),
             }
         }
+    }
+
+    /// A connection of the test's own (root's) that sends `request` and reads the answer's
+    /// first line, returned beside it, and nothing after it: a client that stops reading.
+    pub fn request_unread(&self, request: &str) -> (UnixStream, String) {
+        let mut stream = UnixStream::connect(&self.socket).expect("connecting to the daemon");
+        writeln!(stream, "{request}").expect("sending a request");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("a read timeout");
+        let mut answer = Vec::new();
+        let mut byte = [0];
+        // A byte at a time, so nothing after the first line is read.
+        while answer.last() != Some(&b'\n') {
+            stream.read_exact(&mut byte).expect("the daemon's answer");
+            answer.push(byte[0]);
+        }
+        (
+            stream,
+            String::from_utf8_lossy(&answer).trim_end().to_owned(),
+        )
     }
 
     /// Stops (SIGSTOP) or resumes (SIGCONT) the daemon process: the kernel keeps enforcing

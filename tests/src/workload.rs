@@ -123,6 +123,12 @@ impl Workload {
         Self { timeout, ..self }
     }
 
+    /// [`Self::connect`] by the probe run as `program`, a link to it: the kernel names a
+    /// process (its `comm`) after the file it executed, so a test can choose that name.
+    pub fn connect_as(&self, program: &Path, addr: &str, port: u16) -> Outcome {
+        self.run_placed(program.to_owned(), &["connect", addr, &port.to_string()])
+    }
+
     /// A TCP listener on `addr:port`, ready when this returns.
     pub fn listen(&self, addr: &str, port: u16) -> Server {
         Server::start(self.command(&["listen", addr, &port.to_string()]))
@@ -294,7 +300,14 @@ impl Workload {
     }
 
     fn run(&self, args: &[&str]) -> Outcome {
-        let out = self.command(args).output().expect("running the probe");
+        self.run_placed(crate::sandbox::probe(), args)
+    }
+
+    fn run_placed(&self, binary: PathBuf, args: &[&str]) -> Outcome {
+        let out = self
+            .placed(binary, args)
+            .output()
+            .expect("running the probe");
         let text = String::from_utf8_lossy(&out.stdout);
         Outcome::from_probe_line(&text).unwrap_or_else(|| {
             panic!(

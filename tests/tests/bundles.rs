@@ -376,3 +376,95 @@ fn an_empty_bundle_is_valid_trusts_nothing_and_suspends_its_edges() {
     assert_eq!(sb.connect(&staging, LOCALHOST, 34031), Outcome::EPERM);
     assert_eq!(field(&edge(&sb, "gated"), "state"), "suspended");
 }
+
+/// Makes a FIFO at `path` that anyone may open: what a user who can write where a bundle is
+/// kept can put there instead.
+fn mkfifo(path: &Path) {
+    let c_path = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: mkfifo with a NUL-terminated path that lives across the call.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o666) }, 0, "mkfifo");
+}
+
+/// A daemon with bundles for both domains at `prod.pem` and `staging.pem` in its sandbox.
+fn with_bundles(test: &str) -> (Sandbox, std::path::PathBuf, std::path::PathBuf) {
+    let mut sb = Sandbox::new(test);
+    sb.cgroup("prod");
+    sb.cgroup("staging");
+    let d = sb.dir().to_owned();
+    let (prod_bundle, staging_bundle) = (d.join("prod.pem"), d.join("staging.pem"));
+    fs::write(&prod_bundle, Issued::self_signed(&Spec::ca(PROD)).pem).expect("bundle");
+    fs::write(&staging_bundle, Issued::self_signed(&Spec::ca(STAGING)).pem).expect("bundle");
+    sb.start_daemon(&sb.policy(
+        "p.yaml",
+        &policy(&prod_bundle, &staging_bundle, "34040", "34041"),
+    ));
+    (sb, prod_bundle, staging_bundle)
+}
+
+/// The daemon reads bundle files as root, at paths others may be able to write. Before these
+/// were checked, a FIFO named by a plan or an apply held that request for ever (and reading a
+/// FIFO somebody writes into, or `/dev/zero`, took memory without bound).
+#[test]
+fn a_bundle_that_is_not_a_regular_file_is_refused_at_once() {
+    if !privileged("a_bundle_that_is_not_a_regular_file_is_refused_at_once") {
+        return;
+    }
+    let (sb, _, staging_bundle) = with_bundles("bundle-special");
+    let prompt = enforcer_tests::patient(Duration::from_secs(30));
+    let fifo = sb.dir().join("fifo.pem");
+    mkfifo(&fifo);
+    // The FIFO first: before the check, /dev/zero would have filled the daemon's memory.
+    for (bundle, kind, verb) in [
+        (fifo.as_path(), "a FIFO", "plan"),
+        (Path::new("/dev/zero"), "a character device", "plan"),
+        (fifo.as_path(), "a FIFO", "apply"),
+    ] {
+        let file = sb.policy(
+            "special.yaml",
+            &policy(bundle, &staging_bundle, "34040", "34041"),
+        );
+        let started = std::time::Instant::now();
+        let out = sb.enforcer(&["policy", verb, file.to_str().expect("utf-8")]);
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{verb} with {kind} as a bundle");
+        assert!(
+            stderr.contains(&format!(
+                "trust bundle of {PROD}: {}: cannot read it: it is {kind}, not a regular file",
+                bundle.display()
+            )),
+            "{verb} with {kind} as a bundle said:\n{stderr}"
+        );
+        assert!(took < prompt, "{verb} with {kind} took {took:?}");
+    }
+}
+
+/// A bundle in force replaced by a FIFO, by whoever may write where bundles are kept: before
+/// the check, the daemon's once-a-second re-read waited on it for ever while holding the
+/// daemon's lock, and every request (root's `status` too) hung with it.
+#[test]
+fn a_bundle_in_force_replaced_by_a_fifo_is_unusable_and_the_daemon_answers() {
+    if !privileged("a_bundle_in_force_replaced_by_a_fifo_is_unusable_and_the_daemon_answers") {
+        return;
+    }
+    let (mut sb, prod_bundle, _) = with_bundles("bundle-fifo");
+    let prompt = enforcer_tests::patient(Duration::from_secs(30));
+    fs::remove_file(&prod_bundle).expect("removing the bundle");
+    mkfifo(&prod_bundle);
+    let logged = sb.wait_daemon_log("trust bundle of prod.example.org is unusable", NOTICED);
+    assert!(
+        logged.contains("it is a FIFO, not a regular file"),
+        "{logged}"
+    );
+    let started = std::time::Instant::now();
+    let status = sb.enforcer(&["status"]);
+    assert!(
+        status.status.success() && started.elapsed() < prompt,
+        "root's status after {:?}: {status:?}",
+        started.elapsed()
+    );
+    sb.wait_daemon_log("edge gated suspended", NOTICED);
+    let prod = bundle_status(&sb, PROD);
+    assert_eq!(field(&prod, "state"), "unusable");
+    assert!(field(&prod, "error").contains("a FIFO"), "{prod}");
+}

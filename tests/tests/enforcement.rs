@@ -2,9 +2,16 @@
 //! real processes, real sockets over IPv4 and IPv6, asserting what the applications see.
 //! Every test uses its own ports, so the tests can run in parallel.
 
-use std::time::Duration;
+use std::{
+    fs,
+    os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    process::Command,
+    time::Duration,
+};
 
-use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, privileged};
+use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, enforcer, privileged, retry_busy};
+
+const NOBODY: u32 = 65_534;
 
 const TWO_DOMAINS: &str = "
 version: 1
@@ -318,6 +325,33 @@ fn teardown_removes_programs_links_and_pins() {
     let _server = sb.listen(&prod, "127.0.0.1", 27000);
     assert_eq!(sb.connect(&staging, "127.0.0.1", 27000), Outcome::EPERM);
     sb.kill_daemon();
+
+    // A user who may not look at the pins (/sys/fs/bpf is 0700) is told so, and nothing is
+    // removed; an earlier build said "nothing to tear down" and exited 0.
+    fs::set_permissions(sb.dir(), fs::Permissions::from_mode(0o755)).expect("chmod sandbox");
+    let cli = sb.dir().join("enforcer-cli");
+    fs::copy(enforcer(), &cli).expect("copying the CLI");
+    fs::set_permissions(&cli, fs::Permissions::from_mode(0o755)).expect("chmod CLI");
+    let pin_dir = sb.pin_dir.to_str().expect("UTF-8 path");
+    let out = retry_busy(
+        Command::new(&cli)
+            .args(["teardown", "--pin-dir", pin_dir])
+            .uid(NOBODY)
+            .gid(NOBODY),
+        Command::output,
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("Permission denied"),
+        "{out:?}"
+    );
+    assert!(sb.pin_dir.exists(), "nothing was removed");
+    assert_eq!(
+        sb.connect(&staging, "127.0.0.1", 27000),
+        Outcome::EPERM,
+        "still enforced"
+    );
+
     let out = sb.enforcer(&["teardown"]);
     assert!(
         out.status.success(),

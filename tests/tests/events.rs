@@ -8,7 +8,10 @@
 //! Every test uses its own ports (32600-32799 belong to this file), and the remote host
 //! subnet 10.231.41.0/24 (`RemoteHost::new(41)`).
 
-use std::time::{Duration, SystemTime};
+use std::{
+    fs,
+    time::{Duration, SystemTime},
+};
 
 use enforcer_tests::{Json, Outcome, RemoteHost, Sandbox, privileged};
 
@@ -541,4 +544,88 @@ fn a_full_ring_buffer_loses_events_visibly_never_silently() {
         refused,
         "every refusal is either an event ({logged}) or counted as lost ({lost})"
     );
+}
+
+/// Sockets the daemon process holds open (its control connections among them).
+fn open_sockets(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("listing the daemon's descriptors")
+        .filter_map(Result::ok)
+        .filter(|fd| {
+            fs::read_link(fd.path())
+                .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count()
+}
+
+/// Followers that stopped reading must cost the others nothing. The daemon before this fix
+/// wrote each batch to every follower in turn, waiting up to a second on each whose socket
+/// was full, and let the event go on only once it had dropped them all (24 s here, while a
+/// burst overflowed the ring buffer). Now each follower has a queue of its own: the events
+/// reach the log and a reading follower while the stalled followers are still held, queued
+/// for (they are dropped only once they fall 8 MiB behind). What is checked is that order,
+/// which no machine's speed changes: the burst fits the ring buffer, and the reading
+/// follower is never more than the burst behind.
+#[test]
+fn followers_that_never_read_hold_up_neither_the_log_nor_a_follower_that_reads() {
+    if !privileged("followers_that_never_read_hold_up_neither_the_log_nor_a_follower_that_reads") {
+        return;
+    }
+    let mut sb = Sandbox::new("events-stalled-followers");
+    let prod = sb.cgroup("prod");
+    let staging = sb.cgroup("staging");
+    let file = sb.policy("policy.yaml", &policy("", &edge("other", "tcp", 32679, "")));
+    sb.start_daemon(&file);
+    let _sink = sb.udp_listen(&prod, LOCALHOST, 32671);
+    let _marker = sb.listen(&prod, LOCALHOST, 32672);
+    let stalled: Vec<_> = (0..24)
+        .map(|_| sb.request_unread(r#"{"request":"events","follow":true}"#))
+        .collect();
+    for (_, answer) in &stalled {
+        assert_eq!(answer, r#"{"result":"events"}"#, "a follower is accepted");
+    }
+    let follower = sb.follow_events();
+    let held = open_sockets(sb.daemon_pid());
+    // About 1.6 MB of lines: enough to fill every stalled follower's socket, far below what
+    // the 4 MiB ring buffer holds (about 37,000 records) and a queue's 8 MiB.
+    let sends = 5_000;
+    let (refused, other) = sb.workload(&staging).udp_refused(LOCALHOST, 32671, sends);
+    assert_eq!((refused, other), (sends, 0), "every datagram refused");
+    assert_eq!(sb.connect(&staging, LOCALHOST, 32672), Outcome::EPERM);
+    let followed = std::cell::Cell::new(0);
+    // The marker comes after every event of the burst.
+    follower.until(
+        |e| {
+            followed.set(followed.get() + u64::from(is_marker(e, 32671)));
+            is_marker(e, 32672)
+        },
+        enforcer_tests::patient(Duration::from_secs(60)),
+    );
+    // Counted with room for a connection or two of the daemon's own coming and going; the
+    // daemon before this fix had closed all 24 by now.
+    let now = open_sockets(sb.daemon_pid());
+    assert!(
+        now + stalled.len() / 2 > held,
+        "the events reached a reading follower while the {} stalled followers were still held \
+         ({held} sockets then, {now} now)",
+        stalled.len(),
+    );
+    let followed = followed.get();
+    let lost = sb
+        .status()
+        .get("events")
+        .and_then(|e| e.get("lost"))
+        .and_then(Json::as_u64)
+        .expect("status reports lost events");
+    let logged = sb
+        .event_log(&[])
+        .iter()
+        .filter(|e| is_marker(e, 32671) && text(e, "verdict") == "refused")
+        .count() as u64;
+    assert_eq!(
+        (logged, followed, lost),
+        (sends, sends, 0),
+        "every refusal is logged and followed (logged, followed, lost)"
+    );
+    drop(stalled);
 }

@@ -17,6 +17,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use crate::cli::terminal;
 use crate::{
     paths::DEFAULT_ATTEST_SOCKET,
     trust::{self, Bundle, Identity, SvidServerVerifier},
@@ -95,13 +96,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
     }
     let answer = answer.trim_end();
     if answer.starts_with("bound ") {
-        println!("{answer}");
+        terminal::text(format_args!("{answer}\n"))?;
         return Ok(ExitCode::SUCCESS);
     }
     if answer.is_empty() {
         bail!("the daemon closed the connection without an answer (see its log)");
     }
-    eprintln!("enforcer: the daemon {answer}");
+    terminal::warn(format_args!("enforcer: the daemon {answer}"));
     Ok(ExitCode::FAILURE)
 }
 

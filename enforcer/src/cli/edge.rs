@@ -5,6 +5,7 @@ use std::{process::ExitCode, str::FromStr, sync::Arc};
 use anyhow::{Result, bail};
 use enforcer_policy::{EdgeId, FreeTextError, PortRange, Protocol, TrustDomain};
 
+use crate::cli::terminal;
 use crate::{
     api::{
         control::{Request, Response},
@@ -15,6 +16,7 @@ use crate::{
         endpoint::{self, Endpoint},
         status::write_edge,
     },
+    pipeline::grants,
 };
 
 pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<ExitCode> {
@@ -39,7 +41,7 @@ pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<
                 reason,
                 id,
             };
-            let request = match flags.parse(ttl, not_before) {
+            let request = match flags.parse(ttl, not_before, jiff::Timestamp::now()) {
                 Ok(request) => Request::Grant(request),
                 Err(errors) => return refused("grant", Response::Rejected { errors }),
             };
@@ -51,15 +53,15 @@ pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<
                 } => {
                     match output {
                         Output::Text => {
-                            println!("{id}");
+                            terminal::text(format_args!("{id}\n"))?;
                             eprintln!(
                                 "enforcer: granted {id} until {expires}; generation {generation}"
                             );
                         }
-                        Output::Json => println!(
-                            "{}",
+                        Output::Json => terminal::raw(format_args!(
+                            "{}\n",
                             serde_json::json!({"id": id, "expires": expires, "generation": generation})
-                        ),
+                        ))?,
                     }
                     Ok(ExitCode::SUCCESS)
                 }
@@ -73,13 +75,13 @@ pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<
                 generation,
             } => {
                 match output {
-                    Output::Text => println!(
-                        "revoked {id}; ended {ended} connection(s); generation {generation}"
-                    ),
-                    Output::Json => println!(
-                        "{}",
+                    Output::Text => terminal::text(format_args!(
+                        "revoked {id}; ended {ended} connection(s); generation {generation}\n"
+                    ))?,
+                    Output::Json => terminal::raw(format_args!(
+                        "{}\n",
                         serde_json::json!({"id": id, "ended": ended, "generation": generation})
-                    ),
+                    ))?,
                 }
                 Ok(ExitCode::SUCCESS)
             }
@@ -96,12 +98,12 @@ pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<
                     if edges.is_empty() {
                         text.push_str("  (no edges: every cross-domain flow is refused)\n");
                     }
-                    print!("{text}");
+                    terminal::text(format_args!("{text}"))?;
                 }
-                Output::Json => println!(
-                    "{}",
+                Output::Json => terminal::raw(format_args!(
+                    "{}\n",
                     serde_json::to_string_pretty(&serde_json::json!({ "edges": edges }))?
-                ),
+                ))?,
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -114,9 +116,11 @@ pub fn run(command: EdgeCommand, endpoint: &Endpoint, output: Output) -> Result<
                 Output::Text => {
                     let mut text = String::new();
                     write_edge(&mut text, edge)?;
-                    print!("{text}");
+                    terminal::text(format_args!("{text}"))?;
                 }
-                Output::Json => println!("{}", serde_json::to_string_pretty(edge)?),
+                Output::Json => {
+                    terminal::raw(format_args!("{}\n", serde_json::to_string_pretty(edge)?))?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -132,9 +136,7 @@ fn list(
     };
     match endpoint::call(endpoint, &request)? {
         Response::Edges { edges } => Ok(edges),
-        other => {
-            bail!("unexpected reply from the daemon: {other:?}")
-        }
+        other => Err(endpoint::unexpected(other)),
     }
 }
 
@@ -152,13 +154,23 @@ struct GrantFlags {
 impl GrantFlags {
     /// The request, each flag read with the parser a policy file's field is read with; or
     /// every mistake, each naming its flag. The daemon checks the rest against the running
-    /// policy.
+    /// policy, and the window again against its own clock.
     fn parse(
         self,
         ttl: std::time::Duration,
         not_before: Option<jiff::Timestamp>,
+        now: jiff::Timestamp,
     ) -> Result<GrantRequest, Vec<String>> {
         let mut errors = Vec::new();
+        let ends = jiff::SignedDuration::try_from(ttl)
+            .ok()
+            .and_then(|ttl| now.checked_add(ttl).ok())
+            .unwrap_or(jiff::Timestamp::MAX);
+        if let Some(not_before) = not_before
+            && not_before >= ends
+        {
+            errors.push(grants::not_before_error(not_before, ends));
+        }
         let from = field::<TrustDomain>(&mut errors, "from", &self.from);
         let to = field::<TrustDomain>(&mut errors, "to", &self.to);
         let protocol = field::<Protocol>(&mut errors, "protocol", &self.protocol);
@@ -184,7 +196,7 @@ impl GrantFlags {
                 Some(id),
                 Some(owner),
                 Some(reason),
-            ) => Ok(GrantRequest {
+            ) if errors.is_empty() => Ok(GrantRequest {
                 from,
                 to,
                 protocol,
@@ -230,13 +242,12 @@ fn refused(what: &str, response: Response) -> Result<ExitCode> {
     match response {
         Response::Rejected { errors } => {
             for e in errors {
-                eprintln!("enforcer: {e}");
+                terminal::warn(format_args!("enforcer: {e}"));
             }
-            eprintln!("enforcer: {what} refused; nothing changed");
+            terminal::warn(format_args!("enforcer: {what} refused; nothing changed"));
             Ok(ExitCode::FAILURE)
         }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => Err(endpoint::unexpected(other)),
     }
 }
 
@@ -269,7 +280,9 @@ mod tests {
             id: Some("Bad Id".into()),
             ..flags()
         };
-        let errors = bad.parse(HOUR, None).expect_err("refused");
+        let errors = bad
+            .parse(HOUR, None, jiff::Timestamp::now())
+            .expect_err("refused");
         let text = errors.join("\n");
         for expected in [
             "--to Not A Domain",
@@ -285,6 +298,21 @@ mod tests {
     }
 
     #[test]
+    fn a_grant_that_would_start_after_it_ends_is_refused_before_the_daemon_is_asked() {
+        let now: jiff::Timestamp = "2026-11-23T10:00:00Z".parse().expect("timestamp");
+        let late = "2026-11-23T11:00:00Z".parse().expect("timestamp");
+        assert_eq!(
+            flags().parse(HOUR, Some(late), now).expect_err("refused"),
+            [
+                "--not-before 2026-11-23T11:00:00Z must be before the grant's end \
+                 (2026-11-23T11:00:00Z, --ttl from now); the grant would never allow anything"
+            ]
+        );
+        let early = "2026-11-23T10:59:59Z".parse().expect("timestamp");
+        assert!(flags().parse(HOUR, Some(early), now).is_ok());
+    }
+
+    #[test]
     fn owner_and_reason_are_one_line_as_in_a_policy_file() {
         let forged = GrantFlags {
             owner: "dba\renforcer: revoked edge-1".into(),
@@ -292,7 +320,9 @@ mod tests {
             ..flags()
         };
         assert_eq!(
-            forged.parse(HOUR, None).expect_err("refused"),
+            forged
+                .parse(HOUR, None, jiff::Timestamp::now())
+                .expect_err("refused"),
             [
                 "--owner contains the control character U+000D; write it as one line without control characters",
                 "--reason contains the control character U+000A; write it as one line without control characters",
@@ -302,7 +332,9 @@ mod tests {
             owner: "  dba ".into(),
             ..flags()
         };
-        let request = padded.parse(HOUR, None).expect("parsed");
+        let request = padded
+            .parse(HOUR, None, jiff::Timestamp::now())
+            .expect("parsed");
         assert_eq!(&*request.owner, "dba");
         assert_eq!(request.ports, ["5432".parse().expect("port")]);
         assert_eq!(request.ttl_ms, 3_600_000);

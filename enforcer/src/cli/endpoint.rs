@@ -260,6 +260,15 @@ pub fn call(endpoint: &Endpoint, request: &Request) -> Result<Response> {
     }
 }
 
+/// The error for a reply other than the one asked for: the daemon's own message when it
+/// refused the request (no rights, a bad request), as it wrote it.
+pub fn unexpected(reply: Response) -> anyhow::Error {
+    match reply {
+        Response::Error { message } => anyhow::anyhow!(message),
+        other => anyhow::anyhow!("unexpected reply from the daemon: {other:?}"),
+    }
+}
+
 /// Asks for decision events, calls `ready` once the daemon has accepted the request (a
 /// follower then receives every later event), and hands each event to `each` as it arrives;
 /// returns when the daemon ends the stream (when following: never, unless the daemon stops).
@@ -280,12 +289,20 @@ pub fn events(
     };
     match parse_reply(&first)? {
         Response::Events => ready(),
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => return Err(unexpected(other)),
     }
     for line in lines {
         let line = line.context("reading events from the daemon")?;
-        each(serde_json::from_str(&line).context("the daemon sent an event that is not valid")?)?;
+        match serde_json::from_str(&line) {
+            Ok(event) => each(event)?,
+            // The daemon's last line when it stops following a client, which says why.
+            Err(err) => match serde_json::from_str(&line) {
+                Ok(Response::Error { message }) => bail!("{message}"),
+                _ => {
+                    return Err(err).context("the daemon sent an event that is not valid");
+                }
+            },
+        }
     }
     Ok(())
 }
@@ -295,10 +312,13 @@ pub fn events(
 /// with `EPIPE`; its reply, which says why, is still waiting to be read. Such a failure is
 /// returned beside the stream, for when there is no reply.
 fn send(endpoint: &Endpoint, request: &Request) -> Result<(Box<dyn Channel>, Option<io::Error>)> {
-    let mut stream = endpoint.connect()?;
-    stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))?;
+    // Made before connecting: the daemon gives a request a deadline from the connection on,
+    // and a large policy takes a while to write out (seconds for 24 MiB in a debug build
+    // under emulation).
     let mut line = serde_json::to_string(request)?;
     line.push('\n');
+    let mut stream = endpoint.connect()?;
+    stream.set_timeouts(Some(TIMEOUT), Some(TIMEOUT))?;
     match stream
         .write_all(line.as_bytes())
         .and_then(|()| stream.flush())

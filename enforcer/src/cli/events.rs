@@ -1,12 +1,13 @@
 //! `enforcer events`: decision events from the event log, or followed as they happen.
 
-use std::{io::Write as _, process::ExitCode};
+use std::process::ExitCode;
 
 use anyhow::Result;
 
 use super::{
     Output,
     endpoint::{self, Endpoint},
+    terminal,
 };
 
 pub fn run(
@@ -20,18 +21,16 @@ pub fn run(
             eprintln!("enforcer: following events from {endpoint}");
         }
     };
-    let mut stdout = std::io::stdout().lock();
     endpoint::events(endpoint, follow, ready, |event| {
         if domain.is_some_and(|d| *event.from != *d && *event.to != *d) {
             return Ok(());
         }
+        // Each printed and flushed: a follower reads events as they happen, not when a
+        // buffer fills. One event is one line, whatever its process name holds.
         match output {
-            Output::Text => writeln!(stdout, "{event}")?,
-            Output::Json => writeln!(stdout, "{}", serde_json::to_string(&event)?)?,
+            Output::Text => terminal::raw(format_args!("{}\n", terminal::line(&event.to_string()))),
+            Output::Json => terminal::raw(format_args!("{}\n", serde_json::to_string(&event)?)),
         }
-        // A follower reads events as they happen, not when a buffer fills.
-        stdout.flush()?;
-        Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

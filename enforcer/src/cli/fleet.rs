@@ -8,6 +8,7 @@ use clap::Subcommand;
 use serde::Serialize;
 
 use super::Output;
+use crate::cli::terminal;
 use crate::{
     fleet::{
         client::{self, EtcdArgs, Written},
@@ -61,11 +62,11 @@ pub fn run(command: Command, etcd: &EtcdArgs) -> Result<ExitCode> {
 
 async fn apply(file: &std::path::Path, expected: Option<i64>, etcd: &EtcdArgs) -> Result<ExitCode> {
     // The nodes refuse a bad document, but it would still be the fleet's: check it first.
-    if super::policy::check(std::slice::from_ref(&file.to_path_buf())) != ExitCode::SUCCESS {
-        eprintln!(
+    if super::policy::check(std::slice::from_ref(&file.to_path_buf()))? != ExitCode::SUCCESS {
+        terminal::warn(format_args!(
             "enforcer: {} refused; nothing was written to the fleet",
             file.display()
-        );
+        ));
         return Ok(ExitCode::FAILURE);
     }
     let text = policy_file::read(file).map_err(anyhow::Error::msg)?;
@@ -93,7 +94,7 @@ async fn apply(file: &std::path::Path, expected: Option<i64>, etcd: &EtcdArgs) -
             // A member lost or a leader being elected fails a request for a moment; the
             // compare-and-swap makes trying again safe.
             Err(err) if attempt < ATTEMPTS => {
-                eprintln!("enforcer: {err:#}; trying again");
+                terminal::warn(format_args!("enforcer: {err:#}; trying again"));
                 tokio::time::sleep(RETRY_AFTER).await;
             }
             Err(err) => return Err(err),
@@ -112,13 +113,13 @@ async fn apply(file: &std::path::Path, expected: Option<i64>, etcd: &EtcdArgs) -
     };
     match written {
         Written::Written { revision } => {
-            println!(
+            terminal::text(format_args!(
                 "fleet policy {} revision {revision} written from {} (was {}); every node applies \
-                 it (see `enforcer fleet status`)",
+                 it (see `enforcer fleet status`)\n",
                 keys.policy(),
                 file.display(),
                 describe(expected)
-            );
+            ))?;
             Ok(ExitCode::SUCCESS)
         }
         Written::Conflict { current } => bail!(
@@ -174,7 +175,7 @@ async fn status(output: Output, etcd: &EtcdArgs) -> Result<ExitCode> {
         match read {
             Ok(read) => break read,
             Err(err) if attempt < ATTEMPTS => {
-                eprintln!("enforcer: {err:#}; trying again");
+                terminal::warn(format_args!("enforcer: {err:#}; trying again"));
                 tokio::time::sleep(RETRY_AFTER).await;
             }
             Err(err) => return Err(err),
@@ -198,22 +199,24 @@ async fn status(output: Output, etcd: &EtcdArgs) -> Result<ExitCode> {
         unreadable,
     };
     match output {
-        Output::Json => println!("{}", serde_json::to_string_pretty(&status)?),
-        Output::Text => print_text(&status),
+        Output::Json => {
+            terminal::raw(format_args!("{}\n", serde_json::to_string_pretty(&status)?))?
+        }
+        Output::Text => print_text(&status)?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_text(status: &FleetStatus) {
-    println!(
-        "fleet policy: {} at {}",
+fn print_text(status: &FleetStatus) -> Result<()> {
+    terminal::text(format_args!(
+        "fleet policy: {} at {}\n",
         status.policy_key,
         describe(status.revision)
-    );
-    println!(
-        "{:<24} {:>10} {:>9} {:<30} STATE",
+    ))?;
+    terminal::text(format_args!(
+        "{:<24} {:>10} {:>9} {:<30} STATE\n",
         "NODE", "GENERATION", "REVISION", "HEARTBEAT"
-    );
+    ))?;
     let now = jiff::Timestamp::now();
     for node in &status.nodes {
         let r = &node.record;
@@ -223,15 +226,16 @@ fn print_text(status: &FleetStatus) {
             (None, true) => "current".to_owned(),
             (None, false) => "behind".to_owned(),
         };
-        println!(
-            "{:<24} {:>10} {:>9} {:<30} {state}",
+        terminal::text(format_args!(
+            "{:<24} {:>10} {:>9} {:<30} {state}\n",
             r.node,
             r.generation,
             r.revision.map_or_else(|| "-".to_owned(), |v| v.to_string()),
             format!("{} ({age:.1}s ago)", r.heartbeat.strftime("%H:%M:%S")),
-        );
+        ))?;
     }
     for why in &status.unreadable {
-        println!("{why}");
+        terminal::text(format_args!("{why}\n"))?;
     }
+    Ok(())
 }

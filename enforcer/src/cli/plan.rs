@@ -4,11 +4,15 @@ mod render;
 
 use std::{path::Path, process::ExitCode};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::{
     api::control::{Request, Response},
-    cli::{Output, endpoint::Endpoint},
+    cli::{
+        Output,
+        endpoint::{self, Endpoint},
+        terminal,
+    },
 };
 
 /// `enforcer policy plan FILE`: checks the file as `policy apply` does, then asks the daemon.
@@ -27,19 +31,22 @@ pub fn run(file: &Path, endpoint: &Endpoint, output: Output) -> Result<ExitCode>
     match response {
         Response::Plan(plan) => {
             match output {
-                Output::Text => print!("{plan}"),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                Output::Text => terminal::text(format_args!("{plan}"))?,
+                Output::Json => {
+                    terminal::raw(format_args!("{}\n", serde_json::to_string_pretty(&plan)?))?
+                }
             }
             Ok(ExitCode::SUCCESS)
         }
         Response::Rejected { errors } => {
             for e in errors {
-                eprintln!("{e}");
+                terminal::warn(e);
             }
-            eprintln!("enforcer: {name} would be refused; nothing changed");
+            terminal::warn(format_args!(
+                "enforcer: {name} would be refused; nothing changed"
+            ));
             Ok(ExitCode::FAILURE)
         }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => Err(endpoint::unexpected(other)),
     }
 }

@@ -2,16 +2,19 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
-use super::endpoint::{self, Endpoint};
+use super::{
+    endpoint::{self, Endpoint},
+    terminal,
+};
 use crate::{
     api::control::{Request, Response},
     pipeline::{compile, policy_file},
     trust::bundles,
 };
 
-pub fn check(files: &[PathBuf]) -> ExitCode {
+pub fn check(files: &[PathBuf]) -> Result<ExitCode> {
     let mut valid = true;
     for file in files {
         let name = file.display().to_string();
@@ -26,13 +29,13 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
                     }) {
                         Ok(trust) => {
                             for (domain, why) in trust.unusable_now(jiff::Timestamp::now()) {
-                                eprintln!(
+                                terminal::warn(format_args!(
                                     "{name}: warning: the trust bundle of {domain} cannot be used \
                                  now ({why}); edges that require it would be suspended"
-                                );
+                                ));
                             }
-                            println!(
-                                "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))",
+                            terminal::text(format_args!(
+                                "{name}: ok ({} domain(s), {} edge(s), {} trust bundle(s))\n",
                                 policy.domains.len(),
                                 policy.federation.len(),
                                 policy
@@ -44,12 +47,12 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
                                             || d.bundle_from.is_some()
                                     })
                                     .count()
-                            );
+                            ))?;
                         }
                         Err(errors) => {
                             valid = false;
                             for e in errors {
-                                eprintln!("{e}");
+                                terminal::warn(e);
                             }
                         }
                     }
@@ -57,21 +60,21 @@ pub fn check(files: &[PathBuf]) -> ExitCode {
                 Err(diagnostics) => {
                     valid = false;
                     for d in diagnostics {
-                        eprintln!("{d}");
+                        terminal::warn(d);
                     }
                 }
             },
             Err(why) => {
                 valid = false;
-                eprintln!("{why}");
+                terminal::warn(format_args!("{why}"));
             }
         }
     }
-    if valid {
+    Ok(if valid {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
-    }
+    })
 }
 
 /// Reads a policy file for the daemon. On a file that cannot be read prints why, then
@@ -83,8 +86,8 @@ pub fn read_policy(file: &std::path::Path, refused: &str) -> Option<(String, Str
     match policy_file::read(file) {
         Ok(text) => Some((name, text)),
         Err(why) => {
-            eprintln!("{why}");
-            eprintln!("enforcer: {name} {refused}");
+            terminal::warn(format_args!("{why}"));
+            terminal::warn(format_args!("enforcer: {name} {refused}"));
             None
         }
     }
@@ -110,9 +113,9 @@ pub fn call_with_policy(
         Ok(_) => Err(err),
         Err(diagnostics) => {
             for d in diagnostics {
-                eprintln!("{d}");
+                terminal::warn(d);
             }
-            eprintln!("enforcer: {name} {refused}");
+            terminal::warn(format_args!("enforcer: {name} {refused}"));
             Ok(None)
         }
     }
@@ -132,18 +135,19 @@ pub fn apply(file: &std::path::Path, endpoint: &Endpoint) -> Result<ExitCode> {
     };
     match response {
         Response::Applied { generation, ended } => {
-            println!("{generation}");
+            terminal::text(format_args!("{generation}\n"))?;
             eprintln!("enforcer: generation {generation} active; ended {ended} connection(s)");
             Ok(ExitCode::SUCCESS)
         }
         Response::Rejected { errors } => {
             for e in errors {
-                eprintln!("{e}");
+                terminal::warn(e);
             }
-            eprintln!("enforcer: {name} was not applied; nothing changed");
+            terminal::warn(format_args!(
+                "enforcer: {name} was not applied; nothing changed"
+            ));
             Ok(ExitCode::FAILURE)
         }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => Err(endpoint::unexpected(other)),
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt::{self, Display};
 
+use super::terminal::line;
 use crate::api::{
     edge::{EdgeView, Source},
     status::{EndpointStatus, MapMemory, Status},
@@ -20,7 +21,7 @@ impl Display for Status {
                         source.file, source.at_start, source.reason
                     )?;
                     if let Some(error) = &source.last_reload_error {
-                        writeln!(f, "  last reload refused: {error}")?;
+                        writeln!(f, "  last reload refused: {}", line(error))?;
                     }
                 }
                 Some(etcd) => {
@@ -41,7 +42,7 @@ impl Display for Status {
                         if source.stale { ", STALE" } else { "" }
                     )?;
                     if let Some(error) = &source.last_error {
-                        writeln!(f, "  last error: {error}")?;
+                        writeln!(f, "  last error: {}", line(error))?;
                     }
                     if let Some(a) = &etcd.addresses {
                         writeln!(
@@ -51,7 +52,7 @@ impl Display for Status {
                             a.published, a.loaded, a.peer_nodes, a.conflicts, a.unknown_domain
                         )?;
                         if let Some(error) = &a.last_error {
-                            writeln!(f, "  addresses error: {error}")?;
+                            writeln!(f, "  addresses error: {}", line(error))?;
                         }
                     }
                 }
@@ -91,7 +92,7 @@ impl Display for Status {
         }
         let a = &self.attestation;
         match (&a.socket, &a.warning) {
-            (_, Some(warning)) => writeln!(f, "attestation:  {warning}")?,
+            (_, Some(warning)) => writeln!(f, "attestation:  {}", line(warning))?,
             (Some(socket), None) => writeln!(f, "attestation:  {socket}")?,
             (None, None) => writeln!(f, "attestation:  off")?,
         }
@@ -117,7 +118,7 @@ impl Display for Status {
                 w.endpoint, w.updates
             )?;
             if let Some(error) = &w.error {
-                writeln!(f, "  error: {error}")?;
+                writeln!(f, "  error: {}", line(error))?;
             }
             if let Some(svid) = &w.svid {
                 let until = w
@@ -136,10 +137,10 @@ impl Display for Status {
                 .map_or_else(String::new, |t| format!(", expires {t}"));
             writeln!(f, "  {} {} ({}{expires})", b.domain, b.path, b.state)?;
             if let Some(error) = &b.error {
-                writeln!(f, "    error: {error}")?;
+                writeln!(f, "    error: {}", line(error))?;
             }
             if let Some(warning) = &b.warning {
-                writeln!(f, "    warning: {warning}")?;
+                writeln!(f, "    warning: {}", line(warning))?;
             }
             if let Some(e) = &b.endpoint {
                 write_endpoint(f, e)?;
@@ -148,7 +149,9 @@ impl Display for Status {
                 writeln!(
                     f,
                     "    ca sha256:{} {} (until {})",
-                    a.sha256, a.subject, a.not_after
+                    a.sha256,
+                    line(&a.subject),
+                    a.not_after
                 )?;
             }
         }
@@ -275,7 +278,7 @@ fn write_endpoint(f: &mut fmt::Formatter<'_>, e: &EndpointStatus) -> fmt::Result
         e.refresh_seconds
     )?;
     if let Some(error) = &e.last_error {
-        writeln!(f, "    last fetch failed: {error}")?;
+        writeln!(f, "    last fetch failed: {}", line(error))?;
     }
     Ok(())
 }

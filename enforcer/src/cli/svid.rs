@@ -7,6 +7,7 @@ use std::{cell::OnceCell, path::PathBuf, process::ExitCode};
 use anyhow::{Context as _, Result};
 use rustls_pki_types::{CertificateDer, pem::PemObject as _};
 
+use crate::cli::terminal;
 use crate::trust::{self, Bundle, Usage};
 
 #[derive(clap::Args)]
@@ -52,16 +53,16 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         jiff::Timestamp::now(),
     );
     if let Some(Err(err)) = bundle.get() {
-        eprintln!("enforcer: invalid trust bundle {err}");
+        terminal::warn(format_args!("enforcer: invalid trust bundle {err}"));
         return Ok(ExitCode::FAILURE);
     }
     match verified {
         Ok(svid) => {
-            println!("valid: {} until {}", svid.id, svid.expires);
+            terminal::text(format_args!("valid: {} until {}\n", svid.id, svid.expires))?;
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("enforcer: invalid SVID: {err}");
+            terminal::warn(format_args!("enforcer: invalid SVID: {err}"));
             Ok(ExitCode::FAILURE)
         }
     }

@@ -6,21 +6,31 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::cli::terminal;
 use crate::{kernel, kernel::cgroupfs::CgroupFs, paths::PinDir};
 
 pub fn run(pins: &PinDir, cgroup_root: Option<&Path>) -> Result<()> {
-    if !pins.path().exists() {
-        println!(
-            "nothing to tear down: {} does not exist",
+    // `exists()` says false for a path it may not look at (/sys/fs/bpf is 0700): a user
+    // without the right would be told there is nothing to remove while enforcement stays.
+    let present = pins
+        .path()
+        .try_exists()
+        .with_context(|| format!("looking for {}", pins.path().display()))?;
+    if !present {
+        terminal::text(format_args!(
+            "nothing to tear down: {} does not exist\n",
             pins.path().display()
-        );
+        ))?;
         return Ok(());
     }
     if let Some(flag) = cgroup_root {
         let root = CgroupFs::discover()?.root(Some(flag))?;
         for hook in &kernel::attach::HOOKS {
             let pin = pins.link(hook.program);
-            if !pin.exists() {
+            if !pin
+                .try_exists()
+                .with_context(|| format!("looking for {}", pin.display()))?
+            {
                 continue;
             }
             let link = kernel::bpf_sys::obj_get(&pin)
@@ -39,12 +49,12 @@ pub fn run(pins: &PinDir, cgroup_root: Option<&Path>) -> Result<()> {
     }
     let detached = kernel::attach::detach_all(pins)?;
     let unpinned = kernel::unpin_maps(pins)?;
-    println!(
-        "detached {} program(s) [{}], removed {} map pin(s) and {}",
+    terminal::text(format_args!(
+        "detached {} program(s) [{}], removed {} map pin(s) and {}\n",
         detached.len(),
         detached.join(", "),
         unpinned.len(),
         pins.path().display()
-    );
+    ))?;
     Ok(())
 }

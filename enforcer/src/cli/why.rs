@@ -7,6 +7,7 @@ use clap::ArgGroup;
 
 mod render;
 
+use crate::cli::terminal;
 use crate::{
     api::{
         control::{Request, Response},
@@ -55,13 +56,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
     match endpoint::call(&args.endpoint, &request)? {
         Response::Why(explanation) => {
             match args.output {
-                Output::Text => print!("{explanation}"),
-                Output::Json => println!("{}", serde_json::to_string_pretty(&explanation)?),
+                Output::Text => terminal::text(format_args!("{explanation}"))?,
+                Output::Json => terminal::raw(format_args!(
+                    "{}\n",
+                    serde_json::to_string_pretty(&explanation)?
+                ))?,
             }
             Ok(ExitCode::SUCCESS)
         }
-        Response::Error { message } => bail!("{message}"),
-        other => bail!("unexpected reply from the daemon: {other:?}"),
+        other => Err(endpoint::unexpected(other)),
     }
 }
 

@@ -2,11 +2,10 @@
 //! arrive, names them, counts them, appends them to the event log and passes them to every
 //! `enforcer events --follow` client. It runs on its own thread so that a burst of events
 //! never delays cgroup following or expiries, and it holds the daemon lock only to name a
-//! batch.
+//! batch. It hands lines to the followers without waiting on them (`event_followers`).
 
 use std::{
     collections::HashMap,
-    io::Write as _,
     os::fd::AsFd as _,
     sync::{Arc, Mutex, PoisonError, mpsc},
     time::{Duration, Instant},
@@ -24,9 +23,9 @@ use nix::{
 };
 
 use crate::{
-    api::control::Channel,
     kernel::cgroup_paths::CgroupPaths,
     observe::{
+        event_followers::Followers,
         event_log::EventLog,
         event_record::{self, EventRecord, Names},
         tally::Tally,
@@ -49,37 +48,6 @@ const BATCH: usize = 4096;
 /// daemon reports the connections it ends; a second report of one connection within this
 /// long is the same end.
 const SAME_END: Duration = Duration::from_secs(5);
-/// A follower that cannot take a line within this long is dropped rather than allowed to
-/// stall the feed.
-const FOLLOWER_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// The `enforcer events --follow` clients, each waiting for lines.
-#[derive(Clone, Default)]
-pub struct Followers(Arc<Mutex<Vec<Box<dyn Channel>>>>);
-
-impl Followers {
-    pub fn add(&self, stream: Box<dyn Channel>) -> Result<()> {
-        stream.set_timeouts(None, Some(FOLLOWER_TIMEOUT))?;
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(stream);
-        Ok(())
-    }
-
-    fn send(&self, text: &[u8]) {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain_mut(|stream| {
-                let authenticated = stream
-                    .expires()
-                    .is_none_or(|expires| jiff::Timestamp::now() < expires);
-                authenticated && stream.write_all(text).is_ok() && stream.flush().is_ok()
-            });
-    }
-}
-
 pub struct Feed {
     ring: RingBuf<MapData>,
     lost: PerCpuArray<MapData, u64>,

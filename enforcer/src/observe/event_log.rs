@@ -5,11 +5,12 @@
 //! would bring more than it saves.
 
 use std::{
-    fs::{self, File, OpenOptions},
-    io::{self, BufRead as _, BufReader, ErrorKind, Write as _},
-    os::unix::fs::OpenOptionsExt as _,
+    fs::{self, File},
+    io::{self, ErrorKind, Read as _, Write},
     path::{Path, PathBuf},
 };
+
+use crate::state_files;
 
 /// Size at which the current file is rotated.
 pub const MAX_BYTES: u64 = 16 << 20;
@@ -29,7 +30,7 @@ impl EventLog {
     }
 
     fn open_with_limit(path: &Path, max_bytes: u64) -> io::Result<Self> {
-        let file = append(path)?;
+        let file = state_files::append(path)?;
         let size = file.metadata()?.len();
         Ok(Self {
             path: path.to_owned(),
@@ -58,46 +59,56 @@ impl EventLog {
             }
         }
         fs::rename(&self.path, rotated(&self.path, 1))?;
-        self.file = append(&self.path)?;
+        self.file = state_files::append(&self.path)?;
         self.size = 0;
         Ok(())
     }
 }
 
-/// Every line kept at `path` and its rotated files, oldest first.
-pub fn read(path: &Path) -> io::Result<Vec<String>> {
-    let mut lines = Vec::new();
-    let files = (1..=KEPT)
+/// How much of the log is read at a time: what an `enforcer events` answer holds, however
+/// long the log.
+const CHUNK: usize = 64 << 10;
+
+/// Writes every line kept at `path` and its rotated files to `out`, oldest first, each ending
+/// in a newline (a last line cut short by a crash gets one).
+pub fn copy(path: &Path, out: &mut impl Write) -> io::Result<()> {
+    // All opened before any is read: a rotation meanwhile renames files, which moves none
+    // already open, so no line is written twice or skipped.
+    let mut files = Vec::new();
+    for file in (1..=KEPT)
         .rev()
         .map(|n| rotated(path, n))
-        .chain([path.to_owned()]);
-    for file in files {
-        match File::open(&file) {
-            Ok(f) => {
-                for line in BufReader::new(f).lines() {
-                    lines.push(line?);
-                }
-            }
-            Err(err) if err.kind() == ErrorKind::NotFound => {}
-            Err(err) => return Err(err),
+        .chain([path.to_owned()])
+    {
+        if let Some(f) = state_files::open_if_present(&file)? {
+            files.push(f);
         }
     }
-    Ok(lines)
+    let mut chunk = vec![0; CHUNK];
+    for mut file in files {
+        let mut last = b'\n';
+        loop {
+            let read = match file.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(read) => read,
+                Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                Err(err) => return Err(err),
+            };
+            let got = chunk.get(..read).unwrap_or_default();
+            out.write_all(got)?;
+            last = got.last().copied().unwrap_or(last);
+        }
+        if last != b'\n' {
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 fn rotated(path: &Path, n: usize) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(format!(".{n}"));
     PathBuf::from(name)
-}
-
-/// Only root reads the log: it names workloads, addresses and processes.
-fn append(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(path)
 }
 
 #[cfg(test)]
@@ -109,6 +120,16 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    fn read(path: &Path) -> io::Result<Vec<String>> {
+        let mut out = Vec::new();
+        copy(path, &mut out)?;
+        Ok(String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(str::to_owned)
+            .collect())
     }
 
     #[test]
@@ -132,6 +153,19 @@ mod tests {
             read(&path).unwrap().last().map(String::as_str),
             Some("last")
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_long_log_is_copied_whole_and_a_cut_last_line_ends_in_a_newline() {
+        let dir = temp_dir("event-log-long");
+        let path = dir.join("events.jsonl");
+        let older: String = (0..3 * CHUNK / 10).map(|i| format!("{i:09}\n")).collect();
+        fs::write(rotated(&path, 1), format!("{older}cut")).unwrap();
+        fs::write(&path, "newest\n").unwrap();
+        let mut out = Vec::new();
+        copy(&path, &mut out).unwrap();
+        assert_eq!(out, format!("{older}cut\nnewest\n").into_bytes());
         fs::remove_dir_all(&dir).unwrap();
     }
 

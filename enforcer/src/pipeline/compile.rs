@@ -43,8 +43,8 @@ pub enum CompileError {
     CgroupTooDeep { path: String, depth: usize },
     #[error("no domain ids left")]
     OutOfDomainIds,
-    /// `trust domains` counts every domain the kernel maps have given an id since they were
-    /// created (ids are never reused), not only this policy's.
+    /// `trust domain ids` counts every domain the kernel maps have given an id since they were
+    /// created (ids are never reused), not only this policy's, and says so.
     #[error("the policy needs {count} {what}; the kernel maps hold at most {max}")]
     OverCapacity {
         what: &'static str,
@@ -247,7 +247,12 @@ pub fn compile(
         .map(|(_, ranges)| ranges.len().div_ceil(RANGES_PER_CHUNK))
         .sum();
     for (what, count, max) in [
-        ("trust domains", registry.len(), MAX_DOMAINS),
+        (
+            "trust domain ids (this policy's domains and every other domain named on this \
+             host since its maps were made: ids are never reused until `enforcer teardown`)",
+            registry.len(),
+            MAX_DOMAINS,
+        ),
         ("cgroup bindings", bindings.len(), per_slot(MAX_BINDINGS)),
         (
             "endpoint prefixes",

@@ -5,8 +5,6 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    fs,
-    io::ErrorKind,
     path::PathBuf,
     sync::Arc,
 };
@@ -113,8 +111,8 @@ pub struct Book {
 impl Book {
     pub fn load(state: &StateDir) -> Result<Self> {
         let path = file(state);
-        match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| {
+        match crate::state_files::read_if_present(&path) {
+            Ok(Some(text)) => serde_json::from_slice(&text).with_context(|| {
                 format!(
                     "{} is not a valid edge record; it holds the grants made with `enforcer edge \
                      grant` and the creation times of the policy's edges: restore it, or remove \
@@ -122,14 +120,14 @@ impl Book {
                     path.display()
                 )
             }),
-            Err(err) if err.kind() == ErrorKind::NotFound => Ok(Self::default()),
+            Ok(None) => Ok(Self::default()),
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
         }
     }
 
     /// Writes the record atomically (a new file renamed over the old one).
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        crate::paths::save_json(&file(state), self)
+        crate::state_files::save_json(&file(state), self)
     }
 
     /// The book with `grant` added.

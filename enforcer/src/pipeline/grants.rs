@@ -60,6 +60,15 @@ pub fn check(
             human(max)
         ));
     }
+    let expires = SignedDuration::try_from(ttl)
+        .ok()
+        .and_then(|d| now.checked_add(d).ok())
+        .unwrap_or(Timestamp::MAX);
+    if let Some(not_before) = request.not_before
+        && not_before >= expires
+    {
+        errors.push(not_before_error(not_before, expires));
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -77,10 +86,6 @@ pub fn check(
     if live.iter().any(|e| e.edge.id == id) {
         return Err(vec![format!("edge id {id} is already in use")]);
     }
-    let expires = SignedDuration::try_from(ttl)
-        .ok()
-        .and_then(|d| now.checked_add(d).ok())
-        .unwrap_or(Timestamp::MAX);
     Ok(Grant {
         edge: Arc::new(Edge {
             id,
@@ -97,6 +102,15 @@ pub fn check(
         created: now,
         expires,
     })
+}
+
+/// Why a grant that would start at `not_before` and end at `expires` is refused, as a policy
+/// file's edge with such a window is.
+pub fn not_before_error(not_before: Timestamp, expires: Timestamp) -> String {
+    format!(
+        "--not-before {not_before} must be before the grant's end ({expires}, --ttl from now); \
+         the grant would never allow anything"
+    )
 }
 
 /// A duration as policies write it: `12h`, `30m`, `45s`.
@@ -225,6 +239,26 @@ domains: [{name: a.org}, {name: b.org}]
             .expect_err("refused")
             .to_string();
         assert!(err.contains("port 0 is out of range"), "{err}");
+    }
+
+    #[test]
+    fn a_grant_must_start_before_it_ends() {
+        let late = GrantRequest {
+            not_before: Some("9999-12-30T00:00:00Z".parse().expect("timestamp")),
+            ..request()
+        };
+        assert_eq!(
+            check(&late, &policy(), &[], now()).expect_err("refused"),
+            [
+                "--not-before 9999-12-30T00:00:00Z must be before the grant's end \
+                 (2026-11-23T10:30:00Z, --ttl from now); the grant would never allow anything"
+            ]
+        );
+        let soon = GrantRequest {
+            not_before: Some("2026-11-23T10:29:59Z".parse().expect("timestamp")),
+            ..request()
+        };
+        assert!(check(&soon, &policy(), &[], now()).is_ok());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! of certificates or from a SPIFFE bundle document (a JWK set whose `x509-svid` entries carry
 //! each CA in `x5c`, as the SPIFFE Trust Domain and Bundle standard publishes them).
 
-use std::{fs, io::BufReader, path::Path};
+use std::{io::BufReader, path::Path};
 
 use base64::Engine as _;
 use enforcer_policy::TrustDomain;
@@ -11,6 +11,7 @@ use rustls_pki_types::{CertificateDer, pem::SectionKind};
 use sha2::{Digest as _, Sha256};
 
 use super::certificate;
+use crate::regular_file;
 
 /// Bundles are a handful of certificates; anything far larger is not a bundle.
 const MAX_BYTES: u64 = 1 << 20;
@@ -40,18 +41,14 @@ pub struct Authority {
 }
 
 impl Bundle {
-    /// Reads and checks the bundle of `domain` at `path`.
+    /// Reads and checks the bundle of `domain` at `path`: only a regular file (a symlink to
+    /// one is followed: tools that rotate bundles often swap a link), at most `MAX_BYTES`. The daemon reads bundles
+    /// as root, at paths others may be able to replace: a FIFO or a device there is refused,
+    /// never waited on or read without end.
     pub fn read(path: &Path, domain: &TrustDomain) -> Result<Self, BundleError> {
         let fail = |why: String| BundleError(format!("{}: {why}", path.display()));
-        let size = fs::metadata(path)
-            .map_err(|err| fail(format!("cannot read it: {err}")))?
-            .len();
-        if size > MAX_BYTES {
-            return Err(fail(format!(
-                "{size} bytes is too large for a trust bundle (limit {MAX_BYTES})"
-            )));
-        }
-        let bytes = fs::read(path).map_err(|err| fail(format!("cannot read it: {err}")))?;
+        let bytes = regular_file::read(path, MAX_BYTES)
+            .map_err(|err| fail(format!("cannot read it: {err}")))?;
         Self::parse(&bytes, domain).map_err(|err| fail(err.0))
     }
 

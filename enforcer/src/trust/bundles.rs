@@ -39,8 +39,8 @@ struct Entry {
 enum Source {
     File {
         path: PathBuf,
-        /// Identity of the file read: (device, inode, size, mtime ns); `None` when unreadable.
-        file: Option<(u64, u64, u64, i128)>,
+        /// Identity of the file read; `None` when unreadable.
+        file: Option<FileId>,
     },
     /// The Workload API's set, as of the feed's version `seen` (`None`: no feed at all).
     WorkloadApi { seen: Option<u64> },
@@ -82,15 +82,33 @@ impl Source {
             Self::Endpoint { .. } => "endpoint",
         }
     }
+}
 
-    /// Whether the source may have changed since it was read (an endpoint's task reports
-    /// its fetches itself).
-    fn stale(&self) -> bool {
-        match self {
-            Self::File { path, file } => file.is_none() || identity(path) != *file,
-            Self::WorkloadApi { seen } => workload_api::installed().map(|f| f.version()) != *seen,
-            Self::Endpoint { .. } => false,
-        }
+/// A file as it was read: (device, inode, size, mtime ns).
+type FileId = (u64, u64, u64, i128);
+
+/// The bundle files of a state as it last read them, taken under the daemon's lock to be
+/// looked at again without it ([`Files::reread`]): a bundle file is at a path others may be
+/// able to replace, and however it is read, a look at the file system must not hold up the
+/// daemon.
+pub struct Files(Vec<(TrustDomain, PathBuf, Option<FileId>)>);
+
+/// The bundle files that changed, read again, for [`TrustState::refresh`].
+pub struct FilesRead(BTreeMap<TrustDomain, (Option<FileId>, Entry)>);
+
+impl Files {
+    /// Reads again each file that changed since it was read or was unreadable then.
+    pub fn reread(self) -> FilesRead {
+        FilesRead(
+            self.0
+                .into_iter()
+                .filter(|(_, path, file)| file.is_none() || identity(path) != *file)
+                .map(|(domain, path, file)| {
+                    let entry = read(&path, &domain);
+                    (domain, (file, entry))
+                })
+                .collect(),
+        )
     }
 }
 
@@ -102,7 +120,7 @@ pub struct TrustState {
     warned: BTreeMap<TrustDomain, Timestamp>,
 }
 
-fn identity(path: &std::path::Path) -> Option<(u64, u64, u64, i128)> {
+fn identity(path: &std::path::Path) -> Option<FileId> {
     let m = fs::metadata(path).ok()?;
     let mtime = i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec());
     Some((m.dev(), m.ino(), m.size(), mtime))
@@ -288,9 +306,24 @@ impl TrustState {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = usable;
     }
 
-    /// Re-reads the bundles whose source changed since they were read; returns a line for
-    /// each bundle whose content or readability changed, at the level to log it.
-    pub fn refresh(&mut self) -> Vec<(log::Level, String)> {
+    /// The bundle files, as last read, to be read again without the daemon's lock.
+    pub fn files(&self) -> Files {
+        Files(
+            self.entries
+                .iter()
+                .filter_map(|(domain, entry)| match &entry.source {
+                    Source::File { path, file } => Some((domain.clone(), path.clone(), *file)),
+                    _ => None,
+                })
+                .collect(),
+        )
+    }
+
+    /// Takes in the bundle files read again (`files`, then `Files::reread`) and the sets and
+    /// fetches that arrived since the last look; returns a line for each bundle whose content
+    /// or readability changed, at the level to log it. A file read for an entry that has
+    /// changed since (a policy applied meanwhile) is dropped: the next look reads it again.
+    pub fn refresh(&mut self, mut files: FilesRead) -> Vec<(log::Level, String)> {
         let mut changes = Vec::new();
         for (domain, entry) in &mut self.entries {
             if let Source::Endpoint { fetching, .. } = &mut entry.source {
@@ -299,12 +332,22 @@ impl TrustState {
                 }
                 continue;
             }
-            if !entry.source.stale() {
-                continue;
-            }
             let next = match &entry.source {
-                Source::File { path, .. } => read(path, domain),
-                Source::WorkloadApi { .. } => delivered(domain),
+                Source::File { path, file } => match files.0.remove(domain) {
+                    Some((seen, next))
+                        if seen == *file
+                            && matches!(&next.source, Source::File { path: at, .. } if at == path) =>
+                    {
+                        next
+                    }
+                    _ => continue,
+                },
+                Source::WorkloadApi { seen } => {
+                    if workload_api::installed().map(|f| f.version()) == *seen {
+                        continue;
+                    }
+                    delivered(domain)
+                }
                 Source::Endpoint { .. } => continue,
             };
             if next.loaded != entry.loaded {
@@ -617,13 +660,13 @@ federation:
         ));
 
         fs::remove_file(dir.join("b.pem")).expect("remove");
-        assert_eq!(trust.refresh().len(), 1);
+        assert_eq!(trust.refresh(trust.files().reread()).len(), 1);
         assert!(matches!(
             trust.gate(&p.federation[0], now),
             Trust::Suspended(why) if why.contains("trust bundle of b.org is unusable")
         ));
         assert!(
-            trust.refresh().is_empty(),
+            trust.refresh(trust.files().reread()).is_empty(),
             "an unchanged state is not reported again"
         );
         let warnings = trust.expiry_warnings(now, SignedDuration::from_hours(2));
@@ -648,6 +691,46 @@ federation:
         let missing = TrustState::load(&p, "p.yaml", true).expect_err("b.pem is gone");
         assert_eq!(missing.len(), 1);
         assert!(missing[0].starts_with("p.yaml:5:"), "{missing:?}");
+        fs::remove_dir_all(dir).expect("cleanup");
+    }
+
+    /// A bundle file replaced by a FIFO (by whoever may write where it is kept) is refused
+    /// without being opened, so the look never waits, and reported once, not at every look.
+    #[test]
+    fn a_bundle_replaced_by_a_fifo_is_unusable_and_reported_once() {
+        let dir = std::env::temp_dir().join(format!("enforcer-fifo-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("dir");
+        fs::write(
+            dir.join("a.pem"),
+            Issued::self_signed(&Spec::ca("a.org")).pem,
+        )
+        .expect("a");
+        fs::write(
+            dir.join("b.pem"),
+            Issued::self_signed(&Spec::ca("b.org")).pem,
+        )
+        .expect("b");
+        let p = policy(&dir, true);
+        let mut trust = TrustState::load(&p, "p.yaml", true).expect("bundles load");
+        fs::remove_file(dir.join("b.pem")).expect("remove");
+        let fifo = std::ffi::CString::new(dir.join("b.pem").into_os_string().into_encoded_bytes())
+            .expect("no NUL");
+        // SAFETY: mkfifo with a NUL-terminated path that lives across the call.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let changes = trust.refresh(trust.files().reread());
+        let [(level, line)] = &changes[..] else {
+            panic!("one change: {changes:?}");
+        };
+        assert_eq!(*level, log::Level::Warn);
+        assert!(
+            line.contains("b.pem: cannot read it: it is a FIFO, not a regular file"),
+            "{line}"
+        );
+        assert!(matches!(
+            trust.gate(&p.federation[0], Timestamp::now()),
+            Trust::Suspended(why) if why.contains("a FIFO")
+        ));
+        assert!(trust.refresh(trust.files().reread()).is_empty());
         fs::remove_dir_all(dir).expect("cleanup");
     }
 
@@ -689,12 +772,19 @@ federation:
             Issued::self_signed(&Spec::ca("b.org")),
         );
         client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
-        assert_eq!(trust.refresh().len(), 2, "both bundles arrived");
+        assert_eq!(
+            trust.refresh(trust.files().reread()).len(),
+            2,
+            "both bundles arrived"
+        );
         assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
-        assert!(trust.refresh().is_empty(), "nothing new");
+        assert!(
+            trust.refresh(trust.files().reread()).is_empty(),
+            "nothing new"
+        );
 
         client.take_bundles(&set(&[("a.org", &a)]));
-        let changes = trust.refresh();
+        let changes = trust.refresh(trust.files().reread());
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert!(matches!(
             trust.gate(edge, now),
@@ -712,13 +802,13 @@ federation:
             ("a.org", &a),
             ("b.org", &Issued::self_signed(&not_ca)),
         ]));
-        trust.refresh();
+        trust.refresh(trust.files().reread());
         assert!(matches!(
             trust.gate(edge, now),
             Trust::Suspended(why) if why.contains("not a CA")
         ));
         client.take_bundles(&set(&[("a.org", &a), ("b.org", &b)]));
-        trust.refresh();
+        trust.refresh(trust.files().reread());
         assert!(matches!(trust.gate(edge, now), Trust::Until(_)));
     }
 }

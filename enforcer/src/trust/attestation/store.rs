@@ -2,7 +2,7 @@
 //! restart keeps every one of them: a binding dropped by a restart would relabel its workload
 //! as unlabeled while its SVID is still valid.
 
-use std::{borrow::Cow, fs, io::ErrorKind, str::FromStr};
+use std::{borrow::Cow, str::FromStr};
 
 use anyhow::{Context as _, Result};
 use enforcer_policy::{CgroupPath, Policy, TrustDomain};
@@ -52,22 +52,22 @@ fn file(state: &StateDir) -> std::path::PathBuf {
 impl Store {
     pub fn load(state: &StateDir) -> Result<Self> {
         let path = file(state);
-        match fs::read_to_string(&path) {
-            Ok(text) => serde_json::from_str(&text).with_context(|| {
+        match crate::state_files::read_if_present(&path) {
+            Ok(Some(text)) => serde_json::from_slice(&text).with_context(|| {
                 format!(
                     "{} is not a valid record of attested bindings; restore it, or remove it to \
                      drop every attested binding (those workloads must attest again)",
                     path.display()
                 )
             }),
-            Err(err) if err.kind() == ErrorKind::NotFound => Ok(Self::default()),
+            Ok(None) => Ok(Self::default()),
             Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
         }
     }
 
     /// Writes the record atomically (a new file renamed over the old one).
     pub fn save(&self, state: &StateDir) -> Result<()> {
-        crate::paths::save_json(&file(state), self)
+        crate::state_files::save_json(&file(state), self)
     }
 
     pub fn bindings(&self) -> &[Attested] {
@@ -164,6 +164,8 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     fn policy(text: &str) -> Policy {
