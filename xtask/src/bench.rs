@@ -6,9 +6,10 @@
 //! (the baseline), then with enforcement and a policy of `--scale` domains (1k: 1,000
 //! domains and 10,000 edges; 10k: 10,000 and 100,000), each domain bound to a cgroup of its
 //! own. With `--peers`, the same workloads also run under an nftables rule set of the same
-//! semantics (`bench/nftables.rs`). Rounds interleave the configurations; each figure is
-//! divided by the baseline of its own round, and the median of those ratios is printed with
-//! their range. Pairing by round keeps a shared machine's drift (which moves the baseline by
+//! semantics (`bench/nftables.rs`); with `--floor`, under programs that do nothing at the
+//! enforcer's hooks (`bench/floor.rs`), which is what the hooks alone cost. Rounds interleave
+//! the configurations; each figure is divided by the baseline of its own round, and the
+//! median of those ratios is printed with their range. Pairing by round keeps a shared machine's drift (which moves the baseline by
 //! ±20% between rounds here) out of the ratio.
 
 use std::{
@@ -26,6 +27,7 @@ use clap::{Args, Subcommand};
 use crate::workspace_root;
 
 mod apply;
+mod floor;
 mod nftables;
 mod program_stats;
 
@@ -71,6 +73,10 @@ pub struct Run {
     /// Also run every workload under an nftables rule set with the same semantics.
     #[arg(long)]
     peers: bool,
+    /// Also run every workload under programs that do nothing at the enforcer's hooks: the
+    /// cost of the hooks themselves, below which no program can go.
+    #[arg(long)]
+    floor: bool,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -116,6 +122,7 @@ const PROBE: &str = "enforcer-probe";
 const FLOOD: &str = "enforcer-flood";
 /// The bytes `enforcer-flood` sends per datagram.
 const PAYLOAD_BYTES: usize = 64;
+const FLOOR_LABEL: &str = "floor: no-op programs at the enforcer's hooks";
 
 pub fn run(bench: Bench) -> Result<()> {
     let env = BenchEnv::new()?;
@@ -153,7 +160,7 @@ fn connect(env: &BenchEnv, run: Run) -> Result<()> {
         let out = output(spawn(&Place::Cgroup(env.cgroup_dir(cgroup)), PROBE, &args)?)?;
         Ok(vec![field(&out, "rate")?])
     };
-    let cases = client_cases(connect_loop, run.peers);
+    let cases = client_cases(connect_loop, run);
     let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "connect+accept per second over loopback, {}",
@@ -171,7 +178,7 @@ fn udp_send(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         let flow = udp_flood(&sink, &Place::Cgroup(env.cgroup_dir(cgroup)), LOOPBACK, udp)?;
         Ok(vec![flow.sent, flow.received, flow.lost])
     };
-    let cases = client_cases(flood, udp.run.peers);
+    let cases = client_cases(flood, udp.run);
     let measured = measure(env, "udp", &cases, udp.run)?;
     let title = format!(
         "unconnected UDP sendto() of {PAYLOAD_BYTES}-byte datagrams over loopback, sink in prod \
@@ -189,7 +196,7 @@ fn rr(env: &BenchEnv, run: Run) -> Result<()> {
         let (sent, _) = tcp_pair(env, cgroup, ["tcp-echo", "tcp-rr"], run.seconds)?;
         Ok(vec![field(&sent, "rate")?])
     };
-    let cases = client_cases(transactions, run.peers);
+    let cases = client_cases(transactions, run);
     let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "1-byte request/response transactions per second on one TCP connection over loopback \
@@ -206,7 +213,7 @@ fn stream(env: &BenchEnv, run: Run) -> Result<()> {
         let (sent, _) = tcp_pair(env, cgroup, ["tcp-drain", "tcp-bulk"], run.seconds)?;
         Ok(vec![field(&sent, "rate")? / 1e6])
     };
-    let cases = client_cases(bytes, run.peers);
+    let cases = client_cases(bytes, run);
     let measured = measure(env, "tcp", &cases, run)?;
     let title = format!(
         "one bulk TCP connection over loopback (receiver in prod), {}",
@@ -242,22 +249,27 @@ fn tcp_pair(
 
 /// The cases of a client talking to a server in prod: baseline and same-domain with the
 /// client in prod, cross-domain (through the policy's one staging -> prod edge) from staging;
-/// with `peers`, the two enforced ones again under nftables. `take` measures with the client
-/// in the named cgroup.
+/// with `floor`, the client in staging under no-op programs; with `peers`, the two enforced
+/// ones again under nftables. `take` measures with the client in the named cgroup.
 fn client_cases<'a>(
     take: impl Fn(&str) -> Result<Vec<f64>> + Copy + 'a,
-    peers: bool,
+    run: Run,
 ) -> Vec<Case<'a>> {
-    let mut cases = vec![
-        Case::new("baseline, no programs attached", By::Nothing, move || {
-            take("prod")
-        }),
+    let mut cases = vec![Case::new(
+        "baseline, no programs attached",
+        By::Nothing,
+        move || take("prod"),
+    )];
+    if run.floor {
+        cases.push(Case::new(FLOOR_LABEL, By::Floor, move || take("staging")));
+    }
+    cases.extend([
         Case::new("enforcer, same domain", By::Enforcer, move || take("prod")),
         Case::new("enforcer, cross-domain via edge", By::Enforcer, move || {
             take("staging")
         }),
-    ];
-    if peers {
+    ]);
+    if run.peers {
         cases.push(Case::new(
             "nftables, same domain",
             By::Nftables,
@@ -295,6 +307,9 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
             via_loopback,
         ),
     ];
+    if udp.run.floor {
+        cases.insert(1, Case::new("loopback: floor", By::Floor, via_loopback));
+    }
     if udp.run.peers {
         cases.push(Case::new(
             "loopback: nftables, unlabeled sender",
@@ -307,6 +322,9 @@ fn ingress(env: &BenchEnv, udp: UdpRun) -> Result<()> {
         By::Nothing,
         via_veth,
     ));
+    if udp.run.floor {
+        cases.push(Case::new("veth: floor", By::Floor, via_veth));
+    }
     cases.push(Case::new(
         "veth: enforcer, external sender",
         By::Enforcer,
@@ -366,6 +384,8 @@ impl UdpRun {
 enum By {
     /// Nothing: the baseline.
     Nothing,
+    /// Programs that do nothing at the enforcer's hooks (`bench/floor.rs`).
+    Floor,
     /// The enforcer daemon with the bench policy.
     Enforcer,
     /// The nftables rule set of `bench/nftables.rs`, same semantics.
@@ -419,7 +439,7 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<M
     let rounds = run.rounds.max(1);
     let mut samples = vec![Vec::new(); cases.len()];
     for round in 1..=rounds {
-        for by in [By::Nothing, By::Enforcer, By::Nftables] {
+        for by in [By::Nothing, By::Floor, By::Enforcer, By::Nftables] {
             if !cases.iter().any(|c| c.by == by) {
                 continue;
             }
@@ -429,7 +449,10 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<M
             let table = (by == By::Nftables)
                 .then(|| nftables::Table::load(&rules))
                 .transpose()?;
-            if round == 1 && by != By::Nothing {
+            let floor = (by == By::Floor)
+                .then(|| floor::Floor::attach(&env.cgroup_dir("")))
+                .transpose()?;
+            if round == 1 && matches!(by, By::Enforcer | By::Nftables) {
                 check_enforces(env, protocol, by)?;
             }
             for (case, samples) in cases.iter().zip(&mut samples) {
@@ -439,7 +462,7 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<M
                     samples.push(values);
                 }
             }
-            drop(table);
+            drop((table, floor));
             daemon.map(Daemon::stop).transpose()?;
         }
     }
