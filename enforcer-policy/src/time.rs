@@ -59,6 +59,15 @@ pub(crate) fn parse_timestamp(text: &str) -> Result<Timestamp, String> {
             )
         });
     }
+    // jiff reads second 60 as second 59, so `23:59:60Z` and `23:59:59Z` would name one
+    // instant, and `12:00:60Z` (no leap second is ever inserted there) would pass unnoticed.
+    // The kernel's clock has no leap second to name either.
+    if text.as_bytes()[17..19] == *b"60" {
+        return Err(format!(
+            "`{shown}` names second 60 (a leap second), which no clock here can tell from second \
+             59; write `:59` or the next minute's `:00`"
+        ));
+    }
     text.parse()
         .map_err(|e| format!("`{shown}` is not a valid timestamp: {e}"))
 }
@@ -243,6 +252,15 @@ mod tests {
             ),
         ] {
             assert_eq!(parse_timestamp(text), Err(want), "{text:?}");
+        }
+        for text in ["2026-12-31T23:59:60Z", "2026-12-01T12:00:60.5+01:00"] {
+            assert_eq!(
+                parse_timestamp(text),
+                Err(format!(
+                    "`{text}` names second 60 (a leap second), which no clock here can tell \
+                     from second 59; write `:59` or the next minute's `:00`"
+                ))
+            );
         }
         for text in ["2026-02-30T00:00:00Z", "2026-12-01T24:00:00Z"] {
             let message = parse_timestamp(text).expect_err(text);
