@@ -421,6 +421,8 @@ impl<'a> Case<'a> {
 struct Measured {
     samples: Vec<Vec<Vec<f64>>>,
     programs: Vec<Option<ProgramRun>>,
+    /// The daemon's CPU in its last idle second before that run, in ns.
+    idle_daemon: u64,
     seconds: f64,
 }
 
@@ -466,22 +468,34 @@ fn measure(env: &BenchEnv, protocol: &str, cases: &[Case], run: Run) -> Result<M
             daemon.map(Daemon::stop).transpose()?;
         }
     }
+    let (programs, idle_daemon) = program_costs(env, &policy, cases)?;
     Ok(Measured {
         samples,
-        programs: program_costs(env, &policy, cases)?,
+        programs,
+        idle_daemon,
         seconds: run.seconds,
     })
 }
 
 /// One more run of each of the enforcer's cases, with the kernel's accounting of program run
 /// time on: it adds two clock reads to every program run, so it stays out of the rounds
-/// whose ratios are reported. Returns what each program ran per case (nothing for the
-/// others) and the case's values in that run.
-fn program_costs(env: &BenchEnv, policy: &Path, cases: &[Case]) -> Result<Vec<Option<ProgramRun>>> {
+/// whose ratios are reported. The daemon first settles (`program_stats::settle`). Returns
+/// what each program ran per case (nothing for the others) and the case's values in that run,
+/// and what the settled daemon used in its last idle second (ns of CPU).
+fn program_costs(
+    env: &BenchEnv,
+    policy: &Path,
+    cases: &[Case],
+) -> Result<(Vec<Option<ProgramRun>>, u64)> {
     if !cases.iter().any(|c| c.by == By::Enforcer) {
-        return Ok(cases.iter().map(|_| None).collect());
+        return Ok((cases.iter().map(|_| None).collect(), 0));
     }
     let daemon = Daemon::start(env, policy)?;
+    let idle = program_stats::settle(daemon.pid())?;
+    eprintln!(
+        "programs' run: the daemon settled, using {:.1} ms of CPU in its last idle second",
+        idle as f64 / 1e6
+    );
     let recording = program_stats::Recording::start(daemon.pid())?;
     let mut costs = Vec::new();
     for case in cases {
@@ -499,7 +513,7 @@ fn program_costs(env: &BenchEnv, policy: &Path, cases: &[Case]) -> Result<Vec<Op
     }
     drop(recording);
     daemon.stop()?;
-    Ok(costs)
+    Ok((costs, idle))
 }
 
 /// Fails unless `by`, in place now, refuses staging -> prod on a port no edge opens and
@@ -590,6 +604,13 @@ fn print_table(title: &str, columns: &[Column], cases: &[Case], measured: &Measu
             let operations = values[0] * measured.seconds;
             report += &program_table(case.label, columns[0].0, operations, costs);
         }
+    }
+    if measured.programs.iter().any(Option::is_some) {
+        report += &format!(
+            "\nBefore that run the daemon settled (its start-up done): {:.1} ms of CPU in its last \
+             idle second.\n",
+            measured.idle_daemon as f64 / 1e6
+        );
     }
     print!("{report}");
 }

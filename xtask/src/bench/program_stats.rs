@@ -4,7 +4,12 @@
 //! `run_cnt`. Only the programs of the bench's own daemon are read (by the ids in its
 //! fdinfo), so another daemon on the machine, a test suite's say, does not count.
 
-use std::{collections::BTreeMap, fs, os::fd::OwnedFd};
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
 use aya::{
@@ -62,9 +67,34 @@ pub fn since(before: &Costs, after: &Costs) -> Costs {
         .iter()
         .map(|(name, &(ns, runs))| {
             let (ns0, runs0) = before.get(name).copied().unwrap_or_default();
-            (name.clone(), (ns - ns0, runs - runs0))
+            // A daemon thread that ended between the two took its time with it.
+            (
+                name.clone(),
+                (ns.saturating_sub(ns0), runs.saturating_sub(runs0)),
+            )
         })
         .collect()
+}
+
+/// Returns once the daemon `pid` has used under 1% of a CPU over a whole second (at most
+/// after `SETTLE_LIMIT`), with what it used in that last second, in ns. A daemon that has
+/// just started still frees what its start-up parsed and runs its first rounds of duties,
+/// which at 10,000 domains is 100 ms or more of CPU: charged to the first case measured, that
+/// would read as the cost of its events.
+pub fn settle(pid: u32) -> Result<u64> {
+    const WINDOW: Duration = Duration::from_secs(1);
+    const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+    let start = Instant::now();
+    let mut before = cpu_ns(pid)?;
+    loop {
+        std::thread::sleep(WINDOW);
+        let now = cpu_ns(pid)?;
+        let used = now.saturating_sub(before);
+        if used < 10_000_000 || start.elapsed() >= SETTLE_LIMIT {
+            return Ok(used);
+        }
+        before = now;
+    }
 }
 
 /// The CPU time of every thread of `pid` so far, in ns: the first field of each thread's
