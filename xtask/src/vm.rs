@@ -67,6 +67,7 @@ pub fn run(options: &Options) -> Result<()> {
     setup::apt_install(&HOST_PACKAGES)?;
     setup::run()?;
     let mut built = build()?;
+    kernels::check_lists(built.tests.iter().map(|(name, _)| name.as_str()))?;
     if !options.tests.is_empty() {
         let unknown: Vec<&String> = options
             .tests
@@ -291,15 +292,20 @@ fn run_kernel(
             path,
         });
     }
-    let mut runs: Vec<TestRun> = built
+    // Executables named with --test run on every kernel asked for.
+    let chosen: Vec<&(String, TestRun)> = built
         .tests
+        .iter()
+        .filter(|(name, _)| !options.tests.is_empty() || kernel.tests.includes(name))
+        .collect();
+    let mut runs: Vec<TestRun> = chosen
         .iter()
         .map(|(_, r)| TestRun {
             exe: r.exe.clone(),
             dir: r.dir.clone(),
         })
         .collect();
-    let mut names: Vec<String> = built.tests.iter().map(|(n, _)| n.clone()).collect();
+    let mut names: Vec<String> = chosen.iter().map(|(n, _)| n.clone()).collect();
     let policy = policies.join("demo.yaml");
     let work = match kernel.expect {
         Expect::Pass => {
