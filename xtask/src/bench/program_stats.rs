@@ -78,9 +78,9 @@ pub fn since(before: &Costs, after: &Costs) -> Costs {
 
 /// Returns once the daemon `pid` has used under 1% of a CPU over a whole second (at most
 /// after `SETTLE_LIMIT`), with what it used in that last second, in ns. A daemon that has
-/// just started still frees what its start-up parsed and runs its first rounds of duties,
-/// which at 10,000 domains is 100 ms or more of CPU: charged to the first case measured, that
-/// would read as the cost of its events.
+/// just started still frees what its start-up parsed and runs its first rounds of duties;
+/// at 10,000 domains, charged to the first case measured, that read as eight times the
+/// daemon's cost per operation of the second case (BENCHMARKS.md, "The daemon column").
 pub fn settle(pid: u32) -> Result<u64> {
     const WINDOW: Duration = Duration::from_secs(1);
     const SETTLE_LIMIT: Duration = Duration::from_secs(30);
